@@ -1,0 +1,3 @@
+//! Transport framing around TDISP messages: PCIe DOE data objects.
+
+pub mod doe;

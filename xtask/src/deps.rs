@@ -1,0 +1,192 @@
+//! `cargo xtask deps`: the system tools the tests and the demo need.
+//!
+//! Each tool is probed; what is missing is installed with the ordinary client for its kind
+//! (apt-get as root, pip, cargo install), and every action is printed.
+
+use crate::run::cargo;
+use crate::run::on_path;
+use crate::run::run as run_cmd;
+use anyhow::Result;
+use anyhow::bail;
+use clap::Args;
+use std::process::Command;
+use std::process::Stdio;
+
+/// Arguments of `cargo xtask deps`.
+#[derive(Args, Default)]
+pub(crate) struct DepsArgs {
+    /// Only report what is missing; install nothing.
+    #[arg(long)]
+    check: bool,
+}
+
+/// A Debian package and the program that shows it is installed.
+struct AptTool {
+    package: &'static str,
+    program: &'static str,
+    why: &'static str,
+}
+
+const APT_TOOLS: &[AptTool] = &[
+    AptTool {
+        package: "swtpm",
+        program: "swtpm",
+        why: "the TPM 2.0 engine behind the vTPM backend",
+    },
+    AptTool {
+        package: "swtpm-tools",
+        program: "swtpm_setup",
+        why: "creating swtpm state directories",
+    },
+    AptTool {
+        package: "tpm2-tools",
+        program: "tpm2_getrandom",
+        why: "a real TPM client in front of the vTPM frontend",
+    },
+    AptTool {
+        package: "python3",
+        program: "python3",
+        why: "the Python measurement oracles",
+    },
+];
+
+/// A PyPI package and the module that shows it is importable.
+struct PipPackage {
+    package: &'static str,
+    module: &'static str,
+    why: &'static str,
+}
+
+const PIP_PACKAGES: &[PipPackage] = &[PipPackage {
+    package: "sev-snp-measure",
+    module: "sevsnpmeasure",
+    why: "independent SEV-SNP launch digest oracle for igvm_loader tests",
+}];
+
+pub(crate) fn run(args: &DepsArgs) -> Result<()> {
+    let mut missing = Vec::new();
+
+    let apt_missing: Vec<&AptTool> = APT_TOOLS.iter().filter(|t| !on_path(t.program)).collect();
+    for tool in APT_TOOLS {
+        let state = if on_path(tool.program) {
+            "ok"
+        } else {
+            "missing"
+        };
+        println!("deps: {:<14} {:<8} ({})", tool.package, state, tool.why);
+    }
+    if !apt_missing.is_empty() {
+        let packages: Vec<&str> = apt_missing.iter().map(|t| t.package).collect();
+        if args.check {
+            missing.extend(packages.iter().map(|p| format!("apt:{p}")));
+        } else {
+            apt_install(&packages)?;
+        }
+    }
+
+    for pkg in PIP_PACKAGES {
+        let present = python_has_module(pkg.module);
+        println!(
+            "deps: {:<14} {:<8} ({})",
+            pkg.package,
+            if present { "ok" } else { "missing" },
+            pkg.why
+        );
+        if !present {
+            if args.check {
+                missing.push(format!("pip:{}", pkg.package));
+            } else {
+                pip_install(pkg.package)?;
+            }
+        }
+    }
+
+    let fuzz_present = cargo_fuzz_installed();
+    println!(
+        "deps: {:<14} {:<8} (runs the libFuzzer targets under */fuzz/)",
+        "cargo-fuzz",
+        if fuzz_present { "ok" } else { "missing" }
+    );
+    if !fuzz_present {
+        if args.check {
+            missing.push("cargo:cargo-fuzz".into());
+        } else {
+            println!("deps: installing cargo-fuzz with cargo install (about a minute)");
+            run_cmd(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+        }
+    }
+
+    if !missing.is_empty() {
+        bail!("missing: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}; run `sudo apt-get install -y {}` or rerun as root",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    }
+    println!("deps: installing Debian packages: {}", packages.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn pip_install(package: &str) -> Result<()> {
+    if !python_has_module("pip") {
+        apt_install(&["python3-pip"])?;
+    }
+    println!("deps: installing {package} with pip");
+    let pip = || {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .env("PIP_ROOT_USER_ACTION", "ignore");
+        cmd
+    };
+    if run_cmd(pip().arg(package)).is_ok() {
+        return Ok(());
+    }
+    // Debian's own python3 refuses user installs into the system site (PEP 668); these are
+    // test-only oracles, so installing beside Debian's packages is acceptable there.
+    println!("deps: retrying with --break-system-packages (Debian-managed Python)");
+    run_cmd(pip().args(["--break-system-packages", package]))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"0")
+}
+
+fn python_has_module(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn cargo_fuzz_installed() -> bool {
+    cargo()
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,0 +1,211 @@
+//! `cargo xtask fuzz`: discovers and runs the cargo-fuzz targets of every crate.
+//!
+//! Layout: `<crate>/fuzz/` is a cargo-fuzz crate (libfuzzer-sys + arbitrary) with its targets in
+//! `fuzz_targets/<target>.rs`; the target name is the file stem. cargo-fuzz passes nightly-only
+//! flags (`-Zsanitizer=address`) to rustc, so on the stable toolchain every invocation sets
+//! `RUSTC_BOOTSTRAP=1`. All fuzz crates share `target/fuzz` so dependencies build once.
+
+use crate::run::cargo;
+use crate::run::describe;
+use crate::run::run as run_cmd;
+use crate::run::workspace_root;
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use clap::Args;
+use clap::Subcommand;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Arguments of `cargo xtask fuzz`.
+#[derive(Args)]
+pub(crate) struct FuzzArgs {
+    #[command(subcommand)]
+    command: FuzzCommand,
+}
+
+#[derive(Subcommand)]
+enum FuzzCommand {
+    /// List every fuzz target as `crate/target`.
+    List,
+    /// Fuzz one target for a while (or replay one input).
+    Run {
+        /// Target name, e.g. `fuzz_tdisp_decode`.
+        target: String,
+        /// Seconds to fuzz for.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Replay this input (a crash artifact) instead of fuzzing.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Build every target and fuzz each one briefly.
+    Smoke {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+/// One discovered fuzz target.
+pub(crate) struct FuzzTarget {
+    /// The crate folder holding `fuzz/`, e.g. `tdisp_proto`.
+    pub(crate) krate: String,
+    /// The target (binary) name.
+    pub(crate) name: String,
+}
+
+impl FuzzTarget {
+    fn fuzz_dir(&self) -> PathBuf {
+        workspace_root().join(&self.krate).join("fuzz")
+    }
+
+    fn artifacts_dir(&self) -> PathBuf {
+        self.fuzz_dir().join("artifacts").join(&self.name)
+    }
+}
+
+pub(crate) fn run(args: &FuzzArgs) -> Result<()> {
+    match &args.command {
+        FuzzCommand::List => {
+            for t in discover()? {
+                println!("{}/{}", t.krate, t.name);
+            }
+            Ok(())
+        }
+        FuzzCommand::Run {
+            target,
+            seconds,
+            input,
+        } => {
+            let t = find(target)?;
+            match input {
+                Some(input) => replay(&t, input),
+                None => fuzz_one(&t, *seconds),
+            }
+        }
+        FuzzCommand::Smoke { seconds } => smoke(*seconds),
+    }
+}
+
+/// Builds every fuzz crate, then fuzzes each target for `seconds`.
+pub(crate) fn smoke(seconds: u64) -> Result<()> {
+    let targets = discover()?;
+    if targets.is_empty() {
+        bail!("no fuzz targets found under */fuzz/fuzz_targets/");
+    }
+    let crates: BTreeSet<&str> = targets.iter().map(|t| t.krate.as_str()).collect();
+    for krate in crates {
+        let dir = workspace_root().join(krate).join("fuzz");
+        run_cmd(cargo_fuzz(&dir).arg("build"))?;
+    }
+    for t in &targets {
+        fuzz_one(t, seconds)?;
+    }
+    println!(
+        "fuzz smoke: {} targets, {seconds}s each, no crashes",
+        targets.len()
+    );
+    Ok(())
+}
+
+/// Every `<crate>/fuzz/fuzz_targets/*.rs` in the workspace, sorted.
+pub(crate) fn discover() -> Result<Vec<FuzzTarget>> {
+    let root = workspace_root();
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir(&root).context("reading workspace root")? {
+        let entry = entry?;
+        let dir = entry.path().join("fuzz").join("fuzz_targets");
+        if !dir.is_dir() {
+            continue;
+        }
+        let krate = entry.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(&dir)? {
+            let path = file?.path();
+            if path.extension().is_some_and(|e| e == "rs")
+                && let Some(stem) = path.file_stem()
+            {
+                targets.push(FuzzTarget {
+                    krate: krate.clone(),
+                    name: stem.to_string_lossy().into_owned(),
+                });
+            }
+        }
+    }
+    targets.sort_by(|a, b| (&a.krate, &a.name).cmp(&(&b.krate, &b.name)));
+    Ok(targets)
+}
+
+fn find(name: &str) -> Result<FuzzTarget> {
+    discover()?
+        .into_iter()
+        .find(|t| t.name == name || format!("{}/{}", t.krate, t.name) == name)
+        .with_context(|| format!("no fuzz target `{name}` (see `cargo xtask fuzz list`)"))
+}
+
+/// `cargo fuzz` for the fuzz crate in `fuzz_dir`, with the stable-toolchain workaround.
+fn cargo_fuzz(fuzz_dir: &Path) -> Command {
+    let mut cmd = cargo();
+    cmd.env("RUSTC_BOOTSTRAP", "1");
+    cmd.arg("fuzz");
+    cmd.current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir));
+    cmd
+}
+
+fn common_args(cmd: &mut Command, fuzz_dir: &Path) {
+    cmd.arg("--fuzz-dir")
+        .arg(fuzz_dir)
+        .arg("--target-dir")
+        .arg(workspace_root().join("target").join("fuzz"));
+}
+
+fn fuzz_one(t: &FuzzTarget, seconds: u64) -> Result<()> {
+    let dir = t.fuzz_dir();
+    let before = artifacts(t);
+    let mut cmd = cargo_fuzz(&dir);
+    cmd.arg("run");
+    common_args(&mut cmd, &dir);
+    cmd.arg(&t.name)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"));
+    println!("==> fuzz {}/{} for {seconds}s", t.krate, t.name);
+    let result = run_cmd(&mut cmd);
+    let new: Vec<PathBuf> = artifacts(t).difference(&before).cloned().collect();
+    if result.is_err() || !new.is_empty() {
+        for crash in &new {
+            println!(
+                "crash: {}\n  reproduce: cargo xtask fuzz run {} --input {}",
+                crash.display(),
+                t.name,
+                crash.display()
+            );
+        }
+        bail!(
+            "fuzz target {}/{} failed ({} new artifacts)",
+            t.krate,
+            t.name,
+            new.len()
+        );
+    }
+    Ok(())
+}
+
+fn replay(t: &FuzzTarget, input: &Path) -> Result<()> {
+    let dir = t.fuzz_dir();
+    let input = std::fs::canonicalize(input)
+        .with_context(|| format!("no such input {}", input.display()))?;
+    let mut cmd = cargo_fuzz(&dir);
+    cmd.arg("run");
+    common_args(&mut cmd, &dir);
+    cmd.arg(&t.name).arg(&input);
+    println!("replaying {} on {}", input.display(), describe(&cmd));
+    run_cmd(&mut cmd)
+}
+
+fn artifacts(t: &FuzzTarget) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(t.artifacts_dir())
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}

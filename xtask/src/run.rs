@@ -1,0 +1,71 @@
+//! Running commands and timing steps.
+
+use anyhow::Context;
+use anyhow::Result;
+use anyhow::bail;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// The workspace root (the parent of the xtask crate).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// A `cargo` command rooted at the workspace, using the cargo that runs xtask.
+pub(crate) fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Describes a command the way a user would type it, for logs and error messages.
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut parts: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    parts.push(cmd.get_program().to_string_lossy().into_owned());
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Runs `cmd` with inherited stdio and fails if it does not exit successfully.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let line = describe(cmd);
+    println!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` exited with {status}");
+    }
+    Ok(())
+}
+
+/// Whether `program` can be found on `PATH`.
+pub(crate) fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Runs one named step: prints a header, the step's time, and names the step on failure.
+pub(crate) fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("==> {name}");
+    let start = Instant::now();
+    let result = f();
+    let secs = start.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            println!("<== {name}: ok ({secs:.1}s)");
+            Ok(())
+        }
+        Err(err) => {
+            println!("<== {name}: FAILED ({secs:.1}s)");
+            Err(err.context(format!("step `{name}` failed")))
+        }
+    }
+}
