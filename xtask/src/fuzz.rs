@@ -99,7 +99,10 @@ pub(crate) fn smoke(seconds: u64) -> Result<()> {
     let crates: BTreeSet<&str> = targets.iter().map(|t| t.krate.as_str()).collect();
     for krate in crates {
         let dir = workspace_root().join(krate).join("fuzz");
-        run_cmd(cargo_fuzz(&dir).arg("build"))?;
+        let mut cmd = cargo_fuzz(&dir);
+        cmd.arg("build");
+        common_args(&mut cmd, &dir);
+        run_cmd(&mut cmd)?;
     }
     for t in &targets {
         fuzz_one(t, seconds)?;
