@@ -1,0 +1,2 @@
+//! Ring benchmarks (placeholder until the ring lands).
+fn main() {}
