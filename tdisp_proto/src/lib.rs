@@ -1,19 +1,75 @@
-//! Wire formats for PCIe TDISP (TEE Device Interface Security Protocol, PCIe 6.1 section 11).
+//! Wire formats and the guest request contract for PCIe TDISP (TEE Device Interface Security
+//! Protocol, PCIe 6.1 section 11).
 //!
-//! This crate owns every byte layout of the TDISP stack and performs no I/O. Start with
-//! [`framing::doe`], which wraps and unwraps PCIe DOE data objects:
+//! This crate owns every byte layout of the TDISP stack and performs no I/O:
+//!
+//! - [`pcie`]: the TDISP messages a TSM and a device exchange: [`pcie::TdispMessage`] with a
+//!   typed [`pcie::TdispRequest`] or [`pcie::TdispResponse`] body, the device interface report,
+//!   error codes, capabilities and TDI states.
+//! - [`framing`]: SPDM vendor-defined messages ([`framing::spdm`]) and PCIe DOE data objects
+//!   ([`framing::doe`]) that carry TDISP messages to the device.
+//! - [`interface`]: the [`TdispGuestRequestInterface`] trait a guest uses to drive a device
+//!   through TDISP, and its types.
+//! - [`guest_packet`]: the versioned binary packets that carry each trait call and its reply
+//!   between guest and host.
+//! - `testing` (feature `test-suite`): a conformance suite every implementation of the trait
+//!   runs.
+//!
+//! A TSM builds a request, frames it and decodes the device's answer:
 //!
 //! ```
 //! use tdisp_proto::framing::doe::{DoeObject, DoeObjectType};
+//! use tdisp_proto::framing::spdm::{self, Direction};
+//! use tdisp_proto::pcie::{InterfaceId, TdispMessage, TdispRequest, TdispResponse, TdiState};
 //!
+//! let tdi = InterfaceId::from_requester_id(0x0100);
+//! let request = TdispMessage::new(tdi, TdispRequest::GetDeviceInterfaceState);
+//! let mut spdm_bytes = Vec::new();
+//! spdm::encode_tdisp(spdm::SPDM_VERSION_1_2, Direction::Request, &request, &mut spdm_bytes)?;
+//! let mut doe_bytes = Vec::new();
+//! DoeObject::new(DoeObjectType::SPDM, &spdm_bytes).encode(&mut doe_bytes);
+//!
+//! // ... the device answers; here we build its answer ourselves.
+//! let answer = TdispMessage::new(tdi, TdispResponse::DeviceInterfaceState { state: TdiState::ConfigUnlocked });
 //! let mut wire = Vec::new();
-//! DoeObject::new(DoeObjectType::SPDM, &[1, 2, 3]).encode(&mut wire);
-//! assert_eq!(wire.len(), 12); // 8-byte header + payload padded to a dword
-//! let decoded = DoeObject::decode(&wire)?;
-//! assert_eq!(decoded.object_type, DoeObjectType::SPDM);
-//! # Ok::<(), tdisp_proto::framing::doe::DoeError>(())
+//! spdm::encode_tdisp(spdm::SPDM_VERSION_1_2, Direction::Response, &answer, &mut wire)?;
+//! let (_version, decoded) = spdm::decode_tdisp::<TdispResponse>(&wire, Direction::Response)?;
+//! assert_eq!(decoded, answer);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A guest call travels as a [`guest_packet::GuestCommandPacket`] and comes back as a
+//! [`guest_packet::GuestReplyPacket`]; the host runs it with
+//! [`guest_packet::GuestCommand::dispatch`]:
+//!
+//! ```
+//! use tdisp_proto::guest_packet::{GuestCommand, GuestCommandPacket, GuestReply, GuestReplyPacket};
+//! use tdisp_proto::{TdispReportType, TdispTdiState};
+//!
+//! let command = GuestCommandPacket { device_id: 7, command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport) };
+//! let on_wire = command.to_bytes();
+//! let received = GuestCommandPacket::decode(&on_wire)?;
+//! let reply = GuestReplyPacket::answer(&received, TdispTdiState::Locked, TdispTdiState::Locked,
+//!     Ok(GuestReply::GetAttestationReport(vec![1, 2, 3])));
+//! let back = GuestReplyPacket::decode(&reply.to_bytes()?)?;
+//! back.check_answers(&command)?;
+//! assert_eq!(back.result, Ok(GuestReply::GetAttestationReport(vec![1, 2, 3])));
+//! # Ok::<(), tdisp_proto::guest_packet::GuestPacketError>(())
 //! ```
 
 #![forbid(unsafe_code)]
 
 pub mod framing;
+pub mod guest_packet;
+pub mod interface;
+pub mod pcie;
+#[cfg(any(test, feature = "test-suite"))]
+pub mod testing;
+
+pub use interface::TdispDeviceInterfaceInfo;
+pub use interface::TdispGuestOperationError;
+pub use interface::TdispGuestProtocolType;
+pub use interface::TdispGuestRequestInterface;
+pub use interface::TdispGuestUnbindReason;
+pub use interface::TdispReportType;
+pub use interface::TdispTdiState;

@@ -1,0 +1,356 @@
+//! A conformance suite for any [`TdispGuestRequestInterface`] implementation (feature
+//! `test-suite`).
+//!
+//! The suite observes state only through call results, so it runs unchanged against the host
+//! state machine and against the guest client: "the device is `Unlocked`" is checked as "lock
+//! succeeds", "the device is not `Locked`" as "start fails". It never looks at report
+//! contents. Each check runs on a fresh instance from the factory and the suite returns a
+//! [`ConformanceReport`] listing every failed check instead of panicking.
+//!
+//! ```
+//! use tdisp_proto::testing::{run_conformance, ConformanceConfig};
+//! # use tdisp_proto::testing::reference::ReferenceModel;
+//! let report = run_conformance(&ConformanceConfig::default(), ReferenceModel::default);
+//! assert!(report.is_ok(), "{report}");
+//! ```
+
+use crate::interface::TdispGuestOperationError;
+use crate::interface::TdispGuestProtocolType;
+use crate::interface::TdispGuestRequestInterface;
+use crate::interface::TdispGuestUnbindReason;
+use crate::interface::TdispReportType;
+use std::fmt;
+
+pub mod reference;
+
+/// What the suite needs to know about the implementation under test.
+#[derive(Debug, Clone)]
+pub struct ConformanceConfig {
+    /// A protocol the implementation supports.
+    pub protocol: TdispGuestProtocolType,
+    /// Report types the implementation serves in `Locked` and `Run`.
+    pub report_types: Vec<TdispReportType>,
+}
+
+impl Default for ConformanceConfig {
+    /// AMD SEV-TIO v1 and the interface report.
+    fn default() -> Self {
+        Self {
+            protocol: TdispGuestProtocolType::AmdSevTioV1,
+            report_types: vec![TdispReportType::InterfaceReport],
+        }
+    }
+}
+
+/// One failed check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailure {
+    /// The check's name, which states the rule (for example `lock_from_locked_fails_and_unbinds`).
+    pub check: &'static str,
+    /// The step that went wrong.
+    pub detail: String,
+}
+
+/// The outcome of [`run_conformance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConformanceReport {
+    /// Names of the checks that passed.
+    pub passed: Vec<&'static str>,
+    /// The checks that failed.
+    pub failed: Vec<CheckFailure>,
+}
+
+impl ConformanceReport {
+    /// Whether every check passed.
+    pub fn is_ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Whether the named check failed.
+    pub fn failed_check(&self, name: &str) -> bool {
+        self.failed.iter().any(|f| f.check == name)
+    }
+
+    /// `Ok(())` if every check passed, else the failures.
+    pub fn into_result(self) -> Result<(), Vec<CheckFailure>> {
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(self.failed)
+        }
+    }
+}
+
+impl fmt::Display for ConformanceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} checks passed, {} failed",
+            self.passed.len(),
+            self.failed.len()
+        )?;
+        for failure in &self.failed {
+            write!(f, "\n  {}: {}", failure.check, failure.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// A step of a check; `Err` carries what went wrong.
+type Step = Result<(), String>;
+
+/// Drives one instance through the steps of a check.
+struct Probe<'c, T> {
+    target: T,
+    config: &'c ConformanceConfig,
+    step: usize,
+}
+
+impl<T: TdispGuestRequestInterface> Probe<'_, T> {
+    fn ok<R>(
+        &mut self,
+        what: &str,
+        result: Result<R, TdispGuestOperationError>,
+    ) -> Result<R, String> {
+        self.step += 1;
+        result.map_err(|e| {
+            format!(
+                "step {} `{what}` should succeed, failed with {e:?}",
+                self.step
+            )
+        })
+    }
+
+    fn err<R: fmt::Debug>(
+        &mut self,
+        what: &str,
+        result: Result<R, TdispGuestOperationError>,
+    ) -> Result<TdispGuestOperationError, String> {
+        self.step += 1;
+        match result {
+            Err(TdispGuestOperationError::Success) => Err(format!(
+                "step {} `{what}` returned Err(Success), which is not an error",
+                self.step
+            )),
+            Err(e) => Ok(e),
+            Ok(value) => Err(format!(
+                "step {} `{what}` should fail, succeeded with {value:?}",
+                self.step
+            )),
+        }
+    }
+
+    fn negotiate(&mut self) -> Step {
+        let protocol = self.config.protocol;
+        let result = self.target.tdisp_negotiate_protocol(protocol);
+        let info = self.ok("negotiate", result)?;
+        if info.guest_protocol_type == TdispGuestProtocolType::Invalid {
+            return Err(format!("negotiating {protocol:?} answered Invalid"));
+        }
+        Ok(())
+    }
+
+    fn lock_ok(&mut self) -> Step {
+        let r = self.target.request_lock_device_resources();
+        self.ok("lock", r)
+    }
+
+    fn lock_err(&mut self) -> Step {
+        let r = self.target.request_lock_device_resources();
+        self.err("lock", r).map(drop)
+    }
+
+    fn start_ok(&mut self) -> Step {
+        let r = self.target.request_start_tdi();
+        self.ok("start", r)
+    }
+
+    fn start_err(&mut self) -> Step {
+        let r = self.target.request_start_tdi();
+        self.err("start", r).map(drop)
+    }
+
+    fn report_ok(&mut self) -> Step {
+        for report_type in self.config.report_types.clone() {
+            let r = self.target.request_attestation_report(report_type);
+            self.ok(&format!("report {report_type:?}"), r)?;
+        }
+        Ok(())
+    }
+
+    fn report_err(&mut self) -> Step {
+        let report_type = self
+            .config
+            .report_types
+            .first()
+            .copied()
+            .unwrap_or(TdispReportType::InterfaceReport);
+        let r = self.target.request_attestation_report(report_type);
+        self.err(&format!("report {report_type:?}"), r).map(drop)
+    }
+
+    fn unbind_ok(&mut self) -> Step {
+        let r = self.target.request_unbind(TdispGuestUnbindReason::Graceful);
+        self.ok("unbind", r)
+    }
+
+    /// The device is `Unlocked`: start fails (unbinding, which keeps it `Unlocked`) and lock
+    /// then succeeds. Leaves the device `Locked`.
+    fn expect_unbound(&mut self) -> Step {
+        self.start_err()?;
+        self.lock_ok()
+    }
+}
+
+/// A named check: a sequence of steps on a fresh instance.
+type Check<T> = (&'static str, fn(&mut Probe<'_, T>) -> Step);
+
+fn checks<T: TdispGuestRequestInterface>() -> Vec<Check<T>> {
+    vec![
+        ("negotiate_answers_a_valid_protocol", |p| p.negotiate()),
+        ("negotiate_invalid_protocol_fails", |p| {
+            let r = p
+                .target
+                .tdisp_negotiate_protocol(TdispGuestProtocolType::Invalid);
+            p.err("negotiate Invalid", r).map(drop)
+        }),
+        ("lock_before_negotiate_fails", |p| p.lock_err()),
+        ("start_before_negotiate_fails", |p| p.start_err()),
+        ("report_before_negotiate_fails", |p| p.report_err()),
+        ("lock_after_negotiate_succeeds", |p| {
+            p.negotiate()?;
+            p.lock_ok()
+        }),
+        ("lock_from_locked_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.lock_err()?;
+            p.expect_unbound()
+        }),
+        ("lock_from_run_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()?;
+            p.lock_err()?;
+            p.expect_unbound()
+        }),
+        ("start_from_unlocked_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.start_err()?;
+            p.lock_ok()?;
+            p.start_ok()
+        }),
+        ("start_from_locked_succeeds", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()
+        }),
+        ("start_from_run_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()?;
+            p.start_err()?;
+            p.expect_unbound()
+        }),
+        ("report_in_unlocked_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.report_err()?;
+            p.expect_unbound()
+        }),
+        ("report_in_locked_succeeds_and_keeps_state", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.report_ok()?;
+            p.start_ok()
+        }),
+        ("report_in_run_succeeds_and_keeps_state", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()?;
+            p.report_ok()?;
+            p.report_ok()?;
+            p.start_err()
+        }),
+        ("report_invalid_type_fails", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            let r = p
+                .target
+                .request_attestation_report(TdispReportType::Invalid);
+            p.err("report Invalid", r).map(drop)
+        }),
+        ("report_after_wrong_state_error_fails", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.lock_err()?;
+            p.report_err()
+        }),
+        ("unbind_from_unlocked_keeps_unlocked", |p| {
+            p.negotiate()?;
+            p.unbind_ok()?;
+            p.expect_unbound()
+        }),
+        ("unbind_from_locked_returns_to_unlocked", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.unbind_ok()?;
+            p.expect_unbound()
+        }),
+        ("unbind_from_run_returns_to_unlocked", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()?;
+            p.unbind_ok()?;
+            p.report_err()?;
+            p.expect_unbound()
+        }),
+        ("full_cycle_repeats_after_unbind", |p| {
+            p.negotiate()?;
+            for _ in 0..2 {
+                p.lock_ok()?;
+                p.report_ok()?;
+                p.start_ok()?;
+                p.report_ok()?;
+                p.unbind_ok()?;
+            }
+            Ok(())
+        }),
+    ]
+}
+
+/// Runs every check against fresh instances made by `make` and reports which failed.
+///
+/// `make` must return an implementation that has not been used yet (state `Uninitialized`).
+pub fn run_conformance<T, F>(config: &ConformanceConfig, mut make: F) -> ConformanceReport
+where
+    T: TdispGuestRequestInterface,
+    F: FnMut() -> T,
+{
+    let mut report = ConformanceReport::default();
+    for (name, check) in checks::<T>() {
+        let mut probe = Probe {
+            target: make(),
+            config,
+            step: 0,
+        };
+        match check(&mut probe) {
+            Ok(()) => report.passed.push(name),
+            Err(detail) => {
+                tracing::debug!(check = name, %detail, "conformance check failed");
+                report.failed.push(CheckFailure {
+                    check: name,
+                    detail,
+                });
+            }
+        }
+    }
+    report
+}
+
+/// The names of every check [`run_conformance`] runs, in order.
+pub fn check_names() -> Vec<&'static str> {
+    checks::<reference::ReferenceModel>()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
