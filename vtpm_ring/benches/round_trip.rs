@@ -1,0 +1,3 @@
+//! Round-trip bench (filled in below).
+
+fn main() {}

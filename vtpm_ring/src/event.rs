@@ -1,0 +1,337 @@
+//! Event channels: inter-domain doorbells.
+//!
+//! One side allocates an unbound port naming the remote domain allowed to bind it; the remote
+//! binds to it and both ends are connected. `notify` sets the peer's pending flag and wakes its
+//! waiter; `wait` completes once the own pending flag is set (and clears it). Notifications do
+//! not queue: like Xen, several notifies before a wait collapse into one, so a waiter always
+//! re-reads shared state after waking. Closing either end wakes the other with an error.
+
+use crate::domain::DomainId;
+use futures::task::AtomicWaker;
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use thiserror::Error;
+
+/// Most event channel ports one domain may hold.
+pub const MAX_PORTS_PER_DOMAIN: usize = 1024;
+
+/// An event channel port number, local to a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port(pub u32);
+
+/// Errors binding or using event channels.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventError {
+    /// No such port, or it is not an unbound port offered to the binder.
+    #[error("domain {domain} has no unbound port {port:?} for this domain")]
+    NoSuchPort {
+        /// The domain named as remote.
+        domain: DomainId,
+        /// The port asked for.
+        port: Port,
+    },
+    /// Notify on a port that has no peer yet.
+    #[error("port is not bound")]
+    NotBound,
+    /// The channel (or its peer) was closed.
+    #[error("event channel closed")]
+    Closed,
+    /// The domain has too many ports.
+    #[error("domain {0} has too many event channel ports")]
+    TooManyPorts(DomainId),
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    pending: AtomicBool,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+    peer: Mutex<Option<Arc<Endpoint>>>,
+}
+
+impl Endpoint {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            peer: Mutex::new(None),
+        })
+    }
+
+    fn peer(&self) -> Option<Arc<Endpoint>> {
+        self.peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+#[derive(Debug)]
+struct PortEntry {
+    endpoint: Arc<Endpoint>,
+    /// For an unbound port: who may bind. Once bound: `None`.
+    unbound_for: Option<DomainId>,
+}
+
+/// All ports of all domains (the host owns one).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EventTable {
+    ports: Arc<Mutex<BTreeMap<DomainId, BTreeMap<u32, PortEntry>>>>,
+}
+
+impl EventTable {
+    fn insert(
+        ports: &mut BTreeMap<DomainId, BTreeMap<u32, PortEntry>>,
+        domain: DomainId,
+        entry: PortEntry,
+    ) -> Result<Port, EventError> {
+        let table = ports.entry(domain).or_default();
+        if table.len() >= MAX_PORTS_PER_DOMAIN {
+            return Err(EventError::TooManyPorts(domain));
+        }
+        // Port 0 is reserved in Xen; keep that so a zeroed store value is never a valid port.
+        let port = (1u32..)
+            .find(|p| !table.contains_key(p))
+            .ok_or(EventError::TooManyPorts(domain))?;
+        table.insert(port, entry);
+        Ok(Port(port))
+    }
+
+    pub(crate) fn alloc_unbound(
+        &self,
+        domain: DomainId,
+        remote: DomainId,
+    ) -> Result<EventChannel, EventError> {
+        let endpoint = Endpoint::new();
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        let port = Self::insert(
+            &mut ports,
+            domain,
+            PortEntry {
+                endpoint: endpoint.clone(),
+                unbound_for: Some(remote),
+            },
+        )?;
+        Ok(EventChannel {
+            domain,
+            port,
+            endpoint,
+            table: self.clone(),
+        })
+    }
+
+    pub(crate) fn bind_interdomain(
+        &self,
+        domain: DomainId,
+        remote: DomainId,
+        remote_port: Port,
+    ) -> Result<EventChannel, EventError> {
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        let no_port = EventError::NoSuchPort {
+            domain: remote,
+            port: remote_port,
+        };
+        let remote_entry = ports
+            .get_mut(&remote)
+            .and_then(|t| t.get_mut(&remote_port.0))
+            .ok_or(no_port.clone())?;
+        if remote_entry.unbound_for != Some(domain) {
+            return Err(no_port);
+        }
+        let remote_endpoint = remote_entry.endpoint.clone();
+        let endpoint = Endpoint::new();
+        let port = Self::insert(
+            &mut ports,
+            domain,
+            PortEntry {
+                endpoint: endpoint.clone(),
+                unbound_for: None,
+            },
+        )?;
+        if let Some(entry) = ports
+            .get_mut(&remote)
+            .and_then(|t| t.get_mut(&remote_port.0))
+        {
+            entry.unbound_for = None;
+        }
+        *endpoint.peer.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(remote_endpoint.clone());
+        *remote_endpoint
+            .peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(endpoint.clone());
+        Ok(EventChannel {
+            domain,
+            port,
+            endpoint,
+            table: self.clone(),
+        })
+    }
+
+    fn remove(&self, domain: DomainId, port: Port) {
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = ports.get_mut(&domain) {
+            t.remove(&port.0);
+        }
+    }
+}
+
+/// One end of an event channel, owned by a domain. Dropping it closes the channel.
+#[derive(Debug)]
+pub struct EventChannel {
+    domain: DomainId,
+    port: Port,
+    endpoint: Arc<Endpoint>,
+    table: EventTable,
+}
+
+impl EventChannel {
+    /// The local port number (what a frontend publishes in the store).
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    /// Signals the peer.
+    pub fn notify(&self) -> Result<(), EventError> {
+        if self.endpoint.closed.load(Ordering::Acquire) {
+            return Err(EventError::Closed);
+        }
+        let peer = self.endpoint.peer().ok_or(EventError::NotBound)?;
+        if peer.closed.load(Ordering::Acquire) {
+            return Err(EventError::Closed);
+        }
+        peer.pending.store(true, Ordering::Release);
+        peer.waker.wake();
+        Ok(())
+    }
+
+    /// Takes a pending notification without waiting.
+    pub fn try_take(&self) -> bool {
+        self.endpoint.pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// Waits for a notification from the peer. A pending notification completes at once.
+    /// Fails once either end is closed (pending notifications are still delivered first).
+    pub async fn wait(&self) -> Result<(), EventError> {
+        poll_fn(|cx| {
+            self.endpoint.waker.register(cx.waker());
+            if self.endpoint.pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Ok(()));
+            }
+            let peer_closed = self
+                .endpoint
+                .peer()
+                .is_some_and(|p| p.closed.load(Ordering::Acquire));
+            if self.endpoint.closed.load(Ordering::Acquire) || peer_closed {
+                return Poll::Ready(Err(EventError::Closed));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes the channel; the peer's waiter wakes with [`EventError::Closed`].
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for EventChannel {
+    fn drop(&mut self) {
+        self.endpoint.close();
+        if let Some(peer) = self.endpoint.peer() {
+            peer.waker.wake();
+        }
+        self.table.remove(self.domain, self.port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Host;
+    use futures::FutureExt;
+
+    fn pair() -> (EventChannel, EventChannel) {
+        let host = Host::new();
+        let a = host.create_domain(DomainId(1), 1).unwrap();
+        let b = host.create_domain(DomainId(2), 1).unwrap();
+        let ea = a.alloc_unbound(b.id()).unwrap();
+        let eb = b.bind_interdomain(a.id(), ea.port()).unwrap();
+        (ea, eb)
+    }
+
+    #[test]
+    fn notify_wakes_the_peer_only() {
+        let (a, b) = pair();
+        a.notify().unwrap();
+        assert!(b.wait().now_or_never().unwrap().is_ok());
+        assert!(a.wait().now_or_never().is_none());
+        assert!(b.wait().now_or_never().is_none());
+    }
+
+    #[test]
+    fn notifications_collapse() {
+        let (a, b) = pair();
+        a.notify().unwrap();
+        a.notify().unwrap();
+        assert!(b.try_take());
+        assert!(!b.try_take());
+    }
+
+    #[test]
+    fn unbound_port_cannot_notify() {
+        let host = Host::new();
+        let a = host.create_domain(DomainId(1), 1).unwrap();
+        let ea = a.alloc_unbound(DomainId(2)).unwrap();
+        assert_eq!(ea.notify().unwrap_err(), EventError::NotBound);
+    }
+
+    #[test]
+    fn only_the_named_remote_can_bind_and_only_once() {
+        let host = Host::new();
+        let a = host.create_domain(DomainId(1), 1).unwrap();
+        let b = host.create_domain(DomainId(2), 1).unwrap();
+        let c = host.create_domain(DomainId(3), 1).unwrap();
+        let ea = a.alloc_unbound(b.id()).unwrap();
+        assert!(c.bind_interdomain(a.id(), ea.port()).is_err());
+        let _eb = b.bind_interdomain(a.id(), ea.port()).unwrap();
+        assert!(b.bind_interdomain(a.id(), ea.port()).is_err());
+    }
+
+    #[test]
+    fn closing_wakes_the_peer_with_an_error() {
+        let (a, b) = pair();
+        a.close();
+        assert_eq!(
+            b.wait().now_or_never().unwrap().unwrap_err(),
+            EventError::Closed
+        );
+        assert_eq!(b.notify().unwrap_err(), EventError::Closed);
+    }
+
+    #[tokio::test]
+    async fn wait_completes_when_notified_from_another_task() {
+        let (a, b) = pair();
+        let waiter = tokio::spawn(async move { b.wait().await });
+        tokio::task::yield_now().await;
+        a.notify().unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.is_ok());
+    }
+}

@@ -1,0 +1,734 @@
+//! A xenstore-like store: hierarchical keys, per-domain permissions and watches.
+//!
+//! Every node has an owner, a default permission for other domains and an access list. The
+//! owner and dom0 may do anything; others get what the access list (or the default) says.
+//! Creating a node needs write permission on the nearest existing ancestor; the new node copies
+//! its parent's permissions with the creator as owner. So a guest, which owns only
+//! `/local/domain/<id>`, writes only there unless someone granted it more.
+//!
+//! Watches deliver the path of every node changed at or below the watched path (plus one
+//! initial event on registration, as Xen does), only to domains allowed to read the node.
+//! Transactions are not implemented.
+
+use crate::domain::DomainId;
+use futures::Stream;
+use futures::channel::mpsc;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::task::Context;
+use std::task::Poll;
+use thiserror::Error;
+
+/// Longest path accepted.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Largest value accepted.
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Most nodes one domain may own (a hostile guest cannot exhaust the store).
+pub const MAX_NODES_PER_DOMAIN: usize = 1000;
+/// Most watches one domain may hold.
+pub const MAX_WATCHES_PER_DOMAIN: usize = 128;
+
+/// What a domain may do with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    /// Nothing.
+    None,
+    /// Read the value and list children.
+    Read,
+    /// Write the value, create children, remove.
+    Write,
+    /// Read and write.
+    Both,
+}
+
+impl Perm {
+    fn can_read(self) -> bool {
+        matches!(self, Perm::Read | Perm::Both)
+    }
+    fn can_write(self) -> bool {
+        matches!(self, Perm::Write | Perm::Both)
+    }
+}
+
+/// The permissions of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Perms {
+    /// Owner: full access, may change permissions.
+    pub owner: DomainId,
+    /// Access for domains not in `acl`.
+    pub others: Perm,
+    /// Per-domain access.
+    pub acl: Vec<(DomainId, Perm)>,
+}
+
+impl Perms {
+    /// Owned by `owner`, nobody else may do anything.
+    pub fn private(owner: DomainId) -> Self {
+        Self {
+            owner,
+            others: Perm::None,
+            acl: Vec::new(),
+        }
+    }
+
+    /// Adds an access list entry.
+    pub fn with(mut self, domain: DomainId, perm: Perm) -> Self {
+        self.acl.retain(|(d, _)| *d != domain);
+        self.acl.push((domain, perm));
+        self
+    }
+
+    fn of(&self, domain: DomainId) -> Perm {
+        if domain == DomainId::DOM0 || domain == self.owner {
+            return Perm::Both;
+        }
+        self.acl
+            .iter()
+            .find(|(d, _)| *d == domain)
+            .map_or(self.others, |(_, p)| *p)
+    }
+}
+
+/// Errors from store operations.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// The node does not exist.
+    #[error("no such node {0}")]
+    NotFound(String),
+    /// The domain lacks permission.
+    #[error("domain {domain} may not {op} {path}")]
+    PermissionDenied {
+        /// Who asked.
+        domain: DomainId,
+        /// What it tried.
+        op: &'static str,
+        /// Where.
+        path: String,
+    },
+    /// Malformed path.
+    #[error("invalid path {0:?}")]
+    InvalidPath(String),
+    /// Value larger than [`MAX_VALUE_LEN`].
+    #[error("value of {0} bytes is too large")]
+    ValueTooLarge(usize),
+    /// The domain owns too many nodes or watches.
+    #[error("domain {0} exceeded its store quota")]
+    Quota(DomainId),
+    /// A value that should be a number or a state was not.
+    #[error("node {path} holds {value:?}, not a valid {what}")]
+    BadValue {
+        /// Where.
+        path: String,
+        /// What was there.
+        value: String,
+        /// What was expected.
+        what: &'static str,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    value: String,
+    perms: Perms,
+}
+
+struct WatchReg {
+    id: u64,
+    domain: DomainId,
+    path: String,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+struct StoreState {
+    nodes: BTreeMap<String, Node>,
+    watches: Vec<WatchReg>,
+    next_watch: u64,
+}
+
+/// The store (the host owns one; domains reach it through a [`StoreHandle`]).
+#[derive(Clone)]
+pub struct Store {
+    state: Arc<Mutex<StoreState>>,
+}
+
+fn is_at_or_below(path: &str, base: &str) -> bool {
+    base == "/"
+        || path == base
+        || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+}
+
+fn parent_of(path: &str) -> Option<&str> {
+    if path == "/" {
+        return None;
+    }
+    match path.rfind('/') {
+        Some(0) => Some("/"),
+        Some(i) => path.get(..i),
+        None => None,
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    !c.is_empty()
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'@' | b'.' | b':'))
+}
+
+impl Store {
+    pub(crate) fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "/".to_string(),
+            Node {
+                value: String::new(),
+                perms: Perms::private(DomainId::DOM0),
+            },
+        );
+        Self {
+            state: Arc::new(Mutex::new(StoreState {
+                nodes,
+                watches: Vec::new(),
+                next_watch: 0,
+            })),
+        }
+    }
+
+    /// Creates `/local/domain/<id>` owned by `id` (the toolstack does this for a new domain).
+    pub(crate) fn create_home(&self, id: DomainId) {
+        let dom0 = self.connect(DomainId::DOM0);
+        let home = format!("/local/domain/{id}");
+        // Dom0 always may write; a failure here can only be a malformed path, which this isn't.
+        if dom0.write(&home, "").is_ok() {
+            let _ = dom0.set_perms(&home, Perms::private(id));
+        }
+    }
+
+    /// A connection acting as `domain`.
+    pub fn connect(&self, domain: DomainId) -> StoreHandle {
+        StoreHandle {
+            store: self.clone(),
+            domain,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl StoreState {
+    fn nearest_existing(&self, path: &str) -> Option<&Node> {
+        let mut p = Some(path);
+        while let Some(cur) = p {
+            if let Some(n) = self.nodes.get(cur) {
+                return Some(n);
+            }
+            p = parent_of(cur);
+        }
+        None
+    }
+
+    fn owned_by(&self, domain: DomainId) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.perms.owner == domain)
+            .count()
+    }
+
+    /// Queues a watch event for `changed` to every matching watch whose domain could read it.
+    fn fire(&mut self, changed: &str, readable_by: impl Fn(DomainId) -> bool) {
+        self.watches.retain(|w| !w.tx.is_closed());
+        for w in &self.watches {
+            if is_at_or_below(changed, &w.path) && readable_by(w.domain) {
+                let _ = w.tx.unbounded_send(changed.to_string());
+            }
+        }
+    }
+}
+
+/// One domain's connection to the store. Relative paths are relative to `/local/domain/<id>`.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store: Store,
+    domain: DomainId,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle")
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl StoreHandle {
+    /// The domain this connection acts as.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// Resolves and validates a path.
+    pub fn resolve(&self, path: &str) -> Result<String, StoreError> {
+        let full = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/local/domain/{}/{path}", self.domain)
+        };
+        let full = if full.len() > 1 {
+            full.trim_end_matches('/').to_string()
+        } else {
+            full
+        };
+        if full.len() > MAX_PATH_LEN
+            || (full != "/" && !full.split('/').skip(1).all(valid_component))
+        {
+            return Err(StoreError::InvalidPath(path.to_string()));
+        }
+        Ok(full)
+    }
+
+    fn denied(&self, op: &'static str, path: &str) -> StoreError {
+        tracing::debug!(domain = %self.domain, op, path, "store permission denied");
+        StoreError::PermissionDenied {
+            domain: self.domain,
+            op,
+            path: path.to_string(),
+        }
+    }
+
+    /// Reads a node's value.
+    pub fn read(&self, path: &str) -> Result<String, StoreError> {
+        let path = self.resolve(path)?;
+        let state = self.store.lock();
+        let node = state
+            .nodes
+            .get(&path)
+            .ok_or(StoreError::NotFound(path.clone()))?;
+        if !node.perms.of(self.domain).can_read() {
+            return Err(self.denied("read", &path));
+        }
+        Ok(node.value.clone())
+    }
+
+    /// Reads a node, `None` if it does not exist.
+    pub fn try_read(&self, path: &str) -> Result<Option<String>, StoreError> {
+        match self.read(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a node and parses it as a decimal number.
+    pub fn read_num<T: std::str::FromStr>(&self, path: &str) -> Result<T, StoreError> {
+        let value = self.read(path)?;
+        value.trim().parse().map_err(|_| StoreError::BadValue {
+            path: path.to_string(),
+            value,
+            what: "number",
+        })
+    }
+
+    /// Writes a node's value, creating it (and missing ancestors) if needed.
+    pub fn write(&self, path: &str, value: &str) -> Result<(), StoreError> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(StoreError::ValueTooLarge(value.len()));
+        }
+        let path = self.resolve(path)?;
+        let mut state = self.store.lock();
+        let mut created = Vec::new();
+        if let Some(node) = state.nodes.get(&path) {
+            if !node.perms.of(self.domain).can_write() {
+                return Err(self.denied("write", &path));
+            }
+        } else {
+            let parent = state
+                .nearest_existing(&path)
+                .ok_or(StoreError::InvalidPath(path.clone()))?;
+            if !parent.perms.of(self.domain).can_write() {
+                return Err(self.denied("create", &path));
+            }
+            let mut perms = parent.perms.clone();
+            if self.domain != DomainId::DOM0 {
+                perms.owner = self.domain;
+            }
+            let mut missing = Vec::new();
+            let mut p = Some(path.as_str());
+            while let Some(cur) = p {
+                if state.nodes.contains_key(cur) {
+                    break;
+                }
+                missing.push(cur.to_string());
+                p = parent_of(cur);
+            }
+            if self.domain != DomainId::DOM0
+                && state.owned_by(self.domain).saturating_add(missing.len()) > MAX_NODES_PER_DOMAIN
+            {
+                return Err(StoreError::Quota(self.domain));
+            }
+            for m in missing.into_iter().rev() {
+                state.nodes.insert(
+                    m.clone(),
+                    Node {
+                        value: String::new(),
+                        perms: perms.clone(),
+                    },
+                );
+                created.push(m);
+            }
+        }
+        let perms = match state.nodes.get_mut(&path) {
+            Some(node) => {
+                node.value = value.to_string();
+                node.perms.clone()
+            }
+            None => return Err(StoreError::NotFound(path)),
+        };
+        for c in created.iter().filter(|c| **c != path) {
+            state.fire(c, |d| perms.of(d).can_read());
+        }
+        state.fire(&path, |d| perms.of(d).can_read());
+        Ok(())
+    }
+
+    /// Creates an empty node if it does not exist.
+    pub fn mkdir(&self, path: &str) -> Result<(), StoreError> {
+        if self.try_read(path)?.is_some() {
+            return Ok(());
+        }
+        self.write(path, "")
+    }
+
+    /// Removes a node and everything below it.
+    pub fn rm(&self, path: &str) -> Result<(), StoreError> {
+        let path = self.resolve(path)?;
+        if path == "/" {
+            return Err(self.denied("remove", &path));
+        }
+        let mut state = self.store.lock();
+        let node = state
+            .nodes
+            .get(&path)
+            .ok_or(StoreError::NotFound(path.clone()))?;
+        if !node.perms.of(self.domain).can_write() {
+            return Err(self.denied("remove", &path));
+        }
+        let doomed: Vec<(String, Perms)> = state
+            .nodes
+            .iter()
+            .filter(|(p, _)| is_at_or_below(p, &path))
+            .map(|(p, n)| (p.clone(), n.perms.clone()))
+            .collect();
+        for (p, perms) in &doomed {
+            state.nodes.remove(p);
+            state.fire(p, |d| perms.of(d).can_read());
+        }
+        Ok(())
+    }
+
+    /// Names of the children of a node.
+    pub fn directory(&self, path: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.resolve(path)?;
+        let state = self.store.lock();
+        let node = state
+            .nodes
+            .get(&path)
+            .ok_or(StoreError::NotFound(path.clone()))?;
+        if !node.perms.of(self.domain).can_read() {
+            return Err(self.denied("list", &path));
+        }
+        let prefix = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        Ok(state
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter_map(|(p, _)| p.get(prefix.len()..))
+            .filter(|rest| !rest.contains('/') && !rest.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// A node's permissions (needs read access).
+    pub fn get_perms(&self, path: &str) -> Result<Perms, StoreError> {
+        let path = self.resolve(path)?;
+        let state = self.store.lock();
+        let node = state
+            .nodes
+            .get(&path)
+            .ok_or(StoreError::NotFound(path.clone()))?;
+        if !node.perms.of(self.domain).can_read() {
+            return Err(self.denied("read permissions of", &path));
+        }
+        Ok(node.perms.clone())
+    }
+
+    /// Replaces a node's permissions; only its owner or dom0 may.
+    pub fn set_perms(&self, path: &str, perms: Perms) -> Result<(), StoreError> {
+        let path = self.resolve(path)?;
+        let mut state = self.store.lock();
+        let node = state
+            .nodes
+            .get_mut(&path)
+            .ok_or(StoreError::NotFound(path.clone()))?;
+        if self.domain != DomainId::DOM0 && node.perms.owner != self.domain {
+            return Err(self.denied("change permissions of", &path));
+        }
+        node.perms = perms.clone();
+        state.fire(&path, |d| perms.of(d).can_read());
+        Ok(())
+    }
+
+    /// Watches `path` and everything below it. The first event names `path` itself.
+    pub fn watch(&self, path: &str) -> Result<Watch, StoreError> {
+        let path = self.resolve(path)?;
+        let mut state = self.store.lock();
+        state.watches.retain(|w| !w.tx.is_closed());
+        if self.domain != DomainId::DOM0
+            && state
+                .watches
+                .iter()
+                .filter(|w| w.domain == self.domain)
+                .count()
+                >= MAX_WATCHES_PER_DOMAIN
+        {
+            return Err(StoreError::Quota(self.domain));
+        }
+        let (tx, rx) = mpsc::unbounded();
+        let _ = tx.unbounded_send(path.clone());
+        let id = state.next_watch;
+        state.next_watch = state.next_watch.wrapping_add(1);
+        state.watches.push(WatchReg {
+            id,
+            domain: self.domain,
+            path,
+            tx,
+        });
+        Ok(Watch {
+            rx,
+            id,
+            store: self.store.clone(),
+        })
+    }
+}
+
+/// A registered watch: a stream of changed paths. Dropping it unregisters.
+pub struct Watch {
+    rx: mpsc::UnboundedReceiver<String>,
+    id: u64,
+    store: Store,
+}
+
+impl Stream for Watch {
+    type Item = String;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.store.lock().watches.retain(|w| w.id != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Host;
+    use futures::StreamExt;
+
+    fn setup() -> (Host, StoreHandle, StoreHandle, StoreHandle) {
+        let host = Host::new();
+        host.create_domain(DomainId(1), 1).unwrap();
+        host.create_domain(DomainId(2), 1).unwrap();
+        (
+            host.clone(),
+            host.store_as(DomainId::DOM0),
+            host.store_as(DomainId(1)),
+            host.store_as(DomainId(2)),
+        )
+    }
+
+    mod permissions {
+        use super::*;
+
+        #[test]
+        fn domain_writes_its_own_home() {
+            let (_, _, a, _) = setup();
+            a.write("device/x", "1").unwrap();
+            assert_eq!(a.read("/local/domain/1/device/x").unwrap(), "1");
+        }
+
+        #[test]
+        fn guest_cannot_write_or_read_another_domains_keys() {
+            let (_, _, a, b) = setup();
+            a.write("secret", "s").unwrap();
+            assert!(matches!(
+                b.write("/local/domain/1/secret", "x"),
+                Err(StoreError::PermissionDenied { .. })
+            ));
+            assert!(matches!(
+                b.write("/local/domain/1/new", "x"),
+                Err(StoreError::PermissionDenied { .. })
+            ));
+            assert!(matches!(
+                b.read("/local/domain/1/secret"),
+                Err(StoreError::PermissionDenied { .. })
+            ));
+            assert!(matches!(
+                b.rm("/local/domain/1/secret"),
+                Err(StoreError::PermissionDenied { .. })
+            ));
+            assert_eq!(a.read("secret").unwrap(), "s");
+        }
+
+        #[test]
+        fn guest_cannot_create_outside_its_home() {
+            let (_, _, a, _) = setup();
+            assert!(a.write("/tool/x", "1").is_err());
+            assert!(a.write("/local/domain/7/x", "1").is_err());
+        }
+
+        #[test]
+        fn read_grant_allows_read_not_write() {
+            let (_, _, a, b) = setup();
+            a.write("shared", "v").unwrap();
+            a.set_perms(
+                "shared",
+                Perms::private(DomainId(1)).with(DomainId(2), Perm::Read),
+            )
+            .unwrap();
+            assert_eq!(b.read("/local/domain/1/shared").unwrap(), "v");
+            assert!(b.write("/local/domain/1/shared", "w").is_err());
+        }
+
+        #[test]
+        fn only_owner_changes_permissions() {
+            let (_, _, a, b) = setup();
+            a.write("n", "v").unwrap();
+            a.set_perms(
+                "n",
+                Perms::private(DomainId(1)).with(DomainId(2), Perm::Read),
+            )
+            .unwrap();
+            assert!(
+                b.set_perms("/local/domain/1/n", Perms::private(DomainId(2)))
+                    .is_err()
+            );
+        }
+
+        #[test]
+        fn children_inherit_permissions_with_creator_as_owner() {
+            let (_, dom0, _, b) = setup();
+            dom0.write("/shared/dir", "").unwrap();
+            dom0.set_perms(
+                "/shared/dir",
+                Perms::private(DomainId(1)).with(DomainId(2), Perm::Write),
+            )
+            .unwrap();
+            b.write("/shared/dir/child", "c").unwrap();
+            let perms = b.get_perms("/shared/dir/child").unwrap();
+            assert_eq!(perms.owner, DomainId(2));
+        }
+
+        #[test]
+        fn node_quota_stops_a_flooding_guest() {
+            let (_, _, a, _) = setup();
+            let mut last = Ok(());
+            for i in 0..=MAX_NODES_PER_DOMAIN {
+                last = a.write(&format!("flood/{i}"), "x");
+                if last.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(last, Err(StoreError::Quota(DomainId(1))));
+        }
+    }
+
+    mod tree {
+        use super::*;
+
+        #[test]
+        fn directory_lists_children_only() {
+            let (_, _, a, _) = setup();
+            a.write("d/x", "1").unwrap();
+            a.write("d/y/z", "2").unwrap();
+            assert_eq!(a.directory("d").unwrap(), vec!["x", "y"]);
+        }
+
+        #[test]
+        fn rm_removes_subtree() {
+            let (_, _, a, _) = setup();
+            a.write("d/x/y", "1").unwrap();
+            a.rm("d/x").unwrap();
+            assert_eq!(a.try_read("d/x/y").unwrap(), None);
+            assert_eq!(a.directory("d").unwrap(), Vec::<String>::new());
+        }
+
+        #[test]
+        fn invalid_paths_are_refused() {
+            let (_, _, a, _) = setup();
+            assert!(a.write("a//b", "1").is_err());
+            assert!(a.write("a/b c", "1").is_err());
+            assert!(a.write(&"x".repeat(MAX_PATH_LEN + 1), "1").is_err());
+            assert!(a.write("ok", &"v".repeat(MAX_VALUE_LEN + 1)).is_err());
+        }
+    }
+
+    mod watches {
+        use super::*;
+
+        #[test]
+        fn watch_fires_initially_and_on_changes_below() {
+            let (_, _, a, _) = setup();
+            let mut w = a.watch("dev").unwrap();
+            assert_eq!(
+                w.next().now_or_never().flatten().as_deref(),
+                Some("/local/domain/1/dev")
+            );
+            a.write("dev/state", "1").unwrap();
+            assert_eq!(
+                w.next().now_or_never().flatten().as_deref(),
+                Some("/local/domain/1/dev")
+            );
+            assert_eq!(
+                w.next().now_or_never().flatten().as_deref(),
+                Some("/local/domain/1/dev/state")
+            );
+            a.write("devil", "x").unwrap();
+            assert!(w.next().now_or_never().is_none());
+        }
+
+        #[test]
+        fn watch_does_not_leak_unreadable_changes() {
+            let (_, _, a, b) = setup();
+            let mut w = b.watch("/local/domain/1").unwrap();
+            let _initial = w.next().now_or_never();
+            a.write("private", "p").unwrap();
+            assert!(w.next().now_or_never().is_none());
+        }
+
+        #[test]
+        fn removal_fires_watch() {
+            let (_, _, a, _) = setup();
+            a.write("n", "1").unwrap();
+            let mut w = a.watch("n").unwrap();
+            let _initial = w.next().now_or_never();
+            a.rm("n").unwrap();
+            assert_eq!(
+                w.next().now_or_never().flatten().as_deref(),
+                Some("/local/domain/1/n")
+            );
+        }
+
+        use futures::FutureExt;
+    }
+}
