@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod gpadl;
 pub mod interrupt;
 pub mod memory;
 pub mod protocol;
