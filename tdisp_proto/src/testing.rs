@@ -194,9 +194,11 @@ impl<T: TdispGuestRequestInterface> Probe<'_, T> {
         self.ok("unbind", r)
     }
 
-    /// The device is `Unlocked`: start fails (unbinding, which keeps it `Unlocked`) and lock
-    /// then succeeds. Leaves the device `Locked`.
+    /// The device is `Unlocked`: a report fails (so it is neither `Locked` nor `Run`), start
+    /// fails (so it is not `Locked`), and lock then succeeds (so it was `Unlocked`; the failed
+    /// calls unbind, which keeps it there). Leaves the device `Locked`.
     fn expect_unbound(&mut self) -> Step {
+        self.report_err()?;
         self.start_err()?;
         self.lock_ok()
     }
@@ -353,4 +355,166 @@ pub fn check_names() -> Vec<&'static str> {
         .into_iter()
         .map(|(name, _)| name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TdispDeviceInterfaceInfo;
+    use reference::ReferenceModel;
+
+    /// One deliberate rule violation layered over the reference model.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// A wrong-state lock fails but leaves the state alone (no unbind).
+        LockErrorKeepsState,
+        /// Reports are served in `Unlocked`.
+        ReportInUnlocked,
+        /// Start succeeds from `Unlocked`.
+        StartFromUnlocked,
+        /// Unbind from `Run` leaves the device running.
+        UnbindKeepsRun,
+        /// Calls work without negotiation.
+        NoNegotiationNeeded,
+    }
+
+    struct Faulty {
+        model: ReferenceModel,
+        fault: Fault,
+    }
+
+    impl Faulty {
+        fn new(fault: Fault) -> Self {
+            let mut model = ReferenceModel::default();
+            if fault == Fault::NoNegotiationNeeded {
+                model.state = TdispTdiState::Unlocked;
+            }
+            Self { model, fault }
+        }
+    }
+
+    use crate::TdispTdiState;
+
+    impl TdispGuestRequestInterface for Faulty {
+        fn tdisp_negotiate_protocol(
+            &mut self,
+            requested: TdispGuestProtocolType,
+        ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
+            self.model.tdisp_negotiate_protocol(requested)
+        }
+
+        fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
+            if self.fault == Fault::LockErrorKeepsState
+                && self.model.state != TdispTdiState::Unlocked
+            {
+                return Err(TdispGuestOperationError::InvalidDeviceState);
+            }
+            self.model.request_lock_device_resources()
+        }
+
+        fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
+            if self.fault == Fault::StartFromUnlocked && self.model.state == TdispTdiState::Unlocked
+            {
+                self.model.state = TdispTdiState::Run;
+                return Ok(());
+            }
+            self.model.request_start_tdi()
+        }
+
+        fn request_attestation_report(
+            &mut self,
+            report_type: TdispReportType,
+        ) -> Result<Vec<u8>, TdispGuestOperationError> {
+            if self.fault == Fault::ReportInUnlocked && self.model.state == TdispTdiState::Unlocked
+            {
+                return Ok(Vec::new());
+            }
+            self.model.request_attestation_report(report_type)
+        }
+
+        fn request_unbind(
+            &mut self,
+            reason: TdispGuestUnbindReason,
+        ) -> Result<(), TdispGuestOperationError> {
+            if self.fault == Fault::UnbindKeepsRun && self.model.state == TdispTdiState::Run {
+                return Ok(());
+            }
+            self.model.request_unbind(reason)
+        }
+    }
+
+    fn run(fault: Fault) -> ConformanceReport {
+        run_conformance(&ConformanceConfig::default(), || Faulty::new(fault))
+    }
+
+    #[test]
+    fn reference_model_passes_every_check() {
+        let report = run_conformance(&ConformanceConfig::default(), ReferenceModel::default);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.passed, check_names());
+        assert!(report.passed.len() >= 20);
+    }
+
+    #[test]
+    fn reference_model_passes_as_boxed_trait_object() {
+        let report = run_conformance(&ConformanceConfig::default(), || {
+            Box::new(ReferenceModel::default()) as Box<dyn TdispGuestRequestInterface>
+        });
+        assert!(report.is_ok(), "{report}");
+    }
+
+    #[test]
+    fn lock_error_without_unbind_is_caught() {
+        let report = run(Fault::LockErrorKeepsState);
+        assert!(!report.is_ok());
+        assert!(
+            report.failed_check("lock_from_locked_fails_and_unbinds"),
+            "{report}"
+        );
+        assert!(
+            report.failed_check("lock_from_run_fails_and_unbinds"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn report_in_unlocked_is_caught() {
+        let report = run(Fault::ReportInUnlocked);
+        assert!(
+            report.failed_check("report_in_unlocked_fails_and_unbinds"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn start_from_unlocked_is_caught() {
+        let report = run(Fault::StartFromUnlocked);
+        assert!(
+            report.failed_check("start_from_unlocked_fails_and_unbinds"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn unbind_that_keeps_run_is_caught() {
+        let report = run(Fault::UnbindKeepsRun);
+        assert!(
+            report.failed_check("unbind_from_run_returns_to_unlocked"),
+            "{report}"
+        );
+        assert!(
+            !report.failed_check("unbind_from_locked_returns_to_unlocked"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn missing_negotiation_requirement_is_caught() {
+        let report = run(Fault::NoNegotiationNeeded);
+        assert!(
+            report.failed_check("lock_before_negotiate_fails"),
+            "{report}"
+        );
+        assert!(report.into_result().is_err());
+    }
 }
