@@ -1,0 +1,2 @@
+//! igvmgen placeholder
+fn main() {}
