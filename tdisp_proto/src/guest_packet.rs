@@ -646,3 +646,218 @@ fn state_code(state: TdispTdiState) -> u8 {
 fn decode_state(code: u8) -> Result<TdispTdiState, GuestPacketError> {
     TdispTdiState::try_from(u32::from(code)).map_err(|_| GuestPacketError::UnknownState(code))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::reference::ReferenceModel;
+
+    fn lock_command() -> GuestCommandPacket {
+        GuestCommandPacket {
+            device_id: 3,
+            command: GuestCommand::LockDeviceResources,
+        }
+    }
+
+    fn with_u32(mut wire: Vec<u8>, offset: usize, value: u32) -> Vec<u8> {
+        wire[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        wire
+    }
+
+    #[test]
+    fn unknown_codes_map_to_their_operation_errors() {
+        let negotiate = GuestCommandPacket {
+            device_id: 3,
+            command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
+        }
+        .to_bytes();
+        let cases = [
+            (
+                with_u32(lock_command().to_bytes(), 4, 99),
+                TdispGuestOperationError::InvalidGuestCommandId,
+            ),
+            (
+                with_u32(negotiate.clone(), 24, 7),
+                TdispGuestOperationError::InvalidGuestProtocolRequest,
+            ),
+            (
+                with_u32(with_u32(negotiate.clone(), 4, 4), 24, 6),
+                TdispGuestOperationError::InvalidGuestAttestationReportType,
+            ),
+            (
+                with_u32(with_u32(negotiate.clone(), 4, 5), 24, 2),
+                TdispGuestOperationError::InvalidGuestUnbindReason,
+            ),
+            (
+                with_u32(negotiate, 0, 2),
+                TdispGuestOperationError::HostFailedToProcessCommand,
+            ),
+        ];
+        for (wire, expected) in cases {
+            let error = GuestCommandPacket::decode(&wire).unwrap_err();
+            assert_eq!(error.operation_error(), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn command_payload_length_is_capped_before_it_is_compared() {
+        let wire = with_u32(lock_command().to_bytes(), 16, u32::MAX);
+        assert!(matches!(
+            GuestCommandPacket::decode(&wire),
+            Err(GuestPacketError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn command_reserved_field_is_rejected() {
+        let wire = with_u32(lock_command().to_bytes(), 20, 1);
+        assert!(matches!(
+            GuestCommandPacket::decode(&wire),
+            Err(GuestPacketError::ReservedBits(_))
+        ));
+    }
+
+    #[test]
+    fn error_reply_with_payload_is_rejected() {
+        let reply = GuestReplyPacket::answer(
+            &lock_command(),
+            TdispTdiState::Locked,
+            TdispTdiState::Unlocked,
+            Err(TdispGuestOperationError::InvalidDeviceState),
+        );
+        let mut wire = with_u32(reply.to_bytes().unwrap(), 24, 1);
+        wire.push(0);
+        assert_eq!(
+            GuestReplyPacket::decode(&wire),
+            Err(GuestPacketError::ErrorWithPayload(1))
+        );
+    }
+
+    #[test]
+    fn unknown_status_and_state_codes_are_rejected() {
+        let reply = GuestReplyPacket::answer(
+            &lock_command(),
+            TdispTdiState::Unlocked,
+            TdispTdiState::Locked,
+            Ok(GuestReply::LockDeviceResources),
+        );
+        let wire = reply.to_bytes().unwrap();
+        assert_eq!(
+            GuestReplyPacket::decode(&with_u32(wire.clone(), 16, 10)),
+            Err(GuestPacketError::UnknownStatus(10))
+        );
+        let mut state = wire;
+        state[20] = 5;
+        assert_eq!(
+            GuestReplyPacket::decode(&state),
+            Err(GuestPacketError::UnknownState(5))
+        );
+    }
+
+    #[test]
+    fn inconsistent_replies_are_not_encoded() {
+        let command = lock_command();
+        let wrong_result = GuestReplyPacket::answer(
+            &command,
+            TdispTdiState::Unlocked,
+            TdispTdiState::Locked,
+            Ok(GuestReply::StartTdi),
+        );
+        let success_as_error = GuestReplyPacket::answer(
+            &command,
+            TdispTdiState::Unlocked,
+            TdispTdiState::Unlocked,
+            Err(TdispGuestOperationError::Success),
+        );
+        for reply in [wrong_result, success_as_error] {
+            let mut out = Vec::new();
+            assert!(reply.encode(&mut out).is_err());
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_report_reply_is_refused() {
+        let command = GuestCommandPacket {
+            device_id: 1,
+            command: GuestCommand::GetAttestationReport(TdispReportType::CertificateChain),
+        };
+        let reply = GuestReplyPacket::answer(
+            &command,
+            TdispTdiState::Locked,
+            TdispTdiState::Locked,
+            Ok(GuestReply::GetAttestationReport(vec![
+                0;
+                MAX_REPLY_PAYLOAD + 1
+            ])),
+        );
+        assert!(matches!(
+            reply.to_bytes(),
+            Err(GuestPacketError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn reply_for_another_command_or_device_is_detected() {
+        let command = lock_command();
+        let mut reply = GuestReplyPacket::answer(
+            &command,
+            TdispTdiState::Unlocked,
+            TdispTdiState::Locked,
+            Ok(GuestReply::LockDeviceResources),
+        );
+        assert!(reply.check_answers(&command).is_ok());
+        reply.device_id = 4;
+        assert!(matches!(
+            reply.check_answers(&command),
+            Err(GuestPacketError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn dispatch_runs_the_trait_method_of_each_command() {
+        let mut model = ReferenceModel::default();
+        let negotiated = GuestCommand::NegotiateProtocol(TdispGuestProtocolType::IntelTdxConnectV1)
+            .dispatch(&mut model)
+            .unwrap();
+        assert!(matches!(negotiated, GuestReply::NegotiateProtocol(info)
+            if info.guest_protocol_type == TdispGuestProtocolType::IntelTdxConnectV1));
+        assert_eq!(
+            GuestCommand::LockDeviceResources.dispatch(&mut model),
+            Ok(GuestReply::LockDeviceResources)
+        );
+        assert!(matches!(
+            GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport)
+                .dispatch(&mut model),
+            Ok(GuestReply::GetAttestationReport(_))
+        ));
+        assert_eq!(
+            GuestCommand::StartTdi.dispatch(&mut model),
+            Ok(GuestReply::StartTdi)
+        );
+        assert_eq!(
+            GuestCommand::Unbind(TdispGuestUnbindReason::Graceful).dispatch(&mut model),
+            Ok(GuestReply::Unbind)
+        );
+        assert_eq!(model.state, TdispTdiState::Unlocked);
+        assert_eq!(
+            GuestCommand::StartTdi.dispatch(&mut model),
+            Err(TdispGuestOperationError::InvalidDeviceState)
+        );
+    }
+
+    #[test]
+    fn operation_error_codes_are_stable() {
+        for code in 0..=9u32 {
+            assert_eq!(TdispGuestOperationError::from_code(code).code(), code);
+        }
+        assert_eq!(
+            TdispGuestOperationError::from_code(10),
+            TdispGuestOperationError::Unknown
+        );
+        assert_eq!(
+            TdispGuestOperationError::InvalidGuestAttestationReportType.code(),
+            9
+        );
+    }
+}

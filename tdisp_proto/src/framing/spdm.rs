@@ -246,3 +246,92 @@ pub fn decode_tdisp<B: MessageBody>(
     }
     Ok((vendor.spdm_version, TdispMessage::decode(vendor.payload)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Vec<u8> {
+        let mut out = Vec::new();
+        SpdmVendorMessage {
+            spdm_version: SPDM_VERSION_1_2,
+            direction: Direction::Request,
+            protocol_id: PciProtocolId::TDISP,
+            payload: &[0xaa, 0xbb],
+        }
+        .encode(&mut out)
+        .unwrap();
+        out
+    }
+
+    type Expectation = fn(&SpdmFramingError) -> bool;
+
+    #[test]
+    fn header_fields_are_validated() {
+        let cases: [(usize, u8, Expectation); 6] = [
+            (0, 0x20, |e| {
+                matches!(e, SpdmFramingError::UnsupportedSpdmVersion(0x20))
+            }),
+            (1, 0x81, |e| {
+                matches!(e, SpdmFramingError::UnexpectedCode { .. })
+            }),
+            (2, 1, |e| matches!(e, SpdmFramingError::ReservedParams)),
+            (4, 4, |e| matches!(e, SpdmFramingError::NotPciSig { .. })),
+            (6, 4, |e| matches!(e, SpdmFramingError::NotPciSig { .. })),
+            (7, 0x86, |e| matches!(e, SpdmFramingError::NotPciSig { .. })),
+        ];
+        for (index, value, expected) in cases {
+            let mut wire = message();
+            wire[index] = value;
+            let error = SpdmVendorMessage::decode(&wire, Direction::Request).unwrap_err();
+            assert!(expected(&error), "byte {index}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn payload_length_must_match_and_include_a_protocol_id() {
+        let wire = message();
+        assert!(matches!(
+            SpdmVendorMessage::decode(&wire[..wire.len() - 1], Direction::Request),
+            Err(SpdmFramingError::LengthMismatch { .. })
+        ));
+        let mut empty = wire[..VENDOR_DEFINED_HEADER_SIZE].to_vec();
+        empty[9] = 0;
+        assert_eq!(
+            SpdmVendorMessage::decode(&empty, Direction::Request),
+            Err(SpdmFramingError::MissingProtocolId)
+        );
+        assert_eq!(
+            SpdmVendorMessage::decode(&wire[..5], Direction::Request),
+            Err(SpdmFramingError::Truncated(5))
+        );
+    }
+
+    #[test]
+    fn ide_km_payload_is_not_tdisp() {
+        let mut wire = message();
+        wire[VENDOR_DEFINED_HEADER_SIZE] = PciProtocolId::IDE_KM.0;
+        assert_eq!(
+            decode_tdisp::<crate::pcie::TdispRequest>(&wire, Direction::Request),
+            Err(SpdmFramingError::NotTdisp(0))
+        );
+    }
+
+    #[test]
+    fn oversized_payload_is_refused() {
+        let payload = vec![0; MAX_VENDOR_PAYLOAD];
+        let mut out = Vec::new();
+        let result = SpdmVendorMessage {
+            spdm_version: SPDM_VERSION_1_2,
+            direction: Direction::Response,
+            protocol_id: PciProtocolId::TDISP,
+            payload: &payload,
+        }
+        .encode(&mut out);
+        assert_eq!(
+            result,
+            Err(SpdmFramingError::PayloadTooLarge(MAX_VENDOR_PAYLOAD + 1))
+        );
+        assert!(out.is_empty());
+    }
+}

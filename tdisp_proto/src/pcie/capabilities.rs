@@ -168,3 +168,44 @@ impl Capabilities {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bitmap_bit_is_code_minus_0x80() {
+        let map = RequestBitmap::from_requests([
+            TdispMessageType::GET_TDISP_VERSION,
+            TdispMessageType::SET_TDISP_CONFIG_REQUEST,
+        ]);
+        assert_eq!(map.0[0], 0b0000_0010);
+        assert_eq!(map.0[1], 0b0001_0000);
+        assert!(map.supports(TdispMessageType::GET_TDISP_VERSION));
+        assert!(!map.supports(TdispMessageType::GET_TDISP_CAPABILITIES));
+        assert_eq!(
+            map.requests().collect::<Vec<_>>(),
+            vec![
+                TdispMessageType::GET_TDISP_VERSION,
+                TdispMessageType::SET_TDISP_CONFIG_REQUEST
+            ]
+        );
+    }
+
+    #[test]
+    fn response_codes_are_not_in_the_bitmap() {
+        let mut map = RequestBitmap::default();
+        map.set(TdispMessageType::TDISP_ERROR);
+        assert_eq!(map, RequestBitmap::default());
+        assert!(!map.supports(TdispMessageType::TDISP_VERSION));
+    }
+
+    #[test]
+    fn lock_flags_reject_reserved_bits() {
+        assert!(LockInterfaceFlags::from_wire(0x1f, "flags").is_ok());
+        assert_eq!(
+            LockInterfaceFlags::from_wire(0x40, "flags"),
+            Err(DecodeError::ReservedBits("flags"))
+        );
+    }
+}

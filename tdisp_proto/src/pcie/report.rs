@@ -385,3 +385,119 @@ impl ReportAssembler {
         self.is_complete().then_some(self.bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portion_is_limited_by_request_and_responder_buffer() {
+        let report = [7u8; 100];
+        assert_eq!(
+            report_portion(&report, 0, 30, 64).unwrap(),
+            (&report[..30], 70)
+        );
+        assert_eq!(
+            report_portion(&report, 90, 30, 64).unwrap(),
+            (&report[90..], 0)
+        );
+        assert_eq!(
+            report_portion(&report, 10, 100, 20).unwrap(),
+            (&report[10..30], 70)
+        );
+        assert_eq!(
+            report_portion(&report, 100, 5, 5).unwrap(),
+            (&report[100..], 0)
+        );
+    }
+
+    #[test]
+    fn portion_rejects_offsets_past_the_end_and_empty_reads() {
+        let report = [0u8; 10];
+        assert!(matches!(
+            report_portion(&report, 11, 1, 1),
+            Err(PortionError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            report_portion(&report, 0, 0, 64),
+            Err(PortionError::EmptyPortion { remainder: 10 })
+        );
+    }
+
+    #[test]
+    fn assembler_rejects_a_device_that_changes_the_total() {
+        let mut assembler = ReportAssembler::new();
+        assembler.push(&[1, 2], 4).unwrap();
+        assert_eq!(assembler.next_offset(), Some(2));
+        assert_eq!(
+            assembler.push(&[3, 4], 10),
+            Err(PortionError::Inconsistent {
+                expected: 6,
+                got: 14
+            })
+        );
+        // The failed push kept the earlier state.
+        assert_eq!(assembler.next_offset(), Some(2));
+    }
+
+    #[test]
+    fn assembler_rejects_empty_portions_and_pushes_after_completion() {
+        let mut assembler = ReportAssembler::new();
+        assert_eq!(
+            assembler.push(&[], 3),
+            Err(PortionError::EmptyPortion { remainder: 3 })
+        );
+        assembler.push(&[1, 2, 3], 0).unwrap();
+        assert!(assembler.is_complete());
+        assert_eq!(assembler.push(&[4], 0), Err(PortionError::AlreadyComplete));
+        assert_eq!(assembler.finish(), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn assembler_caps_the_total_size() {
+        let mut assembler = ReportAssembler::new();
+        assembler.push(&[0; 16], u16::MAX - 16).unwrap();
+        let mut assembler2 = ReportAssembler::new();
+        assert!(matches!(
+            assembler2.push(&[0; 16], u16::MAX),
+            Err(PortionError::TooLarge(_))
+        ));
+        assert!(!assembler.is_complete());
+    }
+
+    #[test]
+    fn report_with_huge_range_count_fails_without_allocating() {
+        let mut bytes = DeviceInterfaceReport::default().to_bytes();
+        bytes[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            DeviceInterfaceReport::decode(&bytes),
+            Err(DecodeError::CountMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn reserved_interface_info_and_attribute_bits_are_rejected() {
+        let report = DeviceInterfaceReport {
+            mmio_ranges: vec![MmioRange {
+                first_page: 0,
+                number_of_pages: 1,
+                attributes: MmioRangeAttributes::new(),
+                range_id: 0,
+            }],
+            ..Default::default()
+        };
+        let wire = report.to_bytes();
+        let mut info = wire.clone();
+        info[0] = 0x40;
+        assert_eq!(
+            DeviceInterfaceReport::decode(&info),
+            Err(DecodeError::ReservedBits("interface_info"))
+        );
+        let mut attributes = wire;
+        attributes[16 + 12] = 0x10;
+        assert_eq!(
+            DeviceInterfaceReport::decode(&attributes),
+            Err(DecodeError::ReservedBits("range_attributes"))
+        );
+    }
+}
