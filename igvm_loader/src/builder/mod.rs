@@ -113,8 +113,53 @@ impl<R: GuestArch> IgvmBuilder<R> {
         let file = self.build()?;
         let mut out = Vec::new();
         file.serialize(&mut out)?;
+        ensure_file_data(&mut out)?;
         Ok(out)
     }
+}
+
+/// Appends a few zero bytes of file data to a file that has none.
+///
+/// The `igvm` crate (0.5) rejects files whose file data section is empty, which happens when
+/// every page is data-less (zero or unmeasured pages, 2 MiB pages). Unreferenced file data is
+/// harmless, so the file gets 8 bytes of it; the fixed header's size and checksum are updated.
+fn ensure_file_data(bytes: &mut Vec<u8>) -> Result<()> {
+    use igvm_defs::IGVM_FIXED_HEADER;
+    use zerocopy::FromBytes;
+    use zerocopy::IntoBytes;
+    let malformed = || Error::Malformed("serialized file has no valid fixed header".into());
+    let (mut header, _) = IGVM_FIXED_HEADER::read_from_prefix(bytes).map_err(|_| malformed())?;
+    let headers_end = usize::try_from(header.variable_header_offset)
+        .ok()
+        .zip(usize::try_from(header.variable_header_size).ok())
+        .and_then(|(o, s)| o.checked_add(s))
+        .ok_or_else(malformed)?;
+    if bytes.len() > headers_end {
+        return Ok(());
+    }
+    bytes.resize(headers_end + 8, 0);
+    header.total_file_size = u32::try_from(bytes.len()).map_err(|_| malformed())?;
+    header.checksum = 0;
+    // The checksum covers the fixed header (V2 fields included, checksum zero) and the
+    // variable headers, which follow it directly.
+    let (fixed, _) = bytes.split_at_mut(size_of::<IGVM_FIXED_HEADER>());
+    fixed.copy_from_slice(header.as_bytes());
+    header.checksum = crc32(bytes.get(..headers_end).ok_or_else(malformed)?);
+    let (fixed, _) = bytes.split_at_mut(size_of::<IGVM_FIXED_HEADER>());
+    fixed.copy_from_slice(header.as_bytes());
+    Ok(())
+}
+
+/// CRC-32 (IEEE, reflected), the IGVM header checksum.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }
 
 /// Identity of a page directive apart from its data and mask.

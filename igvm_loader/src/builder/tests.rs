@@ -108,7 +108,7 @@ mod round_trip {
         let b = three_platform_builder();
         let built = b.build().unwrap();
         let bytes = b.build_bytes().unwrap();
-        let parsed = igvm::IgvmFile::new_from_binary(&bytes, None).unwrap();
+        let parsed = IgvmFile::new_from_binary(&bytes, None).unwrap();
         assert_eq!(parsed.platforms().len(), 3);
         assert_eq!(parsed.directives().len(), built.directives().len());
         let listing = crate::dump::dump(&parsed);
@@ -136,6 +136,48 @@ mod round_trip {
         ] {
             assert!(listing.contains(needle), "{needle} missing from\n{listing}");
         }
+    }
+
+    #[test]
+    fn files_without_page_data_still_parse_back() {
+        let mut b = IgvmBuilder::<X86Register>::new();
+        b.add_platform(config(IsolationType::Tdx))
+            .unwrap()
+            .import_pages(0, 4, "zeros", BootPageAcceptance::Exclusive, &[])
+            .unwrap();
+        let bytes = b.build_bytes().unwrap();
+        let parsed = IgvmFile::new_from_binary(&bytes, None).unwrap();
+        assert_eq!(parsed.directives().len(), 4);
+    }
+
+    #[test]
+    fn aarch64_vbs_images_round_trip() {
+        use crate::arch::AArch64Register;
+        let mut b = IgvmBuilder::<AArch64Register>::new();
+        let image = b.add_platform(config(IsolationType::Vbs)).unwrap();
+        image
+            .import_pages(
+                0x80,
+                1,
+                "el1",
+                BootPageAcceptance::Exclusive,
+                b"\x1f\x20\x03\xd5",
+            )
+            .unwrap();
+        image
+            .import_vp_register(AArch64Register::Pc(0x80_000))
+            .unwrap();
+        image
+            .import_vp_register(AArch64Register::X0(0x1000))
+            .unwrap();
+        let bytes = b.build_bytes().unwrap();
+        let parsed = IgvmFile::new_from_binary(&bytes, None).unwrap();
+        assert!(crate::dump::dump(&parsed).contains("aarch64_vbs_vp_context"));
+        let mut snp = PlatformImage::<AArch64Register>::new(config(IsolationType::Snp));
+        assert!(matches!(
+            snp.import_vp_register(AArch64Register::Pc(0)),
+            Err(Error::RegistersUnsupported { .. })
+        ));
     }
 
     #[test]
@@ -172,7 +214,7 @@ mod round_trip {
         let masks: Vec<u32> = file
             .directives()
             .iter()
-            .filter_map(|d| d.compatibility_mask())
+            .filter_map(IgvmDirectiveHeader::compatibility_mask)
             .collect();
         assert_eq!(masks, vec![1, 2]);
     }
@@ -356,7 +398,7 @@ mod contract {
             .import_vp_register(X86Register::Rip(0))
             .unwrap();
         let bytes = b.build_bytes().unwrap();
-        let parsed = igvm::IgvmFile::new_from_binary(&bytes, None).unwrap();
+        let parsed = IgvmFile::new_from_binary(&bytes, None).unwrap();
         assert!(crate::dump::dump(&parsed).contains("init relocatable_region"));
     }
 
