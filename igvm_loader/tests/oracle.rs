@@ -5,7 +5,6 @@
 //! tests fail (install with `cargo xtask deps`).
 
 #![expect(clippy::unwrap_used, reason = "test code")]
-#![expect(clippy::expect_used, reason = "test code")]
 #![expect(clippy::panic, reason = "test code")]
 
 use igvm::IgvmDirectiveHeader;
