@@ -210,20 +210,37 @@ pub fn measure_all_with_progress(
     options: &MeasureOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Measurement>> {
+    let platforms: Vec<IsolationType> = measurable_platforms(file)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    measure_platforms_with_progress(file, &platforms, options, progress)
+}
+
+/// Measures `file` for each of `platforms` (results in the same order), platforms in
+/// parallel.
+pub fn measure_platforms_with_progress(
+    file: &IgvmFile,
+    platforms: &[IsolationType],
+    options: &MeasureOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<Measurement>> {
     use rayon::prelude::*;
-    let mut platforms = measurable_platforms(file);
+    let mut order: Vec<(usize, IsolationType)> = platforms.iter().copied().enumerate().collect();
     // Start the sequential chains first (TDX, VBS) so SNP's page hashing fills the other
     // cores meanwhile.
-    platforms.sort_by_key(|(t, _)| match t {
+    order.sort_by_key(|(_, t)| match t {
         IsolationType::Tdx => 0,
         IsolationType::Vbs => 1,
         _ => 2,
     });
-    platforms
+    let mut results: Vec<(usize, Measurement)> = order
         .par_iter()
         .with_max_len(1)
-        .map(|(t, _)| measure_with_progress(file, *t, options, progress))
-        .collect()
+        .map(|(i, t)| measure_with_progress(file, *t, options, progress).map(|m| (*i, m)))
+        .collect::<Result<_>>()?;
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, m)| m).collect())
 }
 
 fn applies(mask: Option<u32>, platform_mask: u32) -> bool {
