@@ -1,0 +1,59 @@
+//! Every TDISP decoder on the same bytes: none may panic, and whatever decodes must re-encode
+//! to exactly the input (the codecs are bijective on valid input).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tdisp_proto::framing::doe::DoeObject;
+use tdisp_proto::framing::spdm;
+use tdisp_proto::framing::spdm::Direction;
+use tdisp_proto::framing::spdm::SpdmVendorMessage;
+use tdisp_proto::guest_packet::GuestCommandPacket;
+use tdisp_proto::guest_packet::GuestReplyPacket;
+use tdisp_proto::pcie::DeviceInterfaceReport;
+use tdisp_proto::pcie::TdispMessage;
+use tdisp_proto::pcie::TdispRequest;
+use tdisp_proto::pcie::TdispResponse;
+
+fn spdm_round_trip(data: &[u8], direction: Direction) {
+    if let Ok(vendor) = SpdmVendorMessage::decode(data, direction) {
+        let mut out = Vec::new();
+        vendor.encode(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    if let Ok((version, message)) = spdm::decode_tdisp::<TdispRequest>(data, direction) {
+        let mut out = Vec::new();
+        spdm::encode_tdisp(version, direction, &message, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    if let Ok((version, message)) = spdm::decode_tdisp::<TdispResponse>(data, direction) {
+        let mut out = Vec::new();
+        spdm::encode_tdisp(version, direction, &message, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = TdispMessage::<TdispRequest>::decode(data) {
+        assert_eq!(message.to_bytes(), data);
+    }
+    if let Ok(message) = TdispMessage::<TdispResponse>::decode(data) {
+        assert_eq!(message.to_bytes(), data);
+    }
+    if let Ok(report) = DeviceInterfaceReport::decode(data) {
+        assert_eq!(report.to_bytes(), data);
+    }
+    if let Ok(packet) = GuestCommandPacket::decode(data) {
+        assert_eq!(packet.to_bytes(), data);
+    }
+    if let Ok(packet) = GuestReplyPacket::decode(data) {
+        assert_eq!(packet.to_bytes().unwrap(), data);
+    }
+    spdm_round_trip(data, Direction::Request);
+    spdm_round_trip(data, Direction::Response);
+    // The full transport stack: DOE object -> SPDM vendor message -> TDISP.
+    if let Ok(object) = DoeObject::decode(data) {
+        spdm_round_trip(object.payload, Direction::Request);
+        spdm_round_trip(object.payload, Direction::Response);
+    }
+});
