@@ -217,6 +217,31 @@ impl<'a> SpdmVendorMessage<'a> {
     }
 }
 
+/// The SPDM vendor message at the start of a DOE payload, without the DOE padding.
+///
+/// DOE pads objects to whole dwords, so a plain (type 1) DOE payload may end with up to three
+/// zero bytes after the SPDM message; the SPDM payload length field says where it ends.
+/// Fails if the padding is longer than three bytes or not zero.
+pub fn strip_doe_padding(doe_payload: &[u8]) -> Result<&[u8], SpdmFramingError> {
+    let (header, _) = VendorDefinedHeader::read_from_prefix(doe_payload)
+        .map_err(|_| SpdmFramingError::Truncated(doe_payload.len()))?;
+    let len = VENDOR_DEFINED_HEADER_SIZE + usize::from(header.payload_length.get());
+    let (message, padding) =
+        doe_payload
+            .split_at_checked(len)
+            .ok_or(SpdmFramingError::LengthMismatch {
+                claimed: len,
+                actual: doe_payload.len(),
+            })?;
+    if padding.len() >= 4 || padding.iter().any(|&b| b != 0) {
+        return Err(SpdmFramingError::LengthMismatch {
+            claimed: len,
+            actual: doe_payload.len(),
+        });
+    }
+    Ok(message)
+}
+
 /// Encodes a TDISP message (request or response) inside a PCI-SIG vendor-defined SPDM message.
 pub fn encode_tdisp<B: MessageBody>(
     spdm_version: u8,
@@ -305,6 +330,22 @@ mod tests {
             SpdmVendorMessage::decode(&wire[..5], Direction::Request),
             Err(SpdmFramingError::Truncated(5))
         );
+    }
+
+    #[test]
+    fn doe_padding_is_stripped_only_if_short_and_zero() {
+        let wire = message(); // 14 bytes: DOE pads it with two zeros
+        let mut padded = wire.clone();
+        padded.extend_from_slice(&[0, 0]);
+        assert_eq!(strip_doe_padding(&padded), Ok(&wire[..]));
+        assert_eq!(strip_doe_padding(&wire), Ok(&wire[..]));
+        let mut nonzero = wire.clone();
+        nonzero.extend_from_slice(&[0, 1]);
+        assert!(strip_doe_padding(&nonzero).is_err());
+        let mut long = wire.clone();
+        long.extend_from_slice(&[0; 4]);
+        assert!(strip_doe_padding(&long).is_err());
+        assert!(strip_doe_padding(&wire[..wire.len() - 1]).is_err());
     }
 
     #[test]
