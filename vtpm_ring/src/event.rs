@@ -258,6 +258,36 @@ impl Drop for EventChannel {
     }
 }
 
+/// A local one-shot-at-a-time flag with a waker (a cancel request inside one domain).
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    pub(crate) fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn reset(&self) {
+        self.raised.store(false, Ordering::Release);
+    }
+
+    pub(crate) async fn wait(&self) {
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.raised.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod domain;
 pub mod engine;
 pub mod event;
+pub mod frontend;
 pub mod grant;
+pub mod manager;
 pub mod page;
+pub mod protocol;
 pub mod store;
+pub mod testbed;
 pub mod tpm_header;
 pub mod xenbus;

@@ -532,6 +532,12 @@ impl Stream for Watch {
     }
 }
 
+impl futures::stream::FusedStream for Watch {
+    fn is_terminated(&self) -> bool {
+        self.rx.is_terminated()
+    }
+}
+
 impl Drop for Watch {
     fn drop(&mut self) {
         let id = self.id;

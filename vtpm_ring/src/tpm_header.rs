@@ -84,6 +84,8 @@ pub enum TpmRc {
     HANDLE_S1 = 0x98b,
     /// Command was canceled (warning).
     CANCELED = 0x909,
+    /// Command not allowed at this locality (warning).
+    LOCALITY = 0x907,
 }
 
 /// The header on the wire.
@@ -163,6 +165,14 @@ pub fn error_response(rc: TpmRc) -> Vec<u8> {
     }
     .as_bytes()
     .to_vec()
+}
+
+impl TpmHeader {
+    /// Whether `bytes` start with a header whose size field equals `bytes.len()`.
+    pub fn read_from_prefix_checked(bytes: &[u8]) -> bool {
+        TpmHeader::read_from_prefix(bytes)
+            .is_ok_and(|(h, _)| usize::try_from(h.size.get()) == Ok(bytes.len()))
+    }
 }
 
 /// The response code of a response, if it has a header.

@@ -59,6 +59,8 @@ pub mod keys {
     pub const PREF_INSTANCE: &str = "pref_instance";
     /// Name of the frontend's domain.
     pub const DOMAIN: &str = "domain";
+    /// Why the backend refused the device (present while it stays Closed for that reason).
+    pub const ERROR: &str = "error";
     /// vTPM instance UUID.
     pub const UUID: &str = "uuid";
 }

@@ -1,0 +1,706 @@
+//! The backend: serves every vTPM frontend of its domain.
+//!
+//! [`Backend::run`] watches `backend/vtpm` in its store home; for each device the toolstack
+//! creates it runs one connection state machine (InitWait -> Connected -> Closed -> InitWait).
+//! Connected, it maps only the pages the frontend granted, copies each request out of shared
+//! memory exactly once, validates it (length within the shared pages, TPM header size equal to
+//! the bytes received), and answers malformed requests itself with a TPM error response. Good
+//! requests go to the vTPM manager over the one multiplexed stream ([`crate::manager`]),
+//! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
+//! the command was under way) or IDLE (nothing was).
+
+use crate::domain::Domain;
+use crate::domain::DomainId;
+use crate::engine::ControlOp;
+use crate::event::EventChannel;
+use crate::event::EventError;
+use crate::event::Port;
+use crate::grant::GrantAccess;
+use crate::grant::GrantError;
+use crate::grant::GrantRef;
+use crate::grant::MappedPage;
+use crate::manager::MuxClient;
+use crate::manager::MuxRouter;
+use crate::manager::StreamEnd;
+use crate::manager::mux;
+use crate::protocol::ProtocolVersion;
+use crate::protocol::Protocols;
+use crate::protocol::RingError;
+use crate::protocol::v1;
+use crate::protocol::v2;
+use crate::protocol::v2::V2Page;
+use crate::protocol::v2::V2State;
+use crate::store::StoreError;
+use crate::store::StoreHandle;
+use crate::store::Watch;
+use crate::tpm_header::TpmRc;
+use crate::tpm_header::error_response;
+use crate::tpm_header::validate_command;
+use crate::xenbus::XenbusState;
+use crate::xenbus::backend_root;
+use crate::xenbus::keys;
+use crate::xenbus::read_state;
+use crate::xenbus::write_state;
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::pin_mut;
+use futures::select_biased;
+use futures::stream::FuturesUnordered;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use thiserror::Error;
+use tracing::Instrument;
+
+/// Backend settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Protocol versions offered.
+    pub protocols: Protocols,
+    /// Most v2 extra pages a frontend may bring.
+    pub max_extra_pages: u8,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            protocols: Protocols::default(),
+            max_extra_pages: v2::MAX_EXTRA_PAGES,
+        }
+    }
+}
+
+/// Errors that stop the backend or one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    /// A store operation failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A grant could not be mapped.
+    #[error("grant: {0}")]
+    Grant(#[from] GrantError),
+    /// The event channel could not be bound.
+    #[error("event channel: {0}")]
+    Event(#[from] EventError),
+    /// The shared layout is unusable.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// Frontend and backend share no protocol version.
+    #[error("no protocol version in common with the frontend")]
+    NoCommonProtocol,
+    /// Another device already uses this instance.
+    #[error("vTPM instance {0} is already connected")]
+    InstanceInUse(u32),
+}
+
+/// Counters of what the backend did (all devices).
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    failed_connects: AtomicU64,
+    requests: AtomicU64,
+    malformed: AtomicU64,
+    dropped: AtomicU64,
+    cancels: AtomicU64,
+    cancel_acks: AtomicU64,
+}
+
+/// A copy of [`BackendStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Connections established.
+    pub connects: u64,
+    /// Connections torn down.
+    pub disconnects: u64,
+    /// Connection attempts refused (bad refs, ports, protocols).
+    pub failed_connects: u64,
+    /// Requests forwarded to the manager.
+    pub requests: u64,
+    /// Malformed requests answered with a TPM error by the backend itself.
+    pub malformed: u64,
+    /// Requests that could not even be answered (no writable page).
+    pub dropped: u64,
+    /// Cancels forwarded for a command under way.
+    pub cancels: u64,
+    /// Cancels acknowledged with IDLE.
+    pub cancel_acks: u64,
+}
+
+impl BackendStats {
+    /// The current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connects: g(&self.connects),
+            disconnects: g(&self.disconnects),
+            failed_connects: g(&self.failed_connects),
+            requests: g(&self.requests),
+            malformed: g(&self.malformed),
+            dropped: g(&self.dropped),
+            cancels: g(&self.cancels),
+            cancel_acks: g(&self.cancel_acks),
+        }
+    }
+
+    fn bump(a: &AtomicU64) {
+        a.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The backend of one domain.
+pub struct Backend {
+    domain: Domain,
+    config: BackendConfig,
+    client: MuxClient,
+    router: MuxRouter,
+    stats: Arc<BackendStats>,
+}
+
+struct Shared {
+    domain: Domain,
+    store: StoreHandle,
+    config: BackendConfig,
+    client: MuxClient,
+    stats: Arc<BackendStats>,
+    instances: Mutex<BTreeSet<u32>>,
+}
+
+impl Backend {
+    /// A backend acting as `domain`, talking to the vTPM manager over `stream`.
+    pub fn new(domain: Domain, stream: StreamEnd, config: BackendConfig) -> Self {
+        let (client, router) = mux(stream);
+        Self {
+            domain,
+            config,
+            client,
+            router,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The backend's counters.
+    pub fn stats(&self) -> Arc<BackendStats> {
+        self.stats.clone()
+    }
+
+    /// Serves devices until the vTPM manager closes the stream.
+    pub async fn run(self) -> Result<(), BackendError> {
+        let store = self.domain.store();
+        let root = backend_root(self.domain.id());
+        let mut watch = store.watch(&root)?;
+        let shared = Arc::new(Shared {
+            domain: self.domain,
+            store: store.clone(),
+            config: self.config,
+            client: self.client,
+            stats: self.stats,
+            instances: Mutex::default(),
+        });
+        let mut known = BTreeSet::new();
+        let mut devices = FuturesUnordered::new();
+        let router = self.router.run().fuse();
+        pin_mut!(router);
+        loop {
+            select_biased! {
+                () = router => {
+                    tracing::info!("vTPM manager stream closed, backend stops");
+                    return Ok(());
+                }
+                done = devices.select_next_some() => {
+                    known.remove(&done);
+                }
+                changed = watch.next() => {
+                    if changed.is_none() {
+                        return Ok(());
+                    }
+                    for dir in device_dirs(&store, &root) {
+                        if known.insert(dir.clone()) {
+                            devices.push(device(shared.clone(), dir));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every `<root>/<frontend>/<handle>` directory.
+fn device_dirs(store: &StoreHandle, root: &str) -> Vec<String> {
+    let mut dirs = Vec::new();
+    for front in store.directory(root).unwrap_or_default() {
+        let front_dir = format!("{root}/{front}");
+        for handle in store.directory(&front_dir).unwrap_or_default() {
+            dirs.push(format!("{front_dir}/{handle}"));
+        }
+    }
+    dirs
+}
+
+struct DeviceConfig {
+    frontend: DomainId,
+    front_dir: String,
+    instance: u32,
+}
+
+fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, StoreError> {
+    Ok(DeviceConfig {
+        frontend: DomainId(store.read_num(&format!("{dir}/{}", keys::FRONTEND_ID))?),
+        front_dir: store.read(&format!("{dir}/{}", keys::FRONTEND))?,
+        instance: store.read_num(&format!("{dir}/{}", keys::INSTANCE))?,
+    })
+}
+
+enum Transport {
+    V1 {
+        ring: MappedPage,
+        /// The ring as copied for the request under way: its refs name the response pages.
+        snapshot: Option<v1::Ring>,
+    },
+    V2(V2Page<MappedPage>),
+}
+
+struct Connection {
+    event: EventChannel,
+    transport: Transport,
+    frontend: DomainId,
+}
+
+/// Why serving stopped.
+enum Stop {
+    Gone,
+    Closed,
+}
+
+/// Runs one device until its directory disappears; returns the directory.
+async fn device(shared: Arc<Shared>, dir: String) -> String {
+    let span = tracing::info_span!("vtpm_backend", dir = %dir);
+    if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
+        tracing::warn!(dir, error = %e, "vTPM device stopped");
+    }
+    dir
+}
+
+async fn next_change(own: &mut Watch, front: &mut Watch) -> bool {
+    select_biased! {
+        a = own.next() => a.is_some(),
+        b = front.next() => b.is_some(),
+    }
+}
+
+async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
+    let store = &shared.store;
+    let mut own = store.watch(dir)?;
+    let exists = || store.try_read(dir).ok().flatten().is_some();
+    let config = loop {
+        if !exists() {
+            return Ok(());
+        }
+        match read_device_config(store, dir) {
+            Ok(c) => break c,
+            Err(_) => {
+                if own.next().await.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let inserted = shared
+        .instances
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(config.instance);
+    if !inserted {
+        store.write(
+            &format!("{dir}/{}", keys::ERROR),
+            "instance already connected",
+        )?;
+        write_state(store, dir, XenbusState::CLOSED)?;
+        while exists() && own.next().await.is_some() {}
+        return Err(BackendError::InstanceInUse(config.instance));
+    }
+    let result = serve_device(shared, dir, &config, &mut own).await;
+    shared
+        .instances
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&config.instance);
+    result
+}
+
+async fn serve_device(
+    shared: &Shared,
+    dir: &str,
+    config: &DeviceConfig,
+    own: &mut Watch,
+) -> Result<(), BackendError> {
+    let store = &shared.store;
+    let exists = || store.try_read(dir).ok().flatten().is_some();
+    let mut front = store.watch(&config.front_dir)?;
+    if shared.config.protocols.v2 {
+        store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
+    }
+    write_state(store, dir, XenbusState::INIT_WAIT)?;
+    loop {
+        // Wait for the frontend to publish its ring.
+        loop {
+            if !exists() {
+                return Ok(());
+            }
+            let st = read_state(store, &config.front_dir);
+            if st == XenbusState::INITIALISED || st == XenbusState::CONNECTED {
+                break;
+            }
+            if !next_change(own, &mut front).await {
+                return Ok(());
+            }
+        }
+        match connect(shared, config) {
+            Ok(mut conn) => {
+                BackendStats::bump(&shared.stats.connects);
+                write_state(store, dir, XenbusState::CONNECTED)?;
+                tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
+                let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
+                // Unmap and unbind before saying Closed: the frontend revokes its grants next.
+                drop(conn);
+                BackendStats::bump(&shared.stats.disconnects);
+                if matches!(stop, Stop::Gone) {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                BackendStats::bump(&shared.stats.failed_connects);
+                tracing::warn!(frontend = %config.frontend, error = %e, "vTPM connect refused");
+                store.write(&format!("{dir}/{}", keys::ERROR), &e.to_string())?;
+            }
+        }
+        write_state(store, dir, XenbusState::CLOSED)?;
+        // Wait for the frontend to finish closing, then offer a new connection.
+        loop {
+            if !exists() {
+                return Ok(());
+            }
+            let st = read_state(store, &config.front_dir);
+            if matches!(
+                st,
+                XenbusState::CLOSED | XenbusState::INITIALISING | XenbusState::UNKNOWN
+            ) {
+                break;
+            }
+            if !next_change(own, &mut front).await {
+                return Ok(());
+            }
+        }
+        if store.try_read(&format!("{dir}/{}", keys::ERROR))?.is_some() {
+            store.rm(&format!("{dir}/{}", keys::ERROR))?;
+        }
+        write_state(store, dir, XenbusState::INIT_WAIT)?;
+    }
+}
+
+fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, BackendError> {
+    let store = &shared.store;
+    let fdir = &config.front_dir;
+    let ring_ref: u32 = store.read_num(&format!("{fdir}/{}", keys::RING_REF))?;
+    let port: u32 = store.read_num(&format!("{fdir}/{}", keys::EVENT_CHANNEL))?;
+    let peer_v2 = store
+        .try_read(&format!("{fdir}/{}", keys::FEATURE_V2))?
+        .is_some_and(|v| v.trim() == "1");
+    let version = shared
+        .config
+        .protocols
+        .negotiate(peer_v2)
+        .ok_or(BackendError::NoCommonProtocol)?;
+    let domain = &shared.domain;
+    let transport = match version {
+        ProtocolVersion::V2 => {
+            let page =
+                domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?;
+            let refs = v2::read_extra_refs(&page, shared.config.max_extra_pages)?;
+            let mut pages = vec![page];
+            for r in refs {
+                pages.push(domain.map_grant(
+                    config.frontend,
+                    GrantRef(r),
+                    GrantAccess::ReadWrite,
+                )?);
+            }
+            Transport::V2(V2Page::new(pages)?)
+        }
+        ProtocolVersion::V1 => Transport::V1 {
+            ring: domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?,
+            snapshot: None,
+        },
+    };
+    let event = domain.bind_interdomain(config.frontend, Port(port))?;
+    tracing::debug!(?version, "protocol negotiated");
+    Ok(Connection {
+        event,
+        transport,
+        frontend: config.frontend,
+    })
+}
+
+enum Action {
+    Idle,
+    Response(Vec<u8>),
+    Event(Result<(), EventError>),
+    OwnChanged(bool),
+    FrontChanged(bool),
+}
+
+async fn serve(
+    shared: &Shared,
+    dir: &str,
+    config: &DeviceConfig,
+    conn: &mut Connection,
+    own: &mut Watch,
+    front: &mut Watch,
+) -> Stop {
+    let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
+    let mut cancel_sent = false;
+    let mut locality_sent: Option<u8> = None;
+    // v2: a request may have been submitted before we bound the channel, and the state byte
+    // says so. v1 has no such state: only a notification announces a request.
+    let mut action = match conn.transport {
+        Transport::V2(_) => Action::Event(Ok(())),
+        Transport::V1 { .. } => Action::Idle,
+    };
+    loop {
+        match action {
+            Action::Idle => {}
+            Action::Response(resp) => {
+                inflight = None;
+                cancel_sent = false;
+                respond(shared, conn, &resp);
+            }
+            Action::Event(Err(_)) => return Stop::Closed,
+            Action::Event(Ok(())) => {
+                if let Some(req) =
+                    on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
+                {
+                    let client = shared.client.clone();
+                    let instance = config.instance;
+                    let (cmd, locality) = req;
+                    let set_locality = locality_sent != Some(locality);
+                    locality_sent = Some(locality);
+                    BackendStats::bump(&shared.stats.requests);
+                    inflight = Some(Box::pin(async move {
+                        if set_locality
+                            && let Err(e) = client
+                                .control(instance, ControlOp::SetLocality(locality))
+                                .await
+                        {
+                            tracing::warn!(instance, error = %e, "set locality failed");
+                        }
+                        match client.command(instance, cmd).await {
+                            Ok(r) if validate_response(&r) => r,
+                            Ok(_) => {
+                                tracing::warn!(instance, "malformed response from the manager");
+                                error_response(TpmRc::FAILURE)
+                            }
+                            Err(e) => {
+                                tracing::warn!(instance, error = %e, "manager request failed");
+                                error_response(TpmRc::FAILURE)
+                            }
+                        }
+                    }));
+                }
+            }
+            Action::OwnChanged(alive) => {
+                if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
+                    return Stop::Gone;
+                }
+            }
+            Action::FrontChanged(alive) => {
+                let st = read_state(&shared.store, &config.front_dir);
+                if !alive
+                    || matches!(
+                        st,
+                        XenbusState::CLOSING
+                            | XenbusState::CLOSED
+                            | XenbusState::UNKNOWN
+                            | XenbusState::INITIALISING
+                    )
+                {
+                    return Stop::Closed;
+                }
+            }
+        }
+        action = {
+            let resp = async {
+                match inflight.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }
+            .fuse();
+            let ev = conn.event.wait().fuse();
+            pin_mut!(resp, ev);
+            select_biased! {
+                r = resp => Action::Response(r),
+                o = own.next() => Action::OwnChanged(o.is_some()),
+                f = front.next() => Action::FrontChanged(f.is_some()),
+                e = ev => Action::Event(e),
+            }
+        };
+    }
+}
+
+fn validate_response(r: &[u8]) -> bool {
+    crate::tpm_header::TpmHeader::read_from_prefix_checked(r)
+}
+
+/// Handles a notification; returns a validated command to forward.
+fn on_event(
+    shared: &Shared,
+    config: &DeviceConfig,
+    conn: &mut Connection,
+    busy: bool,
+    cancel_sent: &mut bool,
+) -> Option<(Vec<u8>, u8)> {
+    let stats = &shared.stats;
+    match &mut conn.transport {
+        Transport::V2(page) => {
+            let state = match page.state() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read shared page state");
+                    return None;
+                }
+            };
+            match (state, busy) {
+                (V2State::SUBMIT, false) => {
+                    let (packet, locality) = match page.read_packet() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "request does not fit the shared pages");
+                            BackendStats::bump(&stats.malformed);
+                            respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
+                            return None;
+                        }
+                    };
+                    check_request(shared, conn, packet, locality)
+                }
+                (V2State::CANCEL, true) => {
+                    if !*cancel_sent {
+                        *cancel_sent = true;
+                        BackendStats::bump(&stats.cancels);
+                        if let Err(e) = shared
+                            .client
+                            .post_control(config.instance, ControlOp::CancelCommand)
+                        {
+                            tracing::warn!(error = %e, "cancel not forwarded");
+                        }
+                    }
+                    None
+                }
+                (V2State::CANCEL, false) => {
+                    BackendStats::bump(&stats.cancel_acks);
+                    if page.set_state(V2State::IDLE).is_ok() {
+                        let _ = conn.event.notify();
+                    }
+                    None
+                }
+                // SUBMIT while busy: the frontend is ahead of itself; it gets the answer to the
+                // command under way. IDLE/FINISH/unknown: nothing to do.
+                _ => None,
+            }
+        }
+        Transport::V1 { ring, snapshot } => {
+            if busy {
+                return None;
+            }
+            let entries = match v1::read_ring(ring) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read v1 ring");
+                    return None;
+                }
+            };
+            *snapshot = Some(entries);
+            let frontend = conn.frontend;
+            let domain = &shared.domain;
+            let packet = v1::packet_len(&entries).and_then(|len| {
+                v1::read_packet(&entries, len, |r| {
+                    Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadOnly)?)
+                })
+            });
+            match packet {
+                Ok(p) => check_request(shared, conn, p, 0),
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed v1 request");
+                    BackendStats::bump(&stats.malformed);
+                    respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Validates a request copied out of shared memory; answers it here if malformed.
+fn check_request(
+    shared: &Shared,
+    conn: &mut Connection,
+    packet: Vec<u8>,
+    locality: u8,
+) -> Option<(Vec<u8>, u8)> {
+    let rc = if locality > 4 {
+        Some(TpmRc::LOCALITY)
+    } else {
+        validate_command(&packet)
+            .err()
+            .map(crate::tpm_header::HeaderError::response_code)
+    };
+    match rc {
+        None => Some((packet, locality)),
+        Some(rc) => {
+            tracing::debug!(
+                ?rc,
+                len = packet.len(),
+                "malformed request answered by the backend"
+            );
+            BackendStats::bump(&shared.stats.malformed);
+            respond(shared, conn, &error_response(rc));
+            None
+        }
+    }
+}
+
+/// Writes a response into the shared pages and notifies.
+fn respond(shared: &Shared, conn: &mut Connection, response: &[u8]) {
+    let frontend = conn.frontend;
+    let domain = &shared.domain;
+    let written = match &mut conn.transport {
+        Transport::V2(page) => {
+            let r = page.write_packet(response, 0).or_else(|e| {
+                tracing::warn!(error = %e, "response does not fit the shared pages");
+                page.write_packet(&error_response(TpmRc::FAILURE), 0)
+            });
+            r.and_then(|()| page.set_state(V2State::FINISH))
+        }
+        Transport::V1 { ring, snapshot } => {
+            let entries = snapshot.take().unwrap_or_default();
+            let map =
+                |r: u32| Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadWrite)?);
+            v1::write_packet(ring, &entries, response, map).or_else(|e| {
+                tracing::warn!(error = %e, "response does not fit the v1 pages");
+                v1::write_packet(ring, &entries, &error_response(TpmRc::FAILURE), map)
+            })
+        }
+    };
+    match written {
+        Ok(()) => {
+            let _ = conn.event.notify();
+        }
+        Err(e) => {
+            BackendStats::bump(&shared.stats.dropped);
+            tracing::warn!(error = %e, "response could not be written; dropped");
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The frontend: a guest's vTPM device, offering what a `/dev/tpm0` user sees.
+//!
+//! [`Frontend::connect`] runs the store handshake with the backend (negotiating v1 or v2),
+//! then [`Frontend::transmit`] sends one command and returns its response, one at a time.
+//! [`Frontend::set_locality`] chooses the locality (v2 only: v1 has none on the wire) and
+//! [`Frontend::cancel`] asks to cancel the command under way. Unlike Linux's driver, an
+//! oversize or inconsistent response is an error, never silently truncated.
+
+use crate::domain::Domain;
+use crate::domain::DomainError;
+use crate::domain::DomainId;
+use crate::event::EventChannel;
+use crate::event::EventError;
+use crate::event::Signal;
+use crate::grant::GrantAccess;
+use crate::grant::GrantError;
+use crate::grant::GrantRef;
+use crate::page::OwnPage;
+use crate::protocol::ProtocolVersion;
+use crate::protocol::Protocols;
+use crate::protocol::RingError;
+use crate::protocol::v1;
+use crate::protocol::v2::V2Page;
+use crate::protocol::v2::V2State;
+use crate::store::StoreError;
+use crate::store::StoreHandle;
+use crate::tpm_header::TpmHeader;
+use crate::xenbus::XenbusState;
+use crate::xenbus::frontend_dir;
+use crate::xenbus::keys;
+use crate::xenbus::read_state;
+use crate::xenbus::write_state;
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::lock::Mutex;
+use futures::pin_mut;
+use futures::select_biased;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
+use thiserror::Error;
+use zerocopy::little_endian::U32;
+use zerocopy::little_endian::U64;
+
+/// Frontend settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontendConfig {
+    /// Device handle (`device/vtpm/<handle>`).
+    pub handle: u32,
+    /// Protocol versions the frontend is willing to use.
+    pub protocols: Protocols,
+    /// v2 extra pages beyond the shared page (1 lets a 4 KiB command fit).
+    pub extra_pages: u8,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        Self {
+            handle: 0,
+            protocols: Protocols::default(),
+            extra_pages: 1,
+        }
+    }
+}
+
+/// Frontend errors.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrontendError {
+    /// A store operation failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A grant operation failed.
+    #[error("grant: {0}")]
+    Grant(#[from] GrantError),
+    /// The event channel failed or closed.
+    #[error("event channel: {0}")]
+    Event(#[from] EventError),
+    /// The shared layout failed.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// No memory for the shared pages.
+    #[error("domain: {0}")]
+    Domain(#[from] DomainError),
+    /// Frontend and backend share no protocol version.
+    #[error("no protocol version in common with the backend")]
+    NoCommonProtocol,
+    /// The backend closed instead of connecting.
+    #[error("backend refused the connection (state {0:?})")]
+    BackendRefused(XenbusState),
+    /// The store connection ended while waiting.
+    #[error("store watch ended")]
+    WatchEnded,
+    /// The command does not fit the shared pages.
+    #[error("command of {len} bytes exceeds {capacity}")]
+    CommandTooLarge {
+        /// Command length.
+        len: usize,
+        /// Capacity.
+        capacity: usize,
+    },
+    /// The backend's response is larger than the shared pages or inconsistent.
+    #[error("malformed response from the backend")]
+    BadResponse,
+    /// The command was canceled before the backend answered.
+    #[error("command canceled")]
+    Canceled,
+    /// Locality out of range (0..=4).
+    #[error("locality {0} out of range")]
+    BadLocality(u8),
+}
+
+enum Transport {
+    V1 {
+        ring: OwnPage,
+        data: Vec<OwnPage>,
+        entries: v1::Ring,
+    },
+    V2(V2Page<OwnPage>),
+}
+
+#[derive(Default)]
+struct IoState {
+    /// v1: a canceled (or abandoned) command's response has not arrived yet.
+    v1_outstanding: bool,
+}
+
+/// A connected vTPM frontend.
+pub struct Frontend {
+    domain: Domain,
+    store: StoreHandle,
+    dir: String,
+    backend_dir: String,
+    version: ProtocolVersion,
+    event: EventChannel,
+    transport: Transport,
+    pages: Vec<OwnPage>,
+    grants: Vec<GrantRef>,
+    io: Mutex<IoState>,
+    locality: AtomicU8,
+    in_flight: AtomicBool,
+    cancel: Signal,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("dir", &self.dir)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+async fn wait_backend(
+    store: &StoreHandle,
+    backend_dir: &str,
+    done: impl Fn(XenbusState) -> Option<Result<(), FrontendError>>,
+) -> Result<(), FrontendError> {
+    let mut watch = store.watch(backend_dir)?;
+    loop {
+        if let Some(r) = done(read_state(store, backend_dir)) {
+            return r;
+        }
+        watch.next().await.ok_or(FrontendError::WatchEnded)?;
+    }
+}
+
+/// Revokes grants and frees pages; a page whose grant is still mapped is kept out of reuse.
+fn release(domain: &Domain, pages: Vec<OwnPage>, grants: &[GrantRef]) -> Result<(), FrontendError> {
+    let mut first_error = None;
+    let mut leaked = Vec::new();
+    for (page, gref) in pages.into_iter().zip(grants) {
+        match domain.end_access(*gref) {
+            Ok(()) => domain.free_page(page),
+            Err(e) => {
+                tracing::warn!(error = %e, "grant still in use; page not reused");
+                leaked.push(page);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+impl Frontend {
+    /// Connects device `config.handle` of `domain` to its backend (the toolstack must have
+    /// created the device). Completes when both sides are Connected.
+    pub async fn connect(domain: &Domain, config: FrontendConfig) -> Result<Self, FrontendError> {
+        let store = domain.store();
+        let dir = frontend_dir(domain.id(), config.handle);
+        let backend_dir = store.read(&format!("{dir}/{}", keys::BACKEND))?;
+        let backend = DomainId(store.read_num(&format!("{dir}/{}", keys::BACKEND_ID))?);
+        write_state(&store, &dir, XenbusState::INITIALISING)?;
+        let error_key = format!("{backend_dir}/{}", keys::ERROR);
+        wait_backend(&store, &backend_dir, |s| match s {
+            XenbusState::INIT_WAIT => Some(Ok(())),
+            XenbusState::CLOSED | XenbusState::CLOSING
+                if store.try_read(&error_key).ok().flatten().is_some() =>
+            {
+                Some(Err(FrontendError::BackendRefused(s)))
+            }
+            _ => None,
+        })
+        .await?;
+        let peer_v2 = store
+            .try_read(&format!("{backend_dir}/{}", keys::FEATURE_V2))?
+            .is_some_and(|v| v.trim() == "1");
+        let version = config
+            .protocols
+            .negotiate(peer_v2)
+            .ok_or(FrontendError::NoCommonProtocol)?;
+
+        let page_count = match version {
+            ProtocolVersion::V1 => 1 + v1::RING_SIZE,
+            ProtocolVersion::V2 => 1 + usize::from(config.extra_pages),
+        };
+        let mut pages = Vec::with_capacity(page_count);
+        let mut grants = Vec::with_capacity(page_count);
+        let built = (|| -> Result<Transport, FrontendError> {
+            for _ in 0..page_count {
+                let page = domain.alloc_page()?;
+                let gref = domain.grant_access(backend, page.gfn(), GrantAccess::ReadWrite)?;
+                pages.push(page);
+                grants.push(gref);
+            }
+            Ok(match version {
+                ProtocolVersion::V2 => {
+                    let view = V2Page::new(pages.clone())?;
+                    let extra: Vec<u32> = grants.iter().skip(1).map(|g| g.0).collect();
+                    view.init_header(&extra)?;
+                    Transport::V2(view)
+                }
+                ProtocolVersion::V1 => {
+                    let mut entries = v1::Ring::default();
+                    for ((e, p), g) in entries.iter_mut().zip(&pages[1..]).zip(&grants[1..]) {
+                        e.addr = U64::new(p.gfn().address());
+                        e.gref = U32::new(g.0);
+                    }
+                    v1::write_ring(&pages[0], &entries)?;
+                    Transport::V1 {
+                        ring: pages[0].clone(),
+                        data: pages[1..].to_vec(),
+                        entries,
+                    }
+                }
+            })
+        })();
+        let transport = match built {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = release(domain, pages, &grants);
+                return Err(e);
+            }
+        };
+        let event = match domain.alloc_unbound(backend) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = release(domain, pages, &grants);
+                return Err(e.into());
+            }
+        };
+        let frontend = Self {
+            domain: domain.clone(),
+            store: store.clone(),
+            dir: dir.clone(),
+            backend_dir: backend_dir.clone(),
+            version,
+            event,
+            transport,
+            pages,
+            grants,
+            io: Mutex::new(IoState::default()),
+            locality: AtomicU8::new(0),
+            in_flight: AtomicBool::new(false),
+            cancel: Signal::default(),
+        };
+        let published = (|| -> Result<(), StoreError> {
+            store.write(
+                &format!("{dir}/{}", keys::RING_REF),
+                &frontend.grants[0].0.to_string(),
+            )?;
+            store.write(
+                &format!("{dir}/{}", keys::EVENT_CHANNEL),
+                &frontend.event.port().0.to_string(),
+            )?;
+            let feature = format!("{dir}/{}", keys::FEATURE_V2);
+            match version {
+                ProtocolVersion::V2 => store.write(&feature, "1")?,
+                ProtocolVersion::V1 => {
+                    if store.try_read(&feature)?.is_some() {
+                        store.rm(&feature)?;
+                    }
+                }
+            }
+            write_state(&store, &dir, XenbusState::INITIALISED)
+        })();
+        if let Err(e) = published {
+            frontend.teardown()?;
+            return Err(e.into());
+        }
+        let connected = wait_backend(&store, &backend_dir, |s| match s {
+            XenbusState::CONNECTED => Some(Ok(())),
+            XenbusState::CLOSING | XenbusState::CLOSED => {
+                Some(Err(FrontendError::BackendRefused(s)))
+            }
+            _ => None,
+        })
+        .await;
+        if let Err(e) = connected {
+            write_state(&store, &dir, XenbusState::CLOSED)?;
+            frontend.teardown()?;
+            return Err(e);
+        }
+        write_state(&store, &dir, XenbusState::CONNECTED)?;
+        tracing::info!(dir, ?version, "vTPM frontend connected");
+        Ok(frontend)
+    }
+
+    /// The protocol version in use.
+    pub fn protocol(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Largest command (and response) the shared pages hold.
+    pub fn max_packet(&self) -> usize {
+        match &self.transport {
+            Transport::V1 { .. } => v1::MAX_PACKET,
+            Transport::V2(page) => page.capacity(),
+        }
+    }
+
+    /// Sets the locality of the following commands (0..=4; not carried by v1).
+    pub fn set_locality(&self, locality: u8) -> Result<(), FrontendError> {
+        if locality > 4 {
+            return Err(FrontendError::BadLocality(locality));
+        }
+        self.locality.store(locality, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Asks to cancel the command under way, if any. The pending [`Frontend::transmit`] then
+    /// returns the response (the backend finished anyway) or [`FrontendError::Canceled`].
+    pub fn cancel(&self) -> Result<(), FrontendError> {
+        if !self.in_flight.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match &self.transport {
+            Transport::V2(page) => {
+                page.set_state(V2State::CANCEL)?;
+                self.event.notify()?;
+            }
+            Transport::V1 { .. } => self.cancel.raise(),
+        }
+        Ok(())
+    }
+
+    /// Sends one command and returns its response. Calls are serialized.
+    pub async fn transmit(&self, command: &[u8]) -> Result<Vec<u8>, FrontendError> {
+        let mut io = self.io.lock().await;
+        if command.len() > self.max_packet() {
+            return Err(FrontendError::CommandTooLarge {
+                len: command.len(),
+                capacity: self.max_packet(),
+            });
+        }
+        self.cancel.reset();
+        let result = match &self.transport {
+            Transport::V2(page) => self.transmit_v2(page, command).await,
+            Transport::V1 {
+                ring,
+                data,
+                entries,
+            } => {
+                self.transmit_v1(&mut io, ring, data, entries, command)
+                    .await
+            }
+        };
+        self.in_flight.store(false, Ordering::Release);
+        let response = result?;
+        if !TpmHeader::read_from_prefix_checked(&response) {
+            return Err(FrontendError::BadResponse);
+        }
+        Ok(response)
+    }
+
+    async fn transmit_v2(
+        &self,
+        page: &V2Page<OwnPage>,
+        command: &[u8],
+    ) -> Result<Vec<u8>, FrontendError> {
+        // An earlier, abandoned command may still be under way: let it end first.
+        while matches!(page.state()?, V2State::SUBMIT | V2State::CANCEL) {
+            self.event.wait().await?;
+        }
+        page.write_packet(command, self.locality.load(Ordering::Relaxed))?;
+        self.in_flight.store(true, Ordering::Release);
+        page.set_state(V2State::SUBMIT)?;
+        self.event.notify()?;
+        loop {
+            match page.state()? {
+                V2State::FINISH => break,
+                V2State::IDLE => return Err(FrontendError::Canceled),
+                _ => self.event.wait().await?,
+            }
+        }
+        match page.read_packet() {
+            Ok((response, _)) => Ok(response),
+            Err(RingError::TooLarge { .. }) => Err(FrontendError::BadResponse),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn transmit_v1(
+        &self,
+        io: &mut IoState,
+        ring: &OwnPage,
+        data: &[OwnPage],
+        entries: &v1::Ring,
+        command: &[u8],
+    ) -> Result<Vec<u8>, FrontendError> {
+        if io.v1_outstanding {
+            // Strict request/response: the abandoned command's answer comes first.
+            self.event.wait().await?;
+            io.v1_outstanding = false;
+        }
+        let by_ref = |r: u32| {
+            entries
+                .iter()
+                .position(|e| e.gref.get() == r)
+                .and_then(|i| data.get(i).cloned())
+                .ok_or(RingError::Inconsistent("unknown reference"))
+        };
+        v1::write_packet(ring, entries, command, by_ref)?;
+        io.v1_outstanding = true;
+        self.in_flight.store(true, Ordering::Release);
+        self.event.notify()?;
+        let answered = {
+            let ev = self.event.wait().fuse();
+            let canceled = self.cancel.wait().fuse();
+            pin_mut!(ev, canceled);
+            select_biased! {
+                r = ev => { r?; true }
+                () = canceled => false,
+            }
+        };
+        if !answered {
+            return Err(FrontendError::Canceled);
+        }
+        io.v1_outstanding = false;
+        let snapshot = v1::read_ring(ring)?;
+        let len = v1::packet_len(&snapshot).map_err(|_| FrontendError::BadResponse)?;
+        Ok(v1::read_packet(&snapshot, len, by_ref)?)
+    }
+
+    /// Closes the device: Closing, wait for the backend to unmap and close, revoke the
+    /// grants, Closed. The device can be connected again afterwards.
+    pub async fn close(self) -> Result<(), FrontendError> {
+        write_state(&self.store, &self.dir, XenbusState::CLOSING)?;
+        wait_backend(&self.store, &self.backend_dir, |s| {
+            matches!(s, XenbusState::CLOSED | XenbusState::INIT_WAIT).then_some(Ok(()))
+        })
+        .await?;
+        let store = self.store.clone();
+        let dir = self.dir.clone();
+        self.teardown()?;
+        write_state(&store, &dir, XenbusState::CLOSED)?;
+        Ok(())
+    }
+
+    fn teardown(self) -> Result<(), FrontendError> {
+        let Frontend {
+            domain,
+            event,
+            pages,
+            grants,
+            transport,
+            ..
+        } = self;
+        drop(event);
+        drop(transport);
+        release(&domain, pages, &grants)
+    }
+}
