@@ -1,5 +1,50 @@
-//! Guest-side TDISP: a client implementing the guest request trait over a transport, and the guest's lock -> report -> verify -> start flow.
+//! Guest-side TDISP: the guest's half of the device-assignment conversation.
 //!
-//! This crate is being built in the first wave of issues; its modules land with them.
+//! - [`GuestTransport`] is the seam to whatever carries packets to the host (a VMBus channel in
+//!   the full stack; anything that moves bytes in tests).
+//! - [`TdispGuestClient`] implements [`tdisp_proto::TdispGuestRequestInterface`] over a
+//!   transport: each call becomes a [`tdisp_proto::guest_packet::GuestCommandPacket`], and each
+//!   reply is decoded and checked before the guest believes it. The host is not trusted: a
+//!   malformed, mismatched or state-inconsistent reply is an error, never a panic.
+//! - [`accept_device`] runs the guest's flow, negotiate -> lock -> report -> verify -> start,
+//!   against an [`InterfacePolicy`] and unbinds the device when any step fails.
+//!
+//! ```
+//! use tdisp_guest::{GuestTransport, TdispGuestClient, TransportError};
+//! use tdisp_proto::{TdispGuestOperationError, TdispGuestRequestInterface};
+//!
+//! /// A transport whose host always answers with garbage.
+//! struct Garbage;
+//! impl GuestTransport for Garbage {
+//!     fn exchange(&mut self, _command: &[u8]) -> Result<Vec<u8>, TransportError> {
+//!         Ok(vec![0xff; 7])
+//!     }
+//! }
+//!
+//! let mut client = TdispGuestClient::new(Garbage, 1);
+//! assert_eq!(
+//!     client.request_lock_device_resources(),
+//!     Err(TdispGuestOperationError::HostFailedToProcessCommand)
+//! );
+//! ```
+//!
+//! Scope today: the interface report is checked against the guest's expectations (ranges,
+//! attributes, interface flags), but its authenticity rests on the host path delivering it; the
+//! SPDM-session binding that lets a guest verify the device's signature arrives with the
+//! secured-session work and is not claimed here.
 
 #![forbid(unsafe_code)]
+
+mod client;
+mod flow;
+mod policy;
+mod transport;
+
+pub use client::TdispGuestClient;
+pub use flow::AcceptedDevice;
+pub use flow::FlowError;
+pub use flow::accept_device;
+pub use policy::InterfacePolicy;
+pub use policy::PolicyViolation;
+pub use transport::GuestTransport;
+pub use transport::TransportError;
