@@ -72,6 +72,12 @@ impl OfferResources {
         self.get_memory(open_request.use_confidential_ring)
     }
 
+    /// Memory GPADLs are checked against before the open request says which memory they
+    /// use (private and shared memory span the same guest physical addresses).
+    pub(crate) fn validation_memory(&self) -> &GuestMemory {
+        &self.untrusted_memory
+    }
+
     fn get_memory(&self, private: bool) -> &GuestMemory {
         if private {
             self.private_memory.as_ref().unwrap_or_else(|| {

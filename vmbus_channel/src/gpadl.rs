@@ -155,7 +155,7 @@ impl Gpadl {
         let [range] = self.ranges.as_slice() else {
             return Err(GpadlError::BadRing("not a single range"));
         };
-        if range.byte_offset != 0 || range.byte_count as usize % PAGE_SIZE != 0 {
+        if range.byte_offset != 0 || !(range.byte_count as usize).is_multiple_of(PAGE_SIZE) {
             return Err(GpadlError::BadRing("range is not page aligned"));
         }
         let split = usize::try_from(ring_offset).unwrap_or(usize::MAX);

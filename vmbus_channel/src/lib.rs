@@ -16,9 +16,13 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod channel;
+pub mod client;
+pub mod device;
 pub mod gpadl;
 pub mod interrupt;
 pub mod memory;
 pub mod protocol;
 pub mod ring;
 pub mod rpc;
+pub mod server;

@@ -15,7 +15,11 @@ use vmbus_channel::protocol::GpadlId;
 fuzz_target!(|input: (u16, Vec<u64>, u32)| {
     let (count, buf, ring_offset) = input;
     let mem = GuestMemory::new(32 * PAGE_SIZE).unwrap();
-    let request = GpadlRequest { id: GpadlId(1), count, buf };
+    let request = GpadlRequest {
+        id: GpadlId(1),
+        count,
+        buf,
+    };
     let Ok(gpadl) = Gpadl::new(&request, &mem) else {
         return;
     };

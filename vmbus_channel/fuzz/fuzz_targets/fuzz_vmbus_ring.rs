@@ -26,7 +26,11 @@ enum Op {
     /// The host reads a packet.
     Read,
     /// The host writes a packet.
-    Write { len: u16, gpa_direct: bool, completion: bool },
+    Write {
+        len: u16,
+        gpa_direct: bool,
+        completion: bool,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -78,11 +82,19 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
-            Op::Write { len, gpa_direct, completion } => {
+            Op::Write {
+                len,
+                gpa_direct,
+                completion,
+            } => {
                 if let Some(w) = writer.as_mut() {
                     let body = &payload[..usize::from(*len) % payload.len()];
                     let pfns = [7u64, 8];
-                    let ranges = [PagedRange { byte_offset: 0, byte_count: 8192, pfns: &pfns }];
+                    let ranges = [PagedRange {
+                        byte_offset: 0,
+                        byte_count: 8192,
+                        pfns: &pfns,
+                    }];
                     let kind = match (gpa_direct, completion) {
                         (true, _) => OutgoingPayload::GpaDirect(&ranges),
                         (false, true) => OutgoingPayload::Completion,
@@ -103,6 +115,7 @@ fuzz_target!(|input: Input| {
     let mut guard = vec![0; PAGE_SIZE];
     mem.read_at(0, &mut guard).unwrap();
     assert!(guard.iter().all(|&b| b == GUARD));
-    mem.read_at(((data_pages + 2) * PAGE_SIZE) as u64, &mut guard).unwrap();
+    mem.read_at(((data_pages + 2) * PAGE_SIZE) as u64, &mut guard)
+        .unwrap();
     assert!(guard.iter().all(|&b| b == GUARD));
 });

@@ -490,7 +490,7 @@ mod hostile_peer {
             let at = at % f.ring.data_len();
             let n = garbage.len().min(f.ring.data_len() - at);
             f.ring.write_data(at, &garbage[..n]).unwrap();
-            f.ring.store_control(ControlWord::ReadIndex, read_index % 8192 & !7).unwrap();
+            f.ring.store_control(ControlWord::ReadIndex, (read_index % 8192) & !7).unwrap();
             f.ring.store_control(ControlWord::PendingSendSize, pending).unwrap();
             if let Ok(mut r) = IncomingRing::new(f.ring.clone()) {
                 f.ring.store_control(ControlWord::WriteIndex, write_index).unwrap();
@@ -500,7 +500,7 @@ mod hostile_peer {
                     }
                 }
             }
-            f.ring.store_control(ControlWord::WriteIndex, write_index % 8192 & !7).unwrap();
+            f.ring.store_control(ControlWord::WriteIndex, (write_index % 8192) & !7).unwrap();
             f.ring.store_control(ControlWord::ReadIndex, read_index).unwrap();
             if let Ok(mut w) = OutgoingRing::new(f.ring.clone()) {
                 let _ = w.try_write(&OutgoingPacket::in_band(0, false, &[&garbage]));
