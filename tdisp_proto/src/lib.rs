@@ -57,6 +57,41 @@
 //! # Ok::<(), tdisp_proto::guest_packet::GuestPacketError>(())
 //! ```
 
+//!
+//! # Implementing the trait
+//!
+//! Implement [`TdispGuestRequestInterface`] (state rules in its docs) and run the conformance
+//! suite from your tests with the `test-suite` feature enabled (for example
+//! `tdisp_proto = { workspace = true, features = ["test-suite"] }` in `[dev-dependencies]`):
+//!
+//! ```
+//! # use tdisp_proto::testing::reference::ReferenceModel as MyImpl;
+//! let report = tdisp_proto::testing::run_conformance(&Default::default(), MyImpl::default);
+//! assert!(report.is_ok(), "{report}");
+//! ```
+//!
+//! # Design notes
+//!
+//! - **One codec per format.** [`pcie::TdispMessage`] is the only TDISP encoder/decoder; the
+//!   body enums carry no header, so the interface id travels beside the body. Decoders parse
+//!   into `zerocopy` wire structs, then validate (exact length, version 1.0, reserved fields,
+//!   code/body match, counts against bytes, size caps) into typed values; encoders write only
+//!   what decoders accept, so every decodable buffer re-encodes to itself (fuzzed).
+//! - **Strict on reserved fields** everywhere except the capability words `tsm_caps` and
+//!   `dsm_caps`, which are carried as received so that a newer device's bits do not break us.
+//! - **Request bitmap**: bit `code - 0x80` of `req_msg_supported` marks request `code`
+//!   (GET_TDISP_VERSION is bit 1), as in the DMTF validator; see [`pcie::RequestBitmap`].
+//! - **BIND_P2P_STREAM** accepts the one-byte TDISP 1.0 body and the two-byte body with
+//!   `stream_config`; the variant records which one it was.
+//! - **Caps**: reports up to 64 KiB (the u16 offset/length of portioned reads), vendor-defined
+//!   bodies and extended error data up to 4 KiB, guest command payloads up to 64 bytes, guest
+//!   reply payloads up to 64 KiB.
+//! - **Conformance by behaviour only**: the suite infers state from call results (a lock
+//!   succeeds only from `Unlocked`, a report only in `Locked`/`Run`), so the host state machine
+//!   and the guest client run it unchanged; no extra state-query trait is required.
+//! - **Not here**: the SPDM session itself (secured messages, key schedule) and any I/O; the
+//!   secured-SPDM DOE type is only a code point in [`framing::doe`].
+
 #![forbid(unsafe_code)]
 
 pub mod framing;

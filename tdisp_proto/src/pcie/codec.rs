@@ -65,6 +65,22 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The TDISP_ERROR code a responder answers an undecodable request with: the one place
+    /// that decides it. A wrong version is VERSION_MISMATCH, an unknown or misdirected code is
+    /// UNSUPPORTED_REQUEST, anything else malformed is INVALID_REQUEST.
+    pub fn tdisp_error_code(&self) -> super::TdispErrorCode {
+        use super::TdispErrorCode;
+        match self {
+            Self::UnsupportedVersion(_) => TdispErrorCode::VERSION_MISMATCH,
+            Self::UnknownMessageType(_) | Self::WrongDirection(_) => {
+                TdispErrorCode::UNSUPPORTED_REQUEST
+            }
+            _ => TdispErrorCode::INVALID_REQUEST,
+        }
+    }
+}
+
 /// A cursor over untrusted bytes: every read is bounds-checked and nothing is read twice.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -117,5 +133,27 @@ impl<'a> Reader<'a> {
                 extra: self.bytes.len(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pcie::TdispErrorCode;
+
+    #[test]
+    fn decode_errors_map_to_tdisp_error_codes() {
+        assert_eq!(
+            DecodeError::UnsupportedVersion(0x20).tdisp_error_code(),
+            TdispErrorCode::VERSION_MISMATCH
+        );
+        assert_eq!(
+            DecodeError::UnknownMessageType(0x8d).tdisp_error_code(),
+            TdispErrorCode::UNSUPPORTED_REQUEST
+        );
+        assert_eq!(
+            DecodeError::TrailingBytes { extra: 1 }.tdisp_error_code(),
+            TdispErrorCode::INVALID_REQUEST
+        );
     }
 }

@@ -61,6 +61,12 @@ pub struct TdispErrorResponse {
 
 impl TdispErrorResponse {
     /// An error with no data and no extended data.
+    ///
+    /// ```
+    /// use tdisp_proto::pcie::{TdispErrorCode, TdispErrorResponse, TdispResponse};
+    /// let busy = TdispResponse::Error(TdispErrorResponse::new(TdispErrorCode::BUSY));
+    /// assert!(matches!(busy, TdispResponse::Error(e) if e.data == 0));
+    /// ```
     pub fn new(code: TdispErrorCode) -> Self {
         Self {
             code,
