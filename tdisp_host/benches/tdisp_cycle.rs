@@ -1,0 +1,2 @@
+//! Placeholder replaced by the cycle bench.
+fn main() {}

@@ -1,0 +1,18 @@
+//! The emulated device security manager (DSM): a TDISP responder for a configurable device.
+//!
+//! [`config`] describes the device (its virtual functions with BARs, MSI-X and device-specific
+//! information, and its TDISP capabilities); [`responder`] answers PCIe TDISP requests for it
+//! exactly as the PCIe 6.1 specification describes, at the TDISP, SPDM or DOE level;
+//! [`entropy`] supplies the START_INTERFACE nonces.
+
+pub mod config;
+pub mod entropy;
+pub mod responder;
+
+pub use config::ConfigChange;
+pub use config::ConfigError;
+pub use config::DsmConfig;
+pub use config::FunctionConfig;
+pub use entropy::EntropySource;
+pub use entropy::OsEntropy;
+pub use responder::EmulatedDsm;

@@ -1,0 +1,151 @@
+//! The DOE mailbox: the one transport between the TSM and a device's security manager.
+//!
+//! A [`DoeMailbox`] moves one whole DOE data object to the device and returns the one object
+//! the device answers with, as the PCIe core's DOE helper does for a Linux TSM driver (in the
+//! "request + exec" model a TSM request is serviced by one or more such exchanges). The emulated DSM
+//! ([`crate::dsm::EmulatedDsm`]) is a mailbox; a real device would be one too.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use tdisp_proto::framing::spdm::SPDM_VENDOR_DEFINED_REQUEST;
+use tdisp_proto::framing::spdm::SPDM_VENDOR_DEFINED_RESPONSE;
+use tdisp_proto::framing::spdm::VENDOR_DEFINED_HEADER_SIZE;
+use thiserror::Error;
+use zerocopy::FromBytes;
+use zerocopy::Immutable;
+use zerocopy::IntoBytes;
+use zerocopy::KnownLayout;
+use zerocopy::little_endian::U16;
+
+/// Largest data object a mailbox in this crate moves (header included). DOE allows 1 MiB; TDISP
+/// messages stay far below 128 KiB, and the cap bounds what a hostile peer can make us hold.
+pub const MAX_DOE_OBJECT_SIZE: usize = 128 * 1024;
+
+/// Why a DOE exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MailboxError {
+    /// The device set the DOE Error bit: it could not process the object.
+    #[error("the device reported a DOE error: {0}")]
+    DeviceError(&'static str),
+    /// The object exceeds [`MAX_DOE_OBJECT_SIZE`].
+    #[error("DOE object of {0} bytes is too large")]
+    TooLarge(usize),
+    /// The mailbox is gone (device removed, or its owner panicked).
+    #[error("the DOE mailbox is not available")]
+    Unavailable,
+}
+
+/// One PCIe DOE mailbox: write a request object, read the response object.
+pub trait DoeMailbox: Send {
+    /// Sends the whole data object `request` (header included) and returns the whole response
+    /// object. The answer is untrusted: callers decode and validate it.
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError>;
+}
+
+impl<T: DoeMailbox + ?Sized> DoeMailbox for Box<T> {
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
+        (**self).exchange(request)
+    }
+}
+
+impl<T: DoeMailbox + ?Sized> DoeMailbox for &mut T {
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
+        (**self).exchange(request)
+    }
+}
+
+/// A mailbox shared with its owner, so a test or a VMM can still reach the device (for example
+/// to change its configuration) while the TSM holds the mailbox.
+impl<T: DoeMailbox + ?Sized> DoeMailbox for Arc<Mutex<T>> {
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
+        let mut device = self.lock().map_err(|_| MailboxError::Unavailable)?;
+        device.exchange(request)
+    }
+}
+
+/// The DOE discovery request payload (PCIe 6.1 section 6.30.1.1) as it appears on the wire.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct DiscoveryRequestWire {
+    /// Which supported protocol to describe.
+    pub index: u8,
+    /// DOE discovery version (0 for DOE 1.x requesters).
+    pub version: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 2],
+}
+const _: () = assert!(size_of::<DiscoveryRequestWire>() == 4);
+
+/// The DOE discovery response payload as it appears on the wire.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct DiscoveryResponseWire {
+    /// Vendor id of the protocol at the requested index.
+    pub vendor_id: U16,
+    /// Data object type of that protocol.
+    pub object_type: u8,
+    /// Index of the next protocol, 0 after the last.
+    pub next_index: u8,
+}
+const _: () = assert!(size_of::<DiscoveryResponseWire>() == 4);
+
+/// Strips the zero padding a DOE object adds after a PCI-SIG vendor-defined SPDM message.
+///
+/// DOE lengths count dwords, so the SPDM message inside may be followed by up to three zero
+/// bytes; the vendor-defined header says how long the message really is. Anything that is not a
+/// vendor-defined message with at most three zero bytes of padding is returned unchanged, for
+/// the decoder to reject.
+pub fn trim_vendor_defined_padding(bytes: &[u8]) -> &[u8] {
+    let Some(&code) = bytes.get(1) else {
+        return bytes;
+    };
+    if code != SPDM_VENDOR_DEFINED_REQUEST && code != SPDM_VENDOR_DEFINED_RESPONSE {
+        return bytes;
+    }
+    let Some(length) = bytes.get(VENDOR_DEFINED_HEADER_SIZE - 2..VENDOR_DEFINED_HEADER_SIZE) else {
+        return bytes;
+    };
+    let declared =
+        VENDOR_DEFINED_HEADER_SIZE + usize::from(u16::from_le_bytes([length[0], length[1]]));
+    match bytes.get(declared..) {
+        Some(padding) if padding.len() < 4 && padding.iter().all(|&b| b == 0) => {
+            bytes.get(..declared).unwrap_or(bytes)
+        }
+        _ => bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vendor_message(payload_len: u16) -> Vec<u8> {
+        let mut bytes = vec![0x12, SPDM_VENDOR_DEFINED_RESPONSE, 0, 0, 3, 0, 2, 1, 0];
+        bytes.extend_from_slice(&payload_len.to_le_bytes());
+        bytes.extend(std::iter::repeat_n(0xaa, payload_len.into()));
+        bytes
+    }
+
+    #[test]
+    fn padding_up_to_three_zero_bytes_is_trimmed() {
+        let message = vendor_message(5);
+        for pad in 0..4 {
+            let mut padded = message.clone();
+            padded.extend(std::iter::repeat_n(0, pad));
+            assert_eq!(trim_vendor_defined_padding(&padded), &message[..]);
+        }
+    }
+
+    #[test]
+    fn non_zero_or_long_padding_is_left_for_the_decoder() {
+        let mut message = vendor_message(5);
+        message.push(1);
+        assert_eq!(trim_vendor_defined_padding(&message).len(), message.len());
+        let mut long = vendor_message(5);
+        long.extend([0; 4]);
+        assert_eq!(trim_vendor_defined_padding(&long).len(), long.len());
+        let short = vendor_message(5);
+        assert_eq!(trim_vendor_defined_padding(&short[..12]).len(), 12);
+        assert_eq!(trim_vendor_defined_padding(&[]).len(), 0);
+    }
+}

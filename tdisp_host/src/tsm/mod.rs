@@ -1,0 +1,3 @@
+//! The TSM layer.
+
+pub mod doe;
