@@ -80,6 +80,18 @@ pub struct GuestCommandHeader {
 }
 const _: () = assert!(size_of::<GuestCommandHeader>() == COMMAND_HEADER_SIZE);
 
+impl GuestCommandHeader {
+    /// The device id and command id of a command packet, read without validating anything
+    /// else, so that a host can address the error reply to a command that failed to decode.
+    pub fn peek(bytes: &[u8]) -> Option<(u64, GuestCommandId)> {
+        let (header, _) = Self::read_from_prefix(bytes).ok()?;
+        Some((
+            header.device_id.get(),
+            GuestCommandId(header.command_id.get()),
+        ))
+    }
+}
+
 /// The 32-byte reply header as it appears on the wire.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -697,6 +709,28 @@ mod tests {
             let error = GuestCommandPacket::decode(&wire).unwrap_err();
             assert_eq!(error.operation_error(), expected, "{error}");
         }
+    }
+
+    #[test]
+    fn undecodable_command_still_gets_an_addressed_error_reply() {
+        let wire = with_u32(lock_command().to_bytes(), 4, 42);
+        let error = GuestCommandPacket::decode(&wire).unwrap_err();
+        let (device_id, command_id) = GuestCommandHeader::peek(&wire).unwrap();
+        let reply = GuestReplyPacket {
+            device_id,
+            command_id,
+            state_before: TdispTdiState::Unlocked,
+            state_after: TdispTdiState::Unlocked,
+            result: Err(error.operation_error()),
+        };
+        let back = GuestReplyPacket::decode(&reply.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.device_id, 3);
+        assert_eq!(back.command_id, GuestCommandId(42));
+        assert_eq!(
+            back.result,
+            Err(TdispGuestOperationError::InvalidGuestCommandId)
+        );
+        assert_eq!(GuestCommandHeader::peek(&wire[..23]), None);
     }
 
     #[test]

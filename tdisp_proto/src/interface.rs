@@ -133,6 +133,19 @@ wire_codes!(TdispTdiState, "TDI state", {
     Error = 4,
 });
 
+impl From<crate::pcie::TdiState> for TdispTdiState {
+    /// The guest-protocol view of a device's TDI state.
+    fn from(state: crate::pcie::TdiState) -> Self {
+        use crate::pcie::TdiState;
+        match state {
+            TdiState::ConfigUnlocked => Self::Unlocked,
+            TdiState::ConfigLocked => Self::Locked,
+            TdiState::Run => Self::Run,
+            TdiState::Error => Self::Error,
+        }
+    }
+}
+
 /// Why a guest request failed. The numeric codes (0..=9) are stable and carried on the wire
 /// as the reply status; code 1 ([`Self::Success`]) means the call succeeded and never appears
 /// as an `Err` from a well-behaved implementation.
