@@ -1,9 +1,13 @@
 //! SPDM VENDOR_DEFINED_REQUEST / VENDOR_DEFINED_RESPONSE framing for PCI-SIG protocols.
 //!
-//! Layout (SPDM 1.2 section 10.x, PCIe 6.1 section 6.31.3):
+//! Layout (SPDM 1.2 VENDOR_DEFINED_REQUEST/RESPONSE with the PCI-SIG vendor id, as PCIe
+//! uses it for IDE_KM and TDISP):
 //! `SPDMVersion u8 | code u8 (0xFE request, 0x7E response) | param1 u8 | param2 u8 |
 //! StandardID u16 (3 = PCI-SIG) | Len u8 (2) | VendorID u16 (0x0001) | payload length u16 |
 //! payload`, where the PCI-SIG payload starts with a protocol id byte (0x01 = TDISP).
+//!
+//! Param1 and param2 are reserved and must be zero; SPDM 1.3 "large" vendor messages (which
+//! use param1 and a 32-bit length) are therefore rejected, not supported.
 
 use super::doe::PCI_SIG_VENDOR_ID;
 use crate::pcie::DecodeError;

@@ -7,7 +7,7 @@ use zerocopy::IntoBytes;
 use zerocopy::KnownLayout;
 use zerocopy::little_endian::U32;
 
-/// Error codes carried in a TDISP_ERROR response (PCIe 6.1 table 11-28).
+/// Error codes carried in a TDISP_ERROR response.
 #[open_enum]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]

@@ -2,7 +2,7 @@
 
 use super::codec::DecodeError;
 
-/// The state of a TDI inside the device (PCIe 6.1 section 11.2).
+/// The state of a TDI inside the device (PCIe 6.1 section 11).
 ///
 /// Transitions: LOCK takes `ConfigUnlocked` to `ConfigLocked`; START takes `ConfigLocked` to
 /// `Run`; STOP takes `ConfigLocked`, `Run` or `Error` back to `ConfigUnlocked`; a
