@@ -1,6 +1,59 @@
-//! Host-side TDISP.
+//! Host-side TDISP: the state handler a guest's TDISP requests reach, the TSM that carries its
+//! decisions to the device, and an emulated device security manager (DSM) to stand for a real
+//! TDISP device.
+//!
+//! The host path is: guest command packet -> [`dispatch::HostDispatcher`] ->
+//! [`state_machine::TdiStateMachine`] (the rules of `TdispGuestRequestInterface`) ->
+//! [`backend::TsmBackend`] -> [`tsm::Tsm`] -> [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`] ->
+//! [`dsm::EmulatedDsm`]. Each layer is usable alone:
+//!
+//! - [`dsm`]: a TDISP responder for a configurable virtual function, answering every PCIe TDISP
+//!   request as the specification says, at TDISP, SPDM or DOE level.
+//! - [`tsm`]: probe/remove, connect/disconnect, bind/unbind and scope-checked guest requests,
+//!   each serviced by DOE exchanges ("request + exec"), one outstanding command per device.
+//! - [`state_machine`] and [`history`]: the guest-facing machine and its diagnostics record.
+//! - [`dispatch`]: packet bytes in, packet bytes out, independent of the transport.
+//! - [`emulated`]: the wiring of all of the above for an emulated device.
+//!
+//! The channel between TSM and device is [`tsm::PlainChannel`], which is **not secure**: the
+//! SPDM session that TDISP requires is a later addition behind the [`tsm::SecureChannel`] seam.
+//!
+//! A guest's whole cycle, as packets:
+//!
+//! ```
+//! use tdisp_host::dispatch::HostDispatcher;
+//! use tdisp_host::emulated::EmulatedAssignment;
+//! use tdisp_host::state_machine::MachineConfig;
+//! use tdisp_proto::guest_packet::{GuestCommand, GuestCommandPacket, GuestReply, GuestReplyPacket};
+//! use tdisp_proto::{TdispGuestProtocolType, TdispReportType, TdispTdiState};
+//!
+//! let device_id = 1;
+//! let assignment = EmulatedAssignment::single(0x0100, 0x0101, device_id)?;
+//! let mut dispatcher = HostDispatcher::new();
+//! dispatcher.insert(device_id, Box::new(assignment.machine(MachineConfig::new(device_id))));
+//!
+//! let mut call = |command| {
+//!     let packet = GuestCommandPacket { device_id, command };
+//!     GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes()))
+//! };
+//! call(GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1))?;
+//! call(GuestCommand::LockDeviceResources)?;
+//! let report = call(GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport))?;
+//! assert!(matches!(report.result, Ok(GuestReply::GetAttestationReport(ref r)) if !r.is_empty()));
+//! let started = call(GuestCommand::StartTdi)?;
+//! assert_eq!((started.state_before, started.state_after), (TdispTdiState::Locked, TdispTdiState::Run));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod dispatch;
 pub mod dsm;
+pub mod emulated;
+pub mod history;
+pub mod state_machine;
 pub mod tsm;
+
+pub use dispatch::HostDispatcher;
+pub use state_machine::TdiStateMachine;

@@ -1,0 +1,177 @@
+//! Where the state machine's device-side work goes: [`TdiBackend`].
+//!
+//! [`TsmBackend`] issues the work through the TSM to the device (lock -> LOCK_INTERFACE, start
+//! -> START_INTERFACE, report -> GET_DEVICE_INTERFACE_REPORT portions, unbind ->
+//! STOP_INTERFACE). [`NotTdispCapable`] stands for an assigned device without TDISP: the guest
+//! learns so at negotiation.
+
+use crate::tsm::PciAddress;
+use crate::tsm::Tsm;
+use crate::tsm::TsmError;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use tdisp_proto::TdispReportType;
+use tdisp_proto::pcie::TdiState;
+use thiserror::Error;
+
+/// Why device-side work failed; decides what the state machine does next.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    /// The work is not available for this device (for example a report type that needs an
+    /// SPDM session). Nothing changed.
+    #[error("not supported by this device: {0}")]
+    NotSupported(&'static str),
+    /// The TDI is in ERROR (its locked configuration changed); only an unbind leaves it.
+    #[error("the TDI is in ERROR")]
+    TdiInError,
+    /// The work failed; the device may be in any state.
+    #[error("device work failed: {0}")]
+    Failed(String),
+}
+
+/// The device-side half of the host state machine for one TDI.
+pub trait TdiBackend: Send {
+    /// Whether the device speaks TDISP (decides the negotiated protocol).
+    fn is_tdisp_capable(&self) -> bool;
+    /// Locks the TDI (CONFIG_UNLOCKED -> CONFIG_LOCKED).
+    fn lock(&mut self) -> Result<(), BackendError>;
+    /// Starts the TDI (CONFIG_LOCKED -> RUN).
+    fn start(&mut self) -> Result<(), BackendError>;
+    /// Produces a report of `report_type` (never [`TdispReportType::Invalid`]).
+    fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError>;
+    /// Stops the TDI (back to CONFIG_UNLOCKED, TVM data scrubbed).
+    fn stop(&mut self) -> Result<(), BackendError>;
+}
+
+impl<T: TdiBackend + ?Sized> TdiBackend for Box<T> {
+    fn is_tdisp_capable(&self) -> bool {
+        (**self).is_tdisp_capable()
+    }
+    fn lock(&mut self) -> Result<(), BackendError> {
+        (**self).lock()
+    }
+    fn start(&mut self) -> Result<(), BackendError> {
+        (**self).start()
+    }
+    fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
+        (**self).report(report_type)
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        (**self).stop()
+    }
+}
+
+/// A TSM shared by the state machines of every device it manages.
+pub type SharedTsm = Arc<Mutex<Tsm>>;
+
+/// Device-side work through the TSM, for the TDI bound on the device at `address`.
+///
+/// Report types: [`TdispReportType::InterfaceReport`] is the TDISP DEVICE_INTERFACE_REPORT read
+/// in portions; [`TdispReportType::GuestDeviceId`] is the TDI's 12-byte TDISP interface id as on
+/// the wire; [`TdispReportType::IsRegistered`] is one byte, 1 while the TDI is bound through the
+/// TSM. The certificate chain and measurements need an SPDM session, which this crate does not
+/// have yet: they are not supported.
+#[derive(Debug, Clone)]
+pub struct TsmBackend {
+    tsm: SharedTsm,
+    address: PciAddress,
+}
+
+impl TsmBackend {
+    /// Work for the TDI bound on the device at `address` of `tsm`.
+    pub fn new(tsm: SharedTsm, address: PciAddress) -> Self {
+        Self { tsm, address }
+    }
+
+    fn with_tsm<T>(
+        &self,
+        f: impl FnOnce(&mut Tsm, PciAddress) -> Result<T, TsmError>,
+    ) -> Result<T, BackendError> {
+        // A panic elsewhere while holding the lock leaves the TSM's data consistent (every
+        // operation commits its effects last), so a poisoned lock is still usable.
+        let mut tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+        match f(&mut tsm, self.address) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                let in_error = matches!(tsm.interface_state(self.address), Ok(TdiState::Error));
+                tracing::warn!(address = self.address, %error, in_error, "TSM work failed");
+                Err(if in_error {
+                    BackendError::TdiInError
+                } else {
+                    BackendError::Failed(error.to_string())
+                })
+            }
+        }
+    }
+}
+
+impl TdiBackend for TsmBackend {
+    fn is_tdisp_capable(&self) -> bool {
+        let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+        tsm.binding(self.address).is_some()
+    }
+
+    fn lock(&mut self) -> Result<(), BackendError> {
+        self.with_tsm(Tsm::lock)
+    }
+
+    fn start(&mut self) -> Result<(), BackendError> {
+        self.with_tsm(Tsm::start)
+    }
+
+    fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
+        match report_type {
+            TdispReportType::InterfaceReport => self.with_tsm(Tsm::read_interface_report),
+            TdispReportType::GuestDeviceId => {
+                let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+                let binding = tsm
+                    .binding(self.address)
+                    .ok_or(BackendError::Failed("no TDI bound".into()))?;
+                let mut id = binding
+                    .interface
+                    .function_id
+                    .into_bits()
+                    .to_le_bytes()
+                    .to_vec();
+                id.extend_from_slice(&[0; 8]);
+                Ok(id)
+            }
+            TdispReportType::IsRegistered => {
+                let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+                Ok(vec![u8::from(tsm.binding(self.address).is_some())])
+            }
+            TdispReportType::CertificateChain | TdispReportType::Measurements => Err(
+                BackendError::NotSupported("certificates and measurements need an SPDM session"),
+            ),
+            TdispReportType::Invalid => Err(BackendError::NotSupported("invalid report type")),
+        }
+    }
+
+    fn stop(&mut self) -> Result<(), BackendError> {
+        self.with_tsm(Tsm::stop)
+    }
+}
+
+/// An assigned device that does not speak TDISP: negotiation answers `Invalid` and nothing
+/// else is possible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotTdispCapable;
+
+impl TdiBackend for NotTdispCapable {
+    fn is_tdisp_capable(&self) -> bool {
+        false
+    }
+    fn lock(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::NotSupported("not TDISP capable"))
+    }
+    fn start(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::NotSupported("not TDISP capable"))
+    }
+    fn report(&mut self, _report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
+        Err(BackendError::NotSupported("not TDISP capable"))
+    }
+    fn stop(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::NotSupported("not TDISP capable"))
+    }
+}

@@ -1,0 +1,129 @@
+//! Wiring for an emulated assignment: an [`EmulatedDsm`] behind a TSM, bound for one guest,
+//! and the host state machine that drives it. Tests, examples, benches and demos start here.
+
+use crate::backend::SharedTsm;
+use crate::backend::TsmBackend;
+use crate::dsm::ConfigError;
+use crate::dsm::DsmConfig;
+use crate::dsm::EmulatedDsm;
+use crate::state_machine::MachineConfig;
+use crate::state_machine::TdiStateMachine;
+use crate::tsm::BindParams;
+use crate::tsm::PciAddress;
+use crate::tsm::PciDeviceInfo;
+use crate::tsm::PlainChannel;
+use crate::tsm::ProbeOutcome;
+use crate::tsm::Tsm;
+use crate::tsm::TsmError;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use tdisp_proto::pcie::InterfaceId;
+use tdisp_proto::pcie::LockInterfaceParams;
+use thiserror::Error;
+
+/// Why an emulated assignment could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SetupError {
+    /// The device configuration is invalid.
+    #[error("invalid device configuration")]
+    Config(#[from] ConfigError),
+    /// The TSM declined the device.
+    #[error("the TSM declined the device: {0}")]
+    Declined(&'static str),
+    /// Connecting or binding failed.
+    #[error("TSM setup failed")]
+    Tsm(#[from] TsmError),
+}
+
+/// An emulated device probed, connected and bound (its first function) through a TSM.
+#[derive(Debug, Clone)]
+pub struct EmulatedAssignment {
+    tsm: SharedTsm,
+    dsm: Arc<Mutex<EmulatedDsm>>,
+    address: PciAddress,
+    interface: InterfaceId,
+}
+
+impl EmulatedAssignment {
+    /// Creates the device from `config`, probes it into `tsm` at `address` over a
+    /// [`PlainChannel`] (not secure), connects, and binds its first function to `guest` with
+    /// `lock` as the lock parameters.
+    pub fn new(
+        tsm: SharedTsm,
+        address: PciAddress,
+        config: DsmConfig,
+        guest: u64,
+        lock: LockInterfaceParams,
+    ) -> Result<Self, SetupError> {
+        let requester_id = config
+            .functions
+            .first()
+            .map(|f| f.requester_id)
+            .ok_or(ConfigError::NoFunctions)?;
+        let dsm = Arc::new(Mutex::new(EmulatedDsm::new(config)?));
+        let interface = InterfaceId::from_requester_id(requester_id);
+        {
+            let mut guard = tsm.lock().unwrap_or_else(PoisonError::into_inner);
+            let outcome = guard.probe(
+                PciDeviceInfo::tee_io(address),
+                Box::new(dsm.clone()),
+                Box::new(PlainChannel::new()),
+            );
+            if let ProbeOutcome::Declined(reason) = outcome {
+                return Err(SetupError::Declined(reason));
+            }
+            guard.connect(address)?;
+            guard.bind(
+                address,
+                BindParams {
+                    interface,
+                    guest,
+                    lock,
+                },
+            )?;
+        }
+        Ok(Self {
+            tsm,
+            dsm,
+            address,
+            interface,
+        })
+    }
+
+    /// A single-function device at `address` in a TSM of its own, bound to `guest`.
+    pub fn single(address: PciAddress, requester_id: u16, guest: u64) -> Result<Self, SetupError> {
+        Self::new(
+            Arc::new(Mutex::new(Tsm::new())),
+            address,
+            DsmConfig::single_function(requester_id),
+            guest,
+            LockInterfaceParams::default(),
+        )
+    }
+
+    /// The host state machine for the bound TDI.
+    pub fn machine(&self, config: MachineConfig) -> TdiStateMachine<TsmBackend> {
+        TdiStateMachine::new(config, TsmBackend::new(self.tsm.clone(), self.address))
+    }
+
+    /// The emulated device (to inspect it or change its configuration).
+    pub fn dsm(&self) -> &Arc<Mutex<EmulatedDsm>> {
+        &self.dsm
+    }
+
+    /// The TSM.
+    pub fn tsm(&self) -> &SharedTsm {
+        &self.tsm
+    }
+
+    /// The device's PCI address in the TSM.
+    pub fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    /// The bound TDI.
+    pub fn interface(&self) -> InterfaceId {
+        self.interface
+    }
+}

@@ -1,0 +1,365 @@
+//! The host state machine behind [`TdispGuestRequestInterface`] for one assigned device.
+//!
+//! [`transition`] is the whole rule set as one table. [`TdiStateMachine`] asks it, performs the
+//! device-side work through its [`TdiBackend`] when the table allows the call, and records the
+//! outcome in its [`History`]:
+//!
+//! - negotiation comes first; a device that is not TDISP capable answers `Invalid`;
+//! - lock only from `Unlocked`, start only from `Locked`, reports only in `Locked` or `Run`;
+//! - unbind from any negotiated state back to `Unlocked`;
+//! - any other call fails with `InvalidDeviceState` **and unbinds the device**.
+//!
+//! Device failures: a TDI the device reports in ERROR puts the machine in `Error` (the guest
+//! must unbind); any other failure unbinds; report types the device cannot produce answer
+//! `NotImplemented` and change nothing.
+
+use crate::backend::BackendError;
+use crate::backend::TdiBackend;
+use crate::history::GuestCall;
+use crate::history::History;
+use crate::history::HistorySnapshot;
+use crate::history::UnbindCause;
+use serde::Deserialize;
+use serde::Serialize;
+use tdisp_proto::TdispDeviceInterfaceInfo;
+use tdisp_proto::TdispGuestOperationError;
+use tdisp_proto::TdispGuestProtocolType;
+use tdisp_proto::TdispGuestRequestInterface;
+use tdisp_proto::TdispGuestUnbindReason;
+use tdisp_proto::TdispReportType;
+use tdisp_proto::TdispTdiState;
+
+/// The five guest calls, without arguments: the columns of the transition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallKind {
+    /// `tdisp_negotiate_protocol`.
+    Negotiate,
+    /// `request_lock_device_resources`.
+    Lock,
+    /// `request_start_tdi`.
+    Start,
+    /// `request_attestation_report`.
+    Report,
+    /// `request_unbind`.
+    Unbind,
+}
+
+impl GuestCall {
+    /// The call without its argument.
+    pub fn kind(&self) -> CallKind {
+        match self {
+            Self::Negotiate(_) => CallKind::Negotiate,
+            Self::Lock => CallKind::Lock,
+            Self::Start => CallKind::Start,
+            Self::Report(_) => CallKind::Report,
+            Self::Unbind(_) => CallKind::Unbind,
+        }
+    }
+}
+
+/// What the table says about a call in a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The call proceeds; if the device work succeeds the state becomes `to`.
+    Allowed {
+        /// The state after success.
+        to: TdispTdiState,
+    },
+    /// The call fails with `InvalidDeviceState`; nothing changes (no protocol negotiated).
+    Refused,
+    /// The call fails with `InvalidDeviceState` and the device is unbound.
+    RefusedAndUnbound,
+}
+
+/// The transition table of the guest-facing machine.
+pub fn transition(from: TdispTdiState, call: CallKind) -> Transition {
+    use CallKind as C;
+    use TdispTdiState::*;
+    use Transition::*;
+    match (from, call) {
+        (Uninitialized, C::Negotiate) => Allowed { to: Unlocked },
+        (state, C::Negotiate) => Allowed { to: state },
+        (Uninitialized, C::Lock | C::Start | C::Report | C::Unbind) => Refused,
+        (Unlocked | Locked | Run | Error, C::Unbind) => Allowed { to: Unlocked },
+        (Unlocked, C::Lock) => Allowed { to: Locked },
+        (Locked, C::Start) => Allowed { to: Run },
+        (Locked, C::Report) => Allowed { to: Locked },
+        (Run, C::Report) => Allowed { to: Run },
+        (Unlocked, C::Start | C::Report)
+        | (Locked, C::Lock)
+        | (Run, C::Lock | C::Start)
+        | (Error, C::Lock | C::Start | C::Report) => RefusedAndUnbound,
+    }
+}
+
+/// Host-side settings of one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// The host's id for the device (reported at negotiation, used in guest packets).
+    pub device_id: u64,
+    /// Guest protocols this host offers.
+    pub supported_protocols: Vec<TdispGuestProtocolType>,
+    /// Feature bits reported at negotiation.
+    pub supported_features: u64,
+    /// History entries kept.
+    pub history_capacity: usize,
+}
+
+impl MachineConfig {
+    /// Device `device_id` offering both guest protocols, no features, default history.
+    pub fn new(device_id: u64) -> Self {
+        Self {
+            device_id,
+            supported_protocols: vec![
+                TdispGuestProtocolType::AmdSevTioV1,
+                TdispGuestProtocolType::IntelTdxConnectV1,
+            ],
+            supported_features: 0,
+            history_capacity: crate::history::DEFAULT_HISTORY_CAPACITY,
+        }
+    }
+}
+
+/// A diagnostic snapshot of a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSnapshot {
+    /// The device id.
+    pub device_id: u64,
+    /// The current state.
+    pub state: TdispTdiState,
+    /// The negotiated protocol.
+    pub protocol: Option<TdispGuestProtocolType>,
+    /// The recent calls.
+    pub history: HistorySnapshot,
+}
+
+impl MachineSnapshot {
+    /// The snapshot as JSON.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+/// The host's TDISP state handler for one assigned device.
+#[derive(Debug)]
+pub struct TdiStateMachine<B> {
+    config: MachineConfig,
+    backend: B,
+    state: TdispTdiState,
+    protocol: Option<TdispGuestProtocolType>,
+    history: History,
+}
+
+impl<B: TdiBackend> TdiStateMachine<B> {
+    /// A machine in `Uninitialized` for the device behind `backend`.
+    pub fn new(config: MachineConfig, backend: B) -> Self {
+        let history = History::new(config.history_capacity);
+        Self {
+            config,
+            backend,
+            state: TdispTdiState::Uninitialized,
+            protocol: None,
+            history,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> TdispTdiState {
+        self.state
+    }
+
+    /// The host's id for the device.
+    pub fn device_id(&self) -> u64 {
+        self.config.device_id
+    }
+
+    /// The recent calls.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A serializable snapshot for diagnostics.
+    pub fn snapshot(&self) -> MachineSnapshot {
+        MachineSnapshot {
+            device_id: self.config.device_id,
+            state: self.state,
+            protocol: self.protocol,
+            history: self.history.snapshot(),
+        }
+    }
+
+    /// Runs `call`: asks the table, does `work` on the device if allowed, applies the result
+    /// and records it.
+    fn execute<T>(
+        &mut self,
+        call: GuestCall,
+        work: impl FnOnce(&mut B) -> Result<T, BackendError>,
+    ) -> Result<T, TdispGuestOperationError> {
+        let from = self.state;
+        let (result, unbind) = match transition(from, call.kind()) {
+            Transition::Refused => (Err(TdispGuestOperationError::InvalidDeviceState), None),
+            Transition::RefusedAndUnbound => {
+                self.unbind_device(from);
+                (
+                    Err(TdispGuestOperationError::InvalidDeviceState),
+                    Some(UnbindCause::WrongState),
+                )
+            }
+            Transition::Allowed { to } => match work(&mut self.backend) {
+                Ok(value) => {
+                    self.state = to;
+                    let unbind = match call {
+                        GuestCall::Unbind(reason) => Some(UnbindCause::Guest(reason)),
+                        _ => None,
+                    };
+                    (Ok(value), unbind)
+                }
+                Err(error) => {
+                    let (error, unbind) = self.device_failed(call, error);
+                    (Err(error), unbind)
+                }
+            },
+        };
+        self.finish(call, from, result, unbind)
+    }
+
+    /// Logs and records a finished call.
+    fn finish<T>(
+        &mut self,
+        call: GuestCall,
+        from: TdispTdiState,
+        result: Result<T, TdispGuestOperationError>,
+        unbind: Option<UnbindCause>,
+    ) -> Result<T, TdispGuestOperationError> {
+        let to = self.state;
+        match &result {
+            Ok(_) => tracing::debug!(
+                device = self.config.device_id,
+                ?call,
+                ?from,
+                ?to,
+                "guest call"
+            ),
+            Err(error) => tracing::info!(
+                device = self.config.device_id,
+                ?call,
+                ?from,
+                ?to,
+                %error,
+                ?unbind,
+                "guest call failed"
+            ),
+        }
+        let recorded = result.as_ref().map(drop).map_err(|e| *e);
+        self.history.record(call, from, to, recorded, unbind);
+        result
+    }
+
+    /// Unbinds after a refused call: the device is stopped unless it was already unlocked.
+    fn unbind_device(&mut self, from: TdispTdiState) {
+        if from == TdispTdiState::Unlocked {
+            return;
+        }
+        self.state = match self.backend.stop() {
+            Ok(()) => TdispTdiState::Unlocked,
+            Err(error) => {
+                tracing::error!(device = self.config.device_id, %error, "unbind failed: device in error");
+                TdispTdiState::Error
+            }
+        };
+    }
+
+    /// Decides what a failed device operation does to the machine.
+    fn device_failed(
+        &mut self,
+        call: GuestCall,
+        error: BackendError,
+    ) -> (TdispGuestOperationError, Option<UnbindCause>) {
+        match (call, error) {
+            (_, BackendError::NotSupported(_)) => (TdispGuestOperationError::NotImplemented, None),
+            (GuestCall::Unbind(_), _) | (_, BackendError::TdiInError) => {
+                self.state = TdispTdiState::Error;
+                (TdispGuestOperationError::HostFailedToProcessCommand, None)
+            }
+            (_, BackendError::Failed(_)) => {
+                let from = self.state;
+                self.unbind_device(from);
+                (
+                    TdispGuestOperationError::HostFailedToProcessCommand,
+                    Some(UnbindCause::DeviceFailure),
+                )
+            }
+        }
+    }
+}
+
+impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
+    fn tdisp_negotiate_protocol(
+        &mut self,
+        requested_guest_protocol: TdispGuestProtocolType,
+    ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
+        let call = GuestCall::Negotiate(requested_guest_protocol);
+        let from = self.state;
+        if requested_guest_protocol == TdispGuestProtocolType::Invalid
+            || !self
+                .config
+                .supported_protocols
+                .contains(&requested_guest_protocol)
+        {
+            let refused = Err(TdispGuestOperationError::InvalidGuestProtocolRequest);
+            return self.finish(call, from, refused, None);
+        }
+        let mut info = TdispDeviceInterfaceInfo {
+            guest_protocol_type: requested_guest_protocol,
+            supported_features: self.config.supported_features,
+            tdisp_device_id: self.config.device_id,
+        };
+        if !self.backend.is_tdisp_capable() {
+            // Not an error: the guest learns the device cannot do TDISP, and nothing changes.
+            info.guest_protocol_type = TdispGuestProtocolType::Invalid;
+            info.supported_features = 0;
+            return self.finish(call, from, Ok(info), None);
+        }
+        let result = self.execute(call, |_| Ok(info));
+        if result.is_ok() {
+            self.protocol = Some(requested_guest_protocol);
+        }
+        result
+    }
+
+    fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
+        self.execute(GuestCall::Lock, TdiBackend::lock)
+    }
+
+    fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
+        self.execute(GuestCall::Start, TdiBackend::start)
+    }
+
+    fn request_attestation_report(
+        &mut self,
+        report_type: TdispReportType,
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        let call = GuestCall::Report(report_type);
+        if report_type == TdispReportType::Invalid {
+            let from = self.state;
+            let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
+            return self.finish(call, from, refused, None);
+        }
+        self.execute(call, |backend| backend.report(report_type))
+    }
+
+    fn request_unbind(
+        &mut self,
+        reason: TdispGuestUnbindReason,
+    ) -> Result<(), TdispGuestOperationError> {
+        self.execute(GuestCall::Unbind(reason), TdiBackend::stop)
+    }
+}
+
+#[cfg(test)]
+mod tests;
