@@ -148,3 +148,173 @@ fn encode_error(
     // An error reply has no payload, so it always encodes; an empty reply is the fallback.
     reply.to_bytes().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulated::EmulatedAssignment;
+    use crate::state_machine::MachineConfig;
+    use tdisp_proto::TdispGuestProtocolType;
+    use tdisp_proto::TdispReportType;
+    use tdisp_proto::guest_packet::GuestCommand;
+    use tdisp_proto::guest_packet::GuestReply;
+    use zerocopy::IntoBytes;
+
+    const DEVICE: u64 = 3;
+
+    fn dispatcher() -> HostDispatcher {
+        let assignment = EmulatedAssignment::single(0x400, 0x401, DEVICE).unwrap();
+        let mut dispatcher = HostDispatcher::new();
+        dispatcher.insert(
+            DEVICE,
+            Box::new(assignment.machine(MachineConfig::new(DEVICE))),
+        );
+        dispatcher
+    }
+
+    fn send(dispatcher: &mut HostDispatcher, command: GuestCommand) -> GuestReplyPacket {
+        let packet = GuestCommandPacket {
+            device_id: DEVICE,
+            command,
+        };
+        let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
+        reply.check_answers(&packet).unwrap();
+        reply
+    }
+
+    #[test]
+    fn replies_carry_the_state_before_and_after() {
+        let mut dispatcher = dispatcher();
+        let reply = send(
+            &mut dispatcher,
+            GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
+        );
+        assert_eq!(
+            (reply.state_before, reply.state_after),
+            (TdispTdiState::Uninitialized, TdispTdiState::Unlocked)
+        );
+        send(&mut dispatcher, GuestCommand::LockDeviceResources);
+        let reply = send(&mut dispatcher, GuestCommand::LockDeviceResources);
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::InvalidDeviceState)
+        );
+        assert_eq!(
+            (reply.state_before, reply.state_after),
+            (TdispTdiState::Locked, TdispTdiState::Unlocked)
+        );
+    }
+
+    #[test]
+    fn undecodable_packets_get_addressed_error_replies() {
+        let mut dispatcher = dispatcher();
+        let mut unknown_command = GuestCommandPacket {
+            device_id: DEVICE,
+            command: GuestCommand::StartTdi,
+        }
+        .to_bytes();
+        unknown_command[4] = 42;
+        let reply = GuestReplyPacket::decode(&dispatcher.handle(&unknown_command)).unwrap();
+        assert_eq!(reply.device_id, DEVICE);
+        assert_eq!(reply.command_id, GuestCommandId(42));
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::InvalidGuestCommandId)
+        );
+
+        let mut bad_report_type = GuestCommandPacket {
+            device_id: DEVICE,
+            command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
+        }
+        .to_bytes();
+        bad_report_type[24..28].copy_from_slice(99u32.as_bytes());
+        let reply = GuestReplyPacket::decode(&dispatcher.handle(&bad_report_type)).unwrap();
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::InvalidGuestAttestationReportType)
+        );
+
+        for garbage in [&[][..], &[1, 2, 3][..], &[0xff; 200][..]] {
+            let reply = GuestReplyPacket::decode(&dispatcher.handle(garbage)).unwrap();
+            assert_eq!(
+                reply.result,
+                Err(TdispGuestOperationError::HostFailedToProcessCommand)
+            );
+        }
+        // None of this touched the device.
+        assert_eq!(
+            dispatcher.tdi_state(DEVICE),
+            Some(TdispTdiState::Uninitialized)
+        );
+    }
+
+    #[test]
+    fn unknown_device_is_answered_without_touching_others() {
+        let mut dispatcher = dispatcher();
+        let packet = GuestCommandPacket {
+            device_id: DEVICE + 1,
+            command: GuestCommand::LockDeviceResources,
+        };
+        let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
+        reply.check_answers(&packet).unwrap();
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert!(dispatcher.remove(DEVICE).is_some());
+        assert_eq!(dispatcher.tdi_state(DEVICE), None);
+    }
+
+    /// A device whose report does not fit in a reply packet.
+    struct Huge;
+
+    impl TdispGuestRequestInterface for Huge {
+        fn tdisp_negotiate_protocol(
+            &mut self,
+            _: TdispGuestProtocolType,
+        ) -> Result<tdisp_proto::TdispDeviceInterfaceInfo, TdispGuestOperationError> {
+            Err(TdispGuestOperationError::NotImplemented)
+        }
+        fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
+            Ok(())
+        }
+        fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
+            Ok(())
+        }
+        fn request_attestation_report(
+            &mut self,
+            _: TdispReportType,
+        ) -> Result<Vec<u8>, TdispGuestOperationError> {
+            Ok(vec![0; tdisp_proto::guest_packet::MAX_REPLY_PAYLOAD + 1])
+        }
+        fn request_unbind(
+            &mut self,
+            _: tdisp_proto::TdispGuestUnbindReason,
+        ) -> Result<(), TdispGuestOperationError> {
+            Ok(())
+        }
+    }
+
+    impl GuestDevice for Huge {
+        fn tdi_state(&self) -> TdispTdiState {
+            TdispTdiState::Locked
+        }
+    }
+
+    #[test]
+    fn oversized_reply_becomes_a_host_failure() {
+        let command = GuestCommandPacket {
+            device_id: 1,
+            command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
+        };
+        let reply = GuestReplyPacket::decode(&dispatch_packet(&mut Huge, &command)).unwrap();
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert!(!matches!(
+            reply.result,
+            Ok(GuestReply::GetAttestationReport(_))
+        ));
+    }
+}
