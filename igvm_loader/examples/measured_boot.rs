@@ -55,6 +55,10 @@ fn main() {
         .unwrap();
     }
     let bytes = builder.build_bytes().unwrap();
+    // Optionally keep the file (for example as a fuzzing seed).
+    if let Some(path) = std::env::var_os("IGVM_EXAMPLE_OUT") {
+        std::fs::write(path, &bytes).unwrap();
+    }
     let file = igvm_loader::parse(&bytes).unwrap();
     let measurements =
         igvm_loader::measure::measure_all(&file, &MeasureOptions::default()).unwrap();

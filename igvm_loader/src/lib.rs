@@ -24,7 +24,24 @@
 //!
 //! Layout: [`importer`] holds the contract and its types, [`arch`] the register sets,
 //! [`builder`] the images and the multi-platform merge, [`measure`] the digests,
-//! [`recording`] a call recorder for loader tests, [`dump`] the human-readable listing.
+//! [`recording`] a call recorder for loader tests, [`dump`] the human-readable listing,
+//! [`parse()`] a hardened reader for foreign files. The `igvmgen` binary (`dump`, `measure`)
+//! wraps them.
+//!
+//! Conventions worth knowing:
+//! - SNP data-less measured pages are ZERO pages (QEMU/KVM) or zero-filled NORMAL pages
+//!   (Hyper-V, the `igvm` crate): [`measure::ZeroPages`]. VMSAs are measured at the file's GPA
+//!   or at KVM's fixed GPA: [`measure::VmsaGpa`]. Parameter areas are UNMEASURED for their
+//!   whole size.
+//! - A 2 MiB page directive is measured as 512 consecutive 4 KiB pages on every platform
+//!   (what a VMM issuing 4 KiB launch updates, such as KVM, produces). The builder emits
+//!   2 MiB directives only for data-less runs, and only when asked
+//!   ([`builder::PlatformConfig::large_pages`]).
+//! - TDX images carry no VP context: a TD starts at the reset vector, so
+//!   [`ImageLoad::import_vp_register`] fails for TDX. Relocations need a VBS VP context (the
+//!   IGVM format ties them to one), so they are VBS-only.
+//! - Page hashing runs on rayon's pool; the chains (SNP PAGE_INFO, TDX stream, VBS) are
+//!   sequential, and [`measure::measure_all`] runs the platforms concurrently.
 
 #![forbid(unsafe_code)]
 

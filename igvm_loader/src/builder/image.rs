@@ -323,6 +323,10 @@ impl<R: GuestArch> PlatformImage<R> {
                 directives.push(R::vbs_context(&self.registers, vtl, mask));
             }
             IsolationType::Snp => match self.vp_context_page {
+                // A raw VMSA import and registers would be two VP contexts for the BSP.
+                Some(existing) if self.vp_context_imported() && !self.registers.is_empty() => {
+                    return Err(Error::DuplicateVpContextPage { existing });
+                }
                 Some(page) if !self.vp_context_imported() => directives.push(R::snp_context(
                     &self.registers,
                     &self.config.isolation,

@@ -489,6 +489,28 @@ mod contract {
     }
 
     #[test]
+    fn a_raw_vmsa_import_and_registers_do_not_mix() {
+        let mut b = IgvmBuilder::<X86Register>::new();
+        let image = b.add_platform(config(IsolationType::Snp)).unwrap();
+        image
+            .import_pages(0x30, 1, "vmsa", BootPageAcceptance::VpContext, &[0x31; 64])
+            .unwrap();
+        let file = b.build().unwrap();
+        assert!(file.directives().iter().any(|d| matches!(
+            d,
+            IgvmDirectiveHeader::SnpVpContext { gpa: 0x30000, vmsa, .. } if vmsa.cs.selector == 0x3131
+        )));
+        b.platform_mut(IsolationType::Snp)
+            .unwrap()
+            .import_vp_register(X86Register::Rip(0))
+            .unwrap();
+        assert!(matches!(
+            b.build(),
+            Err(Error::DuplicateVpContextPage { existing: 0x30 })
+        ));
+    }
+
+    #[test]
     fn imported_regions_page_on_an_import_fails_at_build() {
         let mut b = IgvmBuilder::<X86Register>::new();
         let image = b.add_platform(config(IsolationType::Snp)).unwrap();
