@@ -1,7 +1,11 @@
 //! End-to-end: store handshake, protocol negotiation, TPM commands through frontend ->
 //! backend -> manager -> in-process engine, close and reopen, several domains at once.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail by panicking")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
 
 use std::future::Future;
 use std::time::Duration;

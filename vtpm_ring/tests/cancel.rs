@@ -1,0 +1,155 @@
+//! Cancel through the whole path: the frontend's cancel reaches a slow engine as a control
+//! operation, the command ends early, and the device keeps working.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::Notify;
+use vtpm_ring::backend::Backend;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::domain::Host;
+use vtpm_ring::engine::ControlOp;
+use vtpm_ring::engine::ControlReply;
+use vtpm_ring::engine::EngineError;
+use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::TpmReply;
+use vtpm_ring::engine::TpmRequest;
+use vtpm_ring::frontend::Frontend;
+use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::frontend::FrontendError;
+use vtpm_ring::manager::VtpmManager;
+use vtpm_ring::manager::stream_pair;
+use vtpm_ring::protocol::Protocols;
+use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::error_response;
+use vtpm_ring::tpm_header::response_code;
+use vtpm_ring::xenbus::VtpmDevice;
+use vtpm_ring::xenbus::create_device;
+
+const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("bounded wait expired")
+}
+
+/// Takes 1 s over its first command unless canceled, like a TPM busy generating a key.
+struct SlowEngine {
+    inner: SimTpm,
+    commands: AtomicU32,
+    cancel: Notify,
+    cancels: AtomicU32,
+}
+
+#[async_trait]
+impl TpmEngine for SlowEngine {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        match request {
+            TpmRequest::Command { command, locality } => {
+                let delay = if self.commands.fetch_add(1, Ordering::Relaxed) == 0 {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {
+                        self.inner.execute(TpmRequest::Command { command, locality }).await
+                    }
+                    () = self.cancel.notified() => {
+                        Ok(TpmReply::Response(error_response(TpmRc::CANCELED)))
+                    }
+                }
+            }
+            TpmRequest::Control(ControlOp::CancelCommand) => {
+                self.cancels.fetch_add(1, Ordering::Relaxed);
+                self.cancel.notify_waiters();
+                Ok(TpmReply::Control(ControlReply::Done))
+            }
+            other => self.inner.execute(other).await,
+        }
+    }
+}
+
+async fn setup(protocols: Protocols) -> (Arc<SlowEngine>, Arc<Frontend>) {
+    let host = Host::new();
+    let back = host.create_domain(DomainId(1), 4).unwrap();
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    let engine = Arc::new(SlowEngine {
+        inner: SimTpm::started(),
+        commands: AtomicU32::new(0),
+        cancel: Notify::new(),
+        cancels: AtomicU32::new(0),
+    });
+    let mut manager = VtpmManager::new();
+    manager.add_instance(4, engine.clone());
+    let (b, m) = stream_pair();
+    tokio::spawn(manager.serve(m));
+    tokio::spawn(Backend::new(back, b, BackendConfig::default()).run());
+    create_device(
+        &host.store_as(DomainId::DOM0),
+        &VtpmDevice {
+            backend: DomainId(1),
+            frontend: guest.id(),
+            handle: 0,
+            instance: 4,
+            uuid: uuid::Uuid::nil(),
+        },
+    )
+    .unwrap();
+    let config = FrontendConfig {
+        protocols,
+        ..FrontendConfig::default()
+    };
+    let front = Arc::new(within(Frontend::connect(&guest, config)).await.unwrap());
+    (engine, front)
+}
+
+#[tokio::test]
+async fn v2_cancel_reaches_the_engine_and_ends_the_command() {
+    let (engine, front) = setup(Protocols::V2_ONLY).await;
+    let pending = {
+        let front = front.clone();
+        tokio::spawn(async move { front.transmit(&GET_RANDOM_8).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    front.cancel().unwrap();
+    let r = within(pending).await.unwrap();
+    // The backend finished with the engine's answer to the cancel.
+    assert_eq!(response_code(&r.unwrap()), Some(TpmRc::CANCELED));
+    assert_eq!(engine.cancels.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn v1_cancel_returns_at_once_and_the_late_answer_is_drained() {
+    let (engine, front) = setup(Protocols::V1_ONLY).await;
+    let pending = {
+        let front = front.clone();
+        tokio::spawn(async move { front.transmit(&GET_RANDOM_8).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    front.cancel().unwrap();
+    assert_eq!(
+        within(pending).await.unwrap().unwrap_err(),
+        FrontendError::Canceled
+    );
+    // v1 has no cancel on the wire: the engine was not told.
+    assert_eq!(engine.cancels.load(Ordering::Relaxed), 0);
+    // The next command waits for the abandoned answer, then gets its own.
+    let r = tokio::time::timeout(Duration::from_secs(15), front.transmit(&GET_RANDOM_8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+}

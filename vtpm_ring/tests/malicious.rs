@@ -1,0 +1,408 @@
+//! A hostile frontend, built from the raw primitives (pages, grants, event channel, store),
+//! against the real backend: lying sizes, references it does not own, packets changing while
+//! the backend reads, cancel storms. The backend must answer or refuse, never panic or hang.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::Domain;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::event::EventChannel;
+use vtpm_ring::frontend::Frontend;
+use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::grant::GrantAccess;
+use vtpm_ring::grant::GrantRef;
+use vtpm_ring::page::OwnPage;
+use vtpm_ring::page::PageIo;
+use vtpm_ring::protocol::v1;
+use vtpm_ring::protocol::v2::V2State;
+use vtpm_ring::testbed::BACKEND_DOMAIN;
+use vtpm_ring::testbed::Testbed;
+use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::response_code;
+use vtpm_ring::xenbus::XenbusState;
+use vtpm_ring::xenbus::backend_dir;
+use vtpm_ring::xenbus::frontend_dir;
+use vtpm_ring::xenbus::read_state;
+
+const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("bounded wait expired")
+}
+
+async fn until(mut cond: impl FnMut() -> bool) {
+    within(async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+fn start() -> (Testbed, Domain) {
+    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
+    tokio::spawn(run);
+    let guest = bed.add_guest(DomainId(2)).unwrap();
+    bed.add_device(guest.id(), 0, 1).unwrap();
+    (bed, guest)
+}
+
+/// A hand-made frontend: pages, grants, event channel and store keys, nothing checked.
+struct Raw {
+    pages: Vec<OwnPage>,
+    grants: Vec<GrantRef>,
+    event: EventChannel,
+}
+
+impl Raw {
+    /// Publishes `ring_ref` (which may be a lie) and waits for the backend's verdict.
+    async fn publish(
+        bed: &Testbed,
+        guest: &Domain,
+        v2: bool,
+        pages: Vec<OwnPage>,
+        grants: Vec<GrantRef>,
+        ring_ref: u32,
+    ) -> (Option<Raw>, XenbusState) {
+        let store = guest.store();
+        let dir = frontend_dir(guest.id(), 0);
+        let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        until(|| read_state(&store, &bdir) == XenbusState::INIT_WAIT).await;
+        let event = guest.alloc_unbound(BACKEND_DOMAIN).unwrap();
+        store
+            .write(&format!("{dir}/ring-ref"), &ring_ref.to_string())
+            .unwrap();
+        store
+            .write(&format!("{dir}/event-channel"), &event.port().0.to_string())
+            .unwrap();
+        if v2 {
+            store
+                .write(&format!("{dir}/feature-protocol-v2"), "1")
+                .unwrap();
+        }
+        store.write(&format!("{dir}/state"), "3").unwrap();
+        until(|| {
+            matches!(
+                read_state(&store, &bdir),
+                XenbusState::CONNECTED | XenbusState::CLOSED
+            )
+        })
+        .await;
+        let st = read_state(&bed.backend.store(), &bdir);
+        let raw = (st == XenbusState::CONNECTED).then_some(Raw {
+            pages,
+            grants,
+            event,
+        });
+        (raw, st)
+    }
+
+    fn alloc(guest: &Domain, n: usize, access: GrantAccess) -> (Vec<OwnPage>, Vec<GrantRef>) {
+        let pages: Vec<OwnPage> = (0..n).map(|_| guest.alloc_page().unwrap()).collect();
+        let grants = pages
+            .iter()
+            .map(|p| guest.grant_access(BACKEND_DOMAIN, p.gfn(), access).unwrap())
+            .collect();
+        (pages, grants)
+    }
+
+    /// A v2 connection with one extra page.
+    async fn v2(bed: &Testbed, guest: &Domain) -> Raw {
+        let (pages, grants) = Self::alloc(guest, 2, GrantAccess::ReadWrite);
+        pages[0].write(7, &[1]).unwrap();
+        pages[0].write(8, &grants[1].0.to_le_bytes()).unwrap();
+        let r = grants[0].0;
+        Self::publish(bed, guest, true, pages, grants, r)
+            .await
+            .0
+            .unwrap()
+    }
+
+    /// Writes `bytes` as the packet with length field `len`, then SUBMIT and notify.
+    fn submit_v2(&self, bytes: &[u8], len: u32) {
+        let shared = &self.pages[0];
+        shared
+            .write(12, &bytes[..bytes.len().min(4096 - 12)])
+            .unwrap();
+        shared.write(0, &len.to_le_bytes()).unwrap();
+        shared.store_u8(4, V2State::SUBMIT.0).unwrap();
+        self.event.notify().unwrap();
+    }
+
+    fn state(&self) -> V2State {
+        V2State(self.pages[0].load_u8(4).unwrap())
+    }
+
+    fn response_v2(&self) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        self.pages[0].read(0, &mut len).unwrap();
+        let len = u32::from_le_bytes(len) as usize;
+        let mut out = vec![0u8; len];
+        self.pages[0].read(12, &mut out).unwrap();
+        out
+    }
+
+    async fn answer_v2(&self) -> Vec<u8> {
+        until(|| self.state() == V2State::FINISH).await;
+        self.response_v2()
+    }
+}
+
+mod lying_sizes {
+    use super::*;
+
+    #[tokio::test]
+    async fn header_size_larger_than_bytes_sent_gets_command_size() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        raw.submit_v2(&GET_RANDOM_8, 10);
+        assert_eq!(
+            response_code(&raw.answer_v2().await),
+            Some(TpmRc::COMMAND_SIZE)
+        );
+        assert_eq!(bed.stats.snapshot().malformed, 1);
+        assert_eq!(bed.stats.snapshot().requests, 0);
+    }
+
+    #[tokio::test]
+    async fn length_beyond_the_shared_pages_gets_command_size() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        for len in [8192, 1 << 20, u32::MAX] {
+            raw.pages[0].store_u8(4, 0).unwrap();
+            raw.submit_v2(&GET_RANDOM_8, len);
+            assert_eq!(
+                response_code(&raw.answer_v2().await),
+                Some(TpmRc::COMMAND_SIZE)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn short_tpm12_and_bad_locality_packets_get_tpm_errors_and_good_ones_still_work() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        raw.submit_v2(&GET_RANDOM_8, 3);
+        assert_eq!(
+            response_code(&raw.answer_v2().await),
+            Some(TpmRc::COMMAND_SIZE)
+        );
+        let mut tpm12 = GET_RANDOM_8;
+        tpm12[0..2].copy_from_slice(&[0x00, 0xc1]);
+        raw.submit_v2(&tpm12, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::BAD_TAG));
+        raw.pages[0].write(5, &[9]).unwrap();
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::LOCALITY));
+        raw.pages[0].write(5, &[0]).unwrap();
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+    }
+
+    #[tokio::test]
+    async fn v1_sizes_that_do_not_add_up_get_command_size() {
+        let (bed, guest) = start();
+        let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);
+        let mut ring = v1::Ring::default();
+        for (e, g) in ring.iter_mut().zip(&grants[1..]) {
+            e.gref = g.0.into();
+        }
+        v1::write_ring(&pages[0], &ring).unwrap();
+        let r = grants[0].0;
+        let raw = Raw::publish(&bed, &guest, false, pages, grants, r)
+            .await
+            .0
+            .unwrap();
+        raw.pages[1].write(0, &GET_RANDOM_8).unwrap();
+        // Entry 0 says 12 bytes, entry 1 says there is more.
+        raw.pages[0].write(14, &12u16.to_le_bytes()).unwrap();
+        raw.pages[0].write(16 + 14, &7u16.to_le_bytes()).unwrap();
+        raw.event.notify().unwrap();
+        until(|| bed.stats.snapshot().malformed == 1).await;
+        let mut head = [0u8; 10];
+        raw.pages[1].read(0, &mut head).unwrap();
+        assert_eq!(response_code(&head), Some(TpmRc::COMMAND_SIZE));
+    }
+}
+
+mod grant_enforcement {
+    use super::*;
+
+    #[tokio::test]
+    async fn ring_ref_the_guest_never_granted_is_refused() {
+        let (bed, guest) = start();
+        let (_, st) = Raw::publish(&bed, &guest, true, vec![], vec![], 500).await;
+        assert_eq!(st, XenbusState::CLOSED);
+        assert_eq!(bed.stats.snapshot().failed_connects, 1);
+    }
+
+    #[tokio::test]
+    async fn read_only_shared_page_is_refused() {
+        let (bed, guest) = start();
+        let (pages, grants) = Raw::alloc(&guest, 1, GrantAccess::ReadOnly);
+        let r = grants[0].0;
+        let (_, st) = Raw::publish(&bed, &guest, true, pages, grants, r).await;
+        assert_eq!(st, XenbusState::CLOSED);
+    }
+
+    #[tokio::test]
+    async fn page_granted_to_another_domain_is_refused() {
+        let (bed, guest) = start();
+        let other = bed.add_guest(DomainId(9)).unwrap();
+        let page = guest.alloc_page().unwrap();
+        let gref = guest
+            .grant_access(other.id(), page.gfn(), GrantAccess::ReadWrite)
+            .unwrap();
+        let (_, st) = Raw::publish(&bed, &guest, true, vec![page], vec![gref], gref.0).await;
+        assert_eq!(st, XenbusState::CLOSED);
+    }
+
+    #[tokio::test]
+    async fn another_domains_grant_cannot_be_smuggled_in_as_an_extra_page() {
+        let (bed, guest) = start();
+        // A victim domain granted a page to the backend for its own purposes.
+        let victim = bed.add_guest(DomainId(7)).unwrap();
+        let secret = victim.alloc_page().unwrap();
+        secret.write(0, b"victim secret").unwrap();
+        // Refs are per granter: pick a number the guest itself has not used.
+        let mut victim_ref = GrantRef(0);
+        for _ in 0..5 {
+            victim_ref = victim
+                .grant_access(BACKEND_DOMAIN, secret.gfn(), GrantAccess::ReadWrite)
+                .unwrap();
+        }
+        let (pages, grants) = Raw::alloc(&guest, 1, GrantAccess::ReadWrite);
+        pages[0].write(7, &[1]).unwrap();
+        pages[0].write(8, &victim_ref.0.to_le_bytes()).unwrap();
+        let r = grants[0].0;
+        let (_, st) = Raw::publish(&bed, &guest, true, pages, grants, r).await;
+        // The ref is looked up in the guest's own table, where it names nothing it owns.
+        assert_eq!(st, XenbusState::CLOSED);
+    }
+
+    #[tokio::test]
+    async fn v1_entry_naming_an_ungranted_page_is_not_read() {
+        let (bed, guest) = start();
+        let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);
+        let mut ring = v1::Ring::default();
+        for (e, g) in ring.iter_mut().zip(&grants[1..]) {
+            e.gref = g.0.into();
+        }
+        ring[0].gref = 900.into();
+        ring[0].size = 12.into();
+        v1::write_ring(&pages[0], &ring).unwrap();
+        let r = grants[0].0;
+        let raw = Raw::publish(&bed, &guest, false, pages, grants, r)
+            .await
+            .0
+            .unwrap();
+        raw.event.notify().unwrap();
+        until(|| {
+            let s = bed.stats.snapshot();
+            s.malformed + s.dropped >= 1
+        })
+        .await;
+        // It cannot answer into a page it may not map, so it drops, and keeps serving.
+        assert_eq!(bed.stats.snapshot().dropped, 1);
+        assert_eq!(bed.stats.snapshot().requests, 0);
+    }
+}
+
+mod races {
+    use super::*;
+
+    #[tokio::test]
+    async fn packet_rewritten_while_the_backend_reads_never_breaks_it() {
+        let (bed, guest) = start();
+        let raw = Arc::new(Raw::v2(&bed, &guest).await);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let raw = raw.clone();
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i = i.wrapping_add(1);
+                    let len = [12u32, 4000, 3, 0xffff_ffff][(i % 4) as usize];
+                    raw.pages[0].write(0, &len.to_le_bytes()).unwrap();
+                    raw.pages[0].write(12 + 5, &[(i % 256) as u8]).unwrap();
+                }
+            })
+        };
+        for _ in 0..200 {
+            raw.pages[0].store_u8(4, 0).unwrap();
+            raw.submit_v2(&GET_RANDOM_8, 12);
+            let r = within(async {
+                loop {
+                    if raw.state() == V2State::FINISH {
+                        break raw.response_v2();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+            // Whatever the backend saw, it answered with a TPM response (never a hang).
+            assert!(r.len() <= 4096 * 2);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flipper.await.unwrap();
+        raw.pages[0].write(12, &GET_RANDOM_8).unwrap();
+        raw.pages[0].store_u8(4, 0).unwrap();
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        let s = bed.stats.snapshot();
+        assert_eq!(s.requests + s.malformed, 201);
+    }
+
+    #[tokio::test]
+    async fn cancel_storm_always_settles_in_idle_or_finish() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        for i in 0..300 {
+            if i % 3 == 0 {
+                raw.submit_v2(&GET_RANDOM_8, 12);
+            }
+            raw.pages[0].store_u8(4, V2State::CANCEL.0).unwrap();
+            raw.event.notify().unwrap();
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        until(|| matches!(raw.state(), V2State::IDLE | V2State::FINISH)).await;
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        assert!(bed.stats.snapshot().cancel_acks >= 1);
+    }
+
+    #[tokio::test]
+    async fn closing_mid_request_and_reconnecting_works() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        let store = guest.store();
+        let dir = frontend_dir(guest.id(), 0);
+        store.write(&format!("{dir}/state"), "5").unwrap();
+        let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        until(|| read_state(&store, &bdir) == XenbusState::CLOSED).await;
+        // The backend unmapped everything: every grant can be revoked now.
+        for g in &raw.grants {
+            guest.end_access(*g).unwrap();
+        }
+        store.write(&format!("{dir}/state"), "6").unwrap();
+        let f = within(Frontend::connect(&guest, FrontendConfig::default()))
+            .await
+            .unwrap();
+        let r = within(f.transmit(&GET_RANDOM_8)).await.unwrap();
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    }
+}
