@@ -1,6 +1,53 @@
-//! A Xen-style vTPM split driver: domains with separate memory, a grant table, event channels,
-//! a xenstore-like store, the v1 and v2 vTPM ring protocols, a frontend, a backend, the
-//! instance-multiplexed stream to the vTPM manager, and TPM engines.
+//! A Xen-style vTPM split driver, in one process: guest domains reach a virtual TPM through
+//! pages they grant to a backend domain, event channels and a xenstore-like store.
+//!
+//! The pieces, bottom up:
+//! - [`domain`]: a [`Host`](domain::Host) (the hypervisor) and its domains, each with its own
+//!   `vm-memory` address space; a [`Domain`](domain::Domain) handle is the right to act as it.
+//! - [`page`], [`grant`]: pages, and the grant table that lets exactly one other domain map a
+//!   page read-only or read-write until revoked (refused while mapped).
+//! - [`event`]: inter-domain event channels (bind, notify, async wait, close).
+//! - [`store`], [`xenbus`]: hierarchical keys with per-domain permissions and watches; the
+//!   xenbus states and the seed's device layout.
+//! - [`protocol`]: the v1 multi-page ring of seed 004 and the v2 shared page of current Xen.
+//! - [`frontend`]: the guest driver (`transmit`, locality, cancel: what `/dev/tpm0` offers).
+//! - [`backend`]: serves every frontend, validates every request, answers malformed ones
+//!   itself, and multiplexes all instances onto one stream ([`manager`]) to the engines.
+//! - [`engine`]: the [`TpmEngine`](engine::TpmEngine) trait (commands and control
+//!   operations) and [`SimTpm`](engine::SimTpm), an in-process TPM 2.0 subset.
+//! - [`testbed`]: a ready host with a backend, for examples, tests, benches and fuzzing.
+//!
+//! Everything async is plain `futures`: no executor is required. Start here:
+//!
+//! ```
+//! use futures::future::Either;
+//! use vtpm_ring::backend::BackendConfig;
+//! use vtpm_ring::domain::DomainId;
+//! use vtpm_ring::frontend::{Frontend, FrontendConfig, FrontendError};
+//! use vtpm_ring::testbed::Testbed;
+//! use vtpm_ring::tpm_header::{response_code, TpmRc};
+//!
+//! // A backend domain serving vTPM instance 1, and a guest with a vTPM device on it.
+//! let (bed, backend) = Testbed::new(BackendConfig::default(), &[1])?;
+//! let guest = bed.add_guest(DomainId(2))?;
+//! bed.add_device(guest.id(), 0, 1)?;
+//!
+//! let guest_side = async {
+//!     let tpm = Frontend::connect(&guest, FrontendConfig::default()).await?;
+//!     // TPM2_GetRandom(8)
+//!     let response = tpm.transmit(&[0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8]).await?;
+//!     tpm.close().await?;
+//!     Ok::<_, FrontendError>(response)
+//! };
+//! futures::pin_mut!(guest_side, backend);
+//! let response = match futures::executor::block_on(futures::future::select(guest_side, backend)) {
+//!     Either::Left((response, _)) => response?,
+//!     Either::Right(_) => unreachable!("the backend runs until dropped"),
+//! };
+//! assert_eq!(response_code(&response), Some(TpmRc::SUCCESS));
+//! assert_eq!(response.len(), 10 + 2 + 8);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 

@@ -11,15 +11,30 @@ use crate::domain::DomainError;
 use crate::domain::DomainId;
 use crate::domain::Host;
 use crate::engine::SimTpm;
+use crate::event::EventChannel;
+use crate::event::EventError;
+use crate::grant::GrantAccess;
+use crate::grant::GrantError;
+use crate::grant::GrantRef;
 use crate::manager::VtpmManager;
 use crate::manager::stream_pair;
+use crate::page::OwnPage;
+use crate::page::PageIo;
+use crate::protocol::ProtocolVersion;
+use crate::protocol::RingError;
+use crate::protocol::v1;
 use crate::store::StoreError;
 use crate::xenbus::VtpmDevice;
+use crate::xenbus::XenbusState;
 use crate::xenbus::create_device;
 use crate::xenbus::destroy_device;
+use crate::xenbus::frontend_dir;
+use crate::xenbus::keys;
+use crate::xenbus::write_state;
 use futures::Future;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use thiserror::Error;
 use uuid::Uuid;
 
 /// The backend domain's id in a testbed.
@@ -101,5 +116,102 @@ impl Testbed {
     /// The toolstack removes a device.
     pub fn remove_device(&self, dev: &VtpmDevice) -> Result<(), StoreError> {
         destroy_device(&self.host.store_as(DomainId::DOM0), dev)
+    }
+}
+
+/// Errors setting up a [`RawFrontend`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RawError {
+    /// Domain memory.
+    #[error("domain: {0}")]
+    Domain(#[from] DomainError),
+    /// Grants.
+    #[error("grant: {0}")]
+    Grant(#[from] GrantError),
+    /// Event channel.
+    #[error("event channel: {0}")]
+    Event(#[from] EventError),
+    /// Store.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Layout.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+}
+
+/// A frontend that only sets up the shared pages and publishes them, then leaves the pages
+/// and the event channel to its user: the tool for testing the backend against a hostile
+/// guest. Page 0 is the ring (v1) or shared page (v2); v1 has [`v1::RING_SIZE`] data pages
+/// after it, v2 one extra page.
+pub struct RawFrontend {
+    /// The pages, granted read-write to the backend.
+    pub pages: Vec<OwnPage>,
+    /// Their grant references.
+    pub grants: Vec<GrantRef>,
+    /// The frontend's end of the event channel.
+    pub event: EventChannel,
+}
+
+impl RawFrontend {
+    /// Lays out `version`'s pages for device 0 of `guest` and publishes them (state
+    /// Initialised); the backend connects once it runs.
+    pub fn publish(guest: &Domain, version: ProtocolVersion) -> Result<Self, RawError> {
+        let n = match version {
+            ProtocolVersion::V1 => 1 + v1::RING_SIZE,
+            ProtocolVersion::V2 => 2,
+        };
+        let mut pages = Vec::with_capacity(n);
+        let mut grants = Vec::with_capacity(n);
+        for _ in 0..n {
+            let page = guest.alloc_page()?;
+            grants.push(guest.grant_access(BACKEND_DOMAIN, page.gfn(), GrantAccess::ReadWrite)?);
+            pages.push(page);
+        }
+        let (ring, data_pages) = pages
+            .split_first()
+            .ok_or(RingError::Inconsistent("no pages"))?;
+        match version {
+            ProtocolVersion::V1 => {
+                let mut entries = v1::Ring::default();
+                for ((e, p), g) in entries
+                    .iter_mut()
+                    .zip(data_pages)
+                    .zip(grants.iter().skip(1))
+                {
+                    e.addr = p.gfn().address().into();
+                    e.gref = g.0.into();
+                }
+                v1::write_ring(ring, &entries)?;
+            }
+            ProtocolVersion::V2 => {
+                let extra = grants
+                    .get(1)
+                    .ok_or(RingError::Inconsistent("no extra page"))?;
+                ring.write(7, &[1]).map_err(RingError::from)?;
+                ring.write(8, &extra.0.to_le_bytes())
+                    .map_err(RingError::from)?;
+            }
+        }
+        let event = guest.alloc_unbound(BACKEND_DOMAIN)?;
+        let store = guest.store();
+        let dir = frontend_dir(guest.id(), 0);
+        let ring_ref = grants.first().ok_or(RingError::Inconsistent("no pages"))?;
+        store.write(
+            &format!("{dir}/{}", keys::RING_REF),
+            &ring_ref.0.to_string(),
+        )?;
+        store.write(
+            &format!("{dir}/{}", keys::EVENT_CHANNEL),
+            &event.port().0.to_string(),
+        )?;
+        if version == ProtocolVersion::V2 {
+            store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
+        }
+        write_state(&store, &dir, XenbusState::INITIALISED)?;
+        Ok(Self {
+            pages,
+            grants,
+            event,
+        })
     }
 }
