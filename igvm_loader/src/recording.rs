@@ -351,3 +351,73 @@ impl<R: GuestArch> ImageLoad<R> for RecordingImporter<R> {
             .push(ImportCall::SetImportedRegionsConfigPage(page_base));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::X86Register;
+    use crate::builder::IgvmBuilder;
+    use crate::builder::PlatformConfig;
+    use crate::importer::IsolationType;
+
+    fn load(image: &mut dyn ImageLoad<X86Register>) -> Result<()> {
+        image.import_pages(1, 2, "code", BootPageAcceptance::Exclusive, b"abc")?;
+        let area = image.create_parameter_area_with_data(8, 1, "p", b"init")?;
+        image.import_parameter(area, 16, IgvmParameterType::DeviceTree)?;
+        image.verify_startup_memory_available(0, 16, StartupMemoryType::Ram)?;
+        image.set_vp_context_page(9)?;
+        image.import_vp_register(X86Register::Rip(0x1000))?;
+        image.set_imported_regions_config_page(10);
+        Ok(())
+    }
+
+    #[test]
+    fn records_every_call_in_order() {
+        let mut rec =
+            RecordingImporter::<X86Register>::new(IsolationConfig::new(IsolationType::Snp));
+        load(&mut rec).unwrap();
+        let calls = rec.calls();
+        assert_eq!(calls.len(), 7);
+        assert!(
+            matches!(&calls[0], ImportCall::ImportPages { page_base: 1, data, .. } if data == b"abc")
+        );
+        assert!(matches!(
+            &calls[1],
+            ImportCall::CreateParameterArea { index: ParameterAreaIndex(0), initial_data, .. } if initial_data == b"init"
+        ));
+        assert_eq!(calls[4], ImportCall::SetVpContextPage(9));
+        assert_eq!(calls[6], ImportCall::SetImportedRegionsConfigPage(10));
+    }
+
+    #[test]
+    fn replay_builds_the_same_file_as_loading_directly() {
+        let config = PlatformConfig::new(IsolationConfig::new(IsolationType::Snp));
+        let mut rec = RecordingImporter::<X86Register>::new(config.isolation);
+        load(&mut rec).unwrap();
+        let mut direct = IgvmBuilder::<X86Register>::new();
+        load(direct.add_platform(config).unwrap()).unwrap();
+        let mut replayed = IgvmBuilder::<X86Register>::new();
+        rec.replay(replayed.add_platform(config).unwrap()).unwrap();
+        assert_eq!(
+            direct.build_bytes().unwrap(),
+            replayed.build_bytes().unwrap()
+        );
+    }
+
+    #[test]
+    fn replay_stops_at_the_first_contract_violation() {
+        let mut rec =
+            RecordingImporter::<X86Register>::new(IsolationConfig::new(IsolationType::Tdx));
+        rec.import_pages(1, 1, "a", BootPageAcceptance::Exclusive, &[])
+            .unwrap();
+        rec.import_pages(1, 1, "again", BootPageAcceptance::Exclusive, &[])
+            .unwrap();
+        let mut b = IgvmBuilder::<X86Register>::new();
+        let image = b
+            .add_platform(PlatformConfig::new(IsolationConfig::new(
+                IsolationType::Tdx,
+            )))
+            .unwrap();
+        assert!(matches!(rec.replay(image), Err(Error::Overlap { .. })));
+    }
+}

@@ -173,3 +173,64 @@ pub fn boot_digest_with_progress(records: &[VbsRecord<'_>], progress: &dyn Progr
     progress.advance((records.len() % 4096) as u64);
     digest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_matches_a_hand_built_sequence() {
+        let data = vec![0x77u8; 100];
+        let records = [
+            VbsRecord::Page {
+                page_number: 5,
+                metadata: PageMetadata::new(),
+                data: Some(&data),
+            },
+            VbsRecord::Page {
+                page_number: 6,
+                metadata: PageMetadata::new()
+                    .with_acceptance(3)
+                    .with_data_unmeasured(true),
+                data: None,
+            },
+            VbsRecord::Register {
+                vtl: 2,
+                name: 0x0002_0017,
+                value: [9; 16],
+            },
+        ];
+        let mut digest = [0u8; 32];
+        let mut step = |record: Vec<u8>| {
+            let mut h = Sha256::new();
+            h.update(digest);
+            h.update(&record);
+            digest = h.finalize().into();
+        };
+        let page = |number: u64, meta: u64, content: &[u8]| {
+            let mut r = Vec::new();
+            r.extend_from_slice(&(32u32 + 4096).to_le_bytes());
+            r.extend_from_slice(&2u32.to_le_bytes());
+            r.extend_from_slice(&[0; 8]);
+            r.extend_from_slice(&meta.to_le_bytes());
+            r.extend_from_slice(&number.to_le_bytes());
+            let mut c = content.to_vec();
+            c.resize(4096, 0);
+            r.extend_from_slice(&c);
+            r
+        };
+        step(page(5, 0, &data));
+        step(page(6, 0b111, &[]));
+        let mut reg = Vec::new();
+        reg.extend_from_slice(&48u32.to_le_bytes());
+        reg.extend_from_slice(&0u32.to_le_bytes());
+        reg.extend_from_slice(&[0; 8]);
+        reg.extend_from_slice(&[0; 4]);
+        reg.push(2);
+        reg.extend_from_slice(&[0; 7]);
+        reg.extend_from_slice(&0x0002_0017u32.to_le_bytes());
+        reg.extend_from_slice(&[9; 16]);
+        step(reg);
+        assert_eq!(boot_digest(&records), digest);
+    }
+}
