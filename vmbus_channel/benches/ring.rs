@@ -1,2 +1,139 @@
-//! Ring benchmarks (placeholder until the ring lands).
-fn main() {}
+//! Ring benchmarks: the raw data-copy layer against a plain `memcpy` of the same bytes, whole
+//! packets on one thread, and a producer and a consumer on two threads.
+//!
+//! Run with `cargo bench -p vmbus_channel --bench ring -- --warm-up-time 1 --measurement-time 3`.
+
+#![expect(clippy::unwrap_used, reason = "benchmark setup")]
+
+use criterion::BenchmarkId;
+use criterion::Criterion;
+use criterion::Throughput;
+use criterion::criterion_group;
+use criterion::criterion_main;
+use std::hint::black_box;
+use std::time::Duration;
+use std::time::Instant;
+use vmbus_channel::memory::GuestMemory;
+use vmbus_channel::memory::PAGE_SIZE;
+use vmbus_channel::ring::IncomingPacket;
+use vmbus_channel::ring::IncomingRing;
+use vmbus_channel::ring::OutgoingPacket;
+use vmbus_channel::ring::OutgoingRing;
+use vmbus_channel::ring::PagedRingMem;
+use vmbus_channel::ring::RingMem;
+use vmbus_channel::ring::TryWriteError;
+
+fn ring_mem(pfns: &[u64]) -> PagedRingMem {
+    let mem = GuestMemory::new(64 * PAGE_SIZE).unwrap();
+    let ring = PagedRingMem::new(mem, pfns).unwrap();
+    ring.initialize().unwrap();
+    ring
+}
+
+/// Copies of 16 B, 256 B and 8 KiB that straddle a page boundary, through the ring's copy
+/// layer (scattered and contiguous pages) and through `memcpy`.
+fn copy_layer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("copy");
+    // Control page 1; data pages out of order so that each page is its own piece.
+    let scattered = ring_mem(&[1, 10, 4, 7, 12]);
+    let contiguous = ring_mem(&[1, 2, 3, 4, 5]);
+    for len in [16usize, 256, 8192] {
+        let offset = PAGE_SIZE - len.min(PAGE_SIZE) / 2;
+        let src: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut dst = vec![0u8; len];
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::new("memcpy", len), |b| {
+            b.iter(|| black_box(&mut dst[..]).copy_from_slice(black_box(&src[..])));
+        });
+        for (name, ring) in [("scattered", &scattered), ("contiguous", &contiguous)] {
+            group.bench_function(BenchmarkId::new(format!("write_{name}"), len), |b| {
+                b.iter(|| ring.write_data(black_box(offset), black_box(&src)).unwrap());
+            });
+            group.bench_function(BenchmarkId::new(format!("read_{name}"), len), |b| {
+                b.iter(|| ring.read_data(black_box(offset), black_box(&mut dst)).unwrap());
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One packet written and read back on one thread (descriptor, payload, footer, both index
+/// updates), against two `memcpy`s of the payload (the bytes go in once and out once).
+fn whole_packet(c: &mut Criterion) {
+    let mut group = c.benchmark_group("packet_one_thread");
+    let ring = ring_mem(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let mut writer = OutgoingRing::new(ring.clone()).unwrap();
+    let mut reader = IncomingRing::new(ring).unwrap();
+    for len in [64usize, 1024, 4096] {
+        let payload = vec![0x5au8; len];
+        let mut dst = vec![0u8; len];
+        let mut packet = IncomingPacket::default();
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::new("memcpy_x2", len), |b| {
+            b.iter(|| {
+                black_box(&mut dst[..]).copy_from_slice(black_box(&payload[..]));
+                black_box(&mut dst[..]).copy_from_slice(black_box(&payload[..]));
+            });
+        });
+        group.bench_function(BenchmarkId::new("write_read", len), |b| {
+            b.iter(|| {
+                writer
+                    .try_write(&OutgoingPacket::in_band(1, false, &[black_box(&payload)]))
+                    .unwrap();
+                reader.try_read_into(&mut packet).unwrap().unwrap();
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A producer thread and a consumer thread, polling (no interrupts).
+fn two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spsc");
+    for len in [64usize, 1024, 4096] {
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::new("packets", len), |b| {
+            b.iter_custom(|iters| {
+                // 16 data pages (64 KiB) per ring.
+                let pfns: Vec<u64> = (1..=17).collect();
+                let ring = ring_mem(&pfns);
+                let mut writer = OutgoingRing::new(ring.clone()).unwrap();
+                let mut reader = IncomingRing::new(ring).unwrap();
+                let consumer = std::thread::spawn(move || {
+                    let mut packet = IncomingPacket::default();
+                    let mut n = 0;
+                    while n < iters {
+                        if reader.try_read_into(&mut packet).unwrap().is_some() {
+                            n += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+                let payload = vec![0x5au8; len];
+                let start = Instant::now();
+                let mut n = 0;
+                while n < iters {
+                    match writer.try_write(&OutgoingPacket::in_band(n, false, &[&payload])) {
+                        Ok(_) => n += 1,
+                        Err(TryWriteError::Full { .. }) => std::hint::spin_loop(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                consumer.join().unwrap();
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = copy_layer, whole_packet, two_threads
+}
+criterion_main!(benches);

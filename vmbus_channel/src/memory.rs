@@ -5,11 +5,17 @@
 //! `read_slice`/`write_slice`, which copy each host-contiguous piece with one `memcpy`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
+use vm_memory::Address;
 use vm_memory::Bytes;
 use vm_memory::GuestAddress;
 use vm_memory::GuestMemoryBackend;
 use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryRegion;
+use vm_memory::MemoryRegionAddress;
+use vm_memory::VolatileMemory;
+use vm_memory::VolatileSlice;
 use zerocopy::FromBytes;
 use zerocopy::Immutable;
 use zerocopy::IntoBytes;
@@ -79,8 +85,22 @@ impl GuestMemory {
         GuestMemoryBackend::check_range(&*self.inner, GuestAddress(gpa), len)
     }
 
+    /// The host mapping of `[gpa, gpa + len)` if it lies within one region.
+    ///
+    /// This is the fast path: one region lookup, then plain copies. Accesses that cross
+    /// regions or fail take vm-memory's general path, which reports the error.
+    fn slice(&self, gpa: u64, len: usize) -> Option<VolatileSlice<'_>> {
+        let region = self.inner.find_region(GuestAddress(gpa))?;
+        let offset = gpa.checked_sub(region.start_addr().raw_value())?;
+        region.get_slice(MemoryRegionAddress(offset), len).ok()
+    }
+
     /// Copies guest memory at `gpa` into `buf`.
     pub fn read_at(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        if let Some(slice) = self.slice(gpa, buf.len()) {
+            slice.copy_to(buf);
+            return Ok(());
+        }
         self.inner
             .read_slice(buf, GuestAddress(gpa))
             .map_err(|source| MemoryError::Access {
@@ -92,6 +112,10 @@ impl GuestMemory {
 
     /// Copies `buf` into guest memory at `gpa`.
     pub fn write_at(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        if let Some(slice) = self.slice(gpa, buf.len()) {
+            slice.copy_from(buf);
+            return Ok(());
+        }
         self.inner
             .write_slice(buf, GuestAddress(gpa))
             .map_err(|source| MemoryError::Access {
@@ -122,8 +146,17 @@ impl GuestMemory {
         self.write_at(gpa, value.as_bytes())
     }
 
+    /// The aligned u32 at `gpa` as an atomic, if mapped.
+    fn with_atomic_u32<R>(&self, gpa: u64, f: impl FnOnce(&AtomicU32) -> R) -> Option<R> {
+        let slice = self.slice(gpa, 4)?;
+        slice.get_atomic_ref::<AtomicU32>(0).ok().map(f)
+    }
+
     /// Atomically loads an aligned u32 (sequentially consistent).
     pub fn load_u32(&self, gpa: u64) -> Result<u32, MemoryError> {
+        if let Some(value) = self.with_atomic_u32(gpa, |a| a.load(Ordering::SeqCst)) {
+            return Ok(value);
+        }
         self.inner
             .load(GuestAddress(gpa), Ordering::SeqCst)
             .map_err(|source| MemoryError::Access {
@@ -135,6 +168,12 @@ impl GuestMemory {
 
     /// Atomically stores an aligned u32 (sequentially consistent).
     pub fn store_u32(&self, gpa: u64, value: u32) -> Result<(), MemoryError> {
+        if self
+            .with_atomic_u32(gpa, |a| a.store(value, Ordering::SeqCst))
+            .is_some()
+        {
+            return Ok(());
+        }
         self.inner
             .store(value, GuestAddress(gpa), Ordering::SeqCst)
             .map_err(|source| MemoryError::Access {

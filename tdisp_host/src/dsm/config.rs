@@ -331,7 +331,8 @@ fn validate_function(function: &FunctionConfig) -> Result<(), ConfigError> {
                 .bar(location.bar)
                 .ok_or(ConfigError::MsixOutsideBar(location.bar))?;
             let (first, count) = location.pages()?;
-            if location.size == 0 || (first + count) * PAGE_SIZE > bar.size {
+            let end = (first + count).checked_mul(PAGE_SIZE);
+            if location.size == 0 || end.is_none_or(|end| end > bar.size) {
                 return Err(ConfigError::MsixOutsideBar(location.bar));
             }
             spans.push((location.bar, first, first + count));
@@ -598,6 +599,14 @@ mod tests {
             config.validate(),
             Err(ConfigError::ReportTooLarge(_))
         ));
+    }
+
+    #[test]
+    fn msix_structure_at_the_top_of_the_address_space_is_refused() {
+        let mut config = DsmConfig::single_function(1);
+        config.functions[0].msix.as_mut().unwrap().pba.offset = u64::MAX - 10;
+        config.functions[0].msix.as_mut().unwrap().pba.size = 5;
+        assert_eq!(config.validate(), Err(ConfigError::MsixOutsideBar(0)));
     }
 
     #[test]

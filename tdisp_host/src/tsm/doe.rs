@@ -102,11 +102,13 @@ pub fn trim_vendor_defined_padding(bytes: &[u8]) -> &[u8] {
     if code != SPDM_VENDOR_DEFINED_REQUEST && code != SPDM_VENDOR_DEFINED_RESPONSE {
         return bytes;
     }
-    let Some(length) = bytes.get(VENDOR_DEFINED_HEADER_SIZE - 2..VENDOR_DEFINED_HEADER_SIZE) else {
+    let Some(Ok(length)) = bytes
+        .get(VENDOR_DEFINED_HEADER_SIZE - 2..VENDOR_DEFINED_HEADER_SIZE)
+        .map(<[u8; 2]>::try_from)
+    else {
         return bytes;
     };
-    let declared =
-        VENDOR_DEFINED_HEADER_SIZE + usize::from(u16::from_le_bytes([length[0], length[1]]));
+    let declared = VENDOR_DEFINED_HEADER_SIZE + usize::from(u16::from_le_bytes(length));
     match bytes.get(declared..) {
         Some(padding) if padding.len() < 4 && padding.iter().all(|&b| b == 0) => {
             bytes.get(..declared).unwrap_or(bytes)

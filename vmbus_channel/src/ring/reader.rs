@@ -114,6 +114,8 @@ pub struct IncomingRing<M> {
     core: RingCore<M>,
     /// Our read index; the copy in shared memory is only ever written.
     head: u32,
+    /// The ring's creator advertised pending-send-size support (read once at attach).
+    pending_send_supported: bool,
     poisoned: bool,
 }
 
@@ -123,9 +125,12 @@ impl<M: RingMem> IncomingRing<M> {
     pub fn new(mem: M) -> Result<Self, RingError> {
         let core = RingCore::new(mem)?;
         let head = core.load_index(ControlWord::ReadIndex, "read")?;
+        let pending_send_supported =
+            core.mem.load_control(ControlWord::FeatureBits)? & FEATURE_PENDING_SEND_SIZE != 0;
         Ok(Self {
             core,
             head,
+            pending_send_supported,
             poisoned: false,
         })
     }
@@ -228,11 +233,10 @@ impl<M: RingMem> IncomingRing<M> {
 
     /// Whether this read freed the space a blocked writer asked for.
     fn writer_needs_signal(&self, available: u32, consumed: u32) -> Result<bool, RingError> {
-        let mem = &self.core.mem;
-        if mem.load_control(ControlWord::FeatureBits)? & FEATURE_PENDING_SEND_SIZE == 0 {
+        if !self.pending_send_supported {
             return Ok(false);
         }
-        let pending = mem.load_control(ControlWord::PendingSendSize)?;
+        let pending = self.core.mem.load_control(ControlWord::PendingSendSize)?;
         if pending == 0 {
             return Ok(false);
         }
