@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
     .unwrap();
     let theirs = igvm::IgvmSerializer::new(&file).unwrap();
     for m in ours {
-        let platform = match m.platform {
+        let platform = match m.platform.as_str() {
             "snp" => IgvmPlatformType::SEV_SNP,
             _ => IgvmPlatformType::TDX,
         };

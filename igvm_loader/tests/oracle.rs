@@ -210,7 +210,7 @@ mod igvm_crate {
             let all = igvm_loader::measure::measure_all(&file, &opts).unwrap();
             assert_eq!(all.len(), 3);
             for m in all {
-                let platform = match m.platform {
+                let platform = match m.platform.as_str() {
                     "snp" => IgvmPlatformType::SEV_SNP,
                     "tdx" => IgvmPlatformType::TDX,
                     _ => IgvmPlatformType::VSM_ISOLATION,

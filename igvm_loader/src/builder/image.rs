@@ -110,6 +110,11 @@ struct PageTableRelocation {
 /// Every call is checked against the contract (no overlaps, alignment, parameter areas known,
 /// one VP context page, valid relocations); a rejected call changes nothing. Images become
 /// IGVM files through [`crate::builder::IgvmBuilder`].
+///
+/// Directive order, which is what the launch measurement follows: page imports, parameter
+/// areas and parameter usages in call order; then the imported-regions config page; then one
+/// parameter insert per area (in creation order); then the VP context (SNP VMSA, VBS or
+/// native registers), so that it is measured last as KVM requires.
 #[derive(Debug, Clone)]
 pub struct PlatformImage<R> {
     config: PlatformConfig,

@@ -20,6 +20,7 @@ use igvm::IgvmPlatformHeader;
 use igvm_defs::IgvmPageDataFlags;
 use igvm_defs::IgvmPageDataType;
 use igvm_defs::IgvmPlatformType;
+use serde::Deserialize;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -39,7 +40,7 @@ impl Progress for () {
 }
 
 /// How SNP measures a measured page that carries no data in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroPages {
     /// As a PAGE_TYPE_ZERO page (QEMU/KVM: the firmware zeroes it, CONTENTS = 0).
@@ -64,7 +65,7 @@ impl FromStr for ZeroPages {
 }
 
 /// Which GPA SNP records for a VMSA page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmsaGpa {
     /// The GPA in the file's VP context directive (Hyper-V, the `igvm` crate).
@@ -100,14 +101,14 @@ impl Default for MeasureOptions {
 }
 
 /// One platform's launch measurement, as written to JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Measurement {
     /// Platform name: `snp`, `tdx` or `vbs`.
-    pub platform: &'static str,
+    pub platform: String,
     /// The platform's compatibility mask in the file.
     pub compatibility_mask: u32,
     /// Digest algorithm: `sha384` or `sha256`.
-    pub algorithm: &'static str,
+    pub algorithm: String,
     /// Hex digest.
     pub digest: String,
     /// Guest policy (SNP guest policy, VBS policy flags), hex, if the file carries one.
@@ -115,7 +116,7 @@ pub struct Measurement {
     /// Guest SVN from the file's SNP ID block or VBS measurement header (0 if none).
     pub svn: u32,
     /// SNP zero-page convention used (SNP only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_pages: Option<ZeroPages>,
     /// Pages (or records) measured.
     pub pages: u64,
@@ -188,9 +189,9 @@ pub fn measure_with_progress(
     };
     let (policy, svn) = policy_and_svn(file, platform, mask);
     Ok(Measurement {
-        platform: platform.name(),
+        platform: platform.name().to_string(),
         compatibility_mask: mask,
-        algorithm,
+        algorithm: algorithm.to_string(),
         digest,
         policy: policy.map(|p| format!("{p:#x}")),
         svn,
@@ -576,4 +577,84 @@ fn policy_and_svn(file: &IgvmFile, platform: IsolationType, mask: u32) -> (Optio
         }
     }
     (policy.or(vbs_policy), svn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::X86Register;
+    use crate::builder::IgvmBuilder;
+    use crate::builder::PlatformConfig;
+    use crate::importer::BootPageAcceptance;
+    use crate::importer::ImageLoad;
+    use crate::importer::IsolationConfig;
+
+    fn snp_file(large_pages: bool, data: &[u8]) -> IgvmFile {
+        let mut b = IgvmBuilder::<X86Register>::new();
+        let mut config = PlatformConfig::new(IsolationConfig::new(IsolationType::Snp));
+        config.large_pages = large_pages;
+        let image = b.add_platform(config).unwrap();
+        image
+            .import_pages(512, 512, "ram", BootPageAcceptance::Exclusive, data)
+            .unwrap();
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn measurements_round_trip_through_json() {
+        let m = measure(
+            &snp_file(false, b"x"),
+            IsolationType::Snp,
+            &MeasureOptions::default(),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"platform\":\"snp\""), "{json}");
+        assert!(json.contains("\"policy\":\"0x30000\""), "{json}");
+        let back: Measurement = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.digest_bytes().len(), 48);
+    }
+
+    #[test]
+    fn a_2mib_page_measures_like_512_small_pages() {
+        for zero_pages in [ZeroPages::Qemu, ZeroPages::Normal] {
+            let options = MeasureOptions {
+                zero_pages,
+                ..MeasureOptions::default()
+            };
+            let large = measure(&snp_file(true, &[]), IsolationType::Snp, &options).unwrap();
+            let small = measure(&snp_file(false, &[]), IsolationType::Snp, &options).unwrap();
+            assert_eq!(large.pages, 512);
+            assert_eq!(large.digest, small.digest);
+        }
+    }
+
+    #[test]
+    fn the_page_limit_stops_hostile_sizes() {
+        let options = MeasureOptions {
+            max_pages: 100,
+            ..MeasureOptions::default()
+        };
+        let err = measure(&snp_file(true, &[]), IsolationType::Snp, &options).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)));
+    }
+
+    #[test]
+    fn a_missing_platform_is_an_error() {
+        let err = measure(
+            &snp_file(false, &[]),
+            IsolationType::Tdx,
+            &MeasureOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::PlatformNotInFile(_)));
+    }
+
+    #[test]
+    fn zero_page_conventions_parse_from_their_cli_names() {
+        assert_eq!("qemu".parse::<ZeroPages>(), Ok(ZeroPages::Qemu));
+        assert_eq!("normal".parse::<ZeroPages>(), Ok(ZeroPages::Normal));
+        assert!("other".parse::<ZeroPages>().is_err());
+    }
 }
