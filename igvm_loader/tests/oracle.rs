@@ -62,9 +62,9 @@ impl Rng {
 fn random_image(rng: &mut Rng, image: &mut dyn ImageLoad<X86Register>, with_vp: bool) {
     let isolation = image.isolation_config().isolation_type;
     let mut page = 0x10 + rng.below(0x100);
-    let steps = 3 + rng.below(10);
+    let steps = 3 + rng.below(7);
     for _ in 0..steps {
-        let count = 1 + rng.below(4);
+        let count = 1 + rng.below(3);
         let acceptance = match (isolation, rng.below(9)) {
             (_, 0..=2) => BootPageAcceptance::Exclusive,
             (_, 3) => BootPageAcceptance::ExclusiveUnmeasured,
