@@ -133,6 +133,12 @@ pub enum Error {
     /// The same isolation type was added twice to one file.
     #[error("isolation type {0:?} is already part of this file")]
     DuplicatePlatform(IsolationType),
+    /// A VP context structure could not be allocated.
+    #[error("out of memory allocating a VP context")]
+    OutOfMemory,
+    /// Parameter area indices are 32-bit, across all platforms of a file.
+    #[error("too many parameter areas")]
+    TooManyParameterAreas,
     /// A file holds at most 32 platforms (one compatibility mask bit each).
     #[error("too many platforms")]
     TooManyPlatforms,

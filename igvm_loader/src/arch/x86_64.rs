@@ -58,8 +58,7 @@ impl GuestArch for X86Register {
         gpa: u64,
         compatibility_mask: u32,
     ) -> Result<IgvmDirectiveHeader> {
-        let mut vmsa = SevVmsa::new_box_zeroed()
-            .map_err(|_| crate::error::Error::Malformed("VMSA allocation failed".into()))?;
+        let mut vmsa = SevVmsa::new_box_zeroed().map_err(|_| crate::error::Error::OutOfMemory)?;
         for reg in registers {
             match *reg {
                 X86Register::Gdtr(t) => vmsa.gdtr = sev_table(t),
@@ -107,7 +106,7 @@ impl GuestArch for X86Register {
 
     fn native_context(registers: &[Self], compatibility_mask: u32) -> Result<IgvmDirectiveHeader> {
         let mut ctx = IgvmNativeVpContextX64::new_box_zeroed()
-            .map_err(|_| crate::error::Error::Malformed("context allocation failed".into()))?;
+            .map_err(|_| crate::error::Error::OutOfMemory)?;
         for reg in registers {
             match *reg {
                 X86Register::Gdtr(t) => {

@@ -207,7 +207,7 @@ impl<R: GuestArch> PlatformImage<R> {
                 page_count: page_count.into(),
             });
         }
-        let index = u32::try_from(self.areas.len()).map_err(|_| Error::TooManyPlatforms)?;
+        let index = u32::try_from(self.areas.len()).map_err(|_| Error::TooManyParameterAreas)?;
         self.regions.claim(debug_tag, page_base, end, true)?;
         self.areas.push(Area {
             page_base,
@@ -230,7 +230,7 @@ impl<R: GuestArch> PlatformImage<R> {
         let area_index = |index: u32| {
             area_base
                 .checked_add(index)
-                .ok_or_else(|| Error::Malformed("parameter area index overflow".into()))
+                .ok_or(Error::TooManyParameterAreas)
         };
         for item in &self.items {
             match item {
@@ -455,14 +455,19 @@ impl<R: GuestArch> PlatformImage<R> {
                 out.push(IgvmDirectiveHeader::ErrorRange {
                     gpa: page_base * PAGE_SIZE,
                     compatibility_mask: mask,
-                    size_bytes: u32::try_from(page_count * PAGE_SIZE)
-                        .map_err(|_| Error::Malformed("error range too large".into()))?,
+                    size_bytes: u32::try_from(page_count * PAGE_SIZE).map_err(|_| {
+                        Error::RangeOverflow {
+                            what: "error range".into(),
+                            page_base,
+                            page_count,
+                        }
+                    })?,
                 });
                 return Ok(());
             }
             BootPageAcceptance::VpContext => {
                 let mut vmsa = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed()
-                    .map_err(|_| Error::Malformed("VMSA allocation failed".into()))?;
+                    .map_err(|_| Error::OutOfMemory)?;
                 let bytes = zerocopy::IntoBytes::as_mut_bytes(vmsa.as_mut());
                 if let Some(dst) = bytes.get_mut(..data.len()) {
                     dst.copy_from_slice(data);

@@ -88,7 +88,7 @@ impl<R: GuestArch> IgvmBuilder<R> {
             area_base = u32::try_from(areas)
                 .ok()
                 .and_then(|a| area_base.checked_add(a))
-                .ok_or_else(|| Error::Malformed("too many parameter areas".into()))?;
+                .ok_or(Error::TooManyParameterAreas)?;
             platforms.push(parts.platform);
             initializations.extend(parts.initializations);
             directives = merge_stable(directives, parts.directives);
