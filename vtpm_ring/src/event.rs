@@ -13,6 +13,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::sync::Weak;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -52,7 +53,9 @@ struct Endpoint {
     pending: AtomicBool,
     closed: AtomicBool,
     waker: AtomicWaker,
-    peer: Mutex<Option<Arc<Endpoint>>>,
+    /// Weak: the two ends must not keep each other alive (a dropped end reads as closed).
+    peer: Mutex<Option<Weak<Endpoint>>>,
+    bound: AtomicBool,
 }
 
 impl Endpoint {
@@ -62,6 +65,7 @@ impl Endpoint {
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             peer: Mutex::new(None),
+            bound: AtomicBool::new(false),
         })
     }
 
@@ -69,7 +73,14 @@ impl Endpoint {
         self.peer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+
+    /// Bound once, but the peer end is gone.
+    fn peer_gone(&self) -> bool {
+        self.bound.load(Ordering::Acquire)
+            && self.peer().is_none_or(|p| p.closed.load(Ordering::Acquire))
     }
 
     fn close(&self) {
@@ -167,11 +178,13 @@ impl EventTable {
             entry.unbound_for = None;
         }
         *endpoint.peer.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(remote_endpoint.clone());
+            Some(Arc::downgrade(&remote_endpoint));
         *remote_endpoint
             .peer
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(endpoint.clone());
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::downgrade(&endpoint));
+        endpoint.bound.store(true, Ordering::Release);
+        remote_endpoint.bound.store(true, Ordering::Release);
         Ok(EventChannel {
             domain,
             port,
@@ -208,10 +221,10 @@ impl EventChannel {
         if self.endpoint.closed.load(Ordering::Acquire) {
             return Err(EventError::Closed);
         }
-        let peer = self.endpoint.peer().ok_or(EventError::NotBound)?;
-        if peer.closed.load(Ordering::Acquire) {
+        if self.endpoint.peer_gone() {
             return Err(EventError::Closed);
         }
+        let peer = self.endpoint.peer().ok_or(EventError::NotBound)?;
         peer.pending.store(true, Ordering::Release);
         peer.waker.wake();
         Ok(())
@@ -230,11 +243,7 @@ impl EventChannel {
             if self.endpoint.pending.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Ok(()));
             }
-            let peer_closed = self
-                .endpoint
-                .peer()
-                .is_some_and(|p| p.closed.load(Ordering::Acquire));
-            if self.endpoint.closed.load(Ordering::Acquire) || peer_closed {
+            if self.endpoint.closed.load(Ordering::Acquire) || self.endpoint.peer_gone() {
                 return Poll::Ready(Err(EventError::Closed));
             }
             Poll::Pending

@@ -1,0 +1,169 @@
+//! Shared driver: a real backend, a raw (hostile) frontend whose shared pages and event
+//! channel the fuzzer controls, everything polled deterministically on one thread.
+
+use arbitrary::Arbitrary;
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::page::PAGE_SIZE;
+use vtpm_ring::page::PageIo;
+use vtpm_ring::protocol::ProtocolVersion;
+use vtpm_ring::testbed::BACKEND_DOMAIN;
+use vtpm_ring::testbed::RawFrontend;
+use vtpm_ring::testbed::Testbed;
+use vtpm_ring::xenbus::XenbusState;
+use vtpm_ring::xenbus::backend_dir;
+use vtpm_ring::xenbus::read_state;
+
+/// TPM2_GetRandom(8).
+pub const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+
+/// What the hostile frontend does.
+#[derive(Arbitrary, Debug)]
+pub enum Op {
+    /// Write bytes into one of its shared pages.
+    Write {
+        page: u8,
+        offset: u16,
+        data: Vec<u8>,
+    },
+    /// Write one little-endian u32 (lengths, sizes, refs).
+    Word { page: u8, offset: u16, value: u32 },
+    /// Set the v2 state byte.
+    State(u8),
+    /// Ring the doorbell.
+    Notify,
+    /// Let the backend and manager run until they stall.
+    Run,
+    /// Submit a well-formed GetRandom the protocol's way and notify.
+    Valid,
+}
+
+/// The running system.
+pub struct Harness {
+    pool: LocalPool,
+    _bed: Testbed,
+    pub raw: RawFrontend,
+    pub version: ProtocolVersion,
+    state_of_backend: Box<dyn Fn() -> XenbusState>,
+}
+
+impl Harness {
+    pub fn new(version: ProtocolVersion) -> Harness {
+        let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
+        let guest = bed.add_guest(DomainId(2)).unwrap();
+        bed.add_device(guest.id(), 0, 1).unwrap();
+        let raw = RawFrontend::publish(&guest, version).unwrap();
+        let mut pool = LocalPool::new();
+        pool.spawner().spawn_local(run).unwrap();
+        pool.run_until_stalled();
+        let store = bed.backend.store();
+        let dir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        let state_of_backend = Box::new(move || read_state(&store, &dir));
+        assert_eq!(state_of_backend(), XenbusState::CONNECTED);
+        Harness {
+            pool,
+            _bed: bed,
+            raw,
+            version,
+            state_of_backend,
+        }
+    }
+
+    pub fn run(&mut self) {
+        self.pool.run_until_stalled();
+    }
+
+    fn page(&self, index: u8) -> &vtpm_ring::page::OwnPage {
+        &self.raw.pages[usize::from(index) % self.raw.pages.len()]
+    }
+
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Write { page, offset, data } => {
+                let offset = usize::from(*offset) % PAGE_SIZE;
+                let len = data.len().min(PAGE_SIZE - offset);
+                self.page(*page).write(offset, &data[..len]).unwrap();
+            }
+            Op::Word {
+                page,
+                offset,
+                value,
+            } => {
+                let offset = usize::from(*offset) % (PAGE_SIZE - 3);
+                self.page(*page)
+                    .write(offset, &value.to_le_bytes())
+                    .unwrap();
+            }
+            Op::State(s) => self.raw.pages[0].store_u8(4, *s).unwrap(),
+            Op::Notify => {
+                let _ = self.raw.event.notify();
+            }
+            Op::Run => self.run(),
+            Op::Valid => {
+                self.submit_valid();
+            }
+        }
+    }
+
+    /// Writes a well-formed GetRandom (restoring the layout it needs) and notifies.
+    fn submit_valid(&self) {
+        let shared = &self.raw.pages[0];
+        match self.version {
+            ProtocolVersion::V2 => {
+                // Packet offset is fixed at connect time: 8 + 4 * 1 extra page.
+                shared.write(12, &GET_RANDOM_8).unwrap();
+                shared.write(0, &12u32.to_le_bytes()).unwrap();
+                shared.write(5, &[0]).unwrap();
+                shared.store_u8(4, 1).unwrap();
+            }
+            ProtocolVersion::V1 => {
+                for (i, g) in self.raw.grants.iter().skip(1).enumerate() {
+                    shared.write(i * 16 + 8, &g.0.to_le_bytes()).unwrap();
+                    let size: u16 = if i == 0 { 12 } else { 0 };
+                    shared.write(i * 16 + 14, &size.to_le_bytes()).unwrap();
+                }
+                self.raw.pages[1].write(0, &GET_RANDOM_8).unwrap();
+            }
+        }
+        let _ = self.raw.event.notify();
+    }
+
+    /// Liveness: after any history, a well-formed request is answered with success.
+    pub fn check_still_serves(&mut self) {
+        self.run();
+        assert_eq!((self.state_of_backend)(), XenbusState::CONNECTED);
+        self.submit_valid();
+        self.run();
+        let shared = &self.raw.pages[0];
+        let response = match self.version {
+            ProtocolVersion::V2 => {
+                assert_eq!(shared.load_u8(4).unwrap(), 2, "backend did not FINISH");
+                let mut len = [0u8; 4];
+                shared.read(0, &mut len).unwrap();
+                let len = u32::from_le_bytes(len) as usize;
+                let mut r = vec![0u8; len];
+                shared.read(12, &mut r).unwrap();
+                r
+            }
+            ProtocolVersion::V1 => {
+                let mut size = [0u8; 2];
+                shared.read(14, &mut size).unwrap();
+                let mut r = vec![0u8; usize::from(u16::from_le_bytes(size))];
+                self.raw.pages[1].read(0, &mut r).unwrap();
+                r
+            }
+        };
+        assert_eq!(
+            response.len(),
+            10 + 2 + 8,
+            "unexpected response {response:02x?}"
+        );
+        assert_eq!(
+            &response[6..10],
+            &[0, 0, 0, 0],
+            "GetRandom failed: {response:02x?}"
+        );
+    }
+}
