@@ -11,6 +11,20 @@
 //!
 //! The device speaks TDISP inside plain SPDM vendor-defined messages; it does not implement the
 //! SPDM handshake or secured messages (a later issue brings SPDM sessions).
+//!
+//! Where the specification leaves room, this device chooses:
+//!
+//! - STOP_INTERFACE succeeds in every state; from CONFIG_UNLOCKED it changes nothing.
+//! - A START_INTERFACE with the wrong nonce answers INVALID_NONCE and leaves the TDI
+//!   CONFIG_LOCKED; a successful START consumes the nonce.
+//! - BIND_P2P_STREAM / UNBIND_P2P_STREAM are accepted in RUN only, and only after a lock with
+//!   the BIND_P2P flag; SET_MMIO_ATTRIBUTE in CONFIG_LOCKED and RUN, for a range named exactly
+//!   as reported, updatable, changing only its non-TEE bit; SET_TDISP_CONFIG in
+//!   CONFIG_UNLOCKED only. VDM_REQUEST is not supported (UNSUPPORTED_REQUEST).
+//! - Malformed requests answer INVALID_REQUEST, unknown codes UNSUPPORTED_REQUEST, another
+//!   TDISP version VERSION_MISMATCH, a function the device does not host INVALID_INTERFACE, lock
+//!   flags the device does not support INVALID_REQUEST, a lock with memory space disabled
+//!   INVALID_DEVICE_CONFIGURATION, and an RNG failure INSUFFICIENT_ENTROPY.
 
 use super::config::ConfigChange;
 use super::config::ConfigError;
@@ -441,10 +455,11 @@ impl EmulatedDsm {
         let interface = match header.validate() {
             Ok(interface) => interface,
             Err(DecodeError::UnsupportedVersion(_)) => {
-                return (
-                    InterfaceId::default(),
-                    error(TdispErrorCode::VERSION_MISMATCH),
-                );
+                // Answer about the function asked about, if its id is well formed.
+                let mut same = header;
+                same.version = TDISP_VERSION_1_0;
+                let interface = same.validate().unwrap_or_default();
+                return (interface, error(TdispErrorCode::VERSION_MISMATCH));
             }
             Err(_) => {
                 return (

@@ -124,6 +124,32 @@ mod failures {
     }
 
     #[test]
+    fn device_removed_from_the_tsm_leaves_the_machine_in_error() {
+        let assignment = EmulatedAssignment::single(0x100, 0x101, 1).unwrap();
+        let mut machine = assignment.machine(MachineConfig::new(1));
+        machine
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        machine.request_lock_device_resources().unwrap();
+        assignment
+            .tsm()
+            .lock()
+            .unwrap()
+            .remove(assignment.address())
+            .unwrap();
+        assert_eq!(
+            machine.request_start_tdi(),
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert_eq!(machine.state(), S::Error);
+        // A departed device is no longer TDISP capable.
+        let info = machine
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(info.guest_protocol_type, TdispGuestProtocolType::Invalid);
+    }
+
+    #[test]
     fn invalid_report_type_fails_without_unbinding() {
         let mut machine = scripted();
         machine.request_lock_device_resources().unwrap();

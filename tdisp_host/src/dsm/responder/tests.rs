@@ -256,10 +256,13 @@ mod wire {
         let mut dsm = dsm();
         let mut bytes = raw_request(&TdispRequest::GetVersion);
         bytes[0] = 0x20;
+        let response = dsm.handle_tdisp(&bytes);
         assert_eq!(
-            error_code_of(&dsm.handle_tdisp(&bytes)),
+            error_code_of(&response),
             Some(TdispErrorCode::VERSION_MISMATCH)
         );
+        let (interface, _) = TdispResponse::decode(&response).unwrap();
+        assert_eq!(interface, tdi());
     }
 
     #[test]
@@ -494,6 +497,54 @@ mod config_changes {
             Err(ConfigError::UnknownBar(5))
         );
         assert_eq!(dsm.tdi_state(RID), Some(TdiState::ConfigLocked));
+    }
+}
+
+mod functions {
+    use super::*;
+    use crate::dsm::config::FunctionConfig;
+
+    #[test]
+    fn each_function_is_its_own_tdi_and_changes_hit_only_their_targets() {
+        let mut config = DsmConfig::single_function(RID);
+        config
+            .functions
+            .push(FunctionConfig::simple(RID + 1, 0xe000_0000));
+        let mut dsm = EmulatedDsm::new(config).unwrap();
+        let other = InterfaceId::from_requester_id(RID + 1);
+        let flags = LockInterfaceFlags::new().with_no_fw_update(true);
+        lock(&mut dsm, flags);
+        let params = LockInterfaceParams {
+            flags,
+            ..Default::default()
+        };
+        assert!(matches!(
+            dsm.respond(other, &TdispRequest::LockInterface(params)),
+            TdispResponse::LockInterface { .. }
+        ));
+        let moved = ConfigChange::MoveBar {
+            requester_id: RID + 1,
+            bar: 0,
+            new_address: 0xa000_0000,
+        };
+        assert_eq!(dsm.apply_config_change(moved), Ok(vec![RID + 1]));
+        assert_eq!(dsm.tdi_state(RID), Some(TdiState::ConfigLocked));
+        // A firmware update reaches every function locked without updates.
+        dsm.respond(other, &TdispRequest::StopInterface);
+        lock_other(&mut dsm, other, flags);
+        let update = ConfigChange::FirmwareUpdate { new_version: 2 };
+        assert_eq!(dsm.apply_config_change(update), Ok(vec![RID, RID + 1]));
+    }
+
+    fn lock_other(dsm: &mut EmulatedDsm, interface: InterfaceId, flags: LockInterfaceFlags) {
+        let params = LockInterfaceParams {
+            flags,
+            ..Default::default()
+        };
+        assert!(matches!(
+            dsm.respond(interface, &TdispRequest::LockInterface(params)),
+            TdispResponse::LockInterface { .. }
+        ));
     }
 }
 
