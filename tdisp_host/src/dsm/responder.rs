@@ -10,7 +10,9 @@
 //! - [`DoeMailbox`] for [`EmulatedDsm`]: whole DOE data objects, with DOE discovery.
 //!
 //! The device speaks TDISP inside plain SPDM vendor-defined messages; it does not implement the
-//! SPDM handshake or secured messages (a later issue brings SPDM sessions).
+//! SPDM handshake or secured messages (a later issue brings SPDM sessions). A session-capable
+//! device wraps this one: it terminates the session on its DOE mailbox and hands the decrypted
+//! vendor-defined messages to [`EmulatedDsm::handle_spdm`].
 //!
 //! Where the specification leaves room, this device chooses:
 //!

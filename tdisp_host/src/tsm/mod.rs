@@ -6,7 +6,8 @@
 //! - Per device, [`Tsm::connect`] discovers the DOE protocols and establishes the
 //!   [`SecureChannel`]; [`Tsm::disconnect`] closes it.
 //! - [`Tsm::bind`] assigns one TDI of the device to a guest (checking its TDISP version,
-//!   capabilities and that it is CONFIG_UNLOCKED); [`Tsm::unbind`] stops it and releases it.
+//!   that its capabilities cover the requests and lock flags the binding needs, and that it is
+//!   CONFIG_UNLOCKED); [`Tsm::unbind`] stops it and releases it.
 //! - Guest requests pass through [`Tsm::guest_request`] with their scope enforced:
 //!   [`GuestRequestScope::Info`] covers read-only requests (version, capabilities, state,
 //!   report), [`GuestRequestScope::StateChange`] covers exactly UNLOCKED->LOCKED and
@@ -65,6 +66,7 @@ use tdisp_proto::pcie::MessageBody;
 use tdisp_proto::pcie::TdiState;
 use tdisp_proto::pcie::TdispErrorCode;
 use tdisp_proto::pcie::TdispMessage;
+use tdisp_proto::pcie::TdispMessageType;
 use tdisp_proto::pcie::TdispRequest;
 use tdisp_proto::pcie::TdispResponse;
 use tdisp_proto::pcie::header::TDISP_VERSION_1_0;
@@ -276,6 +278,9 @@ pub enum TsmError {
     /// The device does not speak TDISP 1.0.
     #[error("the device does not support TDISP 1.0 (offers {0:?})")]
     VersionMismatch(Vec<u8>),
+    /// The TDI's capabilities lack something the binding needs.
+    #[error("the device lacks {0}")]
+    DeviceLacks(String),
     /// The TDI is not CONFIG_UNLOCKED at bind time.
     #[error("TDI is {0:?}, expected CONFIG_UNLOCKED")]
     TdiNotUnlocked(TdiState),
@@ -738,6 +743,9 @@ impl TsmDevice {
             Phase::Capabilities => {
                 match self.tdisp(interface, &TdispRequest::GetCapabilities { tsm_caps: 0 })? {
                     TdispResponse::Capabilities(caps) => {
+                        if let TsmOperation::Bind(params) = &pending.op {
+                            check_capabilities(&caps, params)?;
+                        }
                         pending.phase = Phase::BindState(caps);
                         Ok(None)
                     }
@@ -908,6 +916,33 @@ impl TsmDevice {
             body => Err(mismatch(&body)),
         }
     }
+}
+
+/// The requests the TSM needs from a device it binds.
+const REQUIRED_REQUESTS: [TdispMessageType; 5] = [
+    TdispMessageType::LOCK_INTERFACE_REQUEST,
+    TdispMessageType::GET_DEVICE_INTERFACE_REPORT,
+    TdispMessageType::GET_DEVICE_INTERFACE_STATE,
+    TdispMessageType::START_INTERFACE_REQUEST,
+    TdispMessageType::STOP_INTERFACE_REQUEST,
+];
+
+/// Refuses to bind a TDI that cannot do what the binding will ask of it.
+fn check_capabilities(caps: &Capabilities, params: &BindParams) -> Result<(), TsmError> {
+    if let Some(missing) = REQUIRED_REQUESTS
+        .into_iter()
+        .find(|&code| !caps.req_msg_supported.supports(code))
+    {
+        return Err(TsmError::DeviceLacks(format!("request {missing:?}")));
+    }
+    let unsupported =
+        params.lock.flags.into_bits() & !caps.lock_interface_flags_supported.into_bits();
+    if unsupported != 0 {
+        return Err(TsmError::DeviceLacks(format!(
+            "lock flags {unsupported:#x}"
+        )));
+    }
+    Ok(())
 }
 
 fn mismatch(response: &TdispResponse) -> TsmError {

@@ -116,6 +116,27 @@ mod lifecycle {
     }
 
     #[test]
+    fn bind_with_lock_flags_the_device_lacks_is_refused() {
+        let mut config = DsmConfig::single_function(RID);
+        config.capabilities.lock_flags_supported =
+            tdisp_proto::pcie::LockInterfaceFlags::new().with_no_fw_update(true);
+        let mut tsm = tsm_with(Box::new(shared_dsm(config)));
+        tsm.connect(ADDR).unwrap();
+        let mut params = BindParams::new(tdi(), GUEST);
+        params.lock.flags = params.lock.flags.with_bind_p2p(true);
+        assert!(matches!(
+            tsm.bind(ADDR, params),
+            Err(TsmError::DeviceLacks(_))
+        ));
+        params.lock.flags = params
+            .lock
+            .flags
+            .with_bind_p2p(false)
+            .with_no_fw_update(true);
+        tsm.bind(ADDR, params).unwrap();
+    }
+
+    #[test]
     fn bind_of_a_locked_tdi_is_refused() {
         let dsm = shared_dsm(DsmConfig::single_function(RID));
         dsm.lock()
