@@ -1,6 +1,7 @@
 //! Build and measure a 256 MiB SNP + TDX image; compare with the `igvm` crate's measurement
 //! and with raw SHA-384 of the same bytes (one core, all cores).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "bench code")]
 
 use criterion::Criterion;

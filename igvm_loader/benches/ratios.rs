@@ -2,6 +2,7 @@
 //! ratios. Rounds alternate between the contenders so that load from other processes on the
 //! machine hits all of them alike; each figure is the best of its rounds.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "bench code")]
 
 use igvm_loader::arch::X86Register;

@@ -1,6 +1,7 @@
 //! Build a small two-platform (SNP + TDX) image through the `ImageLoad` contract, write it
 //! as IGVM bytes, read it back and measure it: the core of a "measured IGVM boot".
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "example code")]
 
 use igvm_loader::arch::SegmentRegister;

@@ -1,6 +1,7 @@
 //! The `igvmgen` binary: `dump` lists what we imported, `measure` agrees with the `igvm`
 //! crate on files we built and on files we did not build.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use igvm::IgvmDirectiveHeader;

@@ -4,6 +4,7 @@
 //! The Python oracle is required: if `python3` or the `sevsnpmeasure` module is missing the
 //! tests fail (install with `cargo xtask deps`).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 #![expect(clippy::panic, reason = "test code")]
 

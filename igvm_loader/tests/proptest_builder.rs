@@ -2,6 +2,8 @@
 //! model says so, never panic, and always produce files that parse back and measure the same
 //! as the `igvm` crate.
 
+#![forbid(unsafe_code)]
+
 use igvm::IgvmFile;
 use igvm::IgvmSerializer;
 use igvm_defs::IgvmPlatformType;

@@ -4,6 +4,7 @@
 //! past the CRC and into the header and measurement code.
 
 #![no_main]
+#![forbid(unsafe_code)]
 
 use igvm_loader::measure::MeasureOptions;
 use igvm_loader::measure::VmsaGpa;
