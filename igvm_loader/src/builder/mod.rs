@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::importer::ImageLoad;
 use crate::importer::IsolationType;
+use crate::measure::MeasureOptions;
+use crate::measure::Measurement;
 use igvm::IgvmDirectiveHeader;
 use igvm::IgvmFile;
 use igvm::IgvmRevision;
@@ -115,6 +117,16 @@ impl<R: GuestArch> IgvmBuilder<R> {
         file.serialize(&mut out)?;
         ensure_file_data(&mut out)?;
         Ok(out)
+    }
+
+    /// [`Self::build_bytes`] plus the launch measurement of every measurable platform,
+    /// computed from the bytes as a loader will read them back (what is measured is what
+    /// ships).
+    pub fn build_measured(&self, options: &MeasureOptions) -> Result<(Vec<u8>, Vec<Measurement>)> {
+        let bytes = self.build_bytes()?;
+        let file = crate::parse(&bytes)?;
+        let measurements = crate::measure::measure_all(&file, options)?;
+        Ok((bytes, measurements))
     }
 }
 

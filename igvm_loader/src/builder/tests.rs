@@ -139,6 +139,20 @@ mod round_trip {
     }
 
     #[test]
+    fn build_measured_measures_the_shipped_bytes() {
+        let b = three_platform_builder();
+        let opts = MeasureOptions::default();
+        let (bytes, measured) = b.build_measured(&opts).unwrap();
+        let names: Vec<&str> = measured.iter().map(|m| m.platform.as_str()).collect();
+        assert_eq!(names, ["snp", "tdx", "vbs"]);
+        let parsed = IgvmFile::new_from_binary(&bytes, None).unwrap();
+        assert_eq!(
+            measured,
+            crate::measure::measure_all(&parsed, &opts).unwrap()
+        );
+    }
+
+    #[test]
     fn files_without_page_data_still_parse_back() {
         let mut b = IgvmBuilder::<X86Register>::new();
         b.add_platform(config(IsolationType::Tdx))
