@@ -149,19 +149,24 @@ pub enum StartupMemoryType {
     Vtl2ProtectableRam,
 }
 
-/// One entry of the imported-regions config page: pages the loader already accepted.
+/// One entry of the imported-regions config page: pages the loader already accepted (the
+/// paravisor's 24-byte descriptor layout).
 ///
-/// The list is sorted by `base_page`, non-overlapping, and ends with an entry whose
+/// The list is sorted by `base_page_number`, non-overlapping, and ends with an entry whose
 /// `page_count` is zero.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct ImportedRegionDescriptor {
     /// First page number.
-    pub base_page: U64,
+    pub base_page_number: U64,
     /// Number of pages; zero ends the list.
     pub page_count: U64,
+    /// 1 if the loader accepted the pages (always, for entries the builder writes).
+    pub accepted: u8,
+    /// Zero.
+    pub padding: [u8; 7],
 }
-const _: () = assert!(size_of::<ImportedRegionDescriptor>() == 16);
+const _: () = assert!(size_of::<ImportedRegionDescriptor>() == 24);
 
 /// The contract between loaders and image builders (method for method as OpenVMM's).
 ///

@@ -102,8 +102,10 @@ impl Regions {
         let mut page = Vec::with_capacity(PAGE_SIZE_USIZE);
         for (start, end) in merged {
             let desc = ImportedRegionDescriptor {
-                base_page: start.into(),
+                base_page_number: start.into(),
                 page_count: (end - start).into(),
+                accepted: 1,
+                padding: [0; 7],
             };
             page.extend_from_slice(desc.as_bytes());
         }
@@ -152,11 +154,26 @@ mod tests {
         let page = r.imported_regions_page().unwrap();
         let (descs, _) =
             <[ImportedRegionDescriptor]>::ref_from_prefix_with_elems(&page, 3).unwrap();
-        let got: Vec<(u64, u64)> = descs
+        let got: Vec<(u64, u64, u8)> = descs
             .iter()
-            .map(|d| (d.base_page.get(), d.page_count.get()))
+            .map(|d| (d.base_page_number.get(), d.page_count.get(), d.accepted))
             .collect();
-        assert_eq!(got, vec![(1, 3), (100, 10), (0, 0)]);
+        assert_eq!(got, vec![(1, 3, 1), (100, 10, 1), (0, 0, 0)]);
+    }
+
+    #[test]
+    fn a_list_that_overflows_its_page_is_an_error() {
+        let mut r = Regions::default();
+        // 169 ranges and the terminator fill the page exactly (170 x 24 bytes).
+        for i in 0..169 {
+            r.claim("gap", i * 2, i * 2 + 1, true).unwrap();
+        }
+        assert_eq!(r.imported_regions_page().unwrap().len(), 4096);
+        r.claim("one more", 1000, 1001, true).unwrap();
+        assert!(matches!(
+            r.imported_regions_page(),
+            Err(Error::ImportedRegionsTooMany { count: 171 })
+        ));
     }
 
     #[test]

@@ -303,7 +303,7 @@ mod round_trip {
             <[ImportedRegionDescriptor]>::ref_from_prefix_with_elems(&page, 4).unwrap();
         let got: Vec<(u64, u64)> = descs
             .iter()
-            .map(|d| (d.base_page.get(), d.page_count.get()))
+            .map(|d| (d.base_page_number.get(), d.page_count.get()))
             .collect();
         assert_eq!(got, vec![(0x10, 3), (0x20, 4), (0x40, 1), (0, 0)]);
     }
