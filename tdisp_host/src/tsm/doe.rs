@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use tdisp_proto::framing::spdm::SPDM_VENDOR_DEFINED_REQUEST;
 use tdisp_proto::framing::spdm::SPDM_VENDOR_DEFINED_RESPONSE;
-use tdisp_proto::framing::spdm::VENDOR_DEFINED_HEADER_SIZE;
 use thiserror::Error;
 use zerocopy::FromBytes;
 use zerocopy::Immutable;
@@ -96,22 +95,11 @@ const _: () = assert!(size_of::<DiscoveryResponseWire>() == 4);
 /// vendor-defined message with at most three zero bytes of padding is returned unchanged, for
 /// the decoder to reject.
 pub fn trim_vendor_defined_padding(bytes: &[u8]) -> &[u8] {
-    let Some(&code) = bytes.get(1) else {
-        return bytes;
-    };
-    if code != SPDM_VENDOR_DEFINED_REQUEST && code != SPDM_VENDOR_DEFINED_RESPONSE {
-        return bytes;
-    }
-    let Some(Ok(length)) = bytes
-        .get(VENDOR_DEFINED_HEADER_SIZE - 2..VENDOR_DEFINED_HEADER_SIZE)
-        .map(<[u8; 2]>::try_from)
-    else {
-        return bytes;
-    };
-    let declared = VENDOR_DEFINED_HEADER_SIZE + usize::from(u16::from_le_bytes(length));
-    match bytes.get(declared..) {
-        Some(padding) if padding.len() < 4 && padding.iter().all(|&b| b == 0) => {
-            bytes.get(..declared).unwrap_or(bytes)
+    match bytes.get(1) {
+        Some(&code)
+            if code == SPDM_VENDOR_DEFINED_REQUEST || code == SPDM_VENDOR_DEFINED_RESPONSE =>
+        {
+            tdisp_proto::framing::spdm::strip_doe_padding(bytes).unwrap_or(bytes)
         }
         _ => bytes,
     }
