@@ -12,6 +12,14 @@ use crate::memory::MemoryError;
 use crate::memory::PAGE_SHIFT;
 use crate::memory::PAGE_SIZE;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use vm_memory::Address;
+use vm_memory::GuestAddress;
+use vm_memory::GuestMemoryBackend;
+use vm_memory::GuestMemoryRegion;
+use vm_memory::MmapRegion;
+use vm_memory::VolatileMemory;
 
 /// A ring memory access failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +37,9 @@ pub enum RingMemError {
         /// Size of the data area.
         size: usize,
     },
+    /// The host mapping refused the access.
+    #[error("host mapping access failed")]
+    Mapping(#[from] vm_memory::VolatileMemoryError),
     /// The ring's pages are not usable as a ring.
     #[error("invalid ring pages: {0}")]
     InvalidPages(&'static str),
@@ -66,13 +77,16 @@ impl<T: RingMem + ?Sized> RingMem for Arc<T> {
     }
 }
 
-/// A physically contiguous piece of the data area.
-#[derive(Debug, Clone, Copy)]
+/// A piece of the data area that is contiguous in the host mapping.
+#[derive(Debug, Clone)]
 struct Run {
     /// Offset of the run within the data area.
     start: usize,
-    /// Guest physical address of the run's first byte.
-    gpa: u64,
+    /// The host mapping holding the run, resolved once when the ring is built so that each
+    /// access is a bounds check and a copy.
+    mmap: Arc<MmapRegion>,
+    /// Offset of the run's first byte within `mmap`.
+    offset: usize,
 }
 
 /// A ring over guest pages: the first page is the control page, the rest the data area.
@@ -80,6 +94,7 @@ struct Run {
 pub struct PagedRingMem {
     mem: GuestMemory,
     control_gpa: u64,
+    control: (Arc<MmapRegion>, usize),
     /// Runs sorted by `start`; the last run ends at `data_len`.
     runs: Arc<[Run]>,
     data_len: usize,
@@ -107,22 +122,40 @@ impl PagedRingMem {
                 .filter(|gpa| gpa >> PAGE_SHIFT == pfn && mem.check_range(*gpa, PAGE_SIZE))
                 .ok_or(RingMemError::InvalidPages("page outside guest memory"))
         };
+        // The host mapping and offset of a page; pages never straddle regions because
+        // regions are page aligned, and the whole page was checked above.
+        let host_of = |gpa: u64| {
+            let region = mem
+                .mmap()
+                .find_region(GuestAddress(gpa))
+                .ok_or(RingMemError::InvalidPages("page outside guest memory"))?;
+            let offset = usize::try_from(gpa - region.start_addr().raw_value())
+                .map_err(|_| RingMemError::InvalidPages("page offset too large"))?;
+            // Confirm the page is inside this one mapping before relying on it.
+            let mmap = region.get_mmap();
+            mmap.get_slice(offset, PAGE_SIZE)?;
+            Ok::<_, RingMemError>((mmap, offset))
+        };
         let control_gpa = gpa_of(control_pfn)?;
+        let control = host_of(control_gpa)?;
         let mut runs: Vec<Run> = Vec::new();
-        let mut prev: Option<u64> = None;
         for (i, &pfn) in data.iter().enumerate() {
-            let gpa = gpa_of(pfn)?;
-            if prev.and_then(|p| p.checked_add(1)) != Some(pfn) {
+            let (mmap, offset) = host_of(gpa_of(pfn)?)?;
+            let extends_last = runs.last().is_some_and(|r| {
+                Arc::ptr_eq(&r.mmap, &mmap) && r.offset + (i * PAGE_SIZE - r.start) == offset
+            });
+            if !extends_last {
                 runs.push(Run {
                     start: i * PAGE_SIZE,
-                    gpa,
+                    mmap,
+                    offset,
                 });
             }
-            prev = Some(pfn);
         }
         Ok(Self {
             mem,
             control_gpa,
+            control,
             runs: runs.into(),
             data_len,
         })
@@ -143,12 +176,13 @@ impl PagedRingMem {
         )
     }
 
-    /// Calls `f(gpa, range)` for each contiguous piece of `[offset, offset + len)`.
+    /// Calls `f(run, offset_in_mapping, range)` for each contiguous piece of
+    /// `[offset, offset + len)`.
     fn for_each_piece(
         &self,
         offset: usize,
         len: usize,
-        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), RingMemError>,
+        mut f: impl FnMut(&MmapRegion, usize, std::ops::Range<usize>) -> Result<(), RingMemError>,
     ) -> Result<(), RingMemError> {
         let out_of_range = || RingMemError::OutOfRange {
             offset,
@@ -168,12 +202,20 @@ impl PagedRingMem {
                 .ok_or_else(out_of_range)?;
             let run_end = self.runs.get(i).map_or(self.data_len, |r| r.start);
             let piece_end = run_end.min(end);
-            let gpa = run.gpa + (pos - run.start) as u64;
-            f(gpa, (pos - offset)..(piece_end - offset))?;
+            f(
+                &run.mmap,
+                run.offset + (pos - run.start),
+                (pos - offset)..(piece_end - offset),
+            )?;
             pos = piece_end;
             i += 1;
         }
         Ok(())
+    }
+
+    fn control_word(&self, word: ControlWord) -> Result<&AtomicU32, RingMemError> {
+        let (mmap, offset) = &self.control;
+        Ok(mmap.get_atomic_ref::<AtomicU32>(offset + word.offset())?)
     }
 }
 
@@ -183,34 +225,35 @@ impl RingMem for PagedRingMem {
     }
 
     fn load_control(&self, word: ControlWord) -> Result<u32, RingMemError> {
-        Ok(self.mem.load_u32(self.control_gpa + word.offset() as u64)?)
+        Ok(self.control_word(word)?.load(Ordering::SeqCst))
     }
 
     fn store_control(&self, word: ControlWord, value: u32) -> Result<(), RingMemError> {
-        Ok(self
-            .mem
-            .store_u32(self.control_gpa + word.offset() as u64, value)?)
+        self.control_word(word)?.store(value, Ordering::SeqCst);
+        Ok(())
     }
 
     fn read_data(&self, offset: usize, buf: &mut [u8]) -> Result<(), RingMemError> {
-        self.for_each_piece(offset, buf.len(), |gpa, range| {
+        self.for_each_piece(offset, buf.len(), |mmap, at, range| {
             let piece = buf.get_mut(range).ok_or(RingMemError::OutOfRange {
                 offset,
                 len: 0,
                 size: 0,
             })?;
-            Ok(self.mem.read_at(gpa, piece)?)
+            mmap.get_slice(at, piece.len())?.copy_to(piece);
+            Ok(())
         })
     }
 
     fn write_data(&self, offset: usize, buf: &[u8]) -> Result<(), RingMemError> {
-        self.for_each_piece(offset, buf.len(), |gpa, range| {
+        self.for_each_piece(offset, buf.len(), |mmap, at, range| {
             let piece = buf.get(range).ok_or(RingMemError::OutOfRange {
                 offset,
                 len: 0,
                 size: 0,
             })?;
-            Ok(self.mem.write_at(gpa, piece)?)
+            mmap.get_slice(at, piece.len())?.copy_from(piece);
+            Ok(())
         })
     }
 }
