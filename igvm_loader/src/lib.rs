@@ -36,7 +36,8 @@
 //! - A 2 MiB page directive is measured as 512 consecutive 4 KiB pages on every platform
 //!   (what a VMM issuing 4 KiB launch updates, such as KVM, produces). The builder emits
 //!   2 MiB directives only for data-less runs, and only when asked
-//!   ([`builder::PlatformConfig::large_pages`]).
+//!   ([`builder::PlatformConfig::large_pages`]). The `igvm` crate's own measurement (0.5)
+//!   counts a 2 MiB directive as a single page, so it is an oracle for 4 KiB files only.
 //! - TDX images carry no VP context: a TD starts at the reset vector, so
 //!   [`ImageLoad::import_vp_register`] fails for TDX. Relocations need a VBS VP context (the
 //!   IGVM format ties them to one), so they are VBS-only.
