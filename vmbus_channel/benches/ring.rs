@@ -3,7 +3,11 @@
 //!
 //! Run with `cargo bench -p vmbus_channel --bench ring -- --warm-up-time 1 --measurement-time 3`.
 
-#![expect(clippy::unwrap_used, reason = "benchmark setup")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark setup: a failure aborts the run"
+)]
 
 use criterion::BenchmarkId;
 use criterion::Criterion;
@@ -77,7 +81,7 @@ fn copy_layer(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("read_{name}"), len), |b| {
                 b.iter(|| {
                     ring.read_data(black_box(offset), black_box(&mut dst))
-                        .unwrap()
+                        .unwrap();
                 });
             });
         }

@@ -1,17 +1,68 @@
 //! VMBus channels without a hypervisor: offers, GPADLs, ring buffers over guest memory, and an
-//! in-process server and client.
+//! in-process server and client to run them.
 //!
-//! * [`bus`] — the device-facing bus API (offers, open/close/GPADL requests, save/restore).
-//! * [`rpc`] — request/reply messages over `futures` channels.
-//! * [`protocol`] — GPADL ids, user data, feature/offer flags and their wire layouts.
-//! * [`memory`] — a cloneable handle over `vm-memory` guest memory.
-//! * [`interrupt`] — signals between the two ends of a channel.
+//! Layers, bottom up:
+//! * [`memory`] — a cloneable handle over `vm-memory` guest memory (stands in for OpenVMM's
+//!   `guestmem`).
+//! * [`ring`] — the Hyper-V/Linux ring buffer: control page, packet framing, a reader and a
+//!   writer that read each peer-owned value once and validate it before use.
+//! * [`gpadl`] — guest buffers described as page ranges, validated, held in a per-channel map
+//!   with reference-counted views.
+//! * [`protocol`], [`bus`], [`rpc`], [`interrupt`] — the device-facing bus API of OpenVMM's
+//!   `vmbus_channel::bus` (offers, open/close/GPADL requests, save/restore) with `futures`
+//!   channels in place of mesh.
+//! * [`channel`] — an opened channel's ring pair with async send/receive, for either end.
+//! * [`server`], [`client`] — an in-process VMBus: a [`bus::ParentBus`] server and a guest
+//!   client that enumerates offers, creates GPADLs, opens channels and exchanges packets.
+//! * [`device`] — [`device::SimpleVmbusDevice`]: put a device on the bus in a few lines.
+//!
+//! Start with a device on the in-process bus (see also `examples/echo_device.rs`):
 //!
 //! ```
-//! use vmbus_channel::protocol::UserDefinedData;
-//! let data = UserDefinedData::pipe(true);
-//! assert_eq!(&data.0[..4], &[4, 0, 0, 0]);
+//! # use async_trait::async_trait;
+//! # use futures::future::{join, select};
+//! # use std::pin::pin;
+//! use vmbus_channel::bus::OfferParams;
+//! use vmbus_channel::client::VmbusClient;
+//! use vmbus_channel::device::{offer_device, DeviceContext, DeviceError, SimpleVmbusDevice};
+//! use vmbus_channel::memory::{GuestMemory, PAGE_SIZE};
+//! use vmbus_channel::protocol::FeatureFlags;
+//! use vmbus_channel::ring::IncomingPacket;
+//! use vmbus_channel::server::VmbusServer;
+//!
+//! struct Ping;
+//! const PING: uuid::Uuid = uuid::Uuid::from_u128(0x9196);
+//!
+//! #[async_trait]
+//! impl SimpleVmbusDevice for Ping {
+//!     fn offer(&self) -> OfferParams {
+//!         OfferParams { interface_id: PING, ..Default::default() }
+//!     }
+//!     async fn handle_packet(
+//!         &mut self,
+//!         _ctx: &DeviceContext<'_>,
+//!         _packet: &IncomingPacket,
+//!     ) -> Result<Option<Vec<u8>>, DeviceError> {
+//!         Ok(Some(b"pong".to_vec()))
+//!     }
+//! }
+//!
+//! let memory = GuestMemory::new(64 * PAGE_SIZE).unwrap();
+//! let (server, server_runner) = VmbusServer::new(memory.clone(), None);
+//! futures::executor::block_on(async {
+//!     let device = offer_device(&server, Ping).await.unwrap();
+//!     let guest = async {
+//!         let client = VmbusClient::connect(&server, memory, None, 8..64, FeatureFlags::all()).unwrap();
+//!         let mut channel = client.open(&client.find_offer(PING).unwrap(), 2).await.unwrap();
+//!         let reply = channel.request(b"ping").await.unwrap();
+//!         assert_eq!(&reply.data()[..4], b"pong");
+//!     };
+//!     select(pin!(guest), pin!(join(server_runner.run(), device.run()))).await;
+//! });
 //! ```
+//!
+//! Payloads read from a ring include the sender's padding to a multiple of 8 bytes (the
+//! descriptor counts 8-byte units); protocols on top carry their own lengths.
 
 #![forbid(unsafe_code)]
 
