@@ -142,7 +142,8 @@ fn two_threads(c: &mut Criterion) {
                         if reader.try_read_into(&mut packet).unwrap().is_some() {
                             n += 1;
                         } else {
-                            std::hint::spin_loop();
+                            // Yield rather than spin: the cores are shared.
+                            std::thread::yield_now();
                         }
                     }
                 });
@@ -152,7 +153,7 @@ fn two_threads(c: &mut Criterion) {
                 while n < iters {
                     match writer.try_write(&OutgoingPacket::in_band(n, false, &[&payload])) {
                         Ok(_) => n += 1,
-                        Err(TryWriteError::Full { .. }) => std::hint::spin_loop(),
+                        Err(TryWriteError::Full { .. }) => std::thread::yield_now(),
                         Err(e) => panic!("{e}"),
                     }
                 }

@@ -57,6 +57,9 @@ pub enum ClientError {
     /// Ring pages could not be initialized.
     #[error("ring memory error")]
     RingMem(#[from] RingMemError),
+    /// A GPADL of this many pages cannot be described.
+    #[error("GPADL of {0} pages is too large")]
+    TooManyPages(usize),
     /// The ring size is unusable.
     #[error("ring of {0} pages is unusable")]
     BadRingSize(u32),
@@ -201,8 +204,11 @@ impl VmbusClient {
             *next = next.wrapping_add(1);
             GpadlId(*next)
         };
-        let byte_count = u32::try_from(pfns.len() * PAGE_SIZE)
-            .map_err(|_| ClientError::BadRingSize(u32::MAX))?;
+        let byte_count = pfns
+            .len()
+            .checked_mul(PAGE_SIZE)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(ClientError::TooManyPages(pfns.len()))?;
         let request = build_request(id, [(0, byte_count, pfns)]);
         self.conn.server().create_gpadl(channel_id, request).await?;
         Ok(id)
@@ -235,6 +241,11 @@ impl VmbusClient {
         PagedRingMem::new(ring_memory.clone(), ours)?.initialize()?;
         PagedRingMem::new(ring_memory.clone(), theirs)?.initialize()?;
         let channel_id = offer.channel_id;
+        let byte_count = pfns
+            .len()
+            .checked_mul(PAGE_SIZE)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(ClientError::BadRingSize(ring_pages))?;
         let gpadl_id = self.create_gpadl(channel_id, &pfns).await?;
         let ring_offset = per_ring as u32;
 
@@ -253,10 +264,7 @@ impl VmbusClient {
             return Err(err.into());
         }
         let gpadl = Gpadl::new(
-            &build_request(
-                gpadl_id,
-                [(0, (pfns.len() * PAGE_SIZE) as u32, pfns.as_slice())],
-            ),
+            &build_request(gpadl_id, [(0, byte_count, pfns.as_slice())]),
             &ring_memory,
         )?;
         let conn = Arc::downgrade(&self.conn);
