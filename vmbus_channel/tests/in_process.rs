@@ -256,6 +256,40 @@ mod control {
     }
 }
 
+mod hostile_guest {
+    use super::*;
+
+    #[tokio::test]
+    async fn corrupt_ring_stops_only_its_own_channel() {
+        let mem = memory();
+        let server = spawn_server(&mem, None);
+        let _a = spawn_device(&server, echo(20)).await;
+        let _b = spawn_device(&server, echo(21)).await;
+        let client =
+            VmbusClient::connect(&server, mem.clone(), None, 16..128, FeatureFlags::all()).unwrap();
+        let offer_a = client.find_offer(interface(20)).unwrap();
+        let offer_b = client.find_offer(interface(21)).unwrap();
+        // Channel A's rings are the client's first allocation: its guest-to-host control
+        // page is pfn 16.
+        let mut a = client.open(&offer_a, 1).await.unwrap();
+        let mut b = client.open(&offer_b, 1).await.unwrap();
+        a.request(&framed(b"a")).await.unwrap();
+
+        // The guest scribbles a write index far beyond the ring and rings the doorbell.
+        mem.store_u32(16 * PAGE_SIZE as u64, 0x0100_0000).unwrap();
+        server.signal_host(offer_a.channel_id);
+
+        // B is unaffected.
+        let reply = b.request(&framed(b"b")).await.unwrap();
+        assert_eq!(&reply.data()[..3], &[21, 0, b'b']);
+        // A gets no answer any more (its device stopped reading that ring)...
+        let stalled = tokio::time::timeout(std::time::Duration::from_millis(50), a.recv()).await;
+        assert!(stalled.is_err());
+        // ...but its control path still works: the guest can close it.
+        a.close().await.unwrap();
+    }
+}
+
 mod save_restore {
     use super::*;
 
@@ -330,6 +364,18 @@ mod save_restore {
         for ch in channels {
             ch.close().await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn restore_without_saved_channel_is_refused() {
+        let mem = memory();
+        let (server, runner) = VmbusServer::new(mem.clone(), None);
+        tokio::spawn(runner.run());
+        let saved = server.save().unwrap();
+        let (server2, runner2) = VmbusServer::restore(mem, None, &saved).unwrap();
+        tokio::spawn(runner2.run());
+        let mut device = offer_device(&server2, echo(30)).await.unwrap();
+        assert!(device.restore().await.is_err());
     }
 
     #[test]
