@@ -63,6 +63,16 @@
 //!
 //! Payloads read from a ring include the sender's padding to a multiple of 8 bytes (the
 //! descriptor counts 8-byte units); protocols on top carry their own lengths.
+//!
+//! Beyond the suggested module layout: `ring/mem.rs` holds the small [`ring::RingMem`] trait
+//! (so tests can substitute memory that changes under the host), `channel` is shared by the
+//! device runner and the client, and `interrupt` replaces `vmcore::interrupt`.
+//!
+//! Not implemented: subchannels (offers with a non-zero index are accepted but nothing opens
+//! them for a primary), writing transfer-page packets (they are read and exposed raw through
+//! [`ring::IncomingPacket::header_area`]), monitor pages (the latency only sets the offer
+//! flag), and interrupt masking by the async channel (it never polls; the ring API has
+//! [`ring::IncomingRing::set_interrupt_mask`]).
 
 #![forbid(unsafe_code)]
 
