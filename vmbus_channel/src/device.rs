@@ -4,6 +4,10 @@
 //! [`offer_device`] it to any [`ParentBus`] and run the returned [`DeviceRunner`] on your
 //! executor. The runner answers the bus's requests (open, close, GPADLs, modify), reads the
 //! guest's packets, hands each to the device and sends its reply back as a completion.
+//!
+//! Replies are sent in order; if the guest stops reading and the host-to-guest ring fills,
+//! the runner waits for space and serves no control request meanwhile (a guest that wants to
+//! close must keep reading).
 
 use crate::bus::ChannelRequest;
 use crate::bus::ChannelServerRequest;
