@@ -44,7 +44,10 @@ fn bench(c: &mut Criterion) {
             protocols,
             ..FrontendConfig::default()
         };
-        fronts.push((name, rt.block_on(Frontend::connect(&guest, config)).unwrap()));
+        fronts.push((
+            name,
+            rt.block_on(Frontend::connect(&guest, config)).unwrap(),
+        ));
     }
     let engine = SimTpm::started();
     let mut group = c.benchmark_group("round_trip");

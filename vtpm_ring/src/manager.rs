@@ -8,7 +8,8 @@
 //! frame. Its payload is the big-endian swtpm control command number plus its fixed body;
 //! the reply is a big-endian result (0 = success) plus the reply body. Instance ids therefore
 //! stay below 2^31. Locality travels as a `SetLocality` control frame sent before a command
-//! when it changes, the way QEMU drives swtpm.
+//! when it changes, the way QEMU drives swtpm. As the seed's frames carry no request id, the
+//! backend matches replies per instance and kind in order.
 
 use crate::engine::ControlOp;
 use crate::engine::ControlReply;
@@ -24,6 +25,7 @@ use futures::channel::oneshot;
 use futures::stream::FuturesUnordered;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -66,8 +68,8 @@ pub enum FrameError {
     /// The stream is closed.
     #[error("stream to the vTPM manager is closed")]
     Closed,
-    /// A request for this instance and kind is already outstanding.
-    #[error("instance {0} already has a request outstanding")]
+    /// Too many replies for this instance are still outstanding.
+    #[error("instance {0} has too many requests outstanding")]
     Busy(u32),
     /// The instance id does not fit below the control flag.
     #[error("instance {0} is out of range")]
@@ -209,7 +211,14 @@ pub fn decode_control_reply(op: ControlOp, payload: &[u8]) -> Result<ControlRepl
     })
 }
 
-type Pending = Arc<Mutex<HashMap<(u32, bool), oneshot::Sender<Vec<u8>>>>>;
+/// Most replies one instance may owe per kind (commands, control).
+const MAX_OUTSTANDING: usize = 8;
+
+/// Per instance and kind (packet or control), the replies still owed, oldest first. The
+/// seed's framing has no request ids, so replies are matched in order; a slot whose waiter
+/// gave up (or never waited: posted cancels) still consumes its reply, so a late answer never
+/// lands on the next request.
+type Pending = Arc<Mutex<HashMap<(u32, bool), VecDeque<Option<oneshot::Sender<Vec<u8>>>>>>>;
 
 /// The backend's side of the stream: sends requests for any instance and matches replies.
 #[derive(Clone, Debug)]
@@ -241,30 +250,37 @@ pub fn mux(end: StreamEnd) -> (MuxClient, MuxRouter) {
 }
 
 impl MuxClient {
+    fn enqueue(
+        &self,
+        instance: u32,
+        frame: Frame,
+        control: bool,
+        waiter: Option<oneshot::Sender<Vec<u8>>>,
+    ) -> Result<(), FrameError> {
+        if instance > MAX_INSTANCE {
+            return Err(FrameError::BadInstance(instance));
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = pending.entry((instance, control)).or_default();
+        if queue.len() >= MAX_OUTSTANDING {
+            return Err(FrameError::Busy(instance));
+        }
+        // Sent under the lock so queue order is stream order.
+        self.tx
+            .unbounded_send(frame.encode())
+            .map_err(|_| FrameError::Closed)?;
+        queue.push_back(waiter);
+        Ok(())
+    }
+
     fn send(
         &self,
         instance: u32,
         frame: Frame,
         control: bool,
     ) -> Result<oneshot::Receiver<Vec<u8>>, FrameError> {
-        if instance > MAX_INSTANCE {
-            return Err(FrameError::BadInstance(instance));
-        }
         let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            // A reply whose waiter gave up leaves a closed sender behind; it may be replaced.
-            if pending
-                .get(&(instance, control))
-                .is_some_and(|s| !s.is_canceled())
-            {
-                return Err(FrameError::Busy(instance));
-            }
-            pending.insert((instance, control), tx);
-        }
-        self.tx
-            .unbounded_send(frame.encode())
-            .map_err(|_| FrameError::Closed)?;
+        self.enqueue(instance, frame, control, Some(tx))?;
         Ok(rx)
     }
 
@@ -284,18 +300,11 @@ impl MuxClient {
     /// Sends a control operation for `instance` without waiting for (or routing) its reply:
     /// for a cancel, whose effect shows in the command's own response.
     pub fn post_control(&self, instance: u32, op: ControlOp) -> Result<(), FrameError> {
-        if instance > MAX_INSTANCE {
-            return Err(FrameError::BadInstance(instance));
-        }
-        self.tx
-            .unbounded_send(
-                Frame::Control {
-                    instance,
-                    payload: encode_control(op),
-                }
-                .encode(),
-            )
-            .map_err(|_| FrameError::Closed)
+        let frame = Frame::Control {
+            instance,
+            payload: encode_control(op),
+        };
+        self.enqueue(instance, frame, true, None)
     }
 
     /// Sends a control operation for `instance` and waits for its reply.
@@ -325,16 +334,19 @@ impl MuxRouter {
                     continue;
                 }
             };
-            let waiter = self
+            let slot = self
                 .pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
-            match waiter {
-                Some(w) => {
-                    let _ = w.send(body);
+                .get_mut(&key)
+                .and_then(VecDeque::pop_front);
+            match slot {
+                Some(Some(waiter)) => {
+                    // The waiter may have given up; the reply is consumed either way.
+                    let _ = waiter.send(body);
                 }
-                None => tracing::debug!(instance = key.0, "reply nobody waits for"),
+                Some(None) => {}
+                None => tracing::warn!(instance = key.0, "unsolicited reply from the manager"),
             }
         }
         self.pending
@@ -544,6 +556,39 @@ mod tests {
         );
         drop(client);
         server.abort();
+        routing.abort();
+    }
+
+    #[tokio::test]
+    async fn abandoned_request_reply_never_reaches_the_next_request() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = tokio::spawn(router.run());
+        // The first command's waiter gives up before the manager answers.
+        let mut first = Box::pin(client.command(1, vec![1]));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        drop(first);
+        // The next command is registered before any answer arrives.
+        let second = client.command(1, vec![2]);
+        futures::pin_mut!(second);
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        for answer in [0xaa, 0xbb] {
+            let req = man.rx.next().await.unwrap();
+            assert!(matches!(
+                Frame::decode(&req).unwrap(),
+                Frame::Packet { instance: 1, .. }
+            ));
+            man.tx
+                .unbounded_send(
+                    Frame::Packet {
+                        instance: 1,
+                        packet: vec![answer],
+                    }
+                    .encode(),
+                )
+                .unwrap();
+        }
+        assert_eq!(second.await.unwrap(), vec![0xbb]);
         routing.abort();
     }
 

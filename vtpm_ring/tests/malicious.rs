@@ -339,20 +339,20 @@ mod races {
                 }
             })
         };
+        // If an assertion fails, stop the flipper anyway: the runtime waits for it on drop.
+        struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _guard = StopOnDrop(stop.clone());
         for _ in 0..200 {
             raw.pages[0].store_u8(4, 0).unwrap();
             raw.submit_v2(&GET_RANDOM_8, 12);
-            let r = within(async {
-                loop {
-                    if raw.state() == V2State::FINISH {
-                        break raw.response_v2();
-                    }
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await;
-            // Whatever the backend saw, it answered with a TPM response (never a hang).
-            assert!(r.len() <= 4096 * 2);
+            // Whatever the backend saw, it finished (the length it wrote is the flipper's to
+            // overwrite, so only the state is checked here).
+            until(|| raw.state() == V2State::FINISH).await;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         flipper.await.unwrap();
