@@ -167,13 +167,12 @@ async fn wait_backend(
 /// Revokes grants and frees pages; a page whose grant is still mapped is kept out of reuse.
 fn release(domain: &Domain, pages: Vec<OwnPage>, grants: &[GrantRef]) -> Result<(), FrontendError> {
     let mut first_error = None;
-    let mut leaked = Vec::new();
     for (page, gref) in pages.into_iter().zip(grants) {
         match domain.end_access(*gref) {
             Ok(()) => domain.free_page(page),
             Err(e) => {
+                // Not freed: the backend could still see whatever the page is reused for.
                 tracing::warn!(error = %e, "grant still in use; page not reused");
-                leaked.push(page);
                 first_error.get_or_insert(e);
             }
         }
