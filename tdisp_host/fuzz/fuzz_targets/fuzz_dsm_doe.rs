@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
         let len = usize::from(*len).min(tail.len());
         let (body, next) = tail.split_at(len);
         rest = next;
-        let message_type = if *selector >= 0xf0 { *selector } else { 0x81 + selector % 12 };
+        let message_type = if *selector >= 0xf0 {
+            *selector
+        } else {
+            0x81 + selector % 12
+        };
         let mut request = vec![0x10, message_type, 0, 0];
         request.extend_from_slice(&u32::from(RID).to_le_bytes());
         request.extend_from_slice(&[0; 8]);
@@ -61,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         let before = dsm.tdi_state(RID).unwrap();
         let (_, response) = TdispResponse::decode(&dsm.handle_tdisp(&request)).unwrap();
         let after = dsm.tdi_state(RID).unwrap();
-        assert!(allowed(before, after, message_type), "{before:?} -> {after:?} by {message_type:#x}");
+        assert!(
+            allowed(before, after, message_type),
+            "{before:?} -> {after:?} by {message_type:#x}"
+        );
         match &response {
             TdispResponse::Error(_) => assert_eq!(before, after),
             success => assert_eq!(

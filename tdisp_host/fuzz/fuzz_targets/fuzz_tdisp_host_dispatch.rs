@@ -11,19 +11,22 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
+use tdisp_host::backend::TsmBackend;
 use tdisp_host::dispatch::HostDispatcher;
 use tdisp_host::dsm::ConfigChange;
 use tdisp_host::dsm::DsmConfig;
 use tdisp_host::dsm::EmulatedDsm;
 use tdisp_host::state_machine::MachineConfig;
 use tdisp_host::state_machine::TdiStateMachine;
-use tdisp_host::backend::TsmBackend;
 use tdisp_host::tsm::BindParams;
 use tdisp_host::tsm::DoeMailbox;
 use tdisp_host::tsm::MailboxError;
 use tdisp_host::tsm::PciDeviceInfo;
 use tdisp_host::tsm::PlainChannel;
 use tdisp_host::tsm::Tsm;
+use tdisp_proto::TdispGuestProtocolType;
+use tdisp_proto::TdispGuestUnbindReason;
+use tdisp_proto::TdispReportType;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
@@ -38,9 +41,6 @@ use tdisp_proto::pcie::LockInterfaceParams;
 use tdisp_proto::pcie::TdispErrorCode;
 use tdisp_proto::pcie::TdispErrorResponse;
 use tdisp_proto::pcie::TdispResponse;
-use tdisp_proto::TdispGuestProtocolType;
-use tdisp_proto::TdispGuestUnbindReason;
-use tdisp_proto::TdispReportType;
 
 const RID: u16 = 0x0701;
 const ADDR: u32 = 0x0700;
@@ -164,7 +164,9 @@ fuzz_target!(|ops: Vec<Op>| {
         );
         tsm.connect(ADDR).unwrap();
         let lock = LockInterfaceParams {
-            flags: LockInterfaceFlags::new().with_no_fw_update(true).with_lock_msix(true),
+            flags: LockInterfaceFlags::new()
+                .with_no_fw_update(true)
+                .with_lock_msix(true),
             ..Default::default()
         };
         tsm.bind(
@@ -194,7 +196,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     device_id: DEVICE,
                     command: command(kind, argument),
                 };
-                let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
+                let reply =
+                    GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
                 reply.check_answers(&packet).unwrap();
                 assert_eq!(Some(reply.state_after), dispatcher.tdi_state(DEVICE));
             }
