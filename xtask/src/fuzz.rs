@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz`: discovers and runs the cargo-fuzz targets of every crate.
 //!
-//! Layout: `<crate>/fuzz/` is a cargo-fuzz crate (libfuzzer-sys + arbitrary) with its targets in
-//! `fuzz_targets/<target>.rs`; the target name is the file stem. cargo-fuzz passes nightly-only
+//! Layout: `<crate>/fuzz/` is a cargo-fuzz crate (libfuzzer-sys + arbitrary) whose `[[bin]]`
+//! tables name its targets (sources in `fuzz_targets/`). cargo-fuzz passes nightly-only
 //! flags (`-Zsanitizer=address`) to rustc, so on the stable toolchain every invocation sets
 //! `RUSTC_BOOTSTRAP=1`. All fuzz crates share `target/fuzz` so dependencies build once.
 
@@ -94,7 +94,7 @@ pub(crate) fn run(args: &FuzzArgs) -> Result<()> {
 pub(crate) fn smoke(seconds: u64) -> Result<()> {
     let targets = discover()?;
     if targets.is_empty() {
-        bail!("no fuzz targets found under */fuzz/fuzz_targets/");
+        bail!("no fuzz targets found in */fuzz/Cargo.toml");
     }
     let crates: BTreeSet<&str> = targets.iter().map(|t| t.krate.as_str()).collect();
     for krate in crates {
@@ -114,31 +114,46 @@ pub(crate) fn smoke(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Every `<crate>/fuzz/fuzz_targets/*.rs` in the workspace, sorted.
+/// Every fuzz target in the workspace, sorted: the `[[bin]]` names of each `<crate>/fuzz/Cargo.toml`
+/// (the cargo-fuzz manifest is the source of truth; `fuzz_targets/` may also hold shared modules).
 pub(crate) fn discover() -> Result<Vec<FuzzTarget>> {
     let root = workspace_root();
     let mut targets = Vec::new();
     for entry in std::fs::read_dir(&root).context("reading workspace root")? {
         let entry = entry?;
-        let dir = entry.path().join("fuzz").join("fuzz_targets");
-        if !dir.is_dir() {
+        let manifest = entry.path().join("fuzz").join("Cargo.toml");
+        if !manifest.is_file() {
             continue;
         }
         let krate = entry.file_name().to_string_lossy().into_owned();
-        for file in std::fs::read_dir(&dir)? {
-            let path = file?.path();
-            if path.extension().is_some_and(|e| e == "rs")
-                && let Some(stem) = path.file_stem()
-            {
-                targets.push(FuzzTarget {
-                    krate: krate.clone(),
-                    name: stem.to_string_lossy().into_owned(),
-                });
-            }
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        for name in bin_names(&text) {
+            targets.push(FuzzTarget {
+                krate: krate.clone(),
+                name,
+            });
         }
     }
     targets.sort_by(|a, b| (&a.krate, &a.name).cmp(&(&b.krate, &b.name)));
     Ok(targets)
+}
+
+/// The `name` of every `[[bin]]` table in a Cargo manifest.
+fn bin_names(manifest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin
+            && let Some(value) = line.strip_prefix("name").map(str::trim_start)
+            && let Some(value) = value.strip_prefix('=')
+        {
+            names.push(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    names
 }
 
 fn find(name: &str) -> Result<FuzzTarget> {
@@ -211,4 +226,28 @@ fn artifacts(t: &FuzzTarget) -> BTreeSet<PathBuf> {
     std::fs::read_dir(t.artifacts_dir())
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bin_names;
+
+    #[test]
+    fn bin_names_reads_only_bin_tables() {
+        let manifest = r#"
+[package]
+name = "x-fuzz"
+
+[[bin]]
+name = "fuzz_a"
+path = "fuzz_targets/fuzz_a.rs"
+
+[dependencies]
+name = "not-a-bin"
+
+[[bin]]
+name="fuzz_b"
+"#;
+        assert_eq!(bin_names(manifest), ["fuzz_a", "fuzz_b"]);
+    }
 }
