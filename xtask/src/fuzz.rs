@@ -96,13 +96,9 @@ pub(crate) fn smoke(seconds: u64) -> Result<()> {
     if targets.is_empty() {
         bail!("no fuzz targets found in */fuzz/Cargo.toml");
     }
-    let crates: BTreeSet<&str> = targets.iter().map(|t| t.krate.as_str()).collect();
-    for krate in crates {
-        let dir = workspace_root().join(krate).join("fuzz");
-        let mut cmd = cargo_fuzz(&dir);
-        cmd.arg("build");
-        common_args(&mut cmd, &dir);
-        run_cmd(&mut cmd)?;
+    let fuzz_dirs: BTreeSet<PathBuf> = targets.iter().map(FuzzTarget::fuzz_dir).collect();
+    for dir in &fuzz_dirs {
+        run_cmd(&mut cargo_fuzz("build", dir))?;
     }
     for t in &targets {
         fuzz_one(t, seconds)?;
@@ -163,28 +159,22 @@ fn find(name: &str) -> Result<FuzzTarget> {
         .with_context(|| format!("no fuzz target `{name}` (see `cargo xtask fuzz list`)"))
 }
 
-/// `cargo fuzz` for the fuzz crate in `fuzz_dir`, with the stable-toolchain workaround.
-fn cargo_fuzz(fuzz_dir: &Path) -> Command {
+/// `cargo fuzz <subcommand>` for the fuzz crate in `fuzz_dir`: the stable-toolchain workaround
+/// and the shared target dir, so every invocation builds the same artifacts.
+fn cargo_fuzz(subcommand: &str, fuzz_dir: &Path) -> Command {
     let mut cmd = cargo();
-    cmd.env("RUSTC_BOOTSTRAP", "1");
-    cmd.arg("fuzz");
-    cmd.current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir));
-    cmd
-}
-
-fn common_args(cmd: &mut Command, fuzz_dir: &Path) {
-    cmd.arg("--fuzz-dir")
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir))
+        .args(["fuzz", subcommand, "--fuzz-dir"])
         .arg(fuzz_dir)
         .arg("--target-dir")
         .arg(workspace_root().join("target").join("fuzz"));
+    cmd
 }
 
 fn fuzz_one(t: &FuzzTarget, seconds: u64) -> Result<()> {
-    let dir = t.fuzz_dir();
     let before = artifacts(t);
-    let mut cmd = cargo_fuzz(&dir);
-    cmd.arg("run");
-    common_args(&mut cmd, &dir);
+    let mut cmd = cargo_fuzz("run", &t.fuzz_dir());
     cmd.arg(&t.name)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"));
@@ -211,12 +201,9 @@ fn fuzz_one(t: &FuzzTarget, seconds: u64) -> Result<()> {
 }
 
 fn replay(t: &FuzzTarget, input: &Path) -> Result<()> {
-    let dir = t.fuzz_dir();
     let input = std::fs::canonicalize(input)
         .with_context(|| format!("no such input {}", input.display()))?;
-    let mut cmd = cargo_fuzz(&dir);
-    cmd.arg("run");
-    common_args(&mut cmd, &dir);
+    let mut cmd = cargo_fuzz("run", &t.fuzz_dir());
     cmd.arg(&t.name).arg(&input);
     println!("replaying {} on {}", input.display(), describe(&cmd));
     run_cmd(&mut cmd)
