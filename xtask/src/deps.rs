@@ -23,8 +23,28 @@ pub(crate) struct DepsArgs {
 /// A Debian package and the program that shows it is installed.
 struct AptTool {
     package: &'static str,
+    /// A program on PATH, or an absolute path prefix (such as `/boot/vmlinuz-`) that some
+    /// installed file starts with, for packages that ship no program.
     program: &'static str,
     why: &'static str,
+}
+
+impl AptTool {
+    fn present(&self) -> bool {
+        if !self.program.starts_with('/') {
+            return on_path(self.program);
+        }
+        let path = std::path::Path::new(self.program);
+        let (Some(dir), Some(prefix)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let prefix = prefix.to_string_lossy();
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix.as_ref()))
+        })
+    }
 }
 
 const APT_TOOLS: &[AptTool] = &[
@@ -42,6 +62,26 @@ const APT_TOOLS: &[AptTool] = &[
         package: "tpm2-tools",
         program: "tpm2_getrandom",
         why: "a real TPM client in front of the vTPM frontend",
+    },
+    AptTool {
+        package: "qemu-system-x86",
+        program: "qemu-system-x86_64",
+        why: "booting built IGVM images and real Linux guests with a vTPM (TCG, or KVM)",
+    },
+    AptTool {
+        package: "linux-image-amd64",
+        program: "/boot/vmlinuz-",
+        why: "a real Debian kernel for the IGVM boot and vTPM guest tests and the demo",
+    },
+    AptTool {
+        package: "busybox-static",
+        program: "busybox",
+        why: "the tiny initramfs the guest tests build",
+    },
+    AptTool {
+        package: "protobuf-compiler",
+        program: "protoc",
+        why: "checks the TDISP golden vectors against OpenVMM's tdisp.proto",
     },
     AptTool {
         package: "python3",
@@ -66,13 +106,9 @@ const PIP_PACKAGES: &[PipPackage] = &[PipPackage {
 pub(crate) fn run(args: &DepsArgs) -> Result<()> {
     let mut missing = Vec::new();
 
-    let apt_missing: Vec<&AptTool> = APT_TOOLS.iter().filter(|t| !on_path(t.program)).collect();
+    let apt_missing: Vec<&AptTool> = APT_TOOLS.iter().filter(|t| !t.present()).collect();
     for tool in APT_TOOLS {
-        let state = if on_path(tool.program) {
-            "ok"
-        } else {
-            "missing"
-        };
+        let state = if tool.present() { "ok" } else { "missing" };
         println!("deps: {:<14} {:<8} ({})", tool.package, state, tool.why);
     }
     if !apt_missing.is_empty() {
