@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
+use std::process::Stdio;
+use std::time::Instant;
 
 /// Arguments of `cargo xtask fuzz`.
 #[derive(Args)]
@@ -91,6 +93,9 @@ pub(crate) fn run(args: &FuzzArgs) -> Result<()> {
 }
 
 /// Builds every fuzz crate, then fuzzes each target for `seconds`.
+///
+/// Output is one line per target (runs, time, result); a build's or a run's whole log is
+/// printed only when it fails, so a green smoke reads in a screen.
 pub(crate) fn smoke(seconds: u64) -> Result<()> {
     let targets = discover()?;
     if targets.is_empty() {
@@ -98,16 +103,101 @@ pub(crate) fn smoke(seconds: u64) -> Result<()> {
     }
     let fuzz_dirs: BTreeSet<PathBuf> = targets.iter().map(FuzzTarget::fuzz_dir).collect();
     for dir in &fuzz_dirs {
-        run_cmd(&mut cargo_fuzz("build", dir))?;
+        let start = Instant::now();
+        let log = log_path(dir, "build");
+        run_logged(&mut cargo_fuzz("build", dir), &log)?;
+        println!(
+            "fuzz build {:<40} ok {:>6.1}s",
+            dir.strip_prefix(workspace_root()).unwrap_or(dir).display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     for t in &targets {
-        fuzz_one(t, seconds)?;
+        let start = Instant::now();
+        let log = log_path(&t.fuzz_dir(), &t.name);
+        let outcome = fuzz_logged(t, seconds, &log);
+        let secs = start.elapsed().as_secs_f64();
+        let runs = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|text| libfuzzer_runs(&text))
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let result = if outcome.is_ok() { "ok" } else { "FAILED" };
+        println!(
+            "fuzz {:<40} {:>12} runs {:>6.1}s {result}",
+            format!("{}/{}", t.krate, t.name),
+            runs,
+            secs
+        );
+        outcome?;
     }
     println!(
         "fuzz smoke: {} targets, {seconds}s each, no crashes",
         targets.len()
     );
     Ok(())
+}
+
+/// Where the captured log of one fuzz build or run goes.
+fn log_path(fuzz_dir: &Path, what: &str) -> PathBuf {
+    let krate = fuzz_dir
+        .parent()
+        .and_then(Path::file_name)
+        .map_or_else(|| "fuzz".into(), |n| n.to_string_lossy().into_owned());
+    workspace_root()
+        .join("target")
+        .join("fuzz-logs")
+        .join(format!("{krate}-{what}.log"))
+}
+
+/// Runs `cmd` with stdout and stderr captured in `log`; on failure prints the log and fails.
+fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let line = describe(cmd);
+    let status = cmd
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .status()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    if !status.success() {
+        println!("$ {line}");
+        if let Ok(text) = std::fs::read_to_string(log) {
+            println!("{text}");
+        }
+        bail!("`{line}` exited with {status} (log: {})", log.display());
+    }
+    Ok(())
+}
+
+/// The run count libFuzzer reports when it finishes (`Done N runs in S second(s)`), or the last
+/// progress line's count (`#N ...`) when it stopped early.
+fn libfuzzer_runs(log: &str) -> Option<u64> {
+    let done = log.lines().rev().find_map(|l| {
+        l.trim()
+            .strip_prefix("Done ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    });
+    done.or_else(|| {
+        log.lines().rev().find_map(|l| {
+            l.strip_prefix('#')
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+    })
+}
+
+/// Fuzzes one target with its output in `log`, reporting any new crash artifact.
+fn fuzz_logged(t: &FuzzTarget, seconds: u64, log: &Path) -> Result<()> {
+    let before = artifacts(t);
+    let mut cmd = cargo_fuzz("run", &t.fuzz_dir());
+    cmd.arg(&t.name)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"));
+    let result = run_logged(&mut cmd, log);
+    report_crashes(t, &before, result)
 }
 
 /// Every fuzz target in the workspace, sorted: the `[[bin]]` names of each `<crate>/fuzz/Cargo.toml`
@@ -180,7 +270,12 @@ fn fuzz_one(t: &FuzzTarget, seconds: u64) -> Result<()> {
         .arg(format!("-max_total_time={seconds}"));
     println!("==> fuzz {}/{} for {seconds}s", t.krate, t.name);
     let result = run_cmd(&mut cmd);
-    let new: Vec<PathBuf> = artifacts(t).difference(&before).cloned().collect();
+    report_crashes(t, &before, result)
+}
+
+/// Fails when the run failed or left new artifacts, printing how to replay each.
+fn report_crashes(t: &FuzzTarget, before: &BTreeSet<PathBuf>, result: Result<()>) -> Result<()> {
+    let new: Vec<PathBuf> = artifacts(t).difference(before).cloned().collect();
     if result.is_err() || !new.is_empty() {
         for crash in &new {
             println!(
@@ -218,6 +313,15 @@ fn artifacts(t: &FuzzTarget) -> BTreeSet<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::bin_names;
+
+    #[test]
+    fn libfuzzer_runs_reads_done_line_then_progress() {
+        let done = "#1024\tpulse  cov: 10\nDone 52133 runs in 11 second(s)\n";
+        assert_eq!(super::libfuzzer_runs(done), Some(52133));
+        let stopped = "INFO: seed\n#2\tINITED\n#4096\tpulse cov: 3\n==1== ERROR: crash\n";
+        assert_eq!(super::libfuzzer_runs(stopped), Some(4096));
+        assert_eq!(super::libfuzzer_runs("nothing"), None);
+    }
 
     #[test]
     fn bin_names_reads_only_bin_tables() {

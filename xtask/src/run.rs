@@ -6,7 +6,35 @@ use anyhow::bail;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// One finished step: its name, seconds taken and whether it passed.
+#[derive(Clone, Debug)]
+pub(crate) struct StepRecord {
+    pub(crate) name: String,
+    pub(crate) secs: f64,
+    pub(crate) ok: bool,
+}
+
+/// Every step this process has finished, in order, for the closing summary.
+static STEPS: Mutex<Vec<StepRecord>> = Mutex::new(Vec::new());
+
+/// The steps finished so far.
+pub(crate) fn finished_steps() -> Vec<StepRecord> {
+    STEPS.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// Prints the closing table of step times (also after a failure, so a slow or failed step is
+/// visible without scrolling back).
+pub(crate) fn print_step_summary(total_secs: f64) {
+    println!("\nsummary:");
+    for s in finished_steps() {
+        let result = if s.ok { "ok" } else { "FAILED" };
+        println!("  {:<12} {:<7} {:>7.1}s", s.name, result, s.secs);
+    }
+    println!("  {:<12} {:<7} {:>7.1}s", "total", "", total_secs);
+}
 
 /// The workspace root (the parent of the xtask crate).
 pub(crate) fn workspace_root() -> PathBuf {
@@ -58,6 +86,13 @@ pub(crate) fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let start = Instant::now();
     let result = f();
     let secs = start.elapsed().as_secs_f64();
+    if let Ok(mut steps) = STEPS.lock() {
+        steps.push(StepRecord {
+            name: name.to_owned(),
+            secs,
+            ok: result.is_ok(),
+        });
+    }
     match result {
         Ok(()) => {
             println!("<== {name}: ok ({secs:.1}s)");

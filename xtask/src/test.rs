@@ -4,6 +4,7 @@ use crate::deps;
 use crate::fuzz;
 use crate::run::cargo;
 use crate::run::on_path;
+use crate::run::print_step_summary;
 use crate::run::run as run_cmd;
 use crate::run::step;
 use crate::run::workspace_root;
@@ -27,6 +28,16 @@ pub(crate) struct TestArgs {
 
 pub(crate) fn run(args: &TestArgs) -> Result<()> {
     let start = Instant::now();
+    let result = run_steps(args);
+    print_step_summary(start.elapsed().as_secs_f64());
+    match &result {
+        Ok(()) => println!("all checks passed in {:.1}s", start.elapsed().as_secs_f64()),
+        Err(err) => println!("{err:#}"),
+    }
+    result
+}
+
+fn run_steps(args: &TestArgs) -> Result<()> {
     if !args.no_deps {
         step("deps", || deps::run(&deps::DepsArgs::default()))?;
     }
@@ -73,7 +84,6 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
     if !args.quick {
         step("fuzz smoke", || fuzz::smoke(args.fuzz_seconds))?;
     }
-    println!("all checks passed in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
