@@ -151,8 +151,8 @@ pub(crate) fn extend_and_quote(
         dir,
         "tpm2_createak",
         &[
-            "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", BANK, "-s", "ecdsa", "-u",
-            "ak.pub", "-f", "pem", "-n", "ak.name",
+            "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", BANK, "-s", "ecdsa", "-u", "ak.pub",
+            "-f", "pem", "-n", "ak.name",
         ],
     )?;
     tool(endpoint, dir, "tpm2_flushcontext", &["-t"])?;
