@@ -5,6 +5,14 @@
 //! Each end keeps its own index locally and only publishes it: the peer's index is read once
 //! per operation, validated, and then only that copy is used, so a peer that scribbles on the
 //! control page or the packets gets an error on this ring and nothing else.
+//!
+//! Reading is peek, then commit: [`IncomingRing::peek`] copies the next packet into the
+//! reader's own buffer, validates it and lends a [`PacketView`] of it; the read index moves
+//! only at [`IncomingRing::commit`]. A packet read but not yet answered therefore survives a
+//! save and restore of guest memory.
+//!
+//! The host attaches its writer with [`OutgoingRing::attach_host`], at open and again after
+//! every restore: it advertises pending-send-size support and clears a stale request.
 
 mod layout;
 mod mem;
@@ -15,9 +23,11 @@ pub use layout::*;
 pub use mem::PagedRingMem;
 pub use mem::RingMem;
 pub use mem::RingMemError;
+pub use reader::GpaRangeRef;
 pub use reader::IncomingPacket;
 pub use reader::IncomingRing;
 pub use reader::PacketError;
+pub use reader::PacketView;
 pub use writer::OutgoingPacket;
 pub use writer::OutgoingPayload;
 pub use writer::OutgoingRing;

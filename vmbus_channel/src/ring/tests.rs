@@ -233,7 +233,12 @@ mod model {
     #[derive(Debug, Clone)]
     enum Op {
         Write(usize),
+        /// Peek and commit in one call.
         Read,
+        Peek,
+        Commit,
+        /// The reader is dropped and attached again (a restore from guest memory).
+        Reattach,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -241,34 +246,46 @@ mod model {
             (0usize..3000).prop_map(Op::Write),
             (0usize..40).prop_map(Op::Write),
             Just(Op::Read),
+            Just(Op::Peek),
+            Just(Op::Commit),
+            Just(Op::Reattach),
         ]
+    }
+
+    fn expect_packet(p: PacketView<'_>, tid: u64, data: &[u8]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(p.transaction_id, tid);
+        prop_assert_eq!(&p.data()[..data.len()], data);
+        prop_assert!(p.data()[data.len()..].iter().all(|&b| b == 0));
+        Ok(())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
-        /// Any interleaving of writes and reads behaves like a queue with the ring's capacity.
+        /// Any interleaving of writes, peeks, commits and re-attaches behaves like a queue
+        /// with the ring's capacity whose head leaves only at commit.
         #[test]
         fn ring_matches_queue_model(pages in 1usize..4, ops in prop::collection::vec(op(), 1..120)) {
             let f = Fixture::new(pages);
             let (mut w, mut r) = f.pair();
             let capacity = pages * PAGE_SIZE;
             let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+            let mut peeked = false;
             let mut used = 0usize;
             let mut tid = 0u64;
+            let size = |n| OutgoingRing::<PagedRingMem>::packet_size(0, n);
             for op in ops {
                 match op {
                     Op::Write(n) => {
                         tid += 1;
                         let data: Vec<u8> = (0..n).map(|i| (i as u64 ^ tid) as u8).collect();
-                        let size = OutgoingRing::<PagedRingMem>::packet_size(0, n);
                         let result = w.try_write(&OutgoingPacket::in_band(tid, false, &[&data]));
-                        if size >= capacity {
+                        if size(n) >= capacity {
                             let too_large = matches!(result, Err(TryWriteError::TooLarge(_)));
                             prop_assert!(too_large);
-                        } else if size < capacity - used {
+                        } else if size(n) < capacity - used {
                             prop_assert!(result.is_ok());
-                            used += size;
+                            used += size(n);
                             model.push_back((tid, data));
                         } else {
                             let full = matches!(result, Err(TryWriteError::Full { .. }));
@@ -277,21 +294,456 @@ mod model {
                     }
                     Op::Read => {
                         let got = r.try_read().unwrap();
+                        peeked = false;
                         match model.pop_front() {
                             None => prop_assert!(got.is_none()),
                             Some((t, data)) => {
-                                let (p, _) = got.unwrap();
-                                prop_assert_eq!(p.transaction_id, t);
-                                prop_assert_eq!(&p.data()[..data.len()], &data[..]);
-                                prop_assert!(p.data()[data.len()..].iter().all(|&b| b == 0));
-                                used -= OutgoingRing::<PagedRingMem>::packet_size(0, data.len());
+                                expect_packet(got.unwrap().0.view(), t, &data)?;
+                                used -= size(data.len());
                             }
                         }
                     }
+                    Op::Peek => {
+                        let got = r.peek().unwrap();
+                        match model.front() {
+                            None => prop_assert!(got.is_none()),
+                            Some((t, data)) => {
+                                expect_packet(got.unwrap(), *t, data)?;
+                                peeked = true;
+                            }
+                        }
+                    }
+                    Op::Commit => {
+                        r.commit().unwrap();
+                        if peeked {
+                            let (_, data) = model.pop_front().unwrap();
+                            used -= size(data.len());
+                            peeked = false;
+                        }
+                    }
+                    Op::Reattach => {
+                        r = IncomingRing::new(f.ring.clone()).unwrap();
+                        peeked = false;
+                    }
                 }
+                prop_assert_eq!(r.peeked().is_some(), peeked);
             }
             prop_assert!(f.sentinels_intact());
         }
+    }
+}
+
+mod peek_commit {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn read_index(f: &Fixture) -> u32 {
+        f.ring.load_control(ControlWord::ReadIndex).unwrap()
+    }
+
+    #[test]
+    fn read_index_moves_only_at_commit() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        w.try_write(&OutgoingPacket::in_band(5, true, &[b"request"]))
+            .unwrap();
+        let p = r.peek().unwrap().unwrap();
+        assert_eq!((p.transaction_id, p.completion_requested), (5, true));
+        assert_eq!(&p.data()[..7], b"request");
+        assert_eq!(read_index(&f), 0);
+        // Peeking again lends the same packet.
+        assert_eq!(r.peek().unwrap().unwrap().transaction_id, 5);
+        assert_eq!(read_index(&f), 0);
+        assert!(!r.commit().unwrap());
+        assert_eq!(read_index(&f), 32);
+        assert!(r.peek().unwrap().is_none());
+        assert!(r.peeked().is_none());
+    }
+
+    #[test]
+    fn packet_peeked_but_not_committed_is_read_again_after_reattach() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        w.try_write(&OutgoingPacket::in_band(1, true, &[b"first"]))
+            .unwrap();
+        w.try_write(&OutgoingPacket::in_band(2, true, &[b"second"]))
+            .unwrap();
+        assert_eq!(r.peek().unwrap().unwrap().transaction_id, 1);
+        // Saved and restored without an answer: the reader is built again from the ring.
+        drop(r);
+        let mut r = IncomingRing::new(f.ring.clone()).unwrap();
+        assert_eq!(r.peek().unwrap().unwrap().transaction_id, 1);
+        r.commit().unwrap();
+        assert_eq!(r.peek().unwrap().unwrap().transaction_id, 2);
+    }
+
+    #[test]
+    fn commit_without_peek_does_nothing() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        assert!(!r.commit().unwrap());
+        w.try_write(&OutgoingPacket::in_band(1, false, &[b"x"]))
+            .unwrap();
+        assert!(!r.commit().unwrap());
+        assert_eq!(read_index(&f), 0);
+        assert_eq!(r.peek().unwrap().unwrap().transaction_id, 1);
+    }
+
+    /// Counts data reads, to show what touches shared memory.
+    struct CountReads {
+        inner: PagedRingMem,
+        reads: AtomicUsize,
+    }
+
+    impl RingMem for CountReads {
+        fn data_len(&self) -> usize {
+            self.inner.data_len()
+        }
+        fn load_control(&self, word: ControlWord) -> Result<u32, RingMemError> {
+            self.inner.load_control(word)
+        }
+        fn store_control(&self, word: ControlWord, value: u32) -> Result<(), RingMemError> {
+            self.inner.store_control(word, value)
+        }
+        fn read_data(&self, offset: usize, buf: &mut [u8]) -> Result<(), RingMemError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.read_data(offset, buf)
+        }
+        fn write_data(&self, offset: usize, buf: &[u8]) -> Result<(), RingMemError> {
+            self.inner.write_data(offset, buf)
+        }
+    }
+
+    #[test]
+    fn peeking_again_does_not_read_shared_memory_again() {
+        let f = Fixture::new(1);
+        let (mut w, _) = f.pair();
+        w.try_write(&OutgoingPacket::in_band(1, false, &[&[7; 100]]))
+            .unwrap();
+        let mem = Arc::new(CountReads {
+            inner: f.ring.clone(),
+            reads: AtomicUsize::new(0),
+        });
+        let mut r = IncomingRing::new(mem.clone()).unwrap();
+        r.peek().unwrap().unwrap();
+        let after_first = mem.reads.load(Ordering::SeqCst);
+        assert_eq!(
+            after_first, 2,
+            "one copy of the descriptor, one of the rest"
+        );
+        // The guest rewrites the packet; the peeked copy does not change.
+        f.ring.write_data(16, &[9; 100]).unwrap();
+        let p = r.peek().unwrap().unwrap();
+        assert_eq!(&p.data()[..100], &[7; 100]);
+        assert_eq!(mem.reads.load(Ordering::SeqCst), after_first);
+    }
+
+    #[test]
+    fn in_place_reads_reuse_one_buffer() {
+        let f = Fixture::new(2);
+        let (mut w, mut r) = f.pair();
+        let mut addresses = Vec::new();
+        for (tid, len) in [(1u64, 4000usize), (2, 100), (3, 4000), (4, 8)] {
+            w.try_write(&OutgoingPacket::in_band(
+                tid,
+                false,
+                &[&vec![tid as u8; len]],
+            ))
+            .unwrap();
+            let p = r.peek().unwrap().unwrap();
+            assert_eq!(&p.data()[..len], &vec![tid as u8; len][..]);
+            assert_eq!(p.data().len(), len.next_multiple_of(8));
+            addresses.push(p.data().as_ptr());
+            r.commit().unwrap();
+        }
+        // The buffer grew once, for the first packet, and was reused for the others.
+        assert!(addresses.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn blocked_writer_gets_space_and_signal_only_at_commit() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        let big = vec![0u8; 1000];
+        for tid in 0..3 {
+            w.try_write(&OutgoingPacket::in_band(tid, false, &[&big]))
+                .unwrap();
+        }
+        let full = |w: &mut OutgoingRing<PagedRingMem>| {
+            matches!(
+                w.try_write(&OutgoingPacket::in_band(9, false, &[&big])),
+                Err(TryWriteError::Full { .. })
+            )
+        };
+        assert!(full(&mut w));
+        r.peek().unwrap().unwrap();
+        assert!(full(&mut w), "a peeked packet still occupies its space");
+        assert!(
+            r.commit().unwrap(),
+            "the commit frees what the writer waits for"
+        );
+        assert!(!full(&mut w));
+    }
+
+    #[test]
+    fn owned_copy_matches_the_view() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        w.try_write(&OutgoingPacket::in_band(3, true, &[b"abc", b"defgh"]))
+            .unwrap();
+        let view = r.peek().unwrap().unwrap();
+        let owned = view.to_packet();
+        assert_eq!(owned.view(), view);
+        let mut reused = IncomingPacket::default();
+        view.copy_into(&mut reused);
+        assert_eq!(reused, owned);
+        assert_eq!(&owned.data()[..8], b"abcdefgh");
+    }
+}
+
+mod packet_checks {
+    use super::*;
+    use zerocopy::IntoBytes;
+    use zerocopy::little_endian::U16;
+    use zerocopy::little_endian::U64;
+
+    /// Puts one raw packet at ring offset 0: the descriptor, `body`, a footer; the write index
+    /// goes after it.
+    fn put_raw(f: &Fixture, desc: PacketDescriptor, body: &[u8]) {
+        f.ring.write_data(0, desc.as_bytes()).unwrap();
+        f.ring.write_data(16, body).unwrap();
+        let end = 16 + body.len() + 8;
+        f.ring.write_data(end - 8, &[0; 8]).unwrap();
+        f.ring
+            .store_control(ControlWord::WriteIndex, end as u32)
+            .unwrap();
+    }
+
+    fn desc(packet_type: u16, data_offset8: u16, length8: u16, flags: u16) -> PacketDescriptor {
+        PacketDescriptor {
+            packet_type: U16::new(packet_type),
+            data_offset8: U16::new(data_offset8),
+            length8: U16::new(length8),
+            flags: U16::new(flags),
+            transaction_id: U64::new(0x42),
+        }
+    }
+
+    fn source(f: &Fixture) -> Result<(), PacketError> {
+        let (_, mut r) = f.pair();
+        match r.peek() {
+            Ok(_) => Ok(()),
+            Err(RingError::CorruptPacket { source, .. }) => Err(source),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn unknown_packet_type_is_rejected() {
+        let f = Fixture::new(1);
+        // 8 is Linux's VM_PKT_DATA_USING_GPADL, which no VMBus ring here carries.
+        put_raw(&f, desc(8, 2, 3, 0), &[0; 8]);
+        assert_eq!(source(&f), Err(PacketError::UnknownType(8)));
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected() {
+        let f = Fixture::new(1);
+        put_raw(&f, desc(6, 2, 3, 0x3), &[0; 8]);
+        assert_eq!(source(&f), Err(PacketError::UnknownFlags(3)));
+    }
+
+    #[test]
+    fn transfer_page_packet_without_room_for_its_header_is_rejected() {
+        let f = Fixture::new(1);
+        // data_offset8 = 2: no byte between descriptor and payload for the 8-byte header.
+        put_raw(&f, desc(7, 2, 4, 0), &[0; 16]);
+        assert!(matches!(
+            source(&f),
+            Err(PacketError::BadHeaderSize {
+                packet_type: PacketType::TRANSFER_PAGES,
+                data_offset: 16,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn transfer_page_ranges_must_fit_the_header_area() {
+        let f = Fixture::new(1);
+        // Header claims 2 ranges, header area holds one.
+        let mut body = vec![0u8; 24];
+        body[..8].copy_from_slice(&[3, 0, 1, 0, 2, 0, 0, 0]);
+        put_raw(&f, desc(7, 4, 5, 0), &body);
+        assert!(matches!(
+            source(&f),
+            Err(PacketError::BadHeaderSize { range_count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn transfer_page_packet_is_read_in_place() {
+        let f = Fixture::new(1);
+        let mut body = Vec::new();
+        body.extend_from_slice(&[3, 0, 1, 0, 2, 0, 0, 0]); // set 3, sender owns, 2 ranges
+        body.extend_from_slice(&[0x10, 0, 0, 0, 0x20, 0, 0, 0]); // 16 bytes at 0x20
+        body.extend_from_slice(&[0x30, 0, 0, 0, 0x40, 0, 0, 0]); // 48 bytes at 0x40
+        body.extend_from_slice(b"payload!");
+        put_raw(&f, desc(7, 5, 6, 1), &body);
+        let (_, mut r) = f.pair();
+        let p = r.peek().unwrap().unwrap();
+        let (header, ranges) = p.transfer_pages().unwrap();
+        assert_eq!(header.transfer_page_set_id.get(), 3);
+        assert_eq!(header.sender_owns_set, 1);
+        let ranges: Vec<_> = ranges
+            .iter()
+            .map(|r| (r.byte_count.get(), r.byte_offset.get()))
+            .collect();
+        assert_eq!(ranges, [(0x10, 0x20), (0x30, 0x40)]);
+        assert_eq!(p.data(), b"payload!");
+    }
+
+    #[test]
+    fn gpa_direct_packet_without_ranges_is_rejected() {
+        let f = Fixture::new(1);
+        put_raw(&f, desc(9, 3, 3, 0), &[0; 8]);
+        assert!(matches!(
+            source(&f),
+            Err(PacketError::BadHeaderSize {
+                packet_type: PacketType::GPA_DIRECT,
+                range_count: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn in_band_packet_with_a_header_area_is_accepted() {
+        let f = Fixture::new(1);
+        put_raw(&f, desc(6, 3, 4, 0), &[1; 16]);
+        assert_eq!(source(&f), Ok(()));
+    }
+
+    /// The validation rules, written independently of the reader.
+    fn model_accepts(packet_type: u16, off8: u16, len8: u16, flags: u16, ranges: u32) -> bool {
+        let (off, len) = (u32::from(off8) * 8, u32::from(len8) * 8);
+        let room = off.saturating_sub(24);
+        (16..=80).contains(&len)
+            && off >= 16
+            && off <= len
+            && flags <= 1
+            && match packet_type {
+                6 | 11 => true,
+                7 => off >= 24 && ranges * 8 <= room,
+                9 => off >= 24 && ranges >= 1 && ranges * 16 <= room,
+                _ => false,
+            }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A descriptor is accepted exactly when the model says so, and an accepted one is
+        /// presented as written.
+        #[test]
+        fn descriptor_checks_match_the_model(
+            packet_type in prop_oneof![Just(6u16), Just(7), Just(9), Just(11), any::<u16>()],
+            flags in prop_oneof![Just(0u16), Just(1), any::<u16>()],
+            off8 in 0u16..12,
+            len8 in 0u16..12,
+            ranges in 0u32..6,
+        ) {
+            let f = Fixture::new(1);
+            // 64 body bytes are always written: 88 bytes available in the ring.
+            let mut body = [0u8; 64];
+            body[4..8].copy_from_slice(&ranges.to_le_bytes());
+            put_raw(&f, desc(packet_type, off8, len8, flags), &body);
+            let (_, mut r) = f.pair();
+            let result = r.peek();
+            prop_assert_eq!(
+                result.is_ok(),
+                model_accepts(packet_type, off8, len8, flags, ranges),
+                "{:?}", result
+            );
+            if let Ok(Some(p)) = result {
+                prop_assert_eq!(p.packet_type.0, packet_type);
+                prop_assert_eq!(p.transaction_id, 0x42);
+                prop_assert_eq!(p.completion_requested, flags == 1);
+                prop_assert_eq!(p.header_area().len(), usize::from(off8) * 8 - 16);
+                prop_assert_eq!(p.data().len(), usize::from(len8 - off8) * 8);
+            }
+        }
+    }
+}
+
+mod host_attach {
+    use super::*;
+
+    #[test]
+    fn attach_host_advertises_pending_send_size_and_clears_a_stale_request() {
+        let f = Fixture::new(1);
+        f.ring.store_control(ControlWord::FeatureBits, 0x6).unwrap();
+        f.ring
+            .store_control(ControlWord::PendingSendSize, 1024)
+            .unwrap();
+        f.ring.store_control(ControlWord::WriteIndex, 64).unwrap();
+        let w = OutgoingRing::attach_host(f.ring.clone()).unwrap();
+        assert_eq!(f.ring.load_control(ControlWord::FeatureBits).unwrap(), 0x7);
+        assert_eq!(
+            f.ring.load_control(ControlWord::PendingSendSize).unwrap(),
+            0
+        );
+        // The write index is taken over, not reset.
+        assert_eq!(f.ring.load_control(ControlWord::WriteIndex).unwrap(), 64);
+        drop(w);
+    }
+
+    #[test]
+    fn attach_host_refuses_a_corrupt_write_index_and_changes_nothing() {
+        let f = Fixture::new(1);
+        f.ring.store_control(ControlWord::FeatureBits, 0).unwrap();
+        f.ring
+            .store_control(ControlWord::PendingSendSize, 8)
+            .unwrap();
+        f.ring.store_control(ControlWord::WriteIndex, 12).unwrap();
+        assert!(OutgoingRing::attach_host(f.ring.clone()).is_err());
+        assert_eq!(f.ring.load_control(ControlWord::FeatureBits).unwrap(), 0);
+        assert_eq!(
+            f.ring.load_control(ControlWord::PendingSendSize).unwrap(),
+            8
+        );
+    }
+
+    #[test]
+    fn writer_blocked_before_a_restore_asks_again_and_is_signalled() {
+        let f = Fixture::new(1);
+        let (mut w, mut r) = f.pair();
+        let big = vec![0u8; 1000];
+        for tid in 0..3 {
+            w.try_write(&OutgoingPacket::in_band(tid, false, &[&big]))
+                .unwrap();
+        }
+        assert!(
+            w.try_write(&OutgoingPacket::in_band(3, false, &[&big]))
+                .is_err()
+        );
+        // Restore: the host writer is attached again; the old request is cleared ...
+        let mut w = OutgoingRing::attach_host(f.ring.clone()).unwrap();
+        assert_eq!(
+            f.ring.load_control(ControlWord::PendingSendSize).unwrap(),
+            0
+        );
+        // ... and the retried write asks again, so the reader's commit signals it.
+        let needed = match w.try_write(&OutgoingPacket::in_band(3, false, &[&big])) {
+            Err(TryWriteError::Full { needed }) => needed,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            f.ring.load_control(ControlWord::PendingSendSize).unwrap(),
+            needed
+        );
+        r.peek().unwrap().unwrap();
+        assert!(r.commit().unwrap());
     }
 }
 
@@ -393,10 +845,8 @@ mod hostile_peer {
         ));
     }
 
-    #[test]
-    fn malformed_gpa_range_list_is_an_error_not_a_panic() {
-        let f = Fixture::new(1);
-        let (mut w, mut r) = f.pair();
+    fn write_gpa_direct(f: &Fixture) {
+        let (mut w, _) = f.pair();
         let ranges = [PagedRange {
             byte_offset: 0,
             byte_count: 4096,
@@ -409,12 +859,44 @@ mod hostile_peer {
             payload: &[],
         };
         w.try_write(&packet).unwrap();
-        // Claim a million ranges.
+    }
+
+    #[test]
+    fn gpa_range_count_beyond_the_header_area_is_rejected_at_read() {
+        let f = Fixture::new(1);
+        write_gpa_direct(&f);
+        // Claim a million ranges in a 16-byte range list.
         f.ring
             .write_data(16 + 4, &1_000_000u32.to_le_bytes())
             .unwrap();
+        let (_, mut r) = f.pair();
+        assert!(matches!(
+            r.try_read(),
+            Err(RingError::CorruptPacket {
+                source: PacketError::BadHeaderSize {
+                    packet_type: PacketType::GPA_DIRECT,
+                    range_count: 1_000_000,
+                    ..
+                },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_gpa_range_is_an_error_not_a_panic() {
+        let f = Fixture::new(1);
+        write_gpa_direct(&f);
+        // The range word: byte offset 4096 is outside the first page.
+        f.ring
+            .write_data(16 + 8, &((4096u64 << 32) | 4096).to_le_bytes())
+            .unwrap();
+        let (_, mut r) = f.pair();
         let (p, _) = r.try_read().unwrap().unwrap();
         assert_eq!(p.gpa_ranges(), Err(PacketError::BadGpaRanges));
+        let mut iter = p.view().gpa_range_iter();
+        assert_eq!(iter.next(), Some(Err(PacketError::BadGpaRanges)));
+        assert_eq!(iter.next(), None);
     }
 
     /// Ring memory whose data area changes right after each host read (a guest racing the

@@ -4,6 +4,7 @@ use super::RingCore;
 use super::RingError;
 use super::layout::ControlWord;
 use super::layout::DESCRIPTOR_SIZE;
+use super::layout::FEATURE_PENDING_SEND_SIZE;
 use super::layout::FLAG_COMPLETION_REQUESTED;
 use super::layout::FOOTER_SIZE;
 use super::layout::GpaDirectHeader;
@@ -138,6 +139,28 @@ impl<M: RingMem> OutgoingRing<M> {
             poisoned: false,
             scratch: Vec::with_capacity(GATHER_LIMIT),
         })
+    }
+
+    /// Attaches the host's writer to the host-to-guest ring.
+    ///
+    /// Besides [`OutgoingRing::new`], this sets the pending-send-size feature bit (Linux's
+    /// reader signals a blocked writer only when it is set) and clears `pending_send_size`,
+    /// which belongs to this ring's writer: a request left by a writer that no longer exists
+    /// would otherwise make the guest signal for space nobody waits for, and this writer
+    /// starts without one. Call it whenever the host attaches, including after a restore.
+    ///
+    /// The guest-to-host ring is left alone: its `pending_send_size` is the guest's request
+    /// and must survive, or a guest blocked on a full ring would never be woken.
+    pub fn attach_host(mem: M) -> Result<Self, RingError> {
+        let ring = Self::new(mem)?;
+        let control = &ring.core.mem;
+        let features = control.load_control(ControlWord::FeatureBits)?;
+        control.store_control(
+            ControlWord::FeatureBits,
+            features | FEATURE_PENDING_SEND_SIZE,
+        )?;
+        control.store_control(ControlWord::PendingSendSize, 0)?;
+        Ok(ring)
     }
 
     /// The ring memory.
