@@ -79,6 +79,7 @@
 pub mod bus;
 pub mod channel;
 pub mod client;
+pub mod control;
 pub mod device;
 pub mod gpadl;
 pub mod interrupt;
