@@ -136,8 +136,11 @@ impl Tsm {
     }
 }
 
-/// The requests the TSM needs from a device it binds.
-const REQUIRED_REQUESTS: [TdispMessageType; 5] = [
+/// The requests the TSM will send a bound TDI. The capability bitmap is advisory: devices get
+/// it wrong (DMTF spdm-emu advertises 0x7F, which leaves out STOP_INTERFACE, and answers STOP
+/// all the same), and STOP is mandatory in TDISP. A missing bit is logged, not refused; the
+/// device's answer to the request itself is what counts.
+const USED_REQUESTS: [TdispMessageType; 5] = [
     TdispMessageType::LOCK_INTERFACE_REQUEST,
     TdispMessageType::GET_DEVICE_INTERFACE_REPORT,
     TdispMessageType::GET_DEVICE_INTERFACE_STATE,
@@ -145,13 +148,19 @@ const REQUIRED_REQUESTS: [TdispMessageType; 5] = [
     TdispMessageType::STOP_INTERFACE_REQUEST,
 ];
 
-/// Refuses to bind a TDI that cannot do what the binding will ask of it.
+/// Refuses to bind a TDI that cannot honour the lock flags the binding will ask for; notes
+/// requests the device does not advertise.
 pub(super) fn check_capabilities(caps: &Capabilities, params: &BindParams) -> Result<(), TsmError> {
-    if let Some(missing) = REQUIRED_REQUESTS
+    let unadvertised: Vec<_> = USED_REQUESTS
         .into_iter()
-        .find(|&code| !caps.req_msg_supported.supports(code))
-    {
-        return Err(TsmError::DeviceLacks(format!("request {missing:?}")));
+        .filter(|&code| !caps.req_msg_supported.supports(code))
+        .collect();
+    if !unadvertised.is_empty() {
+        tracing::warn!(
+            ?unadvertised,
+            bitmap = ?caps.req_msg_supported,
+            "device does not advertise requests the TSM uses; binding anyway (the bitmap is advisory)"
+        );
     }
     let unsupported =
         params.lock.flags.into_bits() & !caps.lock_interface_flags_supported.into_bits();

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::pcie::Capabilities;
+use tdisp_proto::pcie::TdiState;
 use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 
@@ -73,6 +74,22 @@ pub enum TsmDeviceState {
     Run,
     /// The bound TDI reported ERROR.
     Error,
+    /// The bound TDI's state is not known: a state-changing request failed or went unanswered
+    /// and so did the question about the state. Only STOP (unbind) and state queries are
+    /// allowed until the device answers again.
+    Unknown,
+}
+
+impl TsmDeviceState {
+    /// The state of a device whose bound TDI the device reports in `state`.
+    pub fn of_bound_tdi(state: TdiState) -> Self {
+        match state {
+            TdiState::ConfigUnlocked => Self::Bound,
+            TdiState::ConfigLocked => Self::Locked,
+            TdiState::Run => Self::Run,
+            TdiState::Error => Self::Error,
+        }
+    }
 }
 
 pub(super) struct TsmDevice {

@@ -1,6 +1,17 @@
 //! The request/exec engine: one outstanding command per device, checked against the one table
-//! of what each device state allows ([`TsmDevice::first_phase`]), then serviced one DOE exchange
-//! at a time.
+//! of what each device state allows ([`TsmDevice::first_phase`]), then serviced one exchange at
+//! a time by [`TsmDevice::step`].
+//!
+//! Convergence rules the engine keeps, whatever the device does:
+//!
+//! - STOP is never sent to a TDI known to be CONFIG_UNLOCKED; unbinding it only releases it.
+//! - After a state-changing request (LOCK, START, STOP) fails or goes unanswered, the engine
+//!   asks GET_DEVICE_INTERFACE_STATE and takes the device's word for the TDI's state; if that
+//!   question goes unanswered too, the state is [`TsmDeviceState::Unknown`], never a guess.
+//! - A STOP refused or unanswered while the device turns out to be CONFIG_UNLOCKED counts as
+//!   done (DMTF spdm-emu answers STOP in CONFIG_UNLOCKED with INVALID_INTERFACE_STATE).
+//! - TDISP BUSY and SPDM ResponseNotReady are retried with bounded backoff
+//!   ([`super::clock::RetryPolicy`]) inside one exchange step.
 
 use super::BindParams;
 use super::MAX_DISCOVERY_ENTRIES;
@@ -12,19 +23,14 @@ use super::TsmError;
 use super::binding::Binding;
 use super::binding::check_capabilities;
 use super::device::TsmDevice;
-use super::doe::trim_vendor_defined_padding;
+use super::exchange::Timing;
 use serde::Deserialize;
 use serde::Serialize;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::doe::PCI_SIG_VENDOR_ID;
-use tdisp_proto::framing::spdm;
-use tdisp_proto::framing::spdm::Direction;
-use tdisp_proto::framing::spdm::SPDM_VERSION_1_2;
 use tdisp_proto::pcie::Capabilities;
 use tdisp_proto::pcie::InterfaceId;
-use tdisp_proto::pcie::MessageBody;
 use tdisp_proto::pcie::TdiState;
-use tdisp_proto::pcie::TdispMessage;
 use tdisp_proto::pcie::TdispRequest;
 use tdisp_proto::pcie::TdispResponse;
 use tdisp_proto::pcie::header::TDISP_VERSION_1_0;
@@ -122,13 +128,34 @@ pub enum ExecStatus {
 /// The steps of an outstanding command.
 #[derive(Debug)]
 pub(super) enum Phase {
-    Discover { index: u8, seen: usize, spdm: bool },
+    Discover {
+        index: u8,
+        seen: usize,
+        spdm: bool,
+    },
     Establish,
     Version,
     Capabilities,
     BindState(Capabilities),
+    /// Unbind or stop a TDI known to be CONFIG_UNLOCKED: no exchange.
+    Release,
+    /// STOP_INTERFACE.
+    Stop,
+    /// One guest TDISP request.
     Single(TdispRequest),
+    /// The interface report, one portion per step.
     Report(ReportAssembler),
+    /// GET_DEVICE_INTERFACE_STATE after a state-changing request failed or went unanswered.
+    Resync(AfterResync),
+}
+
+/// What a resynchronisation finishes.
+#[derive(Debug)]
+pub(super) enum AfterResync {
+    /// A STOP failed: done if the TDI is CONFIG_UNLOCKED after all.
+    Stop(TsmError),
+    /// A LOCK or START failed: the command fails with this error, the state now truthful.
+    StateChange(TsmError),
 }
 
 #[derive(Debug)]
@@ -151,21 +178,34 @@ impl Tsm {
         Ok(())
     }
 
-    /// Services the outstanding command with one exchange. On completion or failure the
-    /// command is no longer outstanding; a failure leaves the device state as it was.
+    /// Services the outstanding command with one exchange (a busy device's retries included).
+    /// On completion or failure the command is no longer outstanding. A failure leaves the
+    /// device state as it was, except after a failed state-changing request, where it is the
+    /// state the device reported when asked (or [`TsmDeviceState::Unknown`]).
     pub fn exec(&mut self, address: PciAddress) -> Result<ExecStatus, TsmError> {
-        let device = self.device_mut(address)?;
+        let Tsm {
+            devices,
+            clock,
+            retry,
+        } = self;
+        let device = devices
+            .get_mut(&address)
+            .ok_or(TsmError::UnknownDevice(address))?;
         let Some(mut pending) = device.pending.take() else {
             return Err(TsmError::NothingPending);
         };
-        match device.step(&mut pending) {
+        let mut timing = Timing {
+            clock: clock.as_mut(),
+            retry: *retry,
+        };
+        match device.step(&mut pending, &mut timing) {
             Ok(None) => {
                 device.pending = Some(pending);
                 Ok(ExecStatus::Pending)
             }
             Ok(Some(outcome)) => Ok(ExecStatus::Done(outcome)),
             Err(e) => {
-                tracing::warn!(address, op = ?pending.op, error = %e, "TSM command failed");
+                tracing::warn!(address, op = ?pending.op, error = %e, state = ?device.state, "TSM command failed");
                 Err(e)
             }
         }
@@ -206,7 +246,8 @@ pub(super) fn unexpected_outcome(outcome: &TsmOutcome) -> TsmError {
 }
 
 impl TsmDevice {
-    /// Checks that `op` is allowed now and returns its first step.
+    /// The one table of what each device state allows: checks that `op` is allowed now and
+    /// returns its first step.
     pub(super) fn first_phase(&self, op: &TsmOperation) -> Result<Phase, TsmError> {
         use TsmDeviceState as S;
         let phase = match (self.state, op) {
@@ -216,12 +257,13 @@ impl TsmDevice {
                 spdm: false,
             },
             (S::Connected, TsmOperation::Bind(_)) => Phase::Version,
+            (S::Bound, TsmOperation::Unbind | TsmOperation::Stop) => Phase::Release,
             (
-                S::Bound | S::Locked | S::Run | S::Error,
+                S::Locked | S::Run | S::Error | S::Unknown,
                 TsmOperation::Unbind | TsmOperation::Stop,
-            ) => Phase::Single(TdispRequest::StopInterface),
+            ) => Phase::Stop,
             (
-                S::Bound | S::Locked | S::Run | S::Error,
+                S::Bound | S::Locked | S::Run | S::Error | S::Unknown,
                 TsmOperation::Guest {
                     guest,
                     scope,
@@ -270,7 +312,11 @@ impl TsmDevice {
     }
 
     /// Runs one step of `pending`; `Some` once the command completed (its effects applied).
-    pub(super) fn step(&mut self, pending: &mut Pending) -> Result<Option<TsmOutcome>, TsmError> {
+    pub(super) fn step(
+        &mut self,
+        pending: &mut Pending,
+        timing: &mut Timing<'_>,
+    ) -> Result<Option<TsmOutcome>, TsmError> {
         let interface = self.interface(&pending.op);
         match &mut pending.phase {
             Phase::Discover { index, seen, spdm } => {
@@ -300,7 +346,7 @@ impl TsmDevice {
                 );
                 Ok(Some(TsmOutcome::Connected))
             }
-            Phase::Version => match self.tdisp(interface, &TdispRequest::GetVersion)? {
+            Phase::Version => match self.tdisp(timing, interface, &TdispRequest::GetVersion)? {
                 TdispResponse::Version { versions } if versions.contains(&TDISP_VERSION_1_0) => {
                     pending.phase = Phase::Capabilities;
                     Ok(None)
@@ -309,7 +355,8 @@ impl TsmDevice {
                 other => Err(mismatch(&other)),
             },
             Phase::Capabilities => {
-                match self.tdisp(interface, &TdispRequest::GetCapabilities { tsm_caps: 0 })? {
+                let request = TdispRequest::GetCapabilities { tsm_caps: 0 };
+                match self.tdisp(timing, interface, &request)? {
                     TdispResponse::Capabilities(caps) => {
                         if let TsmOperation::Bind(params) = &pending.op {
                             check_capabilities(&caps, params)?;
@@ -322,7 +369,8 @@ impl TsmDevice {
             }
             Phase::BindState(caps) => {
                 let caps = *caps;
-                match self.tdisp(interface, &TdispRequest::GetDeviceInterfaceState)? {
+                let request = TdispRequest::GetDeviceInterfaceState;
+                match self.tdisp(timing, interface, &request)? {
                     TdispResponse::DeviceInterfaceState {
                         state: TdiState::ConfigUnlocked,
                     } => {
@@ -343,10 +391,48 @@ impl TsmDevice {
                     other => Err(mismatch(&other)),
                 }
             }
+            Phase::Release => Ok(Some(self.stopped(&pending.op))),
+            Phase::Stop => match self.tdisp(timing, interface, &TdispRequest::StopInterface) {
+                Ok(_) => Ok(Some(self.stopped(&pending.op))),
+                Err(error) => {
+                    tracing::warn!(%error, "STOP_INTERFACE failed; asking the device its state");
+                    pending.phase = Phase::Resync(AfterResync::Stop(error));
+                    Ok(None)
+                }
+            },
+            Phase::Resync(_) => {
+                let known =
+                    match self.tdisp(timing, interface, &TdispRequest::GetDeviceInterfaceState) {
+                        Ok(TdispResponse::DeviceInterfaceState { state }) => Some(state),
+                        Ok(_) | Err(_) => None,
+                    };
+                self.state = known.map_or(TsmDeviceState::Unknown, TsmDeviceState::of_bound_tdi);
+                tracing::info!(?known, "TDI state resynchronised from the device");
+                let Phase::Resync(after) = std::mem::replace(&mut pending.phase, Phase::Release)
+                else {
+                    return Err(TsmError::InvalidResponse("resync phase".into()));
+                };
+                match (after, known) {
+                    (AfterResync::Stop(_), Some(TdiState::ConfigUnlocked)) => {
+                        Ok(Some(self.stopped(&pending.op)))
+                    }
+                    (AfterResync::Stop(cause), state) => Err(TsmError::StopFailed {
+                        state,
+                        cause: Box::new(cause),
+                    }),
+                    (AfterResync::StateChange(error), _) => Err(error),
+                }
+            }
             Phase::Single(request) => {
                 let request = request.clone();
-                let response = self.tdisp(interface, &request)?;
-                Ok(Some(self.complete_single(&pending.op, &request, response)))
+                match self.tdisp(timing, interface, &request) {
+                    Ok(response) => Ok(Some(self.complete_single(&request, response))),
+                    Err(error) if changes_state(&request) => {
+                        pending.phase = Phase::Resync(AfterResync::StateChange(error));
+                        Ok(None)
+                    }
+                    Err(error) => Err(error),
+                }
             }
             Phase::Report(assembler) => {
                 let offset = assembler
@@ -356,7 +442,7 @@ impl TsmDevice {
                     offset,
                     length: REPORT_REQUEST_LENGTH,
                 };
-                match self.tdisp(interface, &request)? {
+                match self.tdisp(timing, interface, &request)? {
                     TdispResponse::DeviceInterfaceReport {
                         remainder_length,
                         portion,
@@ -375,94 +461,59 @@ impl TsmDevice {
         }
     }
 
-    /// Applies the effect of a successful single-exchange command.
-    fn complete_single(
-        &mut self,
-        op: &TsmOperation,
-        request: &TdispRequest,
-        response: TdispResponse,
-    ) -> TsmOutcome {
+    /// The TDI is CONFIG_UNLOCKED: a stop keeps the binding, an unbind releases it.
+    fn stopped(&mut self, op: &TsmOperation) -> TsmOutcome {
         match op {
             TsmOperation::Unbind => {
                 self.binding = None;
                 self.state = TsmDeviceState::Connected;
                 TsmOutcome::Unbound
             }
-            TsmOperation::Stop => {
+            _ => {
                 if let Some(binding) = &mut self.binding {
                     binding.nonce = None;
                 }
                 self.state = TsmDeviceState::Bound;
                 TsmOutcome::Stopped
             }
-            _ => {
-                match (request, &response) {
-                    (TdispRequest::LockInterface(_), TdispResponse::LockInterface { nonce }) => {
-                        if let Some(binding) = &mut self.binding {
-                            binding.nonce = Some(*nonce);
-                        }
-                        self.state = TsmDeviceState::Locked;
-                    }
-                    (TdispRequest::StartInterface { .. }, TdispResponse::StartInterface) => {
-                        if let Some(binding) = &mut self.binding {
-                            binding.nonce = None;
-                        }
-                        self.state = TsmDeviceState::Run;
-                    }
-                    (_, TdispResponse::DeviceInterfaceState { state }) => {
-                        self.state = match state {
-                            TdiState::ConfigUnlocked => TsmDeviceState::Bound,
-                            TdiState::ConfigLocked => TsmDeviceState::Locked,
-                            TdiState::Run => TsmDeviceState::Run,
-                            TdiState::Error => TsmDeviceState::Error,
-                        };
-                    }
-                    _ => {}
-                }
-                TsmOutcome::Response(response)
-            }
         }
     }
 
-    /// One TDISP request/response over the channel, validated: the response must be about
-    /// the same TDI and carry the request's response code; TDISP_ERROR becomes an error.
-    pub(super) fn tdisp(
-        &mut self,
-        interface: InterfaceId,
-        request: &TdispRequest,
-    ) -> Result<TdispResponse, TsmError> {
-        let mut spdm_request = Vec::new();
-        spdm::encode_tdisp(
-            SPDM_VERSION_1_2,
-            Direction::Request,
-            &TdispMessage::new(interface, request.clone()),
-            &mut spdm_request,
-        )?;
-        let raw = self
-            .channel
-            .exchange(self.mailbox.as_mut(), &spdm_request)?;
-        let raw = trim_vendor_defined_padding(&raw);
-        if let [_, 0x7f, code, ..] = raw {
-            return Err(TsmError::SpdmError(*code));
+    /// Applies the effect of a guest request the device answered.
+    fn complete_single(&mut self, request: &TdispRequest, response: TdispResponse) -> TsmOutcome {
+        match (request, &response) {
+            (TdispRequest::LockInterface(_), TdispResponse::LockInterface { nonce }) => {
+                if let Some(binding) = &mut self.binding {
+                    binding.nonce = Some(*nonce);
+                }
+                self.state = TsmDeviceState::Locked;
+            }
+            (TdispRequest::StartInterface { .. }, TdispResponse::StartInterface) => {
+                if let Some(binding) = &mut self.binding {
+                    binding.nonce = None;
+                }
+                self.state = TsmDeviceState::Run;
+            }
+            (_, TdispResponse::DeviceInterfaceState { state }) => {
+                self.state = TsmDeviceState::of_bound_tdi(*state);
+            }
+            _ => {}
         }
-        let (_, message) = spdm::decode_tdisp::<TdispResponse>(raw, Direction::Response)?;
-        if message.interface_id != interface {
-            return Err(TsmError::InvalidResponse(format!(
-                "response about {:?}, asked about {interface:?}",
-                message.interface_id
-            )));
-        }
-        match message.body {
-            TdispResponse::Error(e) => Err(TsmError::Device {
-                code: e.code,
-                data: e.data,
-            }),
-            body if request.message_type().response_code() == Some(body.message_type()) => Ok(body),
-            body => Err(mismatch(&body)),
-        }
+        TsmOutcome::Response(response)
     }
 }
 
-fn mismatch(response: &TdispResponse) -> TsmError {
+/// Requests whose failure leaves the TDI's state in doubt.
+fn changes_state(request: &TdispRequest) -> bool {
+    matches!(
+        request,
+        TdispRequest::LockInterface(_)
+            | TdispRequest::StartInterface { .. }
+            | TdispRequest::StopInterface
+    )
+}
+
+pub(super) fn mismatch(response: &TdispResponse) -> TsmError {
+    use tdisp_proto::pcie::MessageBody;
     TsmError::InvalidResponse(format!("unexpected response {:?}", response.message_type()))
 }

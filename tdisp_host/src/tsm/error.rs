@@ -54,6 +54,23 @@ pub enum TsmError {
         /// The error data.
         data: u32,
     },
+    /// The device stayed busy (TDISP BUSY or SPDM ResponseNotReady) through every retry.
+    #[error("device still not ready after {attempts} attempts")]
+    NotReady {
+        /// Requests sent, the first included.
+        attempts: u32,
+    },
+    /// STOP_INTERFACE did not bring the TDI to CONFIG_UNLOCKED; `state` is what the device
+    /// said when asked afterwards (`None`: it did not answer). The binding is kept so a later
+    /// unbind tries again.
+    #[error("STOP_INTERFACE failed; the TDI is {state:?}")]
+    StopFailed {
+        /// The TDI's state according to the device.
+        state: Option<TdiState>,
+        /// Why STOP failed.
+        #[source]
+        cause: Box<TsmError>,
+    },
     /// The device answered with an SPDM ERROR.
     #[error("device answered SPDM ERROR {0:#04x}")]
     SpdmError(u8),

@@ -41,11 +41,18 @@ mod binding;
 mod device;
 mod engine;
 mod error;
+mod exchange;
+
+pub mod clock;
 
 pub mod doe;
 pub mod secure_channel;
 
 pub use binding::BindParams;
+pub use clock::Clock;
+pub use clock::ManualClock;
+pub use clock::RetryPolicy;
+pub use clock::SystemClock;
 pub use device::PciDeviceInfo;
 pub use device::ProbeOutcome;
 pub use device::TsmDeviceState;
@@ -73,10 +80,18 @@ const MAX_DISCOVERY_ENTRIES: usize = 64;
 /// A PCI function address: segment in bits 23:16, bus/device/function in bits 15:0.
 pub type PciAddress = u32;
 
-/// The TSM: device contexts keyed by PCI address.
-#[derive(Default)]
+/// The TSM: device contexts keyed by PCI address, and the clock and retry policy every
+/// device's exchanges share.
 pub struct Tsm {
     devices: BTreeMap<PciAddress, TsmDevice>,
+    clock: Box<dyn Clock>,
+    retry: RetryPolicy,
+}
+
+impl Default for Tsm {
+    fn default() -> Self {
+        Self::with_clock(Box::new(SystemClock::new()), RetryPolicy::default())
+    }
 }
 
 impl std::fmt::Debug for Tsm {
@@ -91,6 +106,16 @@ impl Tsm {
     /// A TSM managing no devices.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A TSM managing no devices that waits on `clock` and retries a busy device as `retry`
+    /// says (tests pass a [`ManualClock`] so backoff never sleeps).
+    pub fn with_clock(clock: Box<dyn Clock>, retry: RetryPolicy) -> Self {
+        Self {
+            devices: BTreeMap::new(),
+            clock,
+            retry,
+        }
     }
 }
 
