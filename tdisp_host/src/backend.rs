@@ -123,11 +123,25 @@ impl TdiBackend for TsmBackend {
     fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
         match report_type {
             TdispReportType::InterfaceReport => self.with_tsm(Tsm::read_interface_report),
-            TdispReportType::GuestDeviceId => {
-                let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
-                let binding = tsm
-                    .binding(self.address)
-                    .ok_or(BackendError::Failed("no TDI bound".into()))?;
+            TdispReportType::GuestDeviceId | TdispReportType::IsRegistered => {
+                let binding = {
+                    let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+                    tsm.binding(self.address)
+                };
+                let Some(binding) = binding else {
+                    return match report_type {
+                        TdispReportType::IsRegistered => Ok(vec![0]),
+                        _ => Err(BackendError::Failed("no TDI bound".into())),
+                    };
+                };
+                // Answered from the device, not from what the TSM remembers: a TDI in ERROR
+                // has no report of any type.
+                if self.with_tsm(Tsm::interface_state)? == TdiState::Error {
+                    return Err(BackendError::TdiInError);
+                }
+                if report_type == TdispReportType::IsRegistered {
+                    return Ok(vec![1]);
+                }
                 let mut id = binding
                     .interface
                     .function_id
@@ -136,10 +150,6 @@ impl TdiBackend for TsmBackend {
                     .to_vec();
                 id.extend_from_slice(&[0; 8]);
                 Ok(id)
-            }
-            TdispReportType::IsRegistered => {
-                let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
-                Ok(vec![u8::from(tsm.binding(self.address).is_some())])
             }
             TdispReportType::CertificateChain | TdispReportType::Measurements => Err(
                 BackendError::NotSupported("certificates and measurements need an SPDM session"),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use tdisp_proto::pcie::InterfaceId;
+use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::LockInterfaceParams;
 use thiserror::Error;
 
@@ -91,15 +92,25 @@ impl EmulatedAssignment {
         })
     }
 
-    /// A single-function device at `address` in a TSM of its own, bound to `guest`.
+    /// A single-function device at `address` in a TSM of its own, bound to `guest`, locked
+    /// with [`Self::default_lock`].
     pub fn single(address: PciAddress, requester_id: u16, guest: u64) -> Result<Self, SetupError> {
         Self::new(
             Arc::new(Mutex::new(Tsm::new())),
             address,
             DsmConfig::single_function(requester_id),
             guest,
-            LockInterfaceParams::default(),
+            Self::default_lock(),
         )
+    }
+
+    /// The lock an assignment uses unless told otherwise: MSI-X locked (so the report carries
+    /// the MSI-X table and PBA ranges and the message control word), nothing else.
+    pub fn default_lock() -> LockInterfaceParams {
+        LockInterfaceParams {
+            flags: LockInterfaceFlags::new().with_lock_msix(true),
+            ..Default::default()
+        }
     }
 
     /// The host state machine for the bound TDI.

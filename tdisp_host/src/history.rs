@@ -43,6 +43,8 @@ pub enum UnbindCause {
     WrongState,
     /// The device failed to carry out a call.
     DeviceFailure,
+    /// The guest asked for a report of type `Invalid`.
+    InvalidReportType,
 }
 
 /// One recorded call.

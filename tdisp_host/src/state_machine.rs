@@ -4,14 +4,23 @@
 //! device-side work through its [`TdiBackend`] when the table allows the call, and records the
 //! outcome in its [`History`]:
 //!
-//! - negotiation comes first; a device that is not TDISP capable answers `Invalid`;
+//! - negotiation comes first; a device that is not TDISP capable answers `Invalid`; once a
+//!   protocol is negotiated, asking for another is refused and changes nothing (switching after
+//!   lock would break the attestation chain the guest relies on);
 //! - lock only from `Unlocked`, start only from `Locked`, reports only in `Locked` or `Run`;
-//! - unbind from any negotiated state back to `Unlocked`;
-//! - any other call fails with `InvalidDeviceState` **and unbinds the device**.
+//! - unbind from any negotiated state back to `Unlocked`, even when the device's STOP fails
+//!   (the guest is released; the answer says the host failed and the TSM keeps the TDI away
+//!   from any other binding until a STOP succeeds);
+//! - a lock or start in the wrong state fails with `InvalidDeviceState`, a report in the wrong
+//!   state with `InvalidGuestAttestationReportState`, a report of type `Invalid` with
+//!   `InvalidGuestAttestationReportType`; each of them **unbinds the device**.
 //!
 //! Device failures: a TDI the device reports in ERROR puts the machine in `Error` (the guest
 //! must unbind); any other failure unbinds; report types the device cannot produce answer
-//! `NotImplemented` and change nothing.
+//! `NotImplemented` and change nothing. An unbind after a failure asks the backend to stop the
+//! TDI whatever the machine believes its state is: the TSM knows whether the TDI is
+//! CONFIG_UNLOCKED (then nothing is sent) and the machine never claims `Unlocked` unless the
+//! stop succeeded; when it fails the machine is in `Error`.
 
 use crate::backend::BackendError;
 use crate::backend::TdiBackend;
@@ -65,30 +74,34 @@ pub enum Transition {
         /// The state after success.
         to: TdispTdiState,
     },
-    /// The call fails with `InvalidDeviceState`; nothing changes (no protocol negotiated).
-    Refused,
-    /// The call fails with `InvalidDeviceState` and the device is unbound.
-    RefusedAndUnbound,
+    /// The call fails with this error; nothing changes (no protocol negotiated).
+    Refused(TdispGuestOperationError),
+    /// The call fails with this error and the device is unbound.
+    RefusedAndUnbound(TdispGuestOperationError),
 }
 
 /// The transition table of the guest-facing machine.
 pub fn transition(from: TdispTdiState, call: CallKind) -> Transition {
     use CallKind as C;
+    use TdispGuestOperationError as E;
     use TdispTdiState::*;
     use Transition::*;
     match (from, call) {
         (Uninitialized, C::Negotiate) => Allowed { to: Unlocked },
         (state, C::Negotiate) => Allowed { to: state },
-        (Uninitialized, C::Lock | C::Start | C::Report | C::Unbind) => Refused,
+        (Uninitialized, C::Lock | C::Start | C::Report | C::Unbind) => {
+            Refused(E::InvalidDeviceState)
+        }
         (Unlocked | Locked | Run | Error, C::Unbind) => Allowed { to: Unlocked },
         (Unlocked, C::Lock) => Allowed { to: Locked },
         (Locked, C::Start) => Allowed { to: Run },
         (Locked, C::Report) => Allowed { to: Locked },
         (Run, C::Report) => Allowed { to: Run },
-        (Unlocked, C::Start | C::Report)
+        (Unlocked | Error, C::Report) => RefusedAndUnbound(E::InvalidGuestAttestationReportState),
+        (Unlocked, C::Start)
         | (Locked, C::Lock)
         | (Run, C::Lock | C::Start)
-        | (Error, C::Lock | C::Start | C::Report) => RefusedAndUnbound,
+        | (Error, C::Lock | C::Start) => RefusedAndUnbound(E::InvalidDeviceState),
     }
 }
 
@@ -202,13 +215,10 @@ impl<B: TdiBackend> TdiStateMachine<B> {
     ) -> Result<T, TdispGuestOperationError> {
         let from = self.state;
         let (result, unbind) = match transition(from, call.kind()) {
-            Transition::Refused => (Err(TdispGuestOperationError::InvalidDeviceState), None),
-            Transition::RefusedAndUnbound => {
-                self.unbind_device(from);
-                (
-                    Err(TdispGuestOperationError::InvalidDeviceState),
-                    Some(UnbindCause::WrongState),
-                )
+            Transition::Refused(error) => (Err(error), None),
+            Transition::RefusedAndUnbound(error) => {
+                self.unbind_device();
+                (Err(error), Some(UnbindCause::WrongState))
             }
             Transition::Allowed { to } => match work(&mut self.backend) {
                 Ok(value) => {
@@ -260,11 +270,10 @@ impl<B: TdiBackend> TdiStateMachine<B> {
         result
     }
 
-    /// Unbinds after a refused call: the device is stopped unless it was already unlocked.
-    fn unbind_device(&mut self, from: TdispTdiState) {
-        if from == TdispTdiState::Unlocked {
-            return;
-        }
+    /// Unbinds after a refused or failed call. The backend is always asked: the machine's
+    /// state may be stale after a failure, and the TSM behind it knows whether STOP is needed.
+    /// `Unlocked` only when the stop succeeded; otherwise `Error`, never a guess.
+    fn unbind_device(&mut self) {
         self.state = match self.backend.stop() {
             Ok(()) => TdispTdiState::Unlocked,
             Err(error) => {
@@ -281,14 +290,23 @@ impl<B: TdiBackend> TdiStateMachine<B> {
         error: BackendError,
     ) -> (TdispGuestOperationError, Option<UnbindCause>) {
         match (call, error) {
+            // The seed: unbind always ends in `Unlocked`. The guest is released; the error
+            // tells it the device did not confirm, and the TSM keeps the TDI fenced.
+            (GuestCall::Unbind(reason), error) => {
+                tracing::error!(device = self.config.device_id, %error, "STOP failed on unbind; guest released, TDI fenced by the TSM");
+                self.state = TdispTdiState::Unlocked;
+                (
+                    TdispGuestOperationError::HostFailedToProcessCommand,
+                    Some(UnbindCause::Guest(reason)),
+                )
+            }
             (_, BackendError::NotSupported(_)) => (TdispGuestOperationError::NotImplemented, None),
-            (GuestCall::Unbind(_), _) | (_, BackendError::TdiInError) => {
+            (_, BackendError::TdiInError) => {
                 self.state = TdispTdiState::Error;
                 (TdispGuestOperationError::HostFailedToProcessCommand, None)
             }
             (_, BackendError::Failed(_)) => {
-                let from = self.state;
-                self.unbind_device(from);
+                self.unbind_device();
                 (
                     TdispGuestOperationError::HostFailedToProcessCommand,
                     Some(UnbindCause::DeviceFailure),
@@ -305,6 +323,13 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
     ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
         let call = GuestCall::Negotiate(requested_guest_protocol);
         let from = self.state;
+        if let Some(negotiated) = self.protocol
+            && negotiated != requested_guest_protocol
+        {
+            tracing::warn!(device = self.config.device_id, ?negotiated, requested = ?requested_guest_protocol, "refusing a protocol switch");
+            let refused = Err(TdispGuestOperationError::InvalidGuestProtocolRequest);
+            return self.finish(call, from, refused, None);
+        }
         if requested_guest_protocol == TdispGuestProtocolType::Invalid
             || !self
                 .config
@@ -345,10 +370,14 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         let call = GuestCall::Report(report_type);
-        if report_type == TdispReportType::Invalid {
-            let from = self.state;
+        let from = self.state;
+        if report_type == TdispReportType::Invalid
+            && let Transition::Allowed { .. } = transition(from, CallKind::Report)
+        {
+            // As OpenVMM: a report of no type is a guest error that costs it the device.
+            self.unbind_device();
             let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
-            return self.finish(call, from, refused, None);
+            return self.finish(call, from, refused, Some(UnbindCause::InvalidReportType));
         }
         self.execute(call, |backend| backend.report(report_type))
     }

@@ -91,7 +91,8 @@ fn expected(state: S, call: Call) -> (Result<(), E>, S) {
         (S::Unlocked, Call::Lock) => (Ok(()), S::Locked),
         (S::Locked, Call::Start) => (Ok(()), S::Run),
         (S::Locked | S::Run, Call::Report) => (Ok(()), state),
-        (_, Call::Lock | Call::Start | Call::Report) => (wrong, S::Unlocked),
+        (_, Call::Report) => (Err(E::InvalidGuestAttestationReportState), S::Unlocked),
+        (_, Call::Lock | Call::Start) => (wrong, S::Unlocked),
     }
 }
 

@@ -36,7 +36,9 @@ fn report_larger_than_one_portion_reassembles_byte_exact() {
         });
     }
     let lock = LockInterfaceParams {
-        flags: LockInterfaceFlags::new().with_no_fw_update(true),
+        flags: LockInterfaceFlags::new()
+            .with_no_fw_update(true)
+            .with_lock_msix(true),
         mmio_reporting_offset: 0x10_0000,
         ..Default::default()
     };

@@ -126,9 +126,11 @@ impl FunctionConfig {
 
     /// The device interface report of this function, as LOCK_INTERFACE freezes it.
     ///
-    /// MMIO ranges are reported per BAR in page order; the pages holding the MSI-X table and
-    /// PBA become ranges of their own with the matching attribute. Every address gets
-    /// `mmio_reporting_offset` added.
+    /// MMIO ranges are reported per BAR in page order. Only when the lock asks for LOCK_MSIX
+    /// do the pages holding the MSI-X table and PBA become ranges of their own with the
+    /// matching attribute, and only then is the MSI-X message control word reported (PCIe 6.1
+    /// section 11.3.11: both are defined only for a TDI locked with MSI-X locked). Every
+    /// address gets `mmio_reporting_offset` added.
     pub fn build_report(
         &self,
         flags: LockInterfaceFlags,
@@ -137,7 +139,7 @@ impl FunctionConfig {
     ) -> Result<DeviceInterfaceReport, ConfigError> {
         let mut mmio_ranges = Vec::new();
         for bar in &self.bars {
-            for (first, pages, special) in self.bar_segments(bar)? {
+            for (first, pages, special) in self.bar_segments(bar, flags.lock_msix())? {
                 let address = first
                     .checked_mul(PAGE_SIZE)
                     .and_then(|offset| bar.address.checked_add(offset))
@@ -164,7 +166,10 @@ impl FunctionConfig {
                 .with_ats(self.ats)
                 .with_prs(self.prs)
                 .with_xt_mode(xt_mode),
-            msi_x_message_control: self.msix.map_or(0, |m| m.message_control),
+            msi_x_message_control: match self.msix {
+                Some(msix) if flags.lock_msix() => msix.message_control,
+                _ => 0,
+            },
             lnr_control: self.lnr_control,
             tph_control: self.tph_control,
             mmio_ranges,
@@ -177,11 +182,15 @@ impl FunctionConfig {
     }
 
     /// Splits a BAR into page runs `(first page, page count, kind)`, giving the MSI-X table and
-    /// PBA pages runs of their own.
-    fn bar_segments(&self, bar: &BarConfig) -> Result<Vec<(u64, u64, Special)>, ConfigError> {
+    /// PBA pages runs of their own when `lock_msix`.
+    fn bar_segments(
+        &self,
+        bar: &BarConfig,
+        lock_msix: bool,
+    ) -> Result<Vec<(u64, u64, Special)>, ConfigError> {
         let total = bar.size / PAGE_SIZE;
         let mut specials: Vec<(u64, u64, Special)> = Vec::new();
-        if let Some(msix) = &self.msix {
+        if let Some(msix) = self.msix.as_ref().filter(|_| lock_msix) {
             for (location, kind) in [(msix.table, Special::Table), (msix.pba, Special::Pba)] {
                 if location.bar == bar.index {
                     let (first, count) = location.pages()?;
@@ -531,7 +540,9 @@ mod tests {
         let function = FunctionConfig::simple(0x10, 0x1000_0000);
         let report = function
             .build_report(
-                LockInterfaceFlags::new().with_no_fw_update(true),
+                LockInterfaceFlags::new()
+                    .with_no_fw_update(true)
+                    .with_lock_msix(true),
                 0x100,
                 false,
             )
@@ -555,13 +566,28 @@ mod tests {
     }
 
     #[test]
+    fn msix_attributes_and_control_are_reported_only_when_msix_is_locked() {
+        let function = FunctionConfig::simple(0x10, 0x1000_0000);
+        let report = function
+            .build_report(LockInterfaceFlags::new().with_no_fw_update(true), 0, false)
+            .unwrap();
+        let ranges: Vec<_> = report
+            .mmio_ranges
+            .iter()
+            .map(|r| (r.first_page, r.number_of_pages, r.attributes.into_bits()))
+            .collect();
+        assert_eq!(ranges, vec![(0x1000_0000, 16, 0x0)]);
+        assert_eq!(report.msi_x_message_control, 0);
+    }
+
+    #[test]
     fn msix_in_the_middle_of_a_bar_splits_it_in_three() {
         let mut function = FunctionConfig::simple(1, 0x2000_0000);
         let msix = function.msix.as_mut().unwrap();
         msix.table.offset = 4 * PAGE_SIZE + 8;
         msix.pba.offset = 10 * PAGE_SIZE;
         let report = function
-            .build_report(LockInterfaceFlags::new(), 0, false)
+            .build_report(LockInterfaceFlags::new().with_lock_msix(true), 0, false)
             .unwrap();
         let pages: Vec<_> = report
             .mmio_ranges

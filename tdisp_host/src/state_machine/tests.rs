@@ -92,6 +92,34 @@ mod negotiation {
     }
 }
 
+mod protocol_switch {
+    use super::*;
+
+    #[test]
+    fn a_different_protocol_after_negotiation_is_refused_and_nothing_changes() {
+        let mut machine = scripted();
+        machine.request_lock_device_resources().unwrap();
+        let before = machine.snapshot();
+        assert_eq!(
+            machine.tdisp_negotiate_protocol(TdispGuestProtocolType::IntelTdxConnectV1),
+            Err(TdispGuestOperationError::InvalidGuestProtocolRequest)
+        );
+        let after = machine.snapshot();
+        assert_eq!(after.state, S::Locked);
+        assert_eq!(after.protocol, before.protocol);
+        assert_eq!(machine.backend().stops, 0);
+        // The same protocol again is answered and keeps the state.
+        let info = machine
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(
+            info.guest_protocol_type,
+            TdispGuestProtocolType::AmdSevTioV1
+        );
+        assert_eq!(machine.state(), S::Locked);
+    }
+}
+
 mod failures {
     use super::*;
 
@@ -150,14 +178,42 @@ mod failures {
     }
 
     #[test]
-    fn invalid_report_type_fails_without_unbinding() {
+    fn invalid_report_type_fails_and_unbinds() {
         let mut machine = scripted();
         machine.request_lock_device_resources().unwrap();
         assert_eq!(
             machine.request_attestation_report(TdispReportType::Invalid),
             Err(TdispGuestOperationError::InvalidGuestAttestationReportType)
         );
-        assert_eq!(machine.state(), S::Locked);
+        assert_eq!(machine.state(), S::Unlocked);
+        assert_eq!(machine.backend().stops, 1);
+        let last = machine.history().last().unwrap();
+        assert_eq!(last.unbind, Some(UnbindCause::InvalidReportType));
+    }
+
+    #[test]
+    fn invalid_report_type_before_negotiation_changes_nothing() {
+        let mut machine = TdiStateMachine::new(MachineConfig::new(5), Scripted::default());
+        assert_eq!(
+            machine.request_attestation_report(TdispReportType::Invalid),
+            Err(TdispGuestOperationError::InvalidDeviceState)
+        );
+        assert_eq!(machine.state(), S::Uninitialized);
+        assert_eq!(machine.backend().stops, 0);
+    }
+
+    #[test]
+    fn report_in_the_wrong_state_says_so_and_unbinds() {
+        let mut machine = scripted();
+        assert_eq!(
+            machine.request_attestation_report(TdispReportType::InterfaceReport),
+            Err(TdispGuestOperationError::InvalidGuestAttestationReportState)
+        );
+        assert_eq!(machine.state(), S::Unlocked);
+        // The backend is asked to stop: it, not the machine, knows whether STOP is needed.
+        assert_eq!(machine.backend().stops, 1);
+        let last = machine.history().last().unwrap();
+        assert_eq!(last.unbind, Some(UnbindCause::WrongState));
     }
 
     #[test]
@@ -193,7 +249,7 @@ mod failures {
     }
 
     #[test]
-    fn failed_stop_leaves_the_machine_in_error() {
+    fn failed_stop_after_a_refused_call_is_error_but_guest_unbind_ends_unlocked() {
         let mut machine = scripted();
         machine.request_lock_device_resources().unwrap();
         machine.backend.fail_stop = true;
@@ -206,7 +262,12 @@ mod failures {
             machine.request_unbind(TdispGuestUnbindReason::Unknown),
             Err(TdispGuestOperationError::HostFailedToProcessCommand)
         );
-        assert_eq!(machine.state(), S::Error);
+        assert_eq!(machine.state(), S::Unlocked);
+        let last = machine.history().last().unwrap();
+        assert_eq!(
+            last.unbind,
+            Some(UnbindCause::Guest(TdispGuestUnbindReason::Unknown))
+        );
         machine.backend.fail_stop = false;
         machine
             .request_unbind(TdispGuestUnbindReason::Unknown)
@@ -279,6 +340,7 @@ mod history {
 
 #[test]
 fn transition_table_allows_exactly_the_seed_rules() {
+    use TdispGuestOperationError as E;
     let states = [S::Uninitialized, S::Unlocked, S::Locked, S::Run, S::Error];
     let calls = [
         CallKind::Negotiate,
@@ -292,12 +354,15 @@ fn transition_table_allows_exactly_the_seed_rules() {
             let expected = match (from, call) {
                 (S::Uninitialized, CallKind::Negotiate) => Transition::Allowed { to: S::Unlocked },
                 (_, CallKind::Negotiate) => Transition::Allowed { to: from },
-                (S::Uninitialized, _) => Transition::Refused,
+                (S::Uninitialized, _) => Transition::Refused(E::InvalidDeviceState),
                 (_, CallKind::Unbind) => Transition::Allowed { to: S::Unlocked },
                 (S::Unlocked, CallKind::Lock) => Transition::Allowed { to: S::Locked },
                 (S::Locked, CallKind::Start) => Transition::Allowed { to: S::Run },
                 (S::Locked | S::Run, CallKind::Report) => Transition::Allowed { to: from },
-                _ => Transition::RefusedAndUnbound,
+                (_, CallKind::Report) => {
+                    Transition::RefusedAndUnbound(E::InvalidGuestAttestationReportState)
+                }
+                _ => Transition::RefusedAndUnbound(E::InvalidDeviceState),
             };
             assert_eq!(transition(from, call), expected, "{from:?} x {call:?}");
         }

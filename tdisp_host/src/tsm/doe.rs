@@ -26,6 +26,10 @@ pub enum MailboxError {
     /// The device set the DOE Error bit: it could not process the object.
     #[error("the device reported a DOE error: {0}")]
     DeviceError(&'static str),
+    /// The device did not answer within the DOE timeout (PCIe: 1 s). Whether it processed the
+    /// object is unknown.
+    #[error("the device did not answer within the DOE timeout")]
+    Timeout,
     /// The object exceeds [`MAX_DOE_OBJECT_SIZE`].
     #[error("DOE object of {0} bytes is too large")]
     TooLarge(usize),

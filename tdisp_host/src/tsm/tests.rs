@@ -6,6 +6,11 @@ use crate::dsm::DsmConfig;
 use crate::dsm::EmulatedDsm;
 use std::sync::Arc;
 use std::sync::Mutex;
+use tdisp_proto::pcie::InterfaceId;
+use tdisp_proto::pcie::TdiState;
+use tdisp_proto::pcie::TdispErrorCode;
+use tdisp_proto::pcie::TdispRequest;
+use tdisp_proto::pcie::TdispResponse;
 
 const ADDR: PciAddress = 0x0100;
 const RID: u16 = 0x0101;
