@@ -56,6 +56,7 @@ pub mod emulated;
 pub mod history;
 pub mod state_machine;
 pub mod tsm;
+pub mod vmbus;
 
 pub use dispatch::HostDispatcher;
 pub use state_machine::TdiStateMachine;

@@ -1,4 +1,14 @@
-//! The frame around each message on a TDISP VMBus channel.
+//! The TDISP VMBus channel: its interface id, how an offer names its device, and the frame
+//! around each message.
+//!
+//! The host offers one channel per assigned device, with interface id
+//! [`TDISP_VMBUS_INTERFACE_ID`] and an instance id from [`instance_id_for`] (the fixed
+//! [`TDISP_VMBUS_INSTANCE_PREFIX`] in the high 64 bits, the host's device id in the low 64), so a
+//! guest learns each channel's device id from the offer ([`device_id_of_instance`]). These ids
+//! are this project's: OpenVMM carries the same messages inside its VPCI protocol instead.
+//!
+//! Each guest command is an in-band packet asking for a completion; the host answers with a
+//! completion carrying the same transaction id.
 //!
 //! VMBus pads every ring payload to a multiple of 8 bytes, and protobuf does not record a
 //! message's length, so each message travels behind an 8-byte [`FrameHeader`] that does:
@@ -12,6 +22,23 @@ use zerocopy::Immutable;
 use zerocopy::IntoBytes;
 use zerocopy::KnownLayout;
 use zerocopy::little_endian::U32;
+
+/// Interface id of a TDISP channel (`7d15b1a5-0000-4d1c-8a5d-7d15b1a5c0de`), as a `u128` in
+/// the RFC 4122 byte order of `uuid::Uuid::from_u128`.
+pub const TDISP_VMBUS_INTERFACE_ID: u128 = 0x7d15b1a5_0000_4d1c_8a5d_7d15b1a5c0de;
+/// High 64 bits of every TDISP channel's instance id.
+pub const TDISP_VMBUS_INSTANCE_PREFIX: u64 = 0x7d15_b1a5_1d00_4000;
+
+/// The instance id of the channel for device `device_id`.
+pub fn instance_id_for(device_id: u64) -> u128 {
+    (u128::from(TDISP_VMBUS_INSTANCE_PREFIX) << 64) | u128::from(device_id)
+}
+
+/// The device id an instance id names, if it is a TDISP instance id.
+pub fn device_id_of_instance(instance_id: u128) -> Option<u64> {
+    let prefix = (instance_id >> 64) as u64;
+    (prefix == TDISP_VMBUS_INSTANCE_PREFIX).then_some(instance_id as u64)
+}
 
 /// Size of [`FrameHeader`].
 pub const FRAME_HEADER_SIZE: usize = 8;
@@ -78,6 +105,14 @@ pub fn unframe(payload: &[u8]) -> Result<&[u8], WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_ids_carry_the_device_id() {
+        for id in [0, 7, u64::MAX] {
+            assert_eq!(device_id_of_instance(instance_id_for(id)), Some(id));
+        }
+        assert_eq!(device_id_of_instance(7), None);
+    }
 
     #[test]
     fn frame_survives_ring_padding() {
