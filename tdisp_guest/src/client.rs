@@ -62,6 +62,16 @@ impl<T: GuestTransport> TdispGuestClient<T> {
         self.faults
     }
 
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, e.g. to change its timeout.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
     /// The transport, e.g. to close it.
     pub fn into_transport(self) -> T {
         self.transport

@@ -1,7 +1,8 @@
 //! Guest-side TDISP: the guest's half of the device-assignment conversation.
 //!
-//! - [`GuestTransport`] is the seam to whatever carries packets to the host (a VMBus channel in
-//!   the full stack; anything that moves bytes in tests).
+//! - [`GuestTransport`] is the seam to whatever carries messages to the host: the TDISP VMBus
+//!   channel of [`vmbus`] (transaction ids, per-command timeout, cancellation) in the full
+//!   stack; anything that moves bytes in tests.
 //! - [`TdispGuestClient`] implements [`tdisp_proto::TdispGuestRequestInterface`] over a
 //!   transport: each call becomes a `tdisp.GuestToHostCommand` of OpenVMM's `tdisp.proto`
 //!   ([`tdisp_proto::wire::CommandPacket`]), and each response is decoded and checked before the
@@ -40,6 +41,7 @@ mod client;
 mod flow;
 mod policy;
 mod transport;
+pub mod vmbus;
 
 pub use client::TdispGuestClient;
 pub use flow::AcceptedDevice;
