@@ -8,10 +8,11 @@ use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReply;
-use tdisp_proto::guest_packet::GuestReplyPacket;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::GuestReply;
+use tdisp_proto::wire::ResponsePacket;
+use tdisp_proto::wire::state_seen_by_guest;
 
 /// Implements [`TdispGuestRequestInterface`] by sending each call to the host.
 ///
@@ -21,11 +22,16 @@ use tdisp_proto::guest_packet::GuestReplyPacket;
 /// device in `Run`, say) is refused as [`TdispGuestOperationError::HostFailedToProcessCommand`]
 /// and leaves the view at [`TdispTdiState::Error`]: the guest no longer knows the device's
 /// state and must unbind before using it.
+///
+/// Each call is one `tdisp.GuestToHostCommand` (OpenVMM's `tdisp.proto`); a state the host
+/// reports as `UNINITIALIZED` after negotiation is its "indeterminate" (the host's ERROR) and
+/// becomes [`TdispTdiState::Error`] here (see [`tdisp_proto::wire`]).
 #[derive(Debug)]
 pub struct TdispGuestClient<T> {
     transport: T,
     device_id: u64,
     state: TdispTdiState,
+    negotiated: bool,
     faults: u64,
 }
 
@@ -36,6 +42,7 @@ impl<T: GuestTransport> TdispGuestClient<T> {
             transport,
             device_id,
             state: TdispTdiState::Uninitialized,
+            negotiated: false,
             faults: 0,
         }
     }
@@ -55,6 +62,16 @@ impl<T: GuestTransport> TdispGuestClient<T> {
         self.faults
     }
 
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, e.g. to change its timeout.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
     /// The transport, e.g. to close it.
     pub fn into_transport(self) -> T {
         self.transport
@@ -62,40 +79,44 @@ impl<T: GuestTransport> TdispGuestClient<T> {
 
     /// Sends one call and returns its checked result.
     fn call(&mut self, command: GuestCommand) -> Result<GuestReply, TdispGuestOperationError> {
-        let packet = GuestCommandPacket {
+        let packet = CommandPacket {
             device_id: self.device_id,
             command,
         };
-        let reply_bytes = self
-            .transport
-            .exchange(&packet.to_bytes())
-            .map_err(|error| {
-                tracing::warn!(device = self.device_id, ?command, %error, "transport failed");
-                TdispGuestOperationError::HostFailedToProcessCommand
-            })?;
-        let reply = GuestReplyPacket::decode(&reply_bytes)
-            .and_then(|reply| reply.check_answers(&packet).map(|()| reply))
+        let reply_bytes = self.transport.exchange(&packet.encode()).map_err(|error| {
+            tracing::warn!(device = self.device_id, ?command, %error, "transport failed");
+            TdispGuestOperationError::HostFailedToProcessCommand
+        })?;
+        let reply = ResponsePacket::decode(&reply_bytes)
+            .and_then(|reply| reply.check_answers(&command).map(|()| reply))
             .map_err(|error| {
                 self.fault(command, format_args!("{error}"));
                 TdispGuestOperationError::HostFailedToProcessCommand
             })?;
-        if reply.state_before != self.state {
+        let negotiates = matches!(
+            &reply.result,
+            Ok(GuestReply::NegotiateProtocol(info))
+                if info.guest_protocol_type != TdispGuestProtocolType::Invalid
+        );
+        let before = state_seen_by_guest(reply.state_before, self.negotiated);
+        let after = state_seen_by_guest(reply.state_after, self.negotiated || negotiates);
+        if before != self.state {
             // Legitimate when the device left a locked state on its own (ERROR after a config
             // change); the host's word is the only news the guest has, so take it.
             tracing::warn!(
                 device = self.device_id,
                 ours = ?self.state,
-                host = ?reply.state_before,
+                host = ?before,
                 "host reports a different TDI state than the guest last saw"
             );
         }
-        let (before, after) = (reply.state_before, reply.state_after);
         match reply.result {
             Ok(result) => {
                 if let Err(why) = check_success(&command, &result, before, after) {
                     self.fault(command, format_args!("{why}"));
                     return Err(TdispGuestOperationError::HostFailedToProcessCommand);
                 }
+                self.negotiated |= negotiates;
                 self.state = after;
                 Ok(result)
             }
@@ -172,7 +193,7 @@ impl<T: GuestTransport> TdispGuestRequestInterface for TdispGuestClient<T> {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         match self.call(GuestCommand::GetAttestationReport(report_type))? {
-            GuestReply::GetAttestationReport(report) => Ok(report),
+            GuestReply::GetAttestationReport { report, .. } => Ok(report),
             _ => Err(TdispGuestOperationError::HostFailedToProcessCommand),
         }
     }

@@ -1,10 +1,12 @@
 //! Guest-side TDISP: the guest's half of the device-assignment conversation.
 //!
-//! - [`GuestTransport`] is the seam to whatever carries packets to the host (a VMBus channel in
-//!   the full stack; anything that moves bytes in tests).
+//! - [`GuestTransport`] is the seam to whatever carries messages to the host: the TDISP VMBus
+//!   channel of [`vmbus`] (transaction ids, per-command timeout, cancellation) in the full
+//!   stack; anything that moves bytes in tests.
 //! - [`TdispGuestClient`] implements [`tdisp_proto::TdispGuestRequestInterface`] over a
-//!   transport: each call becomes a [`tdisp_proto::guest_packet::GuestCommandPacket`], and each
-//!   reply is decoded and checked before the guest believes it. The host is not trusted: a
+//!   transport: each call becomes a `tdisp.GuestToHostCommand` of OpenVMM's `tdisp.proto`
+//!   ([`tdisp_proto::wire::CommandPacket`]), and each response is decoded and checked before the
+//!   guest believes it. The host is not trusted: a
 //!   malformed, mismatched or state-inconsistent reply is an error, never a panic.
 //! - [`accept_device`] runs the guest's flow, negotiate -> lock -> report -> verify -> start,
 //!   against an [`InterfacePolicy`] and unbinds the device when any step fails.
@@ -39,6 +41,7 @@ mod client;
 mod flow;
 mod policy;
 mod transport;
+pub mod vmbus;
 
 pub use client::TdispGuestClient;
 pub use flow::AcceptedDevice;

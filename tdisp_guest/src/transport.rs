@@ -33,6 +33,9 @@ pub enum TransportError {
     /// The host did not answer in time.
     #[error("timed out waiting for the host")]
     Timeout,
+    /// The command was cancelled while waiting for the host.
+    #[error("cancelled")]
+    Cancelled,
     /// Any other transport-specific failure.
     #[error("transport failed: {0}")]
     Failed(String),

@@ -1,4 +1,4 @@
-//! The guest client against an honest host (the reference model behind the real packet codec)
+//! The guest client against an honest host (the reference model behind the real tdisp.proto codec)
 //! and against hosts that lie, garble or mismatch their replies.
 
 #![expect(
@@ -16,14 +16,13 @@ use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState;
-use tdisp_proto::guest_packet::GuestCommandId;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::testing::ConformanceConfig;
 use tdisp_proto::testing::reference::ReferenceModel;
 use tdisp_proto::testing::run_conformance;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::ResponsePacket;
 
-type Tamper = Box<dyn FnMut(&mut GuestReplyPacket)>;
+type Tamper = Box<dyn FnMut(&mut ResponsePacket)>;
 
 /// A host made of the reference model and the real packet codec, with an optional hook that
 /// rewrites replies before they are encoded.
@@ -40,7 +39,7 @@ impl Loopback {
         }
     }
 
-    fn tampering(tamper: impl FnMut(&mut GuestReplyPacket) + 'static) -> Self {
+    fn tampering(tamper: impl FnMut(&mut ResponsePacket) + 'static) -> Self {
         Self {
             model: ReferenceModel::default(),
             tamper: Some(Box::new(tamper)),
@@ -50,16 +49,20 @@ impl Loopback {
 
 impl GuestTransport for Loopback {
     fn exchange(&mut self, command: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let packet = GuestCommandPacket::decode(command)
-            .map_err(|e| TransportError::Failed(e.to_string()))?;
+        let packet =
+            CommandPacket::decode(command).map_err(|e| TransportError::Failed(e.to_string()))?;
         let before = self.model.state;
         let result = packet.command.dispatch(&mut self.model);
-        let mut reply = GuestReplyPacket::answer(&packet, before, self.model.state, result);
+        let mut reply = ResponsePacket {
+            state_before: before,
+            state_after: self.model.state,
+            result,
+        };
         if let Some(tamper) = &mut self.tamper {
             tamper(&mut reply);
         }
         reply
-            .to_bytes()
+            .encode()
             .map_err(|e| TransportError::Failed(e.to_string()))
     }
 }
@@ -157,13 +160,19 @@ mod malicious_host {
     }
 
     #[test]
-    fn reply_for_another_device_is_refused() {
+    fn report_of_another_type_is_refused() {
         let mut client = negotiated(Loopback::tampering(|r| {
-            if r.command_id == GuestCommandId::LOCK_DEVICE_RESOURCES {
-                r.device_id ^= 1;
+            if let Ok(tdisp_proto::wire::GuestReply::GetAttestationReport { report_type, .. }) =
+                &mut r.result
+            {
+                *report_type = TdispReportType::CertificateChain;
             }
         }));
-        assert_eq!(client.request_lock_device_resources(), HOST_FAILED);
+        client.request_lock_device_resources().unwrap();
+        assert_eq!(
+            client.request_attestation_report(TdispReportType::InterfaceReport),
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
         assert_eq!(client.faults(), 1);
     }
 
@@ -171,17 +180,12 @@ mod malicious_host {
     fn reply_for_another_command_is_refused() {
         // An honest "start" reply replayed as the answer to a lock.
         let start_reply = {
-            let cmd = GuestCommandPacket {
-                device_id: 1,
-                command: tdisp_proto::guest_packet::GuestCommand::StartTdi,
-            };
-            GuestReplyPacket::answer(
-                &cmd,
-                TdispTdiState::Locked,
-                TdispTdiState::Run,
-                Ok(tdisp_proto::guest_packet::GuestReply::StartTdi),
-            )
-            .to_bytes()
+            ResponsePacket {
+                state_before: TdispTdiState::Locked,
+                state_after: TdispTdiState::Run,
+                result: Ok(tdisp_proto::wire::GuestReply::StartTdi),
+            }
+            .encode()
             .unwrap()
         };
         let mut client = TdispGuestClient::new(Canned(start_reply), 1);
@@ -210,9 +214,10 @@ mod malicious_host {
             if r.result.is_err() {
                 r.state_before = TdispTdiState::Unlocked;
                 r.state_after = TdispTdiState::Unlocked;
-                r.result = Ok(tdisp_proto::guest_packet::GuestReply::GetAttestationReport(
-                    vec![0; 16],
-                ));
+                r.result = Ok(tdisp_proto::wire::GuestReply::GetAttestationReport {
+                    report_type: TdispReportType::InterfaceReport,
+                    report: vec![0; 16],
+                });
             }
         }));
         assert_eq!(
@@ -225,9 +230,7 @@ mod malicious_host {
     fn negotiation_answered_with_another_protocol_is_refused() {
         let mut client = TdispGuestClient::new(
             Loopback::tampering(|r| {
-                if let Ok(tdisp_proto::guest_packet::GuestReply::NegotiateProtocol(info)) =
-                    &mut r.result
-                {
+                if let Ok(tdisp_proto::wire::GuestReply::NegotiateProtocol(info)) = &mut r.result {
                     info.guest_protocol_type = TdispGuestProtocolType::IntelTdxConnectV1;
                 }
             }),
@@ -257,14 +260,17 @@ mod malicious_host {
         #[test]
         fn truncated_honest_replies_are_refused(cut in 0usize..32) {
             let mut honest = Loopback::honest();
-            let cmd = GuestCommandPacket { device_id: 1, command: tdisp_proto::guest_packet::GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1) };
-            let mut bytes = honest.exchange(&cmd.to_bytes()).unwrap();
+            let cmd = CommandPacket { device_id: 1, command: tdisp_proto::wire::GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1) };
+            let mut bytes = honest.exchange(&cmd.encode()).unwrap();
             bytes.truncate(bytes.len().saturating_sub(cut + 1));
             let mut client = TdispGuestClient::new(Canned(bytes), 1);
-            prop_assert_eq!(
-                client.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1).map(drop),
-                HOST_FAILED
-            );
+            // A cut inside a field is malformed; a cut between fields leaves a success without
+            // its payload or, cut to nothing, the all-default message (result UNKNOWN): either
+            // way an error, never a negotiated device.
+            let result = client.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1);
+            prop_assert!(result.is_err(), "{:?}", result);
+            prop_assert_ne!(result, Err(TdispGuestOperationError::Success));
+            prop_assert_ne!(client.state(), TdispTdiState::Unlocked);
         }
     }
 }

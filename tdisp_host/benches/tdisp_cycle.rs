@@ -18,13 +18,13 @@ use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::TdispRequest;
 use tdisp_proto::pcie::TdispResponse;
 use tdisp_proto::testing::reference::ReferenceModel;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::ResponsePacket;
 
 const DEVICE: u64 = 1;
 const RID: u16 = 0x0101;
@@ -54,11 +54,11 @@ fn packets() -> Vec<Vec<u8>> {
     ]
     .into_iter()
     .map(|command| {
-        GuestCommandPacket {
+        CommandPacket {
             device_id: DEVICE,
             command,
         }
-        .to_bytes()
+        .encode()
     })
     .collect()
 }
@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
     // The measured loop must be the successful cycle, not a string of error replies.
     for _ in 0..2 {
         for packet in &packets {
-            let reply = GuestReplyPacket::decode(&dispatcher.handle(packet)).unwrap();
+            let reply = ResponsePacket::decode(&dispatcher.handle(packet)).unwrap();
             assert!(reply.result.is_ok(), "{reply:?}");
         }
     }

@@ -19,14 +19,14 @@ use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReply;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::pcie::DeviceInterfaceReport;
 use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::LockInterfaceParams;
 use tdisp_proto::pcie::TdiState;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::GuestReply;
+use tdisp_proto::wire::ResponsePacket;
 
 const DEVICE: u64 = 1;
 const REQUESTER_ID: u16 = 0x0101;
@@ -53,20 +53,21 @@ fn main() -> Result<(), Box<dyn Error>> {
         Box::new(assignment.machine(MachineConfig::new(DEVICE))),
     );
 
-    let mut call = |command| -> Result<GuestReplyPacket, Box<dyn Error>> {
-        let packet = GuestCommandPacket {
+    let mut call = |command| -> Result<ResponsePacket, Box<dyn Error>> {
+        let packet = CommandPacket {
             device_id: DEVICE,
             command,
         };
-        let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes()))?;
-        reply.check_answers(&packet)?;
+        let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode()))?;
+        reply.check_answers(&packet.command)?;
         println!(
             "{:<40} {:?} -> {:?}: {}",
             format!("{command:?}"),
             reply.state_before,
             reply.state_after,
             match &reply.result {
-                Ok(GuestReply::GetAttestationReport(r)) => format!("report of {} bytes", r.len()),
+                Ok(GuestReply::GetAttestationReport { report: r, .. }) =>
+                    format!("report of {} bytes", r.len()),
                 Ok(_) => "ok".to_string(),
                 Err(e) => format!("error: {e}"),
             }
@@ -85,7 +86,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let report = call(GuestCommand::GetAttestationReport(
         TdispReportType::InterfaceReport,
     ))?;
-    let Ok(GuestReply::GetAttestationReport(report)) = report.result else {
+    let Ok(GuestReply::GetAttestationReport { report, .. }) = report.result else {
         return Err("no report".into());
     };
     let report = DeviceInterfaceReport::decode(&report)?;

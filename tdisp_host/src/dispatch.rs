@@ -1,26 +1,26 @@
-//! The host dispatcher: guest command packet bytes in, reply packet bytes out.
+//! The host dispatcher: `tdisp.GuestToHostCommand` bytes in, `tdisp.GuestToHostResponse`
+//! bytes out (OpenVMM's `tdisp.proto`, see [`tdisp_proto::wire`]).
 //!
-//! The dispatcher knows nothing about transports: whatever carries the guest's packets (a VMBus
-//! channel, a test) hands each packet to [`HostDispatcher::handle`] and sends back the bytes it
-//! returns. Every input gets exactly one reply and nothing panics: a packet that does not decode
-//! is answered with the error [`GuestPacketError::operation_error`] chooses, addressed with
-//! whatever of its header could be read.
+//! The dispatcher knows nothing about transports: whatever carries the guest's messages (the
+//! VMBus channel of [`crate::vmbus`], a test) hands each message to [`answer`] (one device) or
+//! [`HostDispatcher::handle`] (a set of devices) and sends back the bytes returned. Every input
+//! gets exactly one response and nothing panics: a message that does not decode is answered
+//! with the result [`WireError::operation_error`] chooses and the device's unchanged state.
 
 use crate::backend::TdiBackend;
 use crate::state_machine::TdiStateMachine;
+use prost::Message;
 use std::collections::BTreeMap;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispTdiState;
-use tdisp_proto::guest_packet::GuestCommandHeader;
-use tdisp_proto::guest_packet::GuestCommandId;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestPacketError;
-use tdisp_proto::guest_packet::GuestReplyPacket;
-use zerocopy::FromBytes;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::ResponsePacket;
+use tdisp_proto::wire::WireError;
+use tdisp_proto::wire::proto::GuestToHostCommand;
 
 /// A device the dispatcher can drive: the guest trait plus a view of the state, which every
-/// reply carries before and after the command.
+/// response carries before and after the command.
 pub trait GuestDevice: TdispGuestRequestInterface + Send {
     /// The current state.
     fn tdi_state(&self) -> TdispTdiState;
@@ -32,7 +32,14 @@ impl<B: TdiBackend> GuestDevice for TdiStateMachine<B> {
     }
 }
 
-/// Routes guest command packets to the devices they name.
+impl<T: GuestDevice + ?Sized> GuestDevice for Box<T> {
+    fn tdi_state(&self) -> TdispTdiState {
+        (**self).tdi_state()
+    }
+}
+
+/// Routes guest commands to the devices their `device_id` names (in-process use; the VMBus
+/// transport gives each device its own channel and calls [`answer`]).
 #[derive(Default)]
 pub struct HostDispatcher {
     devices: BTreeMap<u64, Box<dyn GuestDevice>>,
@@ -68,85 +75,98 @@ impl HostDispatcher {
 
     /// The state of device `device_id`.
     pub fn tdi_state(&self, device_id: u64) -> Option<TdispTdiState> {
-        self.devices.get(&device_id).map(|d| d.tdi_state())
+        self.devices.get(&device_id).map(GuestDevice::tdi_state)
     }
 
-    /// Answers one guest command packet with one reply packet.
-    pub fn handle(&mut self, packet: &[u8]) -> Vec<u8> {
-        let command = match GuestCommandPacket::decode(packet) {
-            Ok(command) => command,
-            Err(error) => return self.reject(packet, &error),
+    /// Answers one encoded guest command with one encoded response.
+    pub fn handle(&mut self, message: &[u8]) -> Vec<u8> {
+        // Only the device id is needed to route; the device's own answer validates the rest.
+        let device_id = match GuestToHostCommand::decode(message) {
+            Ok(command) => command.device_id,
+            Err(error) => {
+                let error = WireError::from(error);
+                tracing::info!(%error, len = message.len(), "malformed guest command");
+                return error_response(TdispTdiState::Uninitialized, error.operation_error());
+            }
         };
-        match self.devices.get_mut(&command.device_id) {
-            Some(device) => dispatch_packet(device.as_mut(), &command),
+        match self.devices.get_mut(&device_id) {
+            Some(device) => answer(device.as_mut(), device_id, message),
             None => {
-                tracing::info!(device = command.device_id, "command for an unknown device");
-                encode_error(
-                    command.device_id,
-                    command.command.id(),
+                tracing::info!(device = device_id, "command for an unknown device");
+                error_response(
                     TdispTdiState::Uninitialized,
                     TdispGuestOperationError::HostFailedToProcessCommand,
                 )
             }
         }
     }
-
-    /// The reply to a packet that did not decode.
-    fn reject(&self, packet: &[u8], error: &GuestPacketError) -> Vec<u8> {
-        tracing::info!(%error, len = packet.len(), "malformed guest command");
-        let (device_id, command_id) = match GuestCommandHeader::read_from_prefix(packet) {
-            Ok((header, _)) => (
-                header.device_id.get(),
-                GuestCommandId(header.command_id.get()),
-            ),
-            Err(_) => (0, GuestCommandId(0)),
-        };
-        let state = self
-            .tdi_state(device_id)
-            .unwrap_or(TdispTdiState::Uninitialized);
-        encode_error(device_id, command_id, state, error.operation_error())
-    }
 }
 
-/// Runs one decoded command on `device` and encodes the reply.
-pub fn dispatch_packet<T: GuestDevice + ?Sized>(
+/// Answers one encoded command for `device`, whose host id is `device_id`.
+///
+/// A command naming another device is refused with `HostFailedToProcessCommand` and reaches
+/// nothing: a channel's commands can only ever drive its own device.
+pub fn answer<T: GuestDevice + ?Sized>(device: &mut T, device_id: u64, message: &[u8]) -> Vec<u8> {
+    let command = match CommandPacket::decode(message) {
+        Ok(command) => command,
+        Err(error) => {
+            tracing::info!(device = device_id, %error, len = message.len(), "malformed guest command");
+            return error_response(device.tdi_state(), error.operation_error());
+        }
+    };
+    if command.device_id != device_id {
+        tracing::warn!(
+            device = device_id,
+            named = command.device_id,
+            "command names another device"
+        );
+        return error_response(
+            device.tdi_state(),
+            TdispGuestOperationError::HostFailedToProcessCommand,
+        );
+    }
+    dispatch_command(device, &command)
+}
+
+/// Runs one decoded command on `device` and encodes the response.
+pub fn dispatch_command<T: GuestDevice + ?Sized>(
     device: &mut T,
-    command: &GuestCommandPacket,
+    command: &CommandPacket,
 ) -> Vec<u8> {
     let before = device.tdi_state();
     let result = command.command.dispatch(device);
     let after = device.tdi_state();
-    let reply = GuestReplyPacket::answer(command, before, after, result);
-    match reply.to_bytes() {
+    let response = ResponsePacket {
+        state_before: before,
+        state_after: after,
+        result,
+    };
+    match response.encode() {
         Ok(bytes) => bytes,
         Err(error) => {
-            // Only an oversized report gets here; the guest learns the host failed.
-            tracing::warn!(%error, "reply does not fit in a packet");
-            encode_error(
-                command.device_id,
-                command.command.id(),
-                after,
-                TdispGuestOperationError::HostFailedToProcessCommand,
-            )
+            // An oversize or empty report, or an implementation answering Err(Success): the
+            // guest learns the host failed, with the states as they are.
+            tracing::warn!(device = command.device_id, %error, "response cannot be encoded");
+            let fallback = ResponsePacket {
+                state_before: before,
+                state_after: after,
+                result: Err(TdispGuestOperationError::HostFailedToProcessCommand),
+            };
+            fallback.encode().unwrap_or_default()
         }
     }
 }
 
-fn encode_error(
-    device_id: u64,
-    command_id: GuestCommandId,
-    state: TdispTdiState,
-    error: TdispGuestOperationError,
-) -> Vec<u8> {
-    let reply = GuestReplyPacket {
-        device_id,
-        command_id,
+/// An error response that changed nothing.
+fn error_response(state: TdispTdiState, error: TdispGuestOperationError) -> Vec<u8> {
+    let response = ResponsePacket {
         state_before: state,
         state_after: state,
         result: Err(error),
     };
-    // An error reply has no payload, so it always encodes; an empty reply is the fallback.
-    reply.to_bytes().unwrap_or_default()
+    // An error response has no payload and never carries Success here, so it always
+    // encodes; an empty message (all defaults: result Unknown) is the fallback.
+    response.encode().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -156,9 +176,10 @@ mod tests {
     use crate::state_machine::MachineConfig;
     use tdisp_proto::TdispGuestProtocolType;
     use tdisp_proto::TdispReportType;
-    use tdisp_proto::guest_packet::GuestCommand;
-    use tdisp_proto::guest_packet::GuestReply;
-    use zerocopy::IntoBytes;
+    use tdisp_proto::wire::GuestCommand;
+    use tdisp_proto::wire::GuestReply;
+    use tdisp_proto::wire::proto;
+    use tdisp_proto::wire::proto::guest_to_host_command::Command;
 
     const DEVICE: u64 = 3;
 
@@ -172,13 +193,13 @@ mod tests {
         dispatcher
     }
 
-    fn send(dispatcher: &mut HostDispatcher, command: GuestCommand) -> GuestReplyPacket {
-        let packet = GuestCommandPacket {
+    fn send(dispatcher: &mut HostDispatcher, command: GuestCommand) -> ResponsePacket {
+        let packet = CommandPacket {
             device_id: DEVICE,
             command,
         };
-        let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
-        reply.check_answers(&packet).unwrap();
+        let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode())).unwrap();
+        reply.check_answers(&command).unwrap();
         reply
     }
 
@@ -205,41 +226,45 @@ mod tests {
         );
     }
 
+    fn raw(command: Option<Command>) -> Vec<u8> {
+        GuestToHostCommand {
+            device_id: DEVICE,
+            command,
+        }
+        .encode_to_vec()
+    }
+
     #[test]
-    fn undecodable_packets_get_addressed_error_replies() {
+    fn undecodable_commands_get_error_responses_and_change_nothing() {
         let mut dispatcher = dispatcher();
-        let mut unknown_command = GuestCommandPacket {
-            device_id: DEVICE,
-            command: GuestCommand::StartTdi,
-        }
-        .to_bytes();
-        unknown_command[4] = 42;
-        let reply = GuestReplyPacket::decode(&dispatcher.handle(&unknown_command)).unwrap();
-        assert_eq!(reply.device_id, DEVICE);
-        assert_eq!(reply.command_id, GuestCommandId(42));
-        assert_eq!(
-            reply.result,
-            Err(TdispGuestOperationError::InvalidGuestCommandId)
-        );
-
-        let mut bad_report_type = GuestCommandPacket {
-            device_id: DEVICE,
-            command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
-        }
-        .to_bytes();
-        bad_report_type[24..28].copy_from_slice(99u32.as_bytes());
-        let reply = GuestReplyPacket::decode(&dispatcher.handle(&bad_report_type)).unwrap();
-        assert_eq!(
-            reply.result,
-            Err(TdispGuestOperationError::InvalidGuestAttestationReportType)
-        );
-
-        for garbage in [&[][..], &[1, 2, 3][..], &[0xff; 200][..]] {
-            let reply = GuestReplyPacket::decode(&dispatcher.handle(garbage)).unwrap();
-            assert_eq!(
-                reply.result,
-                Err(TdispGuestOperationError::HostFailedToProcessCommand)
-            );
+        let cases = [
+            (raw(None), TdispGuestOperationError::InvalidGuestCommandId),
+            (
+                raw(Some(Command::GetTdiReport(
+                    proto::TdispCommandRequestGetTdiReport { report_type: 99 },
+                ))),
+                TdispGuestOperationError::InvalidGuestAttestationReportType,
+            ),
+            (
+                raw(Some(Command::GetDeviceInterfaceInfo(
+                    proto::TdispCommandRequestGetDeviceInterfaceInfo {
+                        guest_protocol_type: 9,
+                    },
+                ))),
+                TdispGuestOperationError::InvalidGuestProtocolRequest,
+            ),
+            (
+                vec![0xff; 200],
+                TdispGuestOperationError::HostFailedToProcessCommand,
+            ),
+            (
+                vec![1, 2, 3],
+                TdispGuestOperationError::HostFailedToProcessCommand,
+            ),
+        ];
+        for (message, expected) in cases {
+            let reply = ResponsePacket::decode(&dispatcher.handle(&message)).unwrap();
+            assert_eq!(reply.result, Err(expected));
         }
         // None of this touched the device.
         assert_eq!(
@@ -251,21 +276,40 @@ mod tests {
     #[test]
     fn unknown_device_is_answered_without_touching_others() {
         let mut dispatcher = dispatcher();
-        let packet = GuestCommandPacket {
+        let packet = CommandPacket {
             device_id: DEVICE + 1,
-            command: GuestCommand::LockDeviceResources,
+            command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
         };
-        let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
-        reply.check_answers(&packet).unwrap();
+        let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode())).unwrap();
         assert_eq!(
             reply.result,
             Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert_eq!(
+            dispatcher.tdi_state(DEVICE),
+            Some(TdispTdiState::Uninitialized)
         );
         assert!(dispatcher.remove(DEVICE).is_some());
         assert_eq!(dispatcher.tdi_state(DEVICE), None);
     }
 
-    /// A device whose report does not fit in a reply packet.
+    #[test]
+    fn a_device_answers_only_commands_naming_it() {
+        let assignment = EmulatedAssignment::single(0x400, 0x401, DEVICE).unwrap();
+        let mut machine = assignment.machine(MachineConfig::new(DEVICE));
+        let other = CommandPacket {
+            device_id: DEVICE + 1,
+            command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
+        };
+        let reply = ResponsePacket::decode(&answer(&mut machine, DEVICE, &other.encode())).unwrap();
+        assert_eq!(
+            reply.result,
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert_eq!(machine.state(), TdispTdiState::Uninitialized);
+    }
+
+    /// A device whose report does not fit in a response.
     struct Huge;
 
     impl TdispGuestRequestInterface for Huge {
@@ -285,7 +329,7 @@ mod tests {
             &mut self,
             _: TdispReportType,
         ) -> Result<Vec<u8>, TdispGuestOperationError> {
-            Ok(vec![0; tdisp_proto::guest_packet::MAX_REPLY_PAYLOAD + 1])
+            Ok(vec![0; tdisp_proto::wire::MAX_REPORT_BUFFER + 1])
         }
         fn request_unbind(
             &mut self,
@@ -303,18 +347,18 @@ mod tests {
 
     #[test]
     fn oversized_reply_becomes_a_host_failure() {
-        let command = GuestCommandPacket {
+        let command = CommandPacket {
             device_id: 1,
             command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
         };
-        let reply = GuestReplyPacket::decode(&dispatch_packet(&mut Huge, &command)).unwrap();
+        let reply = ResponsePacket::decode(&dispatch_command(&mut Huge, &command)).unwrap();
         assert_eq!(
             reply.result,
             Err(TdispGuestOperationError::HostFailedToProcessCommand)
         );
         assert!(!matches!(
             reply.result,
-            Ok(GuestReply::GetAttestationReport(_))
+            Ok(GuestReply::GetAttestationReport { .. })
         ));
     }
 }

@@ -2,7 +2,8 @@
 //! decisions to the device, and an emulated device security manager (DSM) to stand for a real
 //! TDISP device.
 //!
-//! The host path is: guest command packet -> [`dispatch::HostDispatcher`] ->
+//! The host path is: guest `tdisp.proto` command (over the VMBus channel of [`vmbus`]) ->
+//! [`dispatch::answer`] ->
 //! [`state_machine::TdiStateMachine`] (the rules of `TdispGuestRequestInterface`) ->
 //! [`backend::TsmBackend`] -> [`tsm::Tsm`] -> [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`] ->
 //! [`dsm::EmulatedDsm`]. Each layer is usable alone:
@@ -12,19 +13,20 @@
 //! - [`tsm`]: probe/remove, connect/disconnect, bind/unbind and scope-checked guest requests,
 //!   each serviced by DOE exchanges ("request + exec"), one outstanding command per device.
 //! - [`state_machine`] and [`history`]: the guest-facing machine and its diagnostics record.
-//! - [`dispatch`]: packet bytes in, packet bytes out, independent of the transport.
+//! - [`dispatch`]: command bytes in, response bytes out, independent of the transport.
+//! - [`vmbus`]: the TDISP VMBus device, one channel per assigned device.
 //! - [`emulated`]: the wiring of all of the above for an emulated device.
 //!
 //! The channel between TSM and device is [`tsm::PlainChannel`], which is **not secure**: the
 //! SPDM session that TDISP requires is a later addition behind the [`tsm::SecureChannel`] seam.
 //!
-//! A guest's whole cycle, as packets:
+//! A guest's whole cycle, as `tdisp.proto` messages:
 //!
 //! ```
 //! use tdisp_host::dispatch::HostDispatcher;
 //! use tdisp_host::emulated::EmulatedAssignment;
 //! use tdisp_host::state_machine::MachineConfig;
-//! use tdisp_proto::guest_packet::{GuestCommand, GuestCommandPacket, GuestReply, GuestReplyPacket};
+//! use tdisp_proto::wire::{GuestCommand, CommandPacket, GuestReply, ResponsePacket};
 //! use tdisp_proto::{TdispGuestProtocolType, TdispReportType, TdispTdiState};
 //!
 //! let device_id = 1;
@@ -33,13 +35,13 @@
 //! dispatcher.insert(device_id, Box::new(assignment.machine(MachineConfig::new(device_id))));
 //!
 //! let mut call = |command| {
-//!     let packet = GuestCommandPacket { device_id, command };
-//!     GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes()))
+//!     let packet = CommandPacket { device_id, command };
+//!     ResponsePacket::decode(&dispatcher.handle(&packet.encode()))
 //! };
 //! call(GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1))?;
 //! call(GuestCommand::LockDeviceResources)?;
 //! let report = call(GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport))?;
-//! assert!(matches!(report.result, Ok(GuestReply::GetAttestationReport(ref r)) if !r.is_empty()));
+//! assert!(matches!(report.result, Ok(GuestReply::GetAttestationReport { ref report, .. }) if !report.is_empty()));
 //! let started = call(GuestCommand::StartTdi)?;
 //! assert_eq!((started.state_before, started.state_after), (TdispTdiState::Locked, TdispTdiState::Run));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -54,6 +56,7 @@ pub mod emulated;
 pub mod history;
 pub mod state_machine;
 pub mod tsm;
+pub mod vmbus;
 
 pub use dispatch::HostDispatcher;
 pub use state_machine::TdiStateMachine;

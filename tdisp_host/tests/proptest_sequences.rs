@@ -19,11 +19,11 @@ use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState as S;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::pcie::TdiState;
 use tdisp_proto::testing::reference::ReferenceModel;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::ResponsePacket;
 
 const RID: u16 = 0x0601;
 const DEVICE: u64 = 6;
@@ -205,20 +205,22 @@ proptest! {
         for step in steps {
             match step {
                 Step::Call(command) => {
-                    let packet = GuestCommandPacket { device_id: DEVICE, command };
-                    let reply = GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes()));
+                    let packet = CommandPacket { device_id: DEVICE, command };
+                    let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode()));
                     prop_assert!(reply.is_ok(), "{:?}", reply);
                     let reply = reply.unwrap();
-                    prop_assert!(reply.check_answers(&packet).is_ok());
-                    prop_assert_eq!(Some(reply.state_after), dispatcher.tdi_state(DEVICE));
+                    prop_assert!(reply.check_answers(&packet.command).is_ok());
+                    // The wire has no Error value: the host's Error goes out as Uninitialized.
+                    let host = dispatcher.tdi_state(DEVICE).map(tdisp_proto::wire::state_to_wire);
+                    prop_assert_eq!(Some(tdisp_proto::wire::state_to_wire(reply.state_after)), host);
                 }
                 Step::Packet(bytes) => {
                     let before = dispatcher.tdi_state(DEVICE);
-                    let reply = GuestReplyPacket::decode(&dispatcher.handle(&bytes));
+                    let reply = ResponsePacket::decode(&dispatcher.handle(&bytes));
                     prop_assert!(reply.is_ok(), "{:?}", reply);
                     // Random bytes almost never decode as a command; when they do not, the
                     // device is untouched.
-                    if GuestCommandPacket::decode(&bytes).is_err() {
+                    if CommandPacket::decode(&bytes).is_err() {
                         prop_assert_eq!(dispatcher.tdi_state(DEVICE), before);
                     }
                 }

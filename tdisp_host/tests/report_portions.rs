@@ -11,13 +11,13 @@ use tdisp_host::state_machine::MachineConfig;
 use tdisp_host::tsm::Tsm;
 use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispReportType;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReply;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::pcie::DeviceInterfaceReport;
 use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::LockInterfaceParams;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::GuestReply;
+use tdisp_proto::wire::ResponsePacket;
 
 #[test]
 fn report_larger_than_one_portion_reassembles_byte_exact() {
@@ -53,11 +53,11 @@ fn report_larger_than_one_portion_reassembles_byte_exact() {
     let mut dispatcher = HostDispatcher::new();
     dispatcher.insert(9, Box::new(assignment.machine(MachineConfig::new(9))));
     let mut call = |command| {
-        let packet = GuestCommandPacket {
+        let packet = CommandPacket {
             device_id: 9,
             command,
         };
-        GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes()))
+        ResponsePacket::decode(&dispatcher.handle(&packet.encode()))
             .unwrap()
             .result
             .unwrap()
@@ -66,7 +66,7 @@ fn report_larger_than_one_portion_reassembles_byte_exact() {
         TdispGuestProtocolType::AmdSevTioV1,
     ));
     call(GuestCommand::LockDeviceResources);
-    let GuestReply::GetAttestationReport(report) = call(GuestCommand::GetAttestationReport(
+    let GuestReply::GetAttestationReport { report, .. } = call(GuestCommand::GetAttestationReport(
         TdispReportType::InterfaceReport,
     )) else {
         unreachable!("a report command answers with a report");

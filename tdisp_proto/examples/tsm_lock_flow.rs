@@ -10,10 +10,6 @@ use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm;
 use tdisp_proto::framing::spdm::Direction;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReply;
-use tdisp_proto::guest_packet::GuestReplyPacket;
 use tdisp_proto::pcie::DeviceInterfaceReport;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::LockInterfaceFlags;
@@ -29,6 +25,10 @@ use tdisp_proto::pcie::report::InterfaceInfo;
 use tdisp_proto::pcie::report::MmioRangeAttributes;
 use tdisp_proto::pcie::report::ReportAssembler;
 use tdisp_proto::pcie::report::report_portion;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::GuestReply;
+use tdisp_proto::wire::ResponsePacket;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -187,29 +187,28 @@ fn main() -> Result<(), Error> {
         read_back.mmio_ranges.len()
     );
 
-    // The guest side of the same device: a command packet and the host's reply.
-    let command = GuestCommandPacket {
+    // The guest side of the same device: a tdisp.proto command and the host's response.
+    let command = CommandPacket {
         device_id: 1,
         command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
     };
-    let received = GuestCommandPacket::decode(&command.to_bytes())?;
-    let reply = GuestReplyPacket::answer(
-        &received,
-        TdispTdiState::Locked,
-        TdispTdiState::Locked,
-        Ok(GuestReply::GetAttestationReport(bytes.clone())),
-    );
-    let at_guest = GuestReplyPacket::decode(&reply.to_bytes()?)?;
-    at_guest.check_answers(&command)?;
-    assert_eq!(at_guest.result, Ok(GuestReply::GetAttestationReport(bytes)));
-    let negotiate = GuestCommandPacket {
+    let received = CommandPacket::decode(&command.encode())?;
+    let reply = ResponsePacket {
+        state_before: TdispTdiState::Locked,
+        state_after: TdispTdiState::Locked,
+        result: Ok(GuestReply::GetAttestationReport {
+            report_type: TdispReportType::InterfaceReport,
+            report: bytes.clone(),
+        }),
+    };
+    let at_guest = ResponsePacket::decode(&reply.encode()?)?;
+    at_guest.check_answers(&received.command)?;
+    assert_eq!(at_guest, reply);
+    let negotiate = CommandPacket {
         device_id: 1,
         command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
     };
-    assert_eq!(
-        GuestCommandPacket::decode(&negotiate.to_bytes())?,
-        negotiate
-    );
-    println!("guest packets round-tripped");
+    assert_eq!(CommandPacket::decode(&negotiate.encode())?, negotiate);
+    println!("guest<->host messages round-tripped");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The guest request trait [`TdispGuestRequestInterface`] and the types its calls carry.
 //!
-//! Every type here has a stable numeric code, used by [`crate::guest_packet`] on the wire.
+//! Every type here has a stable numeric code, the same as OpenVMM's `tdisp.proto` uses on the wire ([`crate::wire`]).
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -122,7 +122,9 @@ pub enum TdispTdiState {
     Locked,
     /// RUN: the device may access guest-private memory once accepted.
     Run,
-    /// ERROR: the device left a locked state because its configuration changed.
+    /// ERROR: the device left a locked state because its configuration changed. The host's
+    /// own state: OpenVMM's schema has no value for it, so it goes on the wire as
+    /// `UNINITIALIZED` ("indeterminate"), see [`crate::wire`]. Its code 4 here is internal.
     Error,
 }
 wire_codes!(TdispTdiState, "TDI state", {
@@ -211,7 +213,7 @@ impl TdispGuestOperationError {
 /// Represents an interface by which guest commands are dispatched to a backing TDISP state
 /// handler in the host: an emulated TDISP device, or an assigned TDISP device connected to the
 /// guest. Implemented by the host state machine (called directly) and by the guest client
-/// (which carries each call over the guest<->host channel as a [`crate::guest_packet`]).
+/// (which carries each call over the guest<->host channel as a [`crate::wire`] message).
 ///
 /// State rules every implementation follows (checked by the conformance suite in
 /// `testing`, feature `test-suite`):

@@ -10,8 +10,8 @@
 //!   ([`framing::doe`]) that carry TDISP messages to the device.
 //! - [`interface`]: the [`TdispGuestRequestInterface`] trait a guest uses to drive a device
 //!   through TDISP, and its types.
-//! - [`guest_packet`]: the versioned binary packets that carry each trait call and its reply
-//!   between guest and host.
+//! - [`wire`]: OpenVMM's `tdisp.proto` guest<->host messages (`prost`), each trait call and its
+//!   reply, and the frame that carries them on a VMBus channel.
 //! - `testing` (feature `test-suite`): a conformance suite every implementation of the trait
 //!   runs.
 //!
@@ -38,25 +38,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! A guest call travels as a [`guest_packet::GuestCommandPacket`] and comes back as a
-//! [`guest_packet::GuestReplyPacket`]; the host runs it with
-//! [`guest_packet::GuestCommand::dispatch`]:
-//!
-//! ```
-//! use tdisp_proto::guest_packet::{GuestCommand, GuestCommandPacket, GuestReply, GuestReplyPacket};
-//! use tdisp_proto::{TdispReportType, TdispTdiState};
-//!
-//! let command = GuestCommandPacket { device_id: 7, command: GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport) };
-//! let on_wire = command.to_bytes();
-//! let received = GuestCommandPacket::decode(&on_wire)?;
-//! let reply = GuestReplyPacket::answer(&received, TdispTdiState::Locked, TdispTdiState::Locked,
-//!     Ok(GuestReply::GetAttestationReport(vec![1, 2, 3])));
-//! let back = GuestReplyPacket::decode(&reply.to_bytes()?)?;
-//! back.check_answers(&command)?;
-//! assert_eq!(back.result, Ok(GuestReply::GetAttestationReport(vec![1, 2, 3])));
-//! # Ok::<(), tdisp_proto::guest_packet::GuestPacketError>(())
-//! ```
-
+//! A guest call travels as a `tdisp.GuestToHostCommand` ([`wire::CommandPacket`]) and comes
+//! back as a `tdisp.GuestToHostResponse` ([`wire::ResponsePacket`]); the host runs it with
+//! [`wire::GuestCommand::dispatch`]. See [`wire`] for the schema, the state mapping and an
+//! example.
 //!
 //! # Implementing the trait
 //!
@@ -84,8 +69,8 @@
 //! - **BIND_P2P_STREAM** accepts the one-byte TDISP 1.0 body and the two-byte body with
 //!   `stream_config`; the variant records which one it was.
 //! - **Caps**: reports up to 64 KiB (the u16 offset/length of portioned reads), vendor-defined
-//!   bodies and extended error data up to 4 KiB, guest command payloads up to 64 bytes, guest
-//!   reply payloads up to 64 KiB.
+//!   bodies and extended error data up to 4 KiB, guest
+//!   report buffers up to 64 KiB ([`wire::MAX_REPORT_BUFFER`]).
 //! - **Conformance by behaviour only**: the suite infers state from call results (a lock
 //!   succeeds only from `Unlocked`, a report only in `Locked`/`Run`), so the host state machine
 //!   and the guest client run it unchanged; no extra state-query trait is required.
@@ -95,11 +80,11 @@
 #![forbid(unsafe_code)]
 
 pub mod framing;
-pub mod guest_packet;
 pub mod interface;
 pub mod pcie;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod testing;
+pub mod wire;
 
 pub use interface::TdispDeviceInterfaceInfo;
 pub use interface::TdispGuestOperationError;

@@ -1,6 +1,6 @@
 //! Golden byte vectors written by hand from the PCIe 6.1 section 11 layouts (see
 //! `shared/reference/tdisp.md`), one or more per TDISP message code, plus SPDM/DOE framing
-//! and the guest<->host packets. None of these bytes come from this crate's encoder: each test
+//! (the guest<->host protobuf vectors are in `wire_vectors.rs`). None of these bytes come from this crate's encoder: each test
 //! decodes the bytes, checks the typed fields, and checks that encoding gives the bytes back.
 
 #![expect(
@@ -500,80 +500,5 @@ mod framing {
         let mut out = Vec::new();
         DoeObject::new(DoeObjectType::SPDM, &spdm_get_version()).encode(&mut out);
         assert_eq!(out, bytes);
-    }
-}
-
-mod guest_packets {
-    use tdisp_proto::TdispDeviceInterfaceInfo;
-    use tdisp_proto::TdispGuestOperationError;
-    use tdisp_proto::TdispGuestProtocolType;
-    use tdisp_proto::TdispTdiState;
-    use tdisp_proto::guest_packet::GuestCommand;
-    use tdisp_proto::guest_packet::GuestCommandId;
-    use tdisp_proto::guest_packet::GuestCommandPacket;
-    use tdisp_proto::guest_packet::GuestReply;
-    use tdisp_proto::guest_packet::GuestReplyPacket;
-
-    use super::hex;
-
-    #[test]
-    fn negotiate_command_layout() {
-        // version 1, command 1, device id, payload length 4, reserved, protocol AmdSevTioV1.
-        let bytes = hex(
-            "01 00 00 00 | 01 00 00 00 | 88 77 66 55 44 33 22 11 | 04 00 00 00 |
-                         00 00 00 00 | 01 00 00 00",
-        );
-        let packet = GuestCommandPacket::decode(&bytes).unwrap();
-        assert_eq!(
-            packet,
-            GuestCommandPacket {
-                device_id: 0x1122_3344_5566_7788,
-                command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1),
-            }
-        );
-        assert_eq!(packet.to_bytes(), bytes);
-    }
-
-    #[test]
-    fn negotiate_reply_layout() {
-        // status 1 (success), Uninitialized (0) -> Unlocked (1), 24-byte payload: protocol 2,
-        // reserved, features 0x5, device id 9.
-        let bytes = hex("01 00 00 00 | 01 00 00 00 | 09 00 00 00 00 00 00 00 | 01 00 00 00 |
-                         00 01 00 00 | 18 00 00 00 | 00 00 00 00 |
-                         02 00 00 00 | 00 00 00 00 | 05 00 00 00 00 00 00 00 | 09 00 00 00 00 00 00 00");
-        let packet = GuestReplyPacket::decode(&bytes).unwrap();
-        assert_eq!(
-            packet,
-            GuestReplyPacket {
-                device_id: 9,
-                command_id: GuestCommandId::NEGOTIATE_PROTOCOL,
-                state_before: TdispTdiState::Uninitialized,
-                state_after: TdispTdiState::Unlocked,
-                result: Ok(GuestReply::NegotiateProtocol(TdispDeviceInterfaceInfo {
-                    guest_protocol_type: TdispGuestProtocolType::IntelTdxConnectV1,
-                    supported_features: 5,
-                    tdisp_device_id: 9,
-                })),
-            }
-        );
-        assert_eq!(packet.to_bytes().unwrap(), bytes);
-    }
-
-    #[test]
-    fn error_reply_layout() {
-        // Lock refused: status 3 (InvalidDeviceState), Locked (2) -> Unlocked (1), no payload.
-        let bytes = hex(
-            "01 00 00 00 | 02 00 00 00 | 09 00 00 00 00 00 00 00 | 03 00 00 00 |
-                         02 01 00 00 | 00 00 00 00 | 00 00 00 00",
-        );
-        let packet = GuestReplyPacket::decode(&bytes).unwrap();
-        assert_eq!(packet.command_id, GuestCommandId::LOCK_DEVICE_RESOURCES);
-        assert_eq!(packet.state_before, TdispTdiState::Locked);
-        assert_eq!(packet.state_after, TdispTdiState::Unlocked);
-        assert_eq!(
-            packet.result,
-            Err(TdispGuestOperationError::InvalidDeviceState)
-        );
-        assert_eq!(packet.to_bytes().unwrap(), bytes);
     }
 }

@@ -32,9 +32,10 @@ use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
 use tdisp_proto::framing::spdm::PciProtocolId;
 use tdisp_proto::framing::spdm::SpdmVendorMessage;
-use tdisp_proto::guest_packet::GuestCommand;
-use tdisp_proto::guest_packet::GuestCommandPacket;
-use tdisp_proto::guest_packet::GuestReplyPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::ResponsePacket;
+use tdisp_proto::wire::state_to_wire;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::LockInterfaceParams;
@@ -189,17 +190,19 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.into_iter().take(64) {
         match op {
             Op::Packet(bytes) => {
-                GuestReplyPacket::decode(&dispatcher.handle(&bytes)).unwrap();
+                ResponsePacket::decode(&dispatcher.handle(&bytes)).unwrap();
             }
             Op::Command { kind, argument } => {
-                let packet = GuestCommandPacket {
+                let packet = CommandPacket {
                     device_id: DEVICE,
                     command: command(kind, argument),
                 };
                 let reply =
-                    GuestReplyPacket::decode(&dispatcher.handle(&packet.to_bytes())).unwrap();
-                reply.check_answers(&packet).unwrap();
-                assert_eq!(Some(reply.state_after), dispatcher.tdi_state(DEVICE));
+                    ResponsePacket::decode(&dispatcher.handle(&packet.encode())).unwrap();
+                reply.check_answers(&packet.command).unwrap();
+                // The wire has no Error value: the host sends its Error as Uninitialized.
+                let host = dispatcher.tdi_state(DEVICE).map(state_to_wire);
+                assert_eq!(Some(state_to_wire(reply.state_after)), host);
             }
             Op::DeviceObject(bytes) => {
                 let _ = dsm.lock().unwrap().exchange(&bytes);
