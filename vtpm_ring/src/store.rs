@@ -157,7 +157,7 @@ struct StoreState {
     next_watch: u64,
 }
 
-/// The store (the host owns one; domains reach it through a [`StoreHandle`]).
+/// The store (the host owns one; domains reach it through a [`StoreHandle`] acting as them).
 #[derive(Clone)]
 pub struct Store {
     state: Arc<Mutex<StoreState>>,
@@ -215,8 +215,9 @@ impl Store {
         }
     }
 
-    /// A connection acting as `domain`.
-    pub fn connect(&self, domain: DomainId) -> StoreHandle {
+    /// A connection acting as `domain`: only the host makes them, through a domain's or the
+    /// toolstack's handle.
+    pub(crate) fn connect(&self, domain: DomainId) -> StoreHandle {
         StoreHandle {
             store: self.clone(),
             domain,
@@ -594,13 +595,13 @@ mod tests {
 
     fn setup() -> (Host, StoreHandle, StoreHandle, StoreHandle) {
         let host = Host::new();
-        host.create_domain(DomainId(1), 1).unwrap();
-        host.create_domain(DomainId(2), 1).unwrap();
+        let a = host.create_domain(DomainId(1), 1).unwrap();
+        let b = host.create_domain(DomainId(2), 1).unwrap();
         (
             host.clone(),
-            host.store_as(DomainId::DOM0),
-            host.store_as(DomainId(1)),
-            host.store_as(DomainId(2)),
+            host.toolstack().store().clone(),
+            a.store(),
+            b.store(),
         )
     }
 
