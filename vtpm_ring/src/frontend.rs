@@ -390,7 +390,7 @@ impl Frontend {
         while matches!(page.state()?, V2State::SUBMIT | V2State::CANCEL) {
             self.event.wait().await?;
         }
-        page.write_packet(command, self.locality.load(Ordering::Relaxed))?;
+        page.write_command(command, self.locality.load(Ordering::Relaxed))?;
         self.in_flight.store(true, Ordering::Release);
         page.set_state(V2State::SUBMIT)?;
         self.event.notify()?;

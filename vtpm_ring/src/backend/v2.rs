@@ -65,9 +65,10 @@ impl V2Transport {
         self.page.set_state(V2State::IDLE)
     }
 
-    /// Writes a response and its length, then FINISH.
+    /// Writes a response and its length, then FINISH (never the locality: that is the
+    /// frontend's byte).
     pub(super) fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
-        self.page.write_packet(response, 0)?;
+        self.page.write_response(response)?;
         self.page.set_state(V2State::FINISH)
     }
 }
