@@ -58,7 +58,8 @@ use tracing::Instrument;
 pub struct BackendConfig {
     /// Protocol versions offered.
     pub protocols: Protocols,
-    /// Most v2 extra pages a frontend may bring.
+    /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
+    /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
 }
 
