@@ -255,7 +255,8 @@ fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, St
 
 /// The protocol a device speaks, each in its own module; this module decides what to do.
 enum Transport {
-    V1(v1::V1Transport),
+    // Boxed: the ring snapshot makes it far larger than v2's view.
+    V1(Box<v1::V1Transport>),
     V2(v2::V2Transport),
 }
 
@@ -454,9 +455,11 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
             ring_ref,
             shared.config.max_extra_pages,
         )?),
-        ProtocolVersion::V1 => {
-            Transport::V1(v1::V1Transport::map(domain, config.frontend, ring_ref)?)
-        }
+        ProtocolVersion::V1 => Transport::V1(Box::new(v1::V1Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+        )?)),
     };
     let event = domain.bind_interdomain(config.frontend, Port(port))?;
     tracing::debug!(?version, "protocol negotiated");

@@ -3,7 +3,11 @@
 //!
 //! v1 has no state on the wire: only the doorbell says a request is there. The ring is copied
 //! once per doorbell; its references name the pages the request is read from and the response
-//! is written back to. Every packet page is mapped only for the copy, by reference, from the
+//! is written back to. After an exchange the pages hold the backend's own response, so a
+//! doorbell that finds exactly that response there announces nothing: the frontend rang
+//! without writing a command. (A frontend never sends a command byte-identical to the
+//! response it just received: a response's third field is a response code, not a command
+//! code.) Every packet page is mapped only for the copy, by reference, from the
 //! frontend's own grant table, so an entry can never name another domain's page.
 
 use super::Doorbell;
@@ -22,6 +26,8 @@ pub(super) struct V1Transport {
     ring: MappedPage,
     /// The ring as copied for the request under way: its refs name the response pages.
     snapshot: Option<v1::Ring>,
+    /// The response last written, while the pages may still hold it.
+    last_response: Option<Vec<u8>>,
 }
 
 impl V1Transport {
@@ -36,6 +42,7 @@ impl V1Transport {
             frontend,
             ring: domain.map_grant(frontend, ring_ref, GrantAccess::ReadWrite)?,
             snapshot: None,
+            last_response: None,
         })
     }
 
@@ -60,12 +67,22 @@ impl V1Transport {
             })
         });
         match packet {
+            Ok(packet) if self.last_response.as_ref() == Some(&packet) => {
+                tracing::debug!("v1 doorbell with our own response in the pages; ignored");
+                Doorbell::Nothing
+            }
             // v1 carries no locality: everything is locality 0.
-            Ok(packet) => Doorbell::Request {
-                packet,
-                locality: 0,
-            },
-            Err(e) => Doorbell::Malformed(e),
+            Ok(packet) => {
+                self.last_response = None;
+                Doorbell::Request {
+                    packet,
+                    locality: 0,
+                }
+            }
+            Err(e) => {
+                self.last_response = None;
+                Doorbell::Malformed(e)
+            }
         }
     }
 
@@ -74,7 +91,9 @@ impl V1Transport {
         let entries = self.snapshot.unwrap_or_default();
         let (domain, frontend) = (&self.domain, self.frontend);
         let map = |r: u32| Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadWrite)?);
-        v1::write_packet(&self.ring, &entries, response, map)
+        v1::write_packet(&self.ring, &entries, response, map)?;
+        self.last_response = Some(response.to_vec());
+        Ok(())
     }
 
     /// Forgets the request's page list once it is answered.
