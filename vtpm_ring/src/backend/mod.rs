@@ -98,6 +98,7 @@ pub enum BackendError {
 /// Counters of what the backend did (all devices).
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    devices: AtomicU64,
     connects: AtomicU64,
     disconnects: AtomicU64,
     failed_connects: AtomicU64,
@@ -111,6 +112,8 @@ pub struct BackendStats {
 /// A copy of [`BackendStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Devices being served now (a gauge: each holds its instance until its directory goes).
+    pub devices: u64,
     /// Connections established.
     pub connects: u64,
     /// Connections torn down.
@@ -134,6 +137,7 @@ impl BackendStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
+            devices: g(&self.devices),
             connects: g(&self.connects),
             disconnects: g(&self.disconnects),
             failed_connects: g(&self.failed_connects),
@@ -311,9 +315,11 @@ enum Stop {
 /// Runs one device until its directory disappears; returns the directory.
 async fn device(shared: Arc<Shared>, dir: String) -> String {
     let span = tracing::info_span!("vtpm_backend", dir = %dir);
+    BackendStats::bump(&shared.stats.devices);
     if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
         tracing::warn!(dir, error = %e, "vTPM device stopped");
     }
+    shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
     dir
 }
 

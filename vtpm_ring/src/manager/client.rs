@@ -1,4 +1,9 @@
 //! The backend's side of the stream: sends requests for any instance and matches replies.
+//!
+//! Each request gets a tag no other outstanding request has; the [`MuxRouter`] hands a reply
+//! only to the request whose tag, instance and kind it carries. A caller that stops waiting
+//! (its device disconnected, its timeout expired) drops its slot, so the late reply finds no
+//! one and is dropped: it can never answer a later request, of this guest or the next.
 
 use super::StreamEnd;
 use super::codec::Frame;
@@ -12,28 +17,55 @@ use crate::engine::ControlReply;
 use futures::channel::mpsc;
 use futures::channel::oneshot;
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
 
-/// Most replies one instance may owe per kind (commands, control).
+/// Most requests one instance may have outstanding.
 const MAX_OUTSTANDING: usize = 8;
 
-/// Per instance and kind (packet or control), the replies still owed, oldest first. The
-/// seed's framing has no request ids, so replies are matched in order; a slot whose waiter
-/// gave up (or never waited: posted cancels) still consumes its reply, so a late answer never
-/// lands on the next request.
-pub(super) type Pending =
-    Arc<Mutex<HashMap<(u32, bool), VecDeque<Option<oneshot::Sender<Vec<u8>>>>>>>;
+/// A request waiting for its reply.
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// Distinguishes this slot from a later one that reuses the tag.
+    id: u64,
+    pub(super) instance: u32,
+    pub(super) control: bool,
+    pub(super) waiter: oneshot::Sender<Vec<u8>>,
+}
+
+/// The outstanding requests, by tag.
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    next_tag: u32,
+    next_id: u64,
+    pub(super) slots: HashMap<u32, Slot>,
+}
+
+impl Table {
+    /// A tag no outstanding request uses (there are at most a few per instance).
+    fn fresh_tag(&mut self) -> u32 {
+        loop {
+            let tag = self.next_tag;
+            self.next_tag = self.next_tag.wrapping_add(1);
+            if !self.slots.contains_key(&tag) {
+                return tag;
+            }
+        }
+    }
+}
+
+pub(super) type Pending = Arc<Mutex<Table>>;
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, Table> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The backend's side of the stream: sends requests for any instance and matches replies.
 #[derive(Clone, Debug)]
 pub struct MuxClient {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
-    /// The locality each instance was last told, the one record of it on this side.
-    localities: Arc<Mutex<HashMap<u32, u8>>>,
 }
 
 /// Splits the backend's stream end into a client and its router.
@@ -43,126 +75,131 @@ pub fn mux(end: StreamEnd) -> (MuxClient, MuxRouter) {
         MuxClient {
             tx: end.tx,
             pending: pending.clone(),
-            localities: Arc::default(),
         },
         MuxRouter::new(end.rx, pending),
     )
 }
 
-impl MuxClient {
-    fn enqueue(
-        &self,
-        instance: u32,
-        frame: Frame,
-        control: bool,
-        waiter: Option<oneshot::Sender<Vec<u8>>>,
-    ) -> Result<(), FrameError> {
-        if instance > MAX_INSTANCE {
-            return Err(FrameError::BadInstance(instance));
-        }
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = pending.entry((instance, control)).or_default();
-        if queue.len() >= MAX_OUTSTANDING {
-            return Err(FrameError::Busy(instance));
-        }
-        // Sent under the lock so queue order is stream order.
-        self.tx
-            .unbounded_send(frame.encode())
-            .map_err(|_| FrameError::Closed)?;
-        queue.push_back(waiter);
-        Ok(())
-    }
+/// Removes its slot when the caller stops waiting, so a late reply is dropped.
+struct SlotGuard<'a> {
+    pending: &'a Pending,
+    tag: u32,
+    id: u64,
+}
 
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut table = lock(self.pending);
+        if table.slots.get(&self.tag).is_some_and(|s| s.id == self.id) {
+            table.slots.remove(&self.tag);
+        }
+    }
+}
+
+/// A registered request: its slot (removed on drop) and where its reply arrives.
+type Waiting<'a> = (SlotGuard<'a>, oneshot::Receiver<Vec<u8>>);
+
+impl MuxClient {
+    /// Sends the frame `build` makes from a fresh tag; registers a slot unless `posted`.
     fn send(
         &self,
         instance: u32,
-        frame: Frame,
         control: bool,
-    ) -> Result<oneshot::Receiver<Vec<u8>>, FrameError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(instance, frame, control, Some(tx))?;
-        Ok(rx)
+        posted: bool,
+        build: impl FnOnce(u32) -> Frame,
+    ) -> Result<Option<Waiting<'_>>, FrameError> {
+        if instance > MAX_INSTANCE {
+            return Err(FrameError::BadInstance(instance));
+        }
+        let mut table = lock(&self.pending);
+        let outstanding = table
+            .slots
+            .values()
+            .filter(|s| s.instance == instance)
+            .count();
+        if outstanding >= MAX_OUTSTANDING {
+            return Err(FrameError::Busy(instance));
+        }
+        let tag = table.fresh_tag();
+        self.tx
+            .unbounded_send(build(tag).encode())
+            .map_err(|_| FrameError::Closed)?;
+        if posted {
+            return Ok(None);
+        }
+        let (waiter, rx) = oneshot::channel();
+        let id = table.next_id;
+        table.next_id = table.next_id.wrapping_add(1);
+        table.slots.insert(
+            tag,
+            Slot {
+                id,
+                instance,
+                control,
+                waiter,
+            },
+        );
+        let guard = SlotGuard {
+            pending: &self.pending,
+            tag,
+            id,
+        };
+        Ok(Some((guard, rx)))
     }
 
-    /// Sends a TPM command for `instance` at `locality` and waits for the response packet.
-    /// A `SetLocality` control operation goes first when the locality changed.
+    async fn request(
+        &self,
+        instance: u32,
+        control: bool,
+        build: impl FnOnce(u32) -> Frame,
+    ) -> Result<Vec<u8>, FrameError> {
+        let (_guard, rx) = self
+            .send(instance, control, false, build)?
+            .ok_or(FrameError::Closed)?;
+        rx.await.map_err(|_| FrameError::Closed)
+    }
+
+    /// Sends a TPM command for `instance` at `locality` and waits for its response.
     pub async fn command(
         &self,
         instance: u32,
         command: Vec<u8>,
         locality: u8,
     ) -> Result<Vec<u8>, FrameError> {
-        let known = self
-            .localities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&instance)
-            .copied();
-        if known != Some(locality) {
-            match self
-                .control(instance, ControlOp::SetLocality(locality))
-                .await
-            {
-                Ok(_) => {
-                    self.localities
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(instance, locality);
-                }
-                Err(e) => tracing::warn!(instance, error = %e, "set locality failed"),
-            }
-        }
-        let rx = self.send(
+        self.request(instance, false, |tag| Frame::Command {
             instance,
-            Frame::Packet {
-                instance,
-                packet: command,
-            },
-            false,
-        )?;
-        rx.await.map_err(|_| FrameError::Closed)
+            tag,
+            locality,
+            command,
+        })
+        .await
     }
 
     /// Sends a control operation for `instance` without waiting for (or routing) its reply:
     /// for a cancel, whose effect shows in the command's own response.
     pub fn post_control(&self, instance: u32, op: ControlOp) -> Result<(), FrameError> {
-        let frame = Frame::Control {
+        self.send(instance, true, true, |tag| Frame::Control {
             instance,
+            tag,
             payload: encode_control(op),
-        };
-        self.enqueue(instance, frame, true, None)
-    }
-
-    /// Records that `instance` already runs at `locality` (tests that play the manager).
-    #[cfg(test)]
-    pub(super) fn assume_locality(&self, instance: u32, locality: u8) {
-        self.localities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(instance, locality);
+        })
+        .map(drop)
     }
 
     /// Sends a control operation for `instance` and waits for its reply.
     pub async fn control(&self, instance: u32, op: ControlOp) -> Result<ControlReply, FrameError> {
-        let rx = self.send(
-            instance,
-            Frame::Control {
+        let payload = self
+            .request(instance, true, |tag| Frame::Control {
                 instance,
+                tag,
                 payload: encode_control(op),
-            },
-            true,
-        )?;
-        if matches!(
-            op,
-            ControlOp::Init { .. } | ControlOp::Stop | ControlOp::Shutdown
-        ) {
-            // A reset engine may be back at locality 0: tell it again before the next command.
-            self.localities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&instance);
-        }
-        let payload = rx.await.map_err(|_| FrameError::Closed)?;
+            })
+            .await?;
         decode_control_reply(op, &payload)
+    }
+
+    /// Requests still waiting for a reply (all instances).
+    pub fn outstanding(&self) -> usize {
+        lock(&self.pending).slots.len()
     }
 }

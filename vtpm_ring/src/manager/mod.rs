@@ -5,8 +5,9 @@
 //! - [`router`]: [`MuxRouter`], which hands each reply to the request it answers;
 //! - [`server`]: [`VtpmManager`], which owns the engines and serves the manager's side.
 //!
-//! As the seed's frames carry no request id, the backend matches replies per instance and
-//! kind in order.
+//! Ordering rule: replies are matched by tag, never by order ([`router`] enforces it); the
+//! manager runs requests concurrently ([`server`]); each device keeps its own order by having
+//! one request outstanding at a time (the backend), its posted cancel excepted.
 
 pub mod codec;
 
@@ -17,6 +18,7 @@ mod server;
 pub use client::MuxClient;
 pub use client::mux;
 pub use codec::CONTROL_FLAG;
+pub use codec::FRAME_HEADER_SIZE;
 pub use codec::Frame;
 pub use codec::FrameError;
 pub use codec::MAX_INSTANCE;

@@ -4,7 +4,6 @@ use super::StreamEnd;
 use super::codec::Frame;
 use super::codec::decode_control;
 use super::codec::encode_control_reply;
-use crate::engine::ControlOp;
 use crate::engine::EngineError;
 use crate::engine::TpmEngine;
 use crate::engine::TpmReply;
@@ -14,10 +13,7 @@ use crate::tpm_header::error_response;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::PoisonError;
 
 /// The vTPM manager: owns one engine per instance and serves the multiplexed stream.
 #[derive(Default)]
@@ -36,19 +32,22 @@ impl VtpmManager {
         self.engines.insert(instance, engine);
     }
 
-    /// Serves frames until the backend closes the stream. Requests run concurrently, so a
-    /// cancel for an instance is not stuck behind that instance's command.
+    /// Serves frames until the backend closes the stream.
+    ///
+    /// Requests run concurrently and may finish in any order (so a cancel for an instance is
+    /// not stuck behind that instance's command); each reply carries its request's tag, which
+    /// is all the backend matches on. Per-device order is the backend's to keep: it has at
+    /// most one command of a device outstanding and awaits each control operation before the
+    /// next request, except the cancel it posts for the command under way.
     pub async fn serve(self, end: StreamEnd) {
         let StreamEnd { tx, mut rx } = end;
-        let localities: Arc<Mutex<HashMap<u32, u8>>> = Arc::default();
         let mut running = FuturesUnordered::new();
         loop {
             futures::select! {
                 frame = rx.next() => {
                     let Some(bytes) = frame else { break };
                     let engines = self.engines.clone();
-                    let localities = localities.clone();
-                    running.push(async move { handle_frame(&engines, &localities, &bytes).await });
+                    running.push(async move { handle_frame(&engines, &bytes).await });
                 }
                 reply = running.select_next_some() => {
                     if let Some(reply) = reply
@@ -70,77 +69,67 @@ impl VtpmManager {
 
 async fn handle_frame(
     engines: &BTreeMap<u32, Arc<dyn TpmEngine>>,
-    localities: &Mutex<HashMap<u32, u8>>,
     bytes: &[u8],
 ) -> Option<Vec<u8>> {
-    let frame = match Frame::decode(bytes) {
+    let frame = match Frame::decode_request(bytes) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "malformed frame from the backend");
             return None;
         }
     };
-    match frame {
-        Frame::Packet { instance, packet } => {
+    let reply = match frame {
+        Frame::Command {
+            instance,
+            tag,
+            locality,
+            command,
+        } => {
             let response = match engines.get(&instance) {
-                Some(engine) => {
-                    let locality = localities
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&instance)
-                        .copied()
-                        .unwrap_or(0);
-                    match engine
-                        .execute(TpmRequest::Command {
-                            command: packet,
-                            locality,
-                        })
-                        .await
-                    {
-                        Ok(TpmReply::Response(r)) => r,
-                        Ok(TpmReply::Control(_)) | Err(_) => error_response(TpmRc::FAILURE),
-                    }
-                }
+                Some(engine) => match engine
+                    .execute(TpmRequest::Command { command, locality })
+                    .await
+                {
+                    Ok(TpmReply::Response(r)) => r,
+                    Ok(TpmReply::Control(_)) | Err(_) => error_response(TpmRc::FAILURE),
+                },
                 None => {
                     tracing::warn!(instance, "command for unknown vTPM instance");
                     error_response(TpmRc::FAILURE)
                 }
             };
-            Some(
-                Frame::Packet {
-                    instance,
-                    packet: response,
-                }
-                .encode(),
-            )
+            Frame::Response {
+                instance,
+                tag,
+                response,
+            }
         }
-        Frame::Control { instance, payload } => {
+        Frame::Control {
+            instance,
+            tag,
+            payload,
+        } => {
             let reply = match (decode_control(&payload), engines.get(&instance)) {
-                (Ok(op), Some(engine)) => {
-                    let result = engine.control(op).await;
-                    if let (ControlOp::SetLocality(l), Ok(_)) = (op, &result) {
-                        localities
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(instance, l);
-                    }
-                    encode_control_reply(result)
-                }
+                (Ok(op), Some(engine)) => encode_control_reply(engine.control(op).await),
                 (Err(e), _) => {
                     tracing::warn!(instance, error = %e, "bad control frame");
                     encode_control_reply(Err(EngineError::Failed(e.to_string())))
                 }
                 (_, None) => encode_control_reply(Err(EngineError::NotRunning)),
             };
-            Some(
-                Frame::Control {
-                    instance,
-                    payload: reply,
-                }
-                .encode(),
-            )
+            Frame::Control {
+                instance,
+                tag,
+                payload: reply,
+            }
         }
-    }
+        // Only the manager sends responses.
+        Frame::Response { instance, .. } => {
+            tracing::warn!(instance, "response frame from the backend");
+            return None;
+        }
+    };
+    Some(reply.encode())
 }
 
 #[cfg(test)]
@@ -148,13 +137,14 @@ mod tests {
     use super::super::mux;
     use super::super::stream_pair;
     use super::*;
+    use crate::engine::ControlOp;
     use crate::engine::ControlReply;
     use crate::engine::SimTpm;
 
     const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 
     #[tokio::test]
-    async fn manager_routes_by_instance_and_locality_follows_control() {
+    async fn manager_routes_by_instance_and_locality_travels_with_the_command() {
         let (back, man) = stream_pair();
         let mut manager = VtpmManager::new();
         let a = Arc::new(SimTpm::started());
