@@ -43,24 +43,17 @@ use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
 
 /// Frontend settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FrontendConfig {
     /// Device handle (`device/vtpm/<handle>`).
     pub handle: u32,
     /// Protocol versions the frontend is willing to use.
     pub protocols: Protocols,
-    /// v2 extra pages beyond the shared page (1 lets a 4 KiB command fit).
+    /// v2 extra pages beyond the shared page. The default, 0, is the layout Linux
+    /// xen-tpmfront and mini-os use: packets up to 4088 bytes, starting at offset 8 of the one
+    /// shared page. Multi-page packets are an explicit option (1 lets a 4 KiB command fit);
+    /// the backend accepts up to [`BackendConfig::max_extra_pages`](crate::backend::BackendConfig).
     pub extra_pages: u8,
-}
-
-impl Default for FrontendConfig {
-    fn default() -> Self {
-        Self {
-            handle: 0,
-            protocols: Protocols::default(),
-            extra_pages: 1,
-        }
-    }
 }
 
 /// Frontend errors.
@@ -390,7 +383,7 @@ impl Frontend {
         while matches!(page.state()?, V2State::SUBMIT | V2State::CANCEL) {
             self.event.wait().await?;
         }
-        page.write_packet(command, self.locality.load(Ordering::Relaxed))?;
+        page.write_command(command, self.locality.load(Ordering::Relaxed))?;
         self.in_flight.store(true, Ordering::Release);
         page.set_state(V2State::SUBMIT)?;
         self.event.notify()?;

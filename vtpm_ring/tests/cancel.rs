@@ -98,7 +98,7 @@ async fn setup(protocols: Protocols) -> (Arc<SlowEngine>, Arc<Frontend>) {
     tokio::spawn(manager.serve(m));
     tokio::spawn(Backend::new(back, b, BackendConfig::default()).run());
     create_device(
-        &host.store_as(DomainId::DOM0),
+        &host.toolstack(),
         &VtpmDevice {
             backend: DomainId(1),
             frontend: guest.id(),

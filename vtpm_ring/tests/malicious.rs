@@ -210,6 +210,18 @@ mod lying_sizes {
     }
 
     #[tokio::test]
+    async fn backend_writes_only_length_and_state_never_the_locality() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        raw.pages[0].write(5, &[3]).unwrap();
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        // The locality byte is the frontend's: still what it wrote.
+        assert_eq!(raw.pages[0].load_u8(5).unwrap(), 3);
+        assert_eq!(bed.engines[&1].last_locality(), 3);
+    }
+
+    #[tokio::test]
     async fn v1_sizes_that_do_not_add_up_get_command_size() {
         let (bed, guest) = start();
         let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);

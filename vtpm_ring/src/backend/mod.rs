@@ -9,16 +9,17 @@
 //! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
 //! the command was under way) or IDLE (nothing was).
 
+mod v1;
+mod v2;
+
 use crate::domain::Domain;
 use crate::domain::DomainId;
 use crate::engine::ControlOp;
 use crate::event::EventChannel;
 use crate::event::EventError;
 use crate::event::Port;
-use crate::grant::GrantAccess;
 use crate::grant::GrantError;
 use crate::grant::GrantRef;
-use crate::grant::MappedPage;
 use crate::manager::MuxClient;
 use crate::manager::MuxRouter;
 use crate::manager::StreamEnd;
@@ -26,10 +27,6 @@ use crate::manager::mux;
 use crate::protocol::ProtocolVersion;
 use crate::protocol::Protocols;
 use crate::protocol::RingError;
-use crate::protocol::v1;
-use crate::protocol::v2;
-use crate::protocol::v2::V2Page;
-use crate::protocol::v2::V2State;
 use crate::store::StoreError;
 use crate::store::StoreHandle;
 use crate::store::Watch;
@@ -61,7 +58,8 @@ use tracing::Instrument;
 pub struct BackendConfig {
     /// Protocol versions offered.
     pub protocols: Protocols,
-    /// Most v2 extra pages a frontend may bring.
+    /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
+    /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
 }
 
@@ -69,7 +67,7 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             protocols: Protocols::default(),
-            max_extra_pages: v2::MAX_EXTRA_PAGES,
+            max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
         }
     }
 }
@@ -100,6 +98,7 @@ pub enum BackendError {
 /// Counters of what the backend did (all devices).
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    devices: AtomicU64,
     connects: AtomicU64,
     disconnects: AtomicU64,
     failed_connects: AtomicU64,
@@ -113,6 +112,8 @@ pub struct BackendStats {
 /// A copy of [`BackendStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Devices being served now (a gauge: each holds its instance until its directory goes).
+    pub devices: u64,
     /// Connections established.
     pub connects: u64,
     /// Connections torn down.
@@ -136,6 +137,7 @@ impl BackendStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
+            devices: g(&self.devices),
             connects: g(&self.connects),
             disconnects: g(&self.disconnects),
             failed_connects: g(&self.failed_connects),
@@ -255,19 +257,53 @@ fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, St
     })
 }
 
+/// The protocol a device speaks, each in its own module; this module decides what to do.
 enum Transport {
-    V1 {
-        ring: MappedPage,
-        /// The ring as copied for the request under way: its refs name the response pages.
-        snapshot: Option<v1::Ring>,
-    },
-    V2(V2Page<MappedPage>),
+    // Boxed: the ring snapshot makes it far larger than v2's view.
+    V1(Box<v1::V1Transport>),
+    V2(v2::V2Transport),
+}
+
+/// What a doorbell announced, as the protocol module read it from shared memory.
+enum Doorbell {
+    /// Nothing to act on.
+    Nothing,
+    /// A command, copied out of shared memory (not validated yet).
+    Request { packet: Vec<u8>, locality: u8 },
+    /// The shared layout does not describe a packet.
+    Malformed(RingError),
+    /// v2: cancel the command under way.
+    Cancel,
+    /// v2: cancel with nothing under way.
+    CancelIdle,
+}
+
+impl Transport {
+    fn doorbell(&mut self, busy: bool) -> Doorbell {
+        match self {
+            Transport::V1(t) => t.doorbell(busy),
+            Transport::V2(t) => t.doorbell(busy),
+        }
+    }
+
+    fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
+        match self {
+            Transport::V1(t) => t.write_response(response),
+            Transport::V2(t) => t.write_response(response),
+        }
+    }
+
+    fn answered(&mut self) {
+        match self {
+            Transport::V1(t) => t.answered(),
+            Transport::V2(_) => {}
+        }
+    }
 }
 
 struct Connection {
     event: EventChannel,
     transport: Transport,
-    frontend: DomainId,
 }
 
 /// Why serving stopped.
@@ -279,9 +315,11 @@ enum Stop {
 /// Runs one device until its directory disappears; returns the directory.
 async fn device(shared: Arc<Shared>, dir: String) -> String {
     let span = tracing::info_span!("vtpm_backend", dir = %dir);
+    BackendStats::bump(&shared.stats.devices);
     if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
         tracing::warn!(dir, error = %e, "vTPM device stopped");
     }
+    shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
     dir
 }
 
@@ -405,7 +443,7 @@ async fn serve_device(
 fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, BackendError> {
     let store = &shared.store;
     let fdir = &config.front_dir;
-    let ring_ref: u32 = store.read_num(&format!("{fdir}/{}", keys::RING_REF))?;
+    let ring_ref = GrantRef(store.read_num(&format!("{fdir}/{}", keys::RING_REF))?);
     let port: u32 = store.read_num(&format!("{fdir}/{}", keys::EVENT_CHANNEL))?;
     let peer_v2 = store
         .try_read(&format!("{fdir}/{}", keys::FEATURE_V2))?
@@ -417,32 +455,21 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
         .ok_or(BackendError::NoCommonProtocol)?;
     let domain = &shared.domain;
     let transport = match version {
-        ProtocolVersion::V2 => {
-            let page =
-                domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?;
-            let refs = v2::read_extra_refs(&page, shared.config.max_extra_pages)?;
-            let mut pages = vec![page];
-            for r in refs {
-                pages.push(domain.map_grant(
-                    config.frontend,
-                    GrantRef(r),
-                    GrantAccess::ReadWrite,
-                )?);
-            }
-            Transport::V2(V2Page::new(pages)?)
-        }
-        ProtocolVersion::V1 => Transport::V1 {
-            ring: domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?,
-            snapshot: None,
-        },
+        ProtocolVersion::V2 => Transport::V2(v2::V2Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+            shared.config.max_extra_pages,
+        )?),
+        ProtocolVersion::V1 => Transport::V1(Box::new(v1::V1Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+        )?)),
     };
     let event = domain.bind_interdomain(config.frontend, Port(port))?;
     tracing::debug!(?version, "protocol negotiated");
-    Ok(Connection {
-        event,
-        transport,
-        frontend: config.frontend,
-    })
+    Ok(Connection { event, transport })
 }
 
 enum Action {
@@ -463,12 +490,11 @@ async fn serve(
 ) -> Stop {
     let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
     let mut cancel_sent = false;
-    let mut locality_sent: Option<u8> = None;
     // v2: a request may have been submitted before we bound the channel, and the state byte
     // says so. v1 has no such state: only a notification announces a request.
     let mut action = match conn.transport {
         Transport::V2(_) => Action::Event(Ok(())),
-        Transport::V1 { .. } => Action::Idle,
+        Transport::V1(_) => Action::Idle,
     };
     loop {
         match action {
@@ -483,32 +509,14 @@ async fn serve(
                 if let Some(req) =
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
                 {
-                    let client = shared.client.clone();
-                    let instance = config.instance;
                     let (cmd, locality) = req;
-                    let set_locality = locality_sent != Some(locality);
-                    locality_sent = Some(locality);
                     BackendStats::bump(&shared.stats.requests);
-                    inflight = Some(Box::pin(async move {
-                        if set_locality
-                            && let Err(e) = client
-                                .control(instance, ControlOp::SetLocality(locality))
-                                .await
-                        {
-                            tracing::warn!(instance, error = %e, "set locality failed");
-                        }
-                        match client.command(instance, cmd).await {
-                            Ok(r) if validate_response(&r) => r,
-                            Ok(_) => {
-                                tracing::warn!(instance, "malformed response from the manager");
-                                error_response(TpmRc::FAILURE)
-                            }
-                            Err(e) => {
-                                tracing::warn!(instance, error = %e, "manager request failed");
-                                error_response(TpmRc::FAILURE)
-                            }
-                        }
-                    }));
+                    inflight = Some(forward(
+                        shared.client.clone(),
+                        config.instance,
+                        cmd,
+                        locality,
+                    ));
                 }
             }
             Action::OwnChanged(alive) => {
@@ -551,6 +559,29 @@ async fn serve(
     }
 }
 
+/// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the
+/// frontend always gets an answer.
+fn forward(
+    client: MuxClient,
+    instance: u32,
+    command: Vec<u8>,
+    locality: u8,
+) -> BoxFuture<'static, Vec<u8>> {
+    Box::pin(async move {
+        match client.command(instance, command, locality).await {
+            Ok(r) if validate_response(&r) => r,
+            Ok(_) => {
+                tracing::warn!(instance, "malformed response from the manager");
+                error_response(TpmRc::FAILURE)
+            }
+            Err(e) => {
+                tracing::warn!(instance, error = %e, "manager request failed");
+                error_response(TpmRc::FAILURE)
+            }
+        }
+    })
+}
+
 fn validate_response(r: &[u8]) -> bool {
     crate::tpm_header::TpmHeader::read_from_prefix_checked(r)
 }
@@ -564,81 +595,36 @@ fn on_event(
     cancel_sent: &mut bool,
 ) -> Option<(Vec<u8>, u8)> {
     let stats = &shared.stats;
-    match &mut conn.transport {
-        Transport::V2(page) => {
-            let state = match page.state() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read shared page state");
-                    return None;
-                }
-            };
-            match (state, busy) {
-                (V2State::SUBMIT, false) => {
-                    let (packet, locality) = match page.read_packet() {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "request does not fit the shared pages");
-                            BackendStats::bump(&stats.malformed);
-                            respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
-                            return None;
-                        }
-                    };
-                    check_request(shared, conn, packet, locality)
-                }
-                (V2State::CANCEL, true) => {
-                    if !*cancel_sent {
-                        *cancel_sent = true;
-                        BackendStats::bump(&stats.cancels);
-                        if let Err(e) = shared
-                            .client
-                            .post_control(config.instance, ControlOp::CancelCommand)
-                        {
-                            tracing::warn!(error = %e, "cancel not forwarded");
-                        }
-                    }
-                    None
-                }
-                (V2State::CANCEL, false) => {
-                    BackendStats::bump(&stats.cancel_acks);
-                    if page.set_state(V2State::IDLE).is_ok() {
-                        let _ = conn.event.notify();
-                    }
-                    None
-                }
-                // SUBMIT while busy: the frontend is ahead of itself; it gets the answer to the
-                // command under way. IDLE/FINISH/unknown: nothing to do.
-                _ => None,
-            }
+    match conn.transport.doorbell(busy) {
+        Doorbell::Nothing => None,
+        Doorbell::Request { packet, locality } => check_request(shared, conn, packet, locality),
+        Doorbell::Malformed(e) => {
+            tracing::debug!(error = %e, "request does not fit the shared pages");
+            BackendStats::bump(&stats.malformed);
+            respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
+            None
         }
-        Transport::V1 { ring, snapshot } => {
-            if busy {
-                return None;
-            }
-            let entries = match v1::read_ring(ring) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read v1 ring");
-                    return None;
-                }
-            };
-            *snapshot = Some(entries);
-            let frontend = conn.frontend;
-            let domain = &shared.domain;
-            let packet = v1::packet_len(&entries).and_then(|len| {
-                v1::read_packet(&entries, len, |r| {
-                    Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadOnly)?)
-                })
-            });
-            match packet {
-                Ok(p) => check_request(shared, conn, p, 0),
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed v1 request");
-                    BackendStats::bump(&stats.malformed);
-                    respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
-                    None
+        Doorbell::Cancel => {
+            if !*cancel_sent {
+                *cancel_sent = true;
+                BackendStats::bump(&stats.cancels);
+                if let Err(e) = shared
+                    .client
+                    .post_control(config.instance, ControlOp::CancelCommand)
+                {
+                    tracing::warn!(error = %e, "cancel not forwarded");
                 }
             }
+            None
+        }
+        Doorbell::CancelIdle => {
+            BackendStats::bump(&stats.cancel_acks);
+            if let Transport::V2(t) = &mut conn.transport
+                && t.ack_cancel().is_ok()
+            {
+                let _ = conn.event.notify();
+            }
+            None
         }
     }
 }
@@ -672,28 +658,15 @@ fn check_request(
     }
 }
 
-/// Writes a response into the shared pages and notifies.
+/// Writes a response into the shared pages and notifies; one that does not fit becomes
+/// TPM_RC_FAILURE (never truncated).
 fn respond(shared: &Shared, conn: &mut Connection, response: &[u8]) {
-    let frontend = conn.frontend;
-    let domain = &shared.domain;
-    let written = match &mut conn.transport {
-        Transport::V2(page) => {
-            let r = page.write_packet(response, 0).or_else(|e| {
-                tracing::warn!(error = %e, "response does not fit the shared pages");
-                page.write_packet(&error_response(TpmRc::FAILURE), 0)
-            });
-            r.and_then(|()| page.set_state(V2State::FINISH))
-        }
-        Transport::V1 { ring, snapshot } => {
-            let entries = snapshot.take().unwrap_or_default();
-            let map =
-                |r: u32| Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadWrite)?);
-            v1::write_packet(ring, &entries, response, map).or_else(|e| {
-                tracing::warn!(error = %e, "response does not fit the v1 pages");
-                v1::write_packet(ring, &entries, &error_response(TpmRc::FAILURE), map)
-            })
-        }
-    };
+    let written = conn.transport.write_response(response).or_else(|e| {
+        tracing::warn!(error = %e, "response does not fit the shared pages");
+        conn.transport
+            .write_response(&error_response(TpmRc::FAILURE))
+    });
+    conn.transport.answered();
     match written {
         Ok(()) => {
             let _ = conn.event.notify();
