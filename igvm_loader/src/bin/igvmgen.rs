@@ -26,7 +26,7 @@ use std::process::ExitCode;
 /// Exit codes and conventions of `igvmgen measure` (also in the crate docs).
 const MEASURE_HELP: &str = "\
 SNP conventions: --vmm qemu (default) measures data-less pages as NORMAL zero pages and VMSAs
-at KVM's GPA 0xffffffff000 after every page; --vmm hyperv measures data-less pages as NORMAL
+at KVM's GPA 0xfffffffff000 after every page; --vmm hyperv measures data-less pages as NORMAL
 zero pages and VMSAs at the file's GPA in file order. --zero-pages and --vmsa-gpa override one
 convention of the preset; the JSON records the conventions used.
 
@@ -42,20 +42,22 @@ Exit codes:
 /// A failure of a file, with its exit code. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 enum FileError {
-    #[error("{}: {source}", path.display())]
+    // The message carries the error itself, so it is not also a `source` (which would print
+    // it twice).
+    #[error("{}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Invalid {
         path: PathBuf,
-        source: igvm_loader::Error,
+        error: igvm_loader::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Unmeasurable {
         path: PathBuf,
-        source: igvm_loader::Error,
+        error: igvm_loader::Error,
     },
 }
 
@@ -69,27 +71,27 @@ impl FileError {
     }
 
     /// Sorts a measurement error: the file's fault (4) or the request's (5).
-    fn of_measure(path: &Path, source: igvm_loader::Error) -> Self {
+    fn of_measure(path: &Path, error: igvm_loader::Error) -> Self {
         use igvm_loader::Error as E;
         let path = path.to_path_buf();
-        match source {
+        match error {
             E::PlatformNotInFile(_) | E::TooManyPages { .. } | E::LargePageWithData { .. } => {
-                FileError::Unmeasurable { path, source }
+                FileError::Unmeasurable { path, error }
             }
-            source => FileError::Invalid { path, source },
+            error => FileError::Invalid { path, error },
         }
     }
 }
 
 /// Reads and parses `path`; errors name it.
 fn read_igvm(path: &Path) -> Result<(Vec<u8>, igvm::IgvmFile), FileError> {
-    let bytes = std::fs::read(path).map_err(|source| FileError::Read {
+    let bytes = std::fs::read(path).map_err(|error| FileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    let parsed = igvm_loader::parse(&bytes).map_err(|source| FileError::Invalid {
+    let parsed = igvm_loader::parse(&bytes).map_err(|error| FileError::Invalid {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok((bytes, parsed))
 }

@@ -110,8 +110,9 @@ impl Vmm {
     }
 }
 
-/// Default page limit: 4 GiB of guest memory. Hashing that takes seconds, not minutes.
-pub const DEFAULT_MAX_PAGES: u64 = 1 << 20;
+/// Default page limit: 2 GiB of guest memory per platform. Hashing that many pages takes
+/// seconds (TDX, the slowest, hashes 6 KiB per measured page), not minutes.
+pub const DEFAULT_MAX_PAGES: u64 = 1 << 19;
 
 /// Measurement options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,6 +562,83 @@ mod tests {
         };
         let err = measure(&snp_file(true, &[]), IsolationType::Snp, &options).unwrap_err();
         assert!(matches!(err, Error::TooManyPages { limit: 100 }));
+    }
+
+    #[test]
+    fn kvm_measures_vmsas_at_its_gpa_after_every_page_hyperv_in_file_order() {
+        use igvm_defs::IgvmPageDataFlags;
+        let mut vmsa = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed().unwrap();
+        vmsa.rip = 0xfff0;
+        let vmsa_bytes = zerocopy::IntoBytes::as_bytes(vmsa.as_ref()).to_vec();
+        let data = vec![0x42u8; 4096];
+        let file = IgvmFile::new(
+            igvm::IgvmRevision::V1,
+            vec![IgvmPlatformHeader::SupportedPlatform(
+                igvm_defs::IGVM_VHS_SUPPORTED_PLATFORM {
+                    compatibility_mask: 1,
+                    highest_vtl: 0,
+                    platform_type: IgvmPlatformType::SEV_SNP,
+                    platform_version: 1,
+                    shared_gpa_boundary: 0,
+                },
+            )],
+            vec![],
+            vec![
+                IgvmDirectiveHeader::SnpVpContext {
+                    gpa: 0x5000,
+                    compatibility_mask: 1,
+                    vp_index: 0,
+                    vmsa,
+                },
+                IgvmDirectiveHeader::PageData {
+                    gpa: 0x1000,
+                    compatibility_mask: 1,
+                    flags: IgvmPageDataFlags::new(),
+                    data_type: IgvmPageDataType::NORMAL,
+                    data: data.clone(),
+                },
+            ],
+        )
+        .unwrap();
+        let page = snp::SnpPage {
+            gpa: 0x1000,
+            pages: 1,
+            page_type: snp::SnpPageType::Normal,
+            contents: snp::Contents::Data(&data),
+        };
+        let vmsa_at = |gpa| snp::SnpPage {
+            gpa,
+            pages: 1,
+            page_type: snp::SnpPageType::Vmsa,
+            contents: snp::Contents::Data(&vmsa_bytes),
+        };
+        let digest = |vmm| {
+            measure(&file, IsolationType::Snp, &MeasureOptions::for_vmm(vmm))
+                .unwrap()
+                .digest
+        };
+        assert_eq!(
+            digest(Vmm::Qemu),
+            hex::encode(snp::launch_digest(&[page, vmsa_at(KVM_VMSA_GPA)]))
+        );
+        assert_eq!(
+            digest(Vmm::Hyperv),
+            hex::encode(snp::launch_digest(&[vmsa_at(0x5000), page]))
+        );
+    }
+
+    #[test]
+    fn presets_are_recognised_and_overrides_are_not_a_preset() {
+        assert_eq!(MeasureOptions::default().vmm(), Some(Vmm::Qemu));
+        assert_eq!(
+            MeasureOptions::for_vmm(Vmm::Hyperv).vmm(),
+            Some(Vmm::Hyperv)
+        );
+        let mixed = MeasureOptions {
+            zero_pages: ZeroPages::Zero,
+            ..MeasureOptions::default()
+        };
+        assert_eq!(mixed.vmm(), None);
     }
 
     #[test]
