@@ -169,7 +169,7 @@ mod igvm_crate {
         for seed in 0..SEQUENCES {
             let file = random_file(seed, IsolationType::Tdx, false);
             assert_eq!(
-                ours(&file, IsolationType::Tdx, ZeroPages::Qemu, VmsaGpa::File),
+                ours(&file, IsolationType::Tdx, ZeroPages::Zero, VmsaGpa::File),
                 igvm_crate_digest(&file, IgvmPlatformType::TDX),
                 "seed {seed}"
             );
@@ -181,7 +181,7 @@ mod igvm_crate {
         for seed in 0..SEQUENCES {
             let file = random_file(seed, IsolationType::Vbs, seed % 3 != 0);
             assert_eq!(
-                ours(&file, IsolationType::Vbs, ZeroPages::Qemu, VmsaGpa::File),
+                ours(&file, IsolationType::Vbs, ZeroPages::Zero, VmsaGpa::File),
                 igvm_crate_digest(&file, IgvmPlatformType::VSM_ISOLATION),
                 "seed {seed}"
             );
@@ -204,10 +204,8 @@ mod igvm_crate {
                 random_image(&mut rng, image, t != IsolationType::Tdx);
             }
             let file = IgvmFile::new_from_binary(&b.build_bytes().unwrap(), None).unwrap();
-            let opts = MeasureOptions {
-                zero_pages: ZeroPages::Normal,
-                ..MeasureOptions::default()
-            };
+            // The igvm crate measures as Hyper-V launches.
+            let opts = MeasureOptions::for_vmm(igvm_loader::measure::Vmm::Hyperv);
             let all = igvm_loader::measure::measure_all(&file, &opts).unwrap();
             assert_eq!(all.len(), 3);
             for m in all {
@@ -286,7 +284,7 @@ mod igvm_crate {
             igvm_crate_digest(&file, IgvmPlatformType::SEV_SNP)
         );
         assert_eq!(
-            ours(&file, IsolationType::Tdx, ZeroPages::Qemu, VmsaGpa::File),
+            ours(&file, IsolationType::Tdx, ZeroPages::Zero, VmsaGpa::File),
             igvm_crate_digest(&file, IgvmPlatformType::TDX)
         );
     }
@@ -392,7 +390,7 @@ for line in sys.stdin:
                         }
                         _ if flags.unmeasured() => json!(["unmeasured", gpa]),
                         _ if data.is_empty() => match zero_pages {
-                            ZeroPages::Qemu => json!(["zero", gpa]),
+                            ZeroPages::Zero => json!(["zero", gpa]),
                             ZeroPages::Normal => json!(["normal", gpa, hex::encode([0u8; 4096])]),
                         },
                         _ => {
@@ -438,7 +436,7 @@ for line in sys.stdin:
 
     #[test]
     fn qemu_zero_page_convention_matches_gctx_on_50_sequences() {
-        agree(ZeroPages::Qemu);
+        agree(ZeroPages::Zero);
     }
 
     #[test]
@@ -474,11 +472,11 @@ for line in sys.stdin:
             .count();
         assert_eq!(large, 4);
         let mut seqs = Vec::new();
-        for zero_pages in [ZeroPages::Qemu, ZeroPages::Normal] {
+        for zero_pages in [ZeroPages::Zero, ZeroPages::Normal] {
             let mut ops = Vec::new();
             for page in 0x1ff..0x1ff + 1025u64 {
                 ops.push(match zero_pages {
-                    ZeroPages::Qemu => serde_json::json!(["zero", page * 4096]),
+                    ZeroPages::Zero => serde_json::json!(["zero", page * 4096]),
                     ZeroPages::Normal => {
                         serde_json::json!(["normal", page * 4096, hex::encode([0u8; 4096])])
                     }
@@ -491,7 +489,7 @@ for line in sys.stdin:
         }
         let want = gctx_digests(&seqs);
         assert_eq!(
-            ours(&file, IsolationType::Snp, ZeroPages::Qemu, VmsaGpa::Kvm),
+            ours(&file, IsolationType::Snp, ZeroPages::Zero, VmsaGpa::Kvm),
             want[0]
         );
         assert_eq!(

@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = igvm_loader::dump::dump(&file);
     for (zero_pages, vmsa_gpa) in [
-        (ZeroPages::Qemu, VmsaGpa::Kvm),
+        (ZeroPages::Zero, VmsaGpa::Kvm),
         (ZeroPages::Normal, VmsaGpa::File),
     ] {
         let options = MeasureOptions {
