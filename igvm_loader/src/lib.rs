@@ -38,9 +38,10 @@
 //!   2 MiB directives only for data-less runs, and only when asked
 //!   ([`builder::PlatformConfig::large_pages`]). The `igvm` crate's own measurement (0.5)
 //!   counts a 2 MiB directive as a single page, so it is an oracle for 4 KiB files only.
-//! - TDX images carry no VP context: a TD starts at the reset vector, so
-//!   [`ImageLoad::import_vp_register`] fails for TDX. Relocations need a VBS VP context (the
-//!   IGVM format ties them to one), so they are VBS-only.
+//! - A TD starts at the reset vector and has no VP context structure: registers imported for
+//!   TDX become a measured reset page at 0xFFFFF000 whose trampoline loads them
+//!   ([`vp_context::tdx`]). SNP VMSAs start from the architectural reset state and always
+//!   have EFER.SVME. Relocations need a VP context the loader can adjust: VBS and native.
 //! - Page hashing runs on rayon's pool; the chains (SNP PAGE_INFO, TDX stream, VBS) are
 //!   sequential, and [`measure::measure_all`] runs the platforms concurrently.
 
@@ -51,9 +52,12 @@ pub mod builder;
 pub mod dump;
 mod error;
 pub mod importer;
+pub mod loaders;
 pub mod measure;
 mod parse;
+pub mod qemu;
 pub mod recording;
+pub mod vp_context;
 
 pub use error::Error;
 pub use error::Result;
