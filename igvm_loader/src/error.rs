@@ -110,6 +110,9 @@ pub enum Error {
         /// The platform.
         isolation: IsolationType,
     },
+    /// Registers that no VP context (or TDX reset-page trampoline) can deliver.
+    #[error("VP context: {0}")]
+    VpContext(String),
     /// Invalid relocation parameters.
     #[error("invalid relocation: {0}")]
     InvalidRelocation(String),

@@ -46,9 +46,10 @@
 //!   2 MiB directives only for data-less runs, and only when asked
 //!   ([`builder::PlatformConfig::large_pages`]). The `igvm` crate's own measurement (0.5)
 //!   counts a 2 MiB directive as a single page, so it is an oracle for 4 KiB files only.
-//! - TDX images carry no VP context: a TD starts at the reset vector, so
-//!   [`ImageLoad::import_vp_register`] fails for TDX. Relocations need a VBS VP context (the
-//!   IGVM format ties them to one), so they are VBS-only.
+//! - A TD starts at the reset vector and has no VP context structure: registers imported for
+//!   TDX become a measured reset page at 0xFFFFF000 whose trampoline loads them
+//!   ([`vp_context::tdx`]). SNP VMSAs start from the architectural reset state and always
+//!   have EFER.SVME. Relocations need a VP context the loader can adjust: VBS and native.
 //! - `igvmgen measure` names the file in every error and exits with 0 (measured), 1 (other
 //!   failure), 2 (bad command line), 3 (file unreadable), 4 (not a valid IGVM file: bad magic,
 //!   truncated, invalid headers or directives) or 5 (valid, but not measurable as asked:
@@ -63,9 +64,12 @@ pub mod builder;
 pub mod dump;
 mod error;
 pub mod importer;
+pub mod loaders;
 pub mod measure;
 mod parse;
+pub mod qemu;
 pub mod recording;
+pub mod vp_context;
 
 pub use error::Error;
 pub use error::Result;

@@ -1,4 +1,4 @@
-//! AArch64: VBS contexts only; SNP has no AArch64 form, and native AArch64 IGVM VP contexts
+//! AArch64: VBS contexts only; SNP and TDX have no AArch64 form, and native AArch64 IGVM VP contexts
 //! are not defined by the format.
 
 use super::GuestArch;
@@ -35,6 +35,13 @@ impl GuestArch for AArch64Register {
         Err(Error::RegistersUnsupported {
             arch: Self::NAME,
             isolation: IsolationType::Snp,
+        })
+    }
+
+    fn tdx_reset_page(_registers: &[Self]) -> Result<Vec<u8>> {
+        Err(Error::RegistersUnsupported {
+            arch: Self::NAME,
+            isolation: IsolationType::Tdx,
         })
     }
 

@@ -39,6 +39,11 @@ pub trait GuestArch: Copy + Debug + PartialEq + Send + Sync + 'static {
         compatibility_mask: u32,
     ) -> Result<IgvmDirectiveHeader>;
 
+    /// The TDX reset page (placed at
+    /// [`crate::vp_context::tdx::RESET_PAGE_GPA`]) whose trampoline starts the boot processor
+    /// in the state `registers` describe.
+    fn tdx_reset_page(registers: &[Self]) -> Result<Vec<u8>>;
+
     /// The native (non-isolated) VP context directive built from `registers`.
     fn native_context(registers: &[Self], compatibility_mask: u32) -> Result<IgvmDirectiveHeader>;
 }

@@ -1,4 +1,4 @@
-//! x86-64: VBS register lists, SNP VMSAs and native VP contexts.
+//! x86-64: VBS register lists, SNP VMSAs, native VP contexts and the TDX reset page.
 
 use super::GuestArch;
 use crate::error::Result;
@@ -36,6 +36,71 @@ fn sev_table(table: TableRegister) -> SevSelector {
 
 /// XCR0 with only x87 state enabled, the architectural reset value.
 const XCR0_RESET: u64 = 1;
+/// Reset values of the registers an SNP VMSA must hold even when the loader sets none of
+/// them (AMD APM vol. 2, "Initial processor state"): a VMSA of zeros has an unusable
+/// segment state and an invalid PAT.
+const RFLAGS_RESET: u64 = 0x2;
+const DR6_RESET: u64 = 0xffff_0ff0;
+const DR7_RESET: u64 = 0x400;
+const CR0_RESET: u64 = 0x6000_0010;
+const RIP_RESET: u64 = 0xfff0;
+const MXCSR_RESET: u32 = 0x1f80;
+const FCW_RESET: u16 = 0x37f;
+/// Segment attributes in the VMSA's 12-bit form.
+const ATTR_CODE_RESET: u16 = 0x9b;
+const ATTR_DATA_RESET: u16 = 0x93;
+const ATTR_LDT: u16 = 0x82;
+const ATTR_TSS16_BUSY: u16 = 0x83;
+const ATTR_TSS64_BUSY: u16 = 0x8b;
+
+/// A VMSA in the architectural reset state, with the SNP feature set.
+fn reset_vmsa() -> Result<Box<SevVmsa>> {
+    let mut vmsa = SevVmsa::new_box_zeroed().map_err(|_| crate::error::Error::OutOfMemory)?;
+    let data = SevSelector {
+        selector: 0,
+        attrib: ATTR_DATA_RESET,
+        limit: 0xffff,
+        base: 0,
+    };
+    vmsa.es = data;
+    vmsa.ss = data;
+    vmsa.ds = data;
+    vmsa.fs = data;
+    vmsa.gs = data;
+    vmsa.cs = SevSelector {
+        selector: 0xf000,
+        attrib: ATTR_CODE_RESET,
+        limit: 0xffff,
+        base: 0xffff_0000,
+    };
+    let table = SevSelector {
+        selector: 0,
+        attrib: 0,
+        limit: 0xffff,
+        base: 0,
+    };
+    vmsa.gdtr = table;
+    vmsa.idtr = table;
+    vmsa.ldtr = SevSelector {
+        attrib: ATTR_LDT,
+        ..table
+    };
+    vmsa.tr = SevSelector {
+        attrib: ATTR_TSS16_BUSY,
+        ..table
+    };
+    vmsa.cr0 = CR0_RESET;
+    vmsa.rip = RIP_RESET;
+    vmsa.rflags = RFLAGS_RESET;
+    vmsa.dr6 = DR6_RESET;
+    vmsa.dr7 = DR7_RESET;
+    vmsa.pat = crate::vp_context::PAT_DEFAULT;
+    vmsa.xcr0 = XCR0_RESET;
+    vmsa.mxcsr = MXCSR_RESET;
+    vmsa.x87_fcw = FCW_RESET;
+    vmsa.sev_features.set_snp(true);
+    Ok(vmsa)
+}
 
 impl GuestArch for X86Register {
     const NAME: &'static str = "x86_64";
@@ -58,7 +123,8 @@ impl GuestArch for X86Register {
         gpa: u64,
         compatibility_mask: u32,
     ) -> Result<IgvmDirectiveHeader> {
-        let mut vmsa = SevVmsa::new_box_zeroed().map_err(|_| crate::error::Error::OutOfMemory)?;
+        let mut vmsa = reset_vmsa()?;
+        let mut tr_set = false;
         for reg in registers {
             match *reg {
                 X86Register::Gdtr(t) => vmsa.gdtr = sev_table(t),
@@ -69,7 +135,10 @@ impl GuestArch for X86Register {
                 X86Register::Gs(s) => vmsa.gs = sev_selector(s),
                 X86Register::Ss(s) => vmsa.ss = sev_selector(s),
                 X86Register::Cs(s) => vmsa.cs = sev_selector(s),
-                X86Register::Tr(s) => vmsa.tr = sev_selector(s),
+                X86Register::Tr(s) => {
+                    vmsa.tr = sev_selector(s);
+                    tr_set = true;
+                }
                 X86Register::Cr0(v) => vmsa.cr0 = v,
                 X86Register::Cr3(v) => vmsa.cr3 = v,
                 X86Register::Cr4(v) => vmsa.cr4 = v,
@@ -89,8 +158,12 @@ impl GuestArch for X86Register {
                 other => tracing::debug!(register = ?other, "not part of the SNP VMSA"),
             }
         }
-        vmsa.xcr0 = XCR0_RESET;
-        vmsa.sev_features.set_snp(true);
+        // VMRUN refuses a guest without EFER.SVME, whatever EFER the loader asked for.
+        vmsa.efer |= crate::vp_context::EFER_SVME;
+        if !tr_set && vmsa.efer & crate::vp_context::EFER_LME != 0 {
+            // Long mode wants a 64-bit TSS type in TR.
+            vmsa.tr.attrib = ATTR_TSS64_BUSY;
+        }
         let boundary = config.shared_gpa_boundary();
         if boundary != 0 {
             vmsa.sev_features.set_vtom(true);
@@ -102,6 +175,11 @@ impl GuestArch for X86Register {
             vp_index: 0,
             vmsa,
         })
+    }
+
+    fn tdx_reset_page(registers: &[Self]) -> Result<Vec<u8>> {
+        crate::vp_context::tdx::reset_page(registers)
+            .map_err(|e| crate::error::Error::VpContext(e.to_string()))
     }
 
     fn native_context(registers: &[Self], compatibility_mask: u32) -> Result<IgvmDirectiveHeader> {

@@ -15,6 +15,8 @@ use crate::importer::PAGE_SIZE;
 use crate::importer::PAGE_SIZE_USIZE;
 use crate::importer::ParameterAreaIndex;
 use crate::importer::StartupMemoryType;
+use crate::vp_context::tdx::RESET_PAGE_GPA;
+use crate::vp_context::tdx::RESET_PAGE_TAG;
 use igvm::IgvmDirectiveHeader;
 use igvm::IgvmInitializationHeader;
 use igvm::IgvmPlatformHeader;
@@ -114,7 +116,7 @@ struct PageTableRelocation {
 /// Directive order, which is what the launch measurement follows: page imports, parameter
 /// areas and parameter usages in call order; then the imported-regions config page; then one
 /// parameter insert per area (in creation order); then the VP context (SNP VMSA, VBS or
-/// native registers), so that it is measured last as KVM requires.
+/// native registers, or the TDX reset page), so that it is measured last as KVM requires.
 #[derive(Debug, Clone)]
 pub struct PlatformImage<R> {
     config: PlatformConfig,
@@ -326,6 +328,15 @@ impl<R: GuestArch> PlatformImage<R> {
             }
             IsolationType::Vbs if !self.registers.is_empty() => {
                 directives.push(R::vbs_context(&self.registers, vtl, mask));
+            }
+            IsolationType::Tdx if !self.registers.is_empty() => {
+                directives.push(IgvmDirectiveHeader::PageData {
+                    gpa: RESET_PAGE_GPA,
+                    compatibility_mask: mask,
+                    flags: IgvmPageDataFlags::new(),
+                    data_type: IgvmPageDataType::NORMAL,
+                    data: R::tdx_reset_page(&self.registers)?,
+                });
             }
             IsolationType::Snp => match self.vp_context_page {
                 // A raw VMSA import and registers would be two VP contexts for the BSP.
@@ -649,9 +660,11 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
     fn import_vp_register(&mut self, register: R) -> Result<()> {
         let supported = match self.isolation() {
             IsolationType::Vbs => true,
-            IsolationType::Snp | IsolationType::None => R::igvm_arch() == Arch::X64,
-            // A TD starts at the reset vector with architecturally fixed state.
-            IsolationType::Tdx => false,
+            // A TD starts at the reset vector: its registers reach it through the
+            // trampoline of the reset page.
+            IsolationType::Snp | IsolationType::None | IsolationType::Tdx => {
+                R::igvm_arch() == Arch::X64
+            }
         };
         if !supported {
             return Err(Error::RegistersUnsupported {
@@ -666,6 +679,12 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
             .any(|r| std::mem::discriminant(r) == kind)
         {
             return Err(Error::DuplicateRegister(format!("{register:?}")));
+        }
+        if self.isolation() == IsolationType::Tdx && self.registers.is_empty() {
+            // The first register claims the reset page, so that an import over it fails
+            // now rather than at build time.
+            let page = RESET_PAGE_GPA / PAGE_SIZE;
+            self.regions.claim(RESET_PAGE_TAG, page, page + 1, true)?;
         }
         self.registers.push(register);
         Ok(())
@@ -717,7 +736,7 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
         apply_gdtr_offset: bool,
         vp_index: u16,
     ) -> Result<()> {
-        if self.isolation() != IsolationType::Vbs {
+        if !matches!(self.isolation(), IsolationType::Vbs | IsolationType::None) {
             return Err(Error::InvalidRelocation(format!(
                 "{:?} has no VP context a relocation could refer to",
                 self.isolation()
@@ -785,7 +804,7 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
         used_pages: u64,
         vp_index: u16,
     ) -> Result<()> {
-        if self.isolation() != IsolationType::Vbs {
+        if !matches!(self.isolation(), IsolationType::Vbs | IsolationType::None) {
             return Err(Error::InvalidRelocation(format!(
                 "{:?} has no VP context a page table relocation could refer to",
                 self.isolation()

@@ -1,0 +1,239 @@
+//! Running a native-platform IGVM file on a stock QEMU, which has no IGVM loader.
+//!
+//! [`QemuPlan::from_file`] turns the file's native platform into what plain QEMU options can
+//! express: every imported range with data becomes a generic loader device
+//! (`-device loader,file=...,addr=...,force-raw=on`), data-less pages are left to QEMU's
+//! zeroed RAM, and the native VP context becomes a generated 64 KiB BIOS whose reset-vector
+//! trampoline ([`crate::vp_context::trampoline`]) goes from real mode to that context. The
+//! BIOS is not part of the file and not measured: it only stands in for the IGVM loader.
+//!
+//! Not expressible, and reported as warnings: parameter areas (QEMU has nothing to fill them
+//! with, so they stay zero).
+
+use crate::vp_context::ContextError;
+use crate::vp_context::LongModeContext;
+use crate::vp_context::trampoline;
+use igvm::IgvmDirectiveHeader;
+use igvm::IgvmFile;
+use igvm::IgvmPlatformHeader;
+use igvm_defs::IgvmPlatformType;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use thiserror::Error;
+
+/// The BIOS window QEMU maps below 4 GiB for the generated BIOS.
+const BIOS_BASE: u64 = (1 << 32) - trampoline::QEMU_BIOS_SIZE as u64;
+const PAGE: u64 = 4096;
+const PAGE_2M: u64 = 2 << 20;
+
+/// Why a file cannot run on QEMU this way.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum QemuError {
+    /// The file has no native platform.
+    #[error("the file has no native platform")]
+    NoNativePlatform,
+    /// The native platform has no VP context to start.
+    #[error("the native platform has no VP context")]
+    NoVpContext,
+    /// The VP context cannot be reached by the trampoline.
+    #[error("VP context: {0}")]
+    Context(#[from] ContextError),
+    /// An imported range collides with the generated BIOS.
+    #[error("imported range {gpa:#x}+{size:#x} overlaps the BIOS window at {BIOS_BASE:#x}")]
+    BiosOverlap {
+        /// Range start.
+        gpa: u64,
+        /// Range size.
+        size: u64,
+    },
+    /// Writing the range files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A contiguous range of guest memory with contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRange {
+    /// First byte.
+    pub gpa: u64,
+    /// Contents (the range's size).
+    pub data: Vec<u8>,
+}
+
+/// What QEMU needs to run the file's native platform.
+#[derive(Debug, Clone)]
+pub struct QemuPlan {
+    /// The generated BIOS (64 KiB).
+    pub bios: Vec<u8>,
+    /// Ranges for generic loader devices, sorted, adjacent pages merged.
+    pub ranges: Vec<LoadRange>,
+    /// The highest byte the file asks to be memory, plus one.
+    pub memory_top: u64,
+    /// Things the plan could not express.
+    pub warnings: Vec<String>,
+    /// The start state the BIOS enters.
+    pub context: LongModeContext,
+}
+
+impl QemuPlan {
+    /// The plan for `file`'s native platform.
+    pub fn from_file(file: &IgvmFile) -> Result<Self, QemuError> {
+        let mask = file
+            .platforms()
+            .iter()
+            .find_map(|p| match p {
+                IgvmPlatformHeader::SupportedPlatform(info)
+                    if info.platform_type == IgvmPlatformType::NATIVE =>
+                {
+                    Some(info.compatibility_mask)
+                }
+                _ => None,
+            })
+            .ok_or(QemuError::NoNativePlatform)?;
+        let mut ranges: Vec<LoadRange> = Vec::new();
+        let mut context = None;
+        let mut warnings = Vec::new();
+        let mut memory_top = 0u64;
+        for d in file.directives() {
+            if d.compatibility_mask().is_some_and(|m| m & mask == 0) {
+                continue;
+            }
+            match d {
+                IgvmDirectiveHeader::PageData {
+                    gpa, flags, data, ..
+                } => {
+                    let size = if flags.is_2mb_page() { PAGE_2M } else { PAGE };
+                    memory_top = memory_top.max(gpa.saturating_add(size));
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if gpa.saturating_add(size) > BIOS_BASE && *gpa < 1 << 32 {
+                        return Err(QemuError::BiosOverlap { gpa: *gpa, size });
+                    }
+                    match ranges.last_mut() {
+                        Some(last) if last.gpa + last.data.len() as u64 == *gpa => {
+                            last.data.extend_from_slice(data);
+                            last.data
+                                .resize(last.data.len() + (size as usize - data.len()), 0);
+                        }
+                        _ => {
+                            let mut bytes = data.clone();
+                            bytes.resize(size as usize, 0);
+                            ranges.push(LoadRange {
+                                gpa: *gpa,
+                                data: bytes,
+                            });
+                        }
+                    }
+                }
+                IgvmDirectiveHeader::RequiredMemory {
+                    gpa,
+                    number_of_bytes,
+                    ..
+                } => memory_top = memory_top.max(gpa.saturating_add(u64::from(*number_of_bytes))),
+                IgvmDirectiveHeader::ParameterInsert(insert) => warnings.push(format!(
+                    "parameter area {} at {:#x} stays zero: QEMU cannot fill it",
+                    insert.parameter_area_index, insert.gpa
+                )),
+                IgvmDirectiveHeader::X64NativeVpContext {
+                    context: native,
+                    vp_index: 0,
+                    ..
+                } => context = Some(LongModeContext::from_native(native)?),
+                _ => {}
+            }
+        }
+        let context = context.ok_or(QemuError::NoVpContext)?;
+        for r in &mut ranges {
+            // Trailing zeros come free with QEMU's RAM.
+            let keep = r.data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+            r.data.truncate(keep.max(1));
+        }
+        ranges.sort_by_key(|r| r.gpa);
+        Ok(Self {
+            bios: trampoline::qemu_bios(&context)?,
+            ranges,
+            memory_top,
+            warnings,
+            context,
+        })
+    }
+
+    /// Writes the BIOS and one file per range into `dir` and returns the QEMU arguments
+    /// that use them (machine, BIOS, loader devices; add memory, accelerator and I/O).
+    pub fn write(&self, dir: &Path) -> Result<Vec<String>, QemuError> {
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|source| QemuError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok::<_, QemuError>(path)
+        };
+        let bios = write("bios.bin", &self.bios)?;
+        let mut args = vec![
+            "-machine".to_string(),
+            "pc".to_string(),
+            "-bios".to_string(),
+            bios.display().to_string(),
+        ];
+        for (i, r) in self.ranges.iter().enumerate() {
+            let path = write(&format!("range-{i:04}-{:x}.bin", r.gpa), &r.data)?;
+            args.push("-device".into());
+            // force-raw: a range that happens to start like an ELF or uImage must still be
+            // copied as bytes.
+            args.push(format!(
+                "loader,file={},addr={:#x},force-raw=on",
+                path.display(),
+                r.gpa
+            ));
+        }
+        Ok(args)
+    }
+
+    /// Memory to give QEMU, in MiB: what the file needs, at least `minimum_mib`.
+    pub fn memory_mib(&self, minimum_mib: u64) -> u64 {
+        self.memory_top.div_ceil(1 << 20).max(minimum_mib)
+    }
+}
+
+/// Whether KVM can be used: the processor advertises VMX or SVM and /dev/kvm opens
+/// read-write. (Some sandboxes offer a /dev/kvm on a processor without virtualization
+/// extensions, where QEMU exits at once; TCG is the only choice there.)
+pub fn kvm_usable() -> bool {
+    let virt = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    });
+    virt && std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A QEMU command for `plan` (already written with `args` from [`QemuPlan::write`]): no
+/// default devices, the serial port on stdio, no display.
+pub fn command(qemu: &Path, args: &[String], memory_mib: u64, kvm: bool) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .args(["-m", &format!("{memory_mib}M")])
+    .args(["-accel", if kvm { "kvm" } else { "tcg" }])
+    .args(args);
+    cmd
+}
