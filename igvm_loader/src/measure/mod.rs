@@ -81,7 +81,9 @@ pub enum VmsaGpa {
     /// crate).
     File,
     /// At KVM's fixed VMSA GPA [`KVM_VMSA_GPA`], after every page: KVM measures VMSAs when
-    /// the launch is finished, not when QEMU reads them from the file.
+    /// the launch is finished, not when QEMU reads them from the file. The file's VMSAs are
+    /// measured in file order; KVM measures one VMSA per vCPU, so a VM with more vCPUs than
+    /// the file has VMSAs measures more than this digest covers.
     Kvm,
 }
 
