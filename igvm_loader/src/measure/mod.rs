@@ -233,7 +233,11 @@ pub fn measure_with_progress(
         .find(|(t, _)| *t == platform)
         .map(|(_, m)| m)
         .ok_or_else(|| Error::PlatformNotInFile(platform.name().into()))?;
-    let steps = Walk::new(file.directives(), mask, options.max_pages).collect_steps()?;
+    let steps = Walk::new(file.directives(), mask, options.max_pages)
+        .collect_steps()
+        .inspect_err(|e| {
+            tracing::debug!(error = %e, platform = platform.name(), "measurement refused");
+        })?;
     let (digest, algorithm) = match platform {
         IsolationType::Snp => {
             let records = snp_records(&steps, options);
