@@ -1,7 +1,7 @@
 //! Launch measurements of IGVM files, computed by this crate: SEV-SNP launch digest, TDX
 //! MRTD and VBS boot digest.
 //!
-//! [`measure`] walks the file's directives once for one platform ([`walk::Walk`], shared by
+//! [`measure`] walks the file's directives once for one platform (one walk, shared by
 //! every platform), maps the walk to that platform's records ([`snp::SnpPage`],
 //! [`tdx::TdxPage`], [`vbs::VbsRecord`], which borrow the page data from the file and keep
 //! data-less ranges as one record) and hashes them. [`measure_all`] measures every platform
