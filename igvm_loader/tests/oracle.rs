@@ -444,6 +444,87 @@ for line in sys.stdin:
         agree(ZeroPages::Normal);
     }
 
+    /// A file we did not build, with the VMSA directive before the pages: the QEMU preset
+    /// measures it where KVM does (its fixed GPA, after every page), the Hyper-V preset where
+    /// the file puts it.
+    #[test]
+    fn presets_place_the_vmsa_as_their_vmm_does() {
+        use serde_json::json;
+        let mut vmsa = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed().unwrap();
+        vmsa.rip = 0xfff0;
+        vmsa.cr0 = 0x31;
+        let vmsa_hex = hex::encode(zerocopy::IntoBytes::as_bytes(vmsa.as_ref()));
+        let page = |gpa, unmeasured, data: Vec<u8>| IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: 1,
+            flags: IgvmPageDataFlags::new().with_unmeasured(unmeasured),
+            data_type: IgvmPageDataType::NORMAL,
+            data,
+        };
+        let file = IgvmFile::new(
+            IgvmRevision::V1,
+            vec![IgvmPlatformHeader::SupportedPlatform(
+                IGVM_VHS_SUPPORTED_PLATFORM {
+                    compatibility_mask: 1,
+                    highest_vtl: 0,
+                    platform_type: IgvmPlatformType::SEV_SNP,
+                    platform_version: 1,
+                    shared_gpa_boundary: 0,
+                },
+            )],
+            vec![IgvmInitializationHeader::GuestPolicy {
+                policy: 0x30000,
+                compatibility_mask: 1,
+            }],
+            vec![
+                IgvmDirectiveHeader::SnpVpContext {
+                    gpa: 0x8000,
+                    compatibility_mask: 1,
+                    vp_index: 0,
+                    vmsa,
+                },
+                page(0x1000, false, vec![0x33; 4096]),
+                page(0x2000, false, vec![]),
+                page(0x3000, true, vec![]),
+                IgvmDirectiveHeader::ParameterArea {
+                    number_of_bytes: 0x2000,
+                    parameter_area_index: 0,
+                    initial_data: vec![],
+                },
+                IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+                    gpa: 0x10000,
+                    compatibility_mask: 1,
+                    parameter_area_index: 0,
+                }),
+            ],
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        file.serialize(&mut bytes).unwrap();
+        let file = igvm_loader::parse(&bytes).unwrap();
+        let pages = vec![
+            json!(["normal", 0x1000, hex::encode([0x33u8; 4096])]),
+            json!(["normal", 0x2000, hex::encode([0u8; 4096])]),
+            json!(["unmeasured", 0x3000]),
+            json!(["unmeasured", 0x10000]),
+            json!(["unmeasured", 0x11000]),
+        ];
+        let mut qemu = pages;
+        qemu.push(json!(["vmsa", vmsa_hex]));
+        let want = gctx_digests(&[qemu]);
+        let digest = |vmm| {
+            measure(&file, IsolationType::Snp, &MeasureOptions::for_vmm(vmm))
+                .unwrap()
+                .digest
+        };
+        assert_eq!(digest(igvm_loader::measure::Vmm::Qemu), want[0]);
+        // GCTX always uses KVM's GPA, so the Hyper-V placement is held against the igvm crate.
+        assert_eq!(
+            digest(igvm_loader::measure::Vmm::Hyperv),
+            igvm_crate_digest(&file, IgvmPlatformType::SEV_SNP)
+        );
+    }
+
     #[test]
     fn two_mib_pages_match_gctx_as_512_small_pages() {
         let mut b = IgvmBuilder::<X86Register>::new();

@@ -1,7 +1,7 @@
 //! Launch measurements of IGVM files, computed by this crate: SEV-SNP launch digest, TDX
 //! MRTD and VBS boot digest.
 //!
-//! [`measure`] walks the file's directives once for one platform ([`walk::Walk`], shared by
+//! [`measure`] walks the file's directives once for one platform (one walk, shared by
 //! every platform), maps the walk to that platform's records ([`snp::SnpPage`],
 //! [`tdx::TdxPage`], [`vbs::VbsRecord`], which borrow the page data from the file and keep
 //! data-less ranges as one record) and hashes them. [`measure_all`] measures every platform
@@ -81,7 +81,9 @@ pub enum VmsaGpa {
     /// crate).
     File,
     /// At KVM's fixed VMSA GPA [`KVM_VMSA_GPA`], after every page: KVM measures VMSAs when
-    /// the launch is finished, not when QEMU reads them from the file.
+    /// the launch is finished, not when QEMU reads them from the file. The file's VMSAs are
+    /// measured in file order; KVM measures one VMSA per vCPU, so a VM with more vCPUs than
+    /// the file has VMSAs measures more than this digest covers.
     Kvm,
 }
 
@@ -231,7 +233,11 @@ pub fn measure_with_progress(
         .find(|(t, _)| *t == platform)
         .map(|(_, m)| m)
         .ok_or_else(|| Error::PlatformNotInFile(platform.name().into()))?;
-    let steps = Walk::new(file.directives(), mask, options.max_pages).collect_steps()?;
+    let steps = Walk::new(file.directives(), mask, options.max_pages)
+        .collect_steps()
+        .inspect_err(|e| {
+            tracing::debug!(error = %e, platform = platform.name(), "measurement refused");
+        })?;
     let (digest, algorithm) = match platform {
         IsolationType::Snp => {
             let records = snp_records(&steps, options);
