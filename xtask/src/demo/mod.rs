@@ -186,5 +186,25 @@ pub fn render(timeline: &Timeline) -> String {
             s.step, s.component, result, s.millis, s.detail
         );
     }
+    if !timeline.digests.is_empty() {
+        let _ = writeln!(out, "\nlaunch digests ({}):", timeline.image_source);
+        for d in &timeline.digests {
+            let platform = format!("{:?}", d.platform).to_lowercase();
+            let _ = writeln!(out, "  {platform:<7} {:<15} {}", d.algorithm, d.digest);
+        }
+    }
+    let total: f64 = timeline.steps.iter().map(|s| s.millis).sum();
+    let _ = match timeline.failed_step() {
+        None => writeln!(
+            out,
+            "\nall {} steps ok in {total:.0} ms",
+            timeline.steps.len()
+        ),
+        Some(failed) => writeln!(
+            out,
+            "\nFAILED at step `{}` ({}): {}",
+            failed.step, failed.component, failed.detail
+        ),
+    };
     out
 }
