@@ -253,29 +253,38 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
             if self.stop.requested.swap(false, Ordering::SeqCst) {
                 break;
             }
-            // Packet work and waiting may be abandoned for a stop; a control request, once
-            // received, is served to the end.
-            let next = {
-                let Self {
-                    device,
-                    requests,
-                    resources,
-                    gpadls,
-                    open,
-                    scratch,
-                    stop,
-                    ..
-                } = &mut self;
-                let packets = Self::packets(device, resources, gpadls, open, scratch);
-                futures::select_biased! {
-                    () = stop.wake.wait().fuse() => continue,
-                    request = requests.next() => request,
-                    () = packets.fuse() => continue,
-                }
+            let Self {
+                device,
+                requests,
+                resources,
+                gpadls,
+                open,
+                scratch,
+                stop,
+                ..
+            } = &mut self;
+            // Wait for work. A control request is served to the end once received.
+            let request = futures::select_biased! {
+                () = stop.wake.wait().fuse() => continue,
+                request = requests.next() => Some(request),
+                ready = Self::packet_ready(open).fuse() => {
+                    if !ready {
+                        continue;
+                    }
+                    None
+                },
             };
-            match next {
-                Some(request) => self.handle_request(request).await,
-                None => break,
+            match request {
+                Some(Some(request)) => self.handle_request(request).await,
+                Some(None) => break,
+                // Handle one packet; only a stop abandons it (before its commit, so it
+                // stays in the ring).
+                None => {
+                    futures::select_biased! {
+                        () = stop.wake.wait().fuse() => continue,
+                        () = Self::one_packet(device, resources, gpadls, open, scratch).fuse() => {},
+                    }
+                }
             }
             self.complete_teardowns();
         }
@@ -283,9 +292,24 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
         self
     }
 
-    /// Handles every packet in the ring, then waits for more; never returns while the
-    /// channel is open and working.
-    async fn packets(
+    /// Waits until a packet can be read (true) or the channel failed (false); never
+    /// completes while the channel is closed.
+    async fn packet_ready(open: &mut Option<Open>) -> bool {
+        let Some(open) = open.as_mut().filter(|o| !o.broken) else {
+            return std::future::pending().await;
+        };
+        match open.channel.peek().await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
+                open.broken = true;
+                false
+            }
+        }
+    }
+
+    /// Handles the packet in the ring: peek, hand to the device, answer, commit.
+    async fn one_packet(
         device: &mut D,
         resources: &OfferResources,
         gpadls: &GpadlMap,
@@ -293,27 +317,27 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
         scratch: &mut IncomingPacket,
     ) {
         let Some(open) = open.as_mut().filter(|o| !o.broken) else {
-            return std::future::pending().await;
+            return;
         };
         let ctx = DeviceContext {
             memory: resources.guest_memory(&open.request),
             gpadls,
             open_request: &open.request,
         };
-        loop {
-            let result = async {
-                open.channel.peek().await?.copy_into(scratch);
-                Self::answer(device, &ctx, &mut open.channel, scratch).await?;
-                // Consumed only now: a stop before this point leaves it in the ring.
-                open.channel.commit()?;
-                Ok::<_, DeviceError>(())
-            }
-            .await;
-            if let Err(err) = result {
-                tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
-                open.broken = true;
-                return std::future::pending().await;
-            }
+        let result = async {
+            let Some(view) = open.channel.try_peek()? else {
+                return Ok(());
+            };
+            view.copy_into(scratch);
+            Self::answer(device, &ctx, &mut open.channel, scratch).await?;
+            // Consumed only now: a stop before this point leaves it in the ring.
+            open.channel.commit()?;
+            Ok::<_, DeviceError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
+            open.broken = true;
         }
     }
 
