@@ -187,6 +187,12 @@ struct Channel {
 }
 
 impl Channel {
+    /// True if a device holds this channel's GPADLs. A revoked channel's GPADLs belonged to
+    /// the device that left, even once a new one is offered.
+    fn gpadls_have_device(&self) -> bool {
+        self.has_device && !matches!(self.state, ChannelState::Revoked | ChannelState::Reoffered)
+    }
+
     fn connection_id(&self) -> u32 {
         self.channel_id | (SINT << 12)
     }
@@ -973,12 +979,13 @@ impl ControlState {
         let (offer, channel) = self
             .by_channel_id(channel_id)
             .ok_or("teardown on an unknown channel")?;
+        let has_device = channel.gpadls_have_device();
         let gpadl = channel
             .gpadls
             .get_mut(&id)
             .ok_or("teardown of an unknown GPADL")?;
         match gpadl.state {
-            GpadlState::Accepted if channel.has_device => {
+            GpadlState::Accepted if has_device => {
                 gpadl.state = GpadlState::TearingDown;
                 out.push(device(offer, channel, DeviceAction::TeardownGpadl(id)));
             }
@@ -1144,6 +1151,7 @@ impl ControlState {
         self.partial_gpadls.clear();
         let mut remove = Vec::new();
         for (&offer, channel) in &mut self.channels {
+            let has_device = channel.gpadls_have_device();
             match &channel.state {
                 ChannelState::Open(open, _) => {
                     channel.state = ChannelState::Closing(*open);
@@ -1157,7 +1165,7 @@ impl ControlState {
             }
             let mut teardowns = Vec::new();
             channel.gpadls.retain(|&id, g| match g.state {
-                GpadlState::Accepted if channel.has_device => {
+                GpadlState::Accepted if has_device => {
                     g.state = GpadlState::TearingDown;
                     teardowns.push(id);
                     true
@@ -1433,6 +1441,44 @@ impl ControlState {
         }
     }
 
+    /// Checks the invariants every step must keep: channel ids unique and in range, GPADL
+    /// count bounded, no offer waiting for a device while the connection is unloaded.
+    /// For tests and fuzzing.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for c in self.channels.values() {
+            if !(1..=MAX_CHANNELS).contains(&c.channel_id) {
+                return Err(format!("channel id {} out of range", c.channel_id));
+            }
+            if !ids.insert(c.channel_id) {
+                return Err(format!("channel id {} used twice", c.channel_id));
+            }
+            if !c.has_device
+                && c.restore == RestoreState::Live
+                && !matches!(c.state, ChannelState::Revoked)
+                && !c.gpadls.values().all(|g| g.state == GpadlState::Accepted)
+            {
+                return Err(format!(
+                    "channel {} waits for a device it does not have",
+                    c.channel_id
+                ));
+            }
+        }
+        if self.gpadl_count() > MAX_GPADLS {
+            return Err(format!("{} GPADLs held", self.gpadl_count()));
+        }
+        if self.connection == Connection::Disconnected
+            && (self.gpadl_count() != 0
+                || self
+                    .channels
+                    .values()
+                    .any(|c| !matches!(c.state, ChannelState::Closed)))
+        {
+            return Err("disconnected with channels or GPADLs still in use".into());
+        }
+        Ok(())
+    }
+
     /// The offers, for tests and inspection: `(channel id, key, state)`.
     pub fn channels(&self) -> impl Iterator<Item = (u32, OfferKey, &ChannelState)> {
         self.channels
@@ -1515,3 +1561,6 @@ fn tl_refused(request: control::TlConnectRequest) -> Output {
         .encode(),
     )
 }
+
+#[cfg(test)]
+mod tests;
