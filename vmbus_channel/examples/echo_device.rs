@@ -70,8 +70,9 @@ fn main() {
 
         // Guest side: find the offer, open it, exchange packets, close.
         let guest = async {
-            let client =
-                VmbusClient::connect(&server, memory, None, 16..256, FeatureFlags::all()).unwrap();
+            let client = VmbusClient::connect(&server, memory, None, 16..256, FeatureFlags::all())
+                .await
+                .unwrap();
             let offer = client.find_offer(UPPERCASE_ID).unwrap();
             println!("offer: channel {} {}", offer.channel_id, offer.key);
             let mut channel = client.open(&offer, 4).await.unwrap();

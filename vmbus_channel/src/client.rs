@@ -1,14 +1,26 @@
-//! The guest side of the in-process VMBus: enumerate offers, create GPADLs in guest memory,
-//! open channels and exchange packets with the devices behind them.
+//! The guest side of VMBus: a client that speaks the control protocol through a
+//! [`MessagePort`] — connects, enumerates offers, creates GPADLs in guest memory, opens
+//! channels — and exchanges packets with the devices behind them.
 //!
 //! The client owns a range of guest pages (its "driver memory") from which it allocates ring
 //! buffers. With confidential channels negotiated and a confidential offer, rings go to
 //! private memory, exactly where the device will look for them.
+//!
+//! There is no client task to run: whichever client call is waiting for an answer reads the
+//! port and files every message it finds (offers, results, rescinds) for whoever waits for
+//! it. [`VmbusClient::offers`] files what has arrived so far without waiting.
 
+use crate::bus::GpadlRequest;
 use crate::bus::OfferKey;
 use crate::channel::ChannelError;
 use crate::channel::RingChannel;
 use crate::channel::Side;
+use crate::control;
+use crate::control::ChannelIdBody;
+use crate::control::Message;
+use crate::control::Version;
+use crate::control::gpadl::GpadlMessageError;
+use crate::control::gpadl::GpadlMessages;
 use crate::gpadl::Gpadl;
 use crate::gpadl::GpadlError;
 use crate::gpadl::build_request;
@@ -16,6 +28,8 @@ use crate::interrupt::Event;
 use crate::interrupt::Interrupt;
 use crate::memory::GuestMemory;
 use crate::memory::PAGE_SIZE;
+use crate::port::MessagePort;
+use crate::port::PortError;
 use crate::protocol::FeatureFlags;
 use crate::protocol::GpadlId;
 use crate::protocol::OfferFlags;
@@ -27,10 +41,10 @@ use crate::ring::OutgoingPacket;
 use crate::ring::PacketType;
 use crate::ring::PagedRingMem;
 use crate::ring::RingMemError;
-use crate::server::OpenParams;
-use crate::server::ServerError;
 use crate::server::VmbusServer;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
@@ -38,13 +52,34 @@ use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::PoisonError;
 use std::sync::RwLock;
+use std::sync::Weak;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 /// A client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server refused.
-    #[error("server error")]
-    Server(#[from] ServerError),
+    /// The server refused (a failure status in its answer).
+    #[error("server refused {what} with status {status:#x}")]
+    Refused {
+        /// What was refused.
+        what: &'static str,
+        /// The status the server sent.
+        status: i32,
+    },
+    /// No version this client speaks was accepted.
+    #[error("the server accepted no protocol version")]
+    NoVersion,
+    /// This server has no in-process port to connect to.
+    #[error("the server has no in-process port")]
+    NoPort,
+    /// The port failed.
+    #[error("port error")]
+    Port(#[from] PortError),
+    /// The offer is gone (rescinded).
+    #[error("channel {0} was rescinded")]
+    Rescinded(u32),
     /// The channel failed.
     #[error("channel error")]
     Channel(#[from] ChannelError),
@@ -54,6 +89,9 @@ pub enum ClientError {
     /// A GPADL could not be built.
     #[error("GPADL error")]
     Gpadl(#[from] GpadlError),
+    /// A GPADL cannot be sent.
+    #[error("GPADL cannot be sent")]
+    GpadlMessage(#[from] GpadlMessageError),
     /// Ring pages could not be initialized.
     #[error("ring memory error")]
     RingMem(#[from] RingMemError),
@@ -78,12 +116,15 @@ pub struct OfferInfo {
     pub user_defined: UserDefinedData,
     /// MMIO space requested, in megabytes.
     pub mmio_megabytes: u16,
+    /// The connection id to signal the host with.
+    pub connection_id: u32,
 }
 
 impl OfferInfo {
-    fn decode(channel_id: u32, wire: &OfferWire) -> Self {
+    fn decode(offer: &control::OfferChannel) -> Self {
+        let wire: &OfferWire = &offer.offer;
         Self {
-            channel_id,
+            channel_id: offer.channel_id.get(),
             key: OfferKey {
                 interface_id: guid_from_wire(wire.interface_id),
                 instance_id: guid_from_wire(wire.instance_id),
@@ -92,60 +133,249 @@ impl OfferInfo {
             flags: OfferFlags::from_bits(wire.flags.get()),
             user_defined: wire.user_defined,
             mmio_megabytes: wire.mmio_megabytes.get(),
+            connection_id: offer.connection_id.get(),
         }
     }
 }
 
-#[derive(Debug)]
+/// Messages from the server, filed for whoever waits for them.
+#[derive(Debug, Default)]
+struct Inbox {
+    version: Option<(bool, FeatureFlags)>,
+    offers: BTreeMap<u32, OfferInfo>,
+    all_offers_delivered: bool,
+    rescinded: HashSet<u32>,
+    gpadl_created: HashMap<GpadlId, i32>,
+    gpadl_torndown: HashSet<GpadlId>,
+    open_results: HashMap<u32, (u32, u32)>,
+    modify_responses: HashMap<u32, i32>,
+    unload_complete: bool,
+}
+
+impl Inbox {
+    fn file(&mut self, bytes: &[u8], port: &dyn MessagePort) {
+        let message = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(error = %err, "malformed message from the host dropped");
+                return;
+            }
+        };
+        match message {
+            Message::VersionResponse(r) => {
+                self.version = Some((r.version_supported != 0, FeatureFlags::new()));
+            }
+            Message::VersionResponse2(r) => {
+                self.version = Some((
+                    r.base.version_supported != 0,
+                    FeatureFlags::from_bits(r.supported_features.get()),
+                ));
+            }
+            Message::OfferChannel(o) => {
+                let info = OfferInfo::decode(&o);
+                self.rescinded.remove(&info.channel_id);
+                self.offers.insert(info.channel_id, info);
+            }
+            Message::AllOffersDelivered => self.all_offers_delivered = true,
+            Message::RescindChannelOffer(r) => {
+                let channel_id = r.channel_id.get();
+                self.offers.remove(&channel_id);
+                self.rescinded.insert(channel_id);
+                // Nothing of this client keeps the id: release it at once.
+                let release = Message::RelIdReleased(ChannelIdBody {
+                    channel_id: channel_id.into(),
+                })
+                .encode();
+                if let Err(err) = port.post_message(release.as_bytes()) {
+                    tracing::warn!(error = %err, "release not sent");
+                }
+            }
+            Message::GpadlCreated(c) => {
+                self.gpadl_created
+                    .insert(GpadlId(c.gpadl_id.get()), c.status.get());
+            }
+            Message::GpadlTorndown(t) => {
+                self.gpadl_torndown.insert(GpadlId(t.gpadl_id.get()));
+            }
+            Message::OpenResult(r) => {
+                self.open_results
+                    .insert(r.channel_id.get(), (r.open_id.get(), r.status.get()));
+            }
+            Message::ModifyChannelResponse(r) => {
+                self.modify_responses
+                    .insert(r.channel_id.get(), r.status.get());
+            }
+            Message::UnloadComplete => self.unload_complete = true,
+            other => {
+                tracing::warn!(message_type = ?other.message_type(), "unexpected message from the host");
+            }
+        }
+    }
+}
+
 struct Connection {
-    server: RwLock<VmbusServer>,
+    port: RwLock<Arc<dyn MessagePort>>,
     memory: GuestMemory,
     private: Option<GuestMemory>,
+    version: Version,
     features: FeatureFlags,
     pages: Mutex<Range<u64>>,
-    next_gpadl: Mutex<u32>,
-    /// Events of open channels, re-registered when re-attaching to a restored server.
+    next_gpadl: AtomicU32,
+    next_open: AtomicU32,
+    inbox: Mutex<Inbox>,
+    /// Events of open channels by event flag, registered again on a new port.
     events: Mutex<HashMap<u32, Event>>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("version", &self.version)
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
 impl Connection {
-    fn server(&self) -> VmbusServer {
-        self.server
+    fn port(&self) -> Arc<dyn MessagePort> {
+        self.port
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn events(&self) -> MutexGuard<'_, HashMap<u32, Event>> {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn post(&self, message: &Message<'_>) -> Result<(), ClientError> {
+        Ok(self.port().post_message(message.encode().as_bytes())?)
+    }
+
+    /// Files every queued message.
+    fn drain(inbox: &mut Inbox, port: &dyn MessagePort) {
+        while let Some(m) = port.try_recv() {
+            inbox.file(m.as_bytes(), port);
+        }
+    }
+
+    /// Waits until `pick` finds its answer in the inbox, reading the port meanwhile.
+    async fn wait<T>(
+        port: &dyn MessagePort,
+        inbox: &Mutex<Inbox>,
+        mut pick: impl FnMut(&mut Inbox) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        std::future::poll_fn(|cx| {
+            // Draining, checking and registering under the inbox lock: a message filed by
+            // another waiter is seen here, and one arriving later wakes us.
+            let mut inbox = inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                Self::drain(&mut inbox, port);
+                if let Some(t) = pick(&mut inbox) {
+                    return Poll::Ready(Ok(t));
+                }
+                match port.poll_ready(cx) {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => return Poll::Ready(Err(PortError::Disconnected.into())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    async fn wait_for<T>(
+        &self,
+        pick: impl FnMut(&mut Inbox) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let port = self.port();
+        Self::wait(&*port, &self.inbox, pick).await
+    }
 }
 
-/// The in-process guest.
+/// A guest's VMBus client.
 #[derive(Debug, Clone)]
 pub struct VmbusClient {
     conn: Arc<Connection>,
 }
 
 impl VmbusClient {
-    /// Connects to `server` as a guest with `memory` (and `private` memory in a
-    /// hardware-isolated guest), allocating rings from the page numbers in `driver_pages`.
-    pub fn connect(
+    /// Connects to the in-process `server` as a guest with `memory` (and `private` memory in
+    /// a hardware-isolated guest), allocating rings from the page numbers in `driver_pages`.
+    pub async fn connect(
         server: &VmbusServer,
         memory: GuestMemory,
         private: Option<GuestMemory>,
         driver_pages: Range<u64>,
         requested: FeatureFlags,
     ) -> Result<Self, ClientError> {
-        let features = server.connect(requested)?;
+        let port = server.guest_port().ok_or(ClientError::NoPort)?;
+        Self::connect_port(port, memory, private, driver_pages, requested).await
+    }
+
+    /// Connects through `port`: negotiates the newest version the host accepts (features
+    /// from 6.0), then asks for the offers and waits until all are delivered.
+    pub async fn connect_port(
+        port: Arc<dyn MessagePort>,
+        memory: GuestMemory,
+        private: Option<GuestMemory>,
+        driver_pages: Range<u64>,
+        requested: FeatureFlags,
+    ) -> Result<Self, ClientError> {
+        let inbox = Mutex::new(Inbox::default());
+        let mut negotiated = None;
+        for version in Version::SUPPORTED {
+            let base = control::InitiateContact {
+                version_requested: version.0.into(),
+                target_message_vp: 0.into(),
+                interrupt_page_or_target_info: control::TargetInfo::new()
+                    .with_sint(2)
+                    .with_feature_flags(if version.has_feature_flags() {
+                        requested.into_bits()
+                    } else {
+                        0
+                    })
+                    .into_bits()
+                    .into(),
+                parent_to_child_monitor_page_gpa: 0.into(),
+                child_to_parent_monitor_page_gpa: 0.into(),
+            };
+            let message = if version.has_feature_flags() {
+                Message::InitiateContact2(control::InitiateContact2 {
+                    base,
+                    client_id: [0; 16],
+                })
+            } else {
+                Message::InitiateContact(base)
+            };
+            port.post_message(message.encode().as_bytes())?;
+            let (accepted, features) =
+                Connection::wait(&*port, &inbox, |i| i.version.take()).await?;
+            if accepted {
+                negotiated = Some((version, features));
+                break;
+            }
+        }
+        let (version, features) = negotiated.ok_or(ClientError::NoVersion)?;
+        // Never use a feature that was not asked for, whatever the host says.
+        let features = FeatureFlags::from_bits(features.into_bits() & requested.into_bits());
+        port.post_message(Message::RequestOffers.encode().as_bytes())?;
+        Connection::wait(&*port, &inbox, |i| i.all_offers_delivered.then_some(())).await?;
         Ok(Self {
             conn: Arc::new(Connection {
-                server: RwLock::new(server.clone()),
+                port: RwLock::new(port),
                 memory,
                 private,
+                version,
                 features,
                 pages: Mutex::new(driver_pages),
-                next_gpadl: Mutex::new(0),
+                next_gpadl: AtomicU32::new(0),
+                next_open: AtomicU32::new(0),
+                inbox,
                 events: Mutex::new(HashMap::new()),
             }),
         })
@@ -156,21 +386,39 @@ impl VmbusClient {
         self.conn.features
     }
 
-    /// The current offers.
-    pub fn offers(&self) -> Vec<OfferInfo> {
-        self.conn
-            .server()
-            .offers()
-            .iter()
-            .map(|m| OfferInfo::decode(m.channel_id, &m.offer))
-            .collect()
+    /// The negotiated protocol version.
+    pub fn version(&self) -> Version {
+        self.conn.version
     }
 
-    /// The offer for `interface_id`, if there is one.
+    /// The current offers (those received so far).
+    pub fn offers(&self) -> Vec<OfferInfo> {
+        let port = self.conn.port();
+        let mut inbox = self.conn.inbox();
+        Connection::drain(&mut inbox, &*port);
+        inbox.offers.values().cloned().collect()
+    }
+
+    /// The primary offer for `interface_id`, if there is one.
     pub fn find_offer(&self, interface_id: uuid::Uuid) -> Option<OfferInfo> {
         self.offers()
             .into_iter()
-            .find(|o| o.key.interface_id == interface_id)
+            .find(|o| o.key.interface_id == interface_id && o.key.subchannel_index == 0)
+    }
+
+    /// The subchannel offers of `primary`, by subchannel index.
+    pub fn subchannel_offers(&self, primary: &OfferInfo) -> Vec<OfferInfo> {
+        let mut subs: Vec<_> = self
+            .offers()
+            .into_iter()
+            .filter(|o| {
+                o.key.interface_id == primary.key.interface_id
+                    && o.key.instance_id == primary.key.instance_id
+                    && o.key.subchannel_index != 0
+            })
+            .collect();
+        subs.sort_by_key(|o| o.key.subchannel_index);
+        subs
     }
 
     /// Allocates `count` contiguous pages of driver memory; returns the first page number.
@@ -189,41 +437,72 @@ impl VmbusClient {
         Ok(first)
     }
 
-    /// Creates a GPADL over `pfns` (one page-aligned range) on `channel_id`.
+    /// Creates a GPADL over `pfns` (one page-aligned range) on `channel_id`, split over as
+    /// many messages as it needs.
     pub async fn create_gpadl(
         &self,
         channel_id: u32,
         pfns: &[u64],
     ) -> Result<GpadlId, ClientError> {
-        let id = {
-            let mut next = self
-                .conn
-                .next_gpadl
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *next = next.wrapping_add(1);
-            GpadlId(*next)
-        };
         let byte_count = pfns
             .len()
             .checked_mul(PAGE_SIZE)
             .and_then(|n| u32::try_from(n).ok())
             .ok_or(ClientError::TooManyPages(pfns.len()))?;
+        let id = GpadlId(self.conn.next_gpadl.fetch_add(1, Ordering::Relaxed) + 1);
         let request = build_request(id, [(0, byte_count, pfns)]);
-        self.conn.server().create_gpadl(channel_id, request).await?;
+        self.send_gpadl(channel_id, &request).await?;
         Ok(id)
     }
 
-    /// Tears down a GPADL.
-    pub async fn teardown_gpadl(&self, channel_id: u32, id: GpadlId) -> Result<(), ClientError> {
-        Ok(self.conn.server().teardown_gpadl(channel_id, id).await?)
+    async fn send_gpadl(&self, channel_id: u32, request: &GpadlRequest) -> Result<(), ClientError> {
+        let id = request.id;
+        let port = self.conn.port();
+        for message in GpadlMessages::new(channel_id, request)? {
+            port.post_message(message.as_bytes())?;
+        }
+        let status = self.conn.wait_for(|i| i.gpadl_created.remove(&id)).await?;
+        if status != control::STATUS_SUCCESS {
+            return Err(ClientError::Refused {
+                what: "GPADL",
+                status,
+            });
+        }
+        Ok(())
     }
 
-    /// Opens the channel of `offer` with `ring_pages` data pages in each direction.
+    /// Tears down a GPADL; returns once the host no longer uses it.
+    pub async fn teardown_gpadl(&self, channel_id: u32, id: GpadlId) -> Result<(), ClientError> {
+        if self.conn.inbox().rescinded.contains(&channel_id) {
+            // Released with the channel.
+            return Ok(());
+        }
+        self.conn
+            .post(&Message::GpadlTeardown(control::GpadlTeardown {
+                channel_id: channel_id.into(),
+                gpadl_id: id.0.into(),
+            }))?;
+        self.conn
+            .wait_for(|i| i.gpadl_torndown.remove(&id).then_some(()))
+            .await
+    }
+
+    /// Opens the channel of `offer` with `ring_pages` data pages in each direction,
+    /// interrupts on VP 0.
     pub async fn open(
         &self,
         offer: &OfferInfo,
         ring_pages: u32,
+    ) -> Result<ClientChannel, ClientError> {
+        self.open_on_vp(offer, ring_pages, 0).await
+    }
+
+    /// Opens the channel of `offer` with its interrupts on `target_vp`.
+    pub async fn open_on_vp(
+        &self,
+        offer: &OfferInfo,
+        ring_pages: u32,
+        target_vp: u32,
     ) -> Result<ClientChannel, ClientError> {
         if ring_pages == 0 {
             return Err(ClientError::BadRingSize(ring_pages));
@@ -237,42 +516,69 @@ impl VmbusClient {
         let per_ring = u64::from(ring_pages) + 1;
         let first = self.alloc_pages(2 * per_ring)?;
         let pfns: Vec<u64> = (first..first + 2 * per_ring).collect();
-        let (ours, theirs) = pfns.split_at(per_ring as usize);
+        let split = usize::try_from(per_ring).map_err(|_| ClientError::BadRingSize(ring_pages))?;
+        let (ours, theirs) = pfns.split_at(split);
         PagedRingMem::new(ring_memory.clone(), ours)?.initialize()?;
         PagedRingMem::new(ring_memory.clone(), theirs)?.initialize()?;
         let channel_id = offer.channel_id;
-        let byte_count = pfns
-            .len()
-            .checked_mul(PAGE_SIZE)
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or(ClientError::BadRingSize(ring_pages))?;
         let gpadl_id = self.create_gpadl(channel_id, &pfns).await?;
-        let ring_offset = per_ring as u32;
+        let ring_offset =
+            u32::try_from(per_ring).map_err(|_| ClientError::BadRingSize(ring_pages))?;
 
+        // The host signals the channel's event flag, its channel id (no guest-chosen
+        // signal parameters).
         let event = Event::new();
         self.conn.events().insert(channel_id, event.clone());
-        let server = self.conn.server();
-        server.set_guest_interrupt(channel_id, Interrupt::from_event(event.clone()));
-        let params = OpenParams {
-            ring_gpadl_id: gpadl_id,
-            ring_offset,
-            target_vp: 0,
-            user_data: UserDefinedData::ZERO,
-        };
-        if let Err(err) = server.open_channel(channel_id, params).await {
-            self.conn.events().remove(&channel_id);
-            return Err(err.into());
-        }
-        let gpadl = Gpadl::new(
-            &build_request(gpadl_id, [(0, byte_count, pfns.as_slice())]),
-            &ring_memory,
-        )?;
-        let conn = Arc::downgrade(&self.conn);
-        let signal_host = Interrupt::from_fn(move || {
-            if let Some(conn) = conn.upgrade() {
-                conn.server().signal_host(channel_id);
+        self.conn
+            .port()
+            .set_event_handler(channel_id, Some(Interrupt::from_event(event.clone())));
+        let open_id = self.conn.next_open.fetch_add(1, Ordering::Relaxed) + 1;
+        let result = async {
+            self.conn.post(&Message::OpenChannel(control::OpenChannel {
+                channel_id: channel_id.into(),
+                open_id: open_id.into(),
+                ring_buffer_gpadl_id: gpadl_id.0.into(),
+                target_vp: target_vp.into(),
+                downstream_ring_buffer_page_offset: ring_offset.into(),
+                user_data: UserDefinedData::ZERO,
+            }))?;
+            let (_, status) = self
+                .conn
+                .wait_for(|i| {
+                    if i.rescinded.contains(&channel_id) {
+                        return Some((open_id, control::STATUS_UNSUCCESSFUL.cast_unsigned()));
+                    }
+                    i.open_results
+                        .remove(&channel_id)
+                        .filter(|&(id, _)| id == open_id)
+                })
+                .await?;
+            if status != 0 {
+                return Err(ClientError::Refused {
+                    what: "open",
+                    status: status.cast_signed(),
+                });
             }
-        });
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            self.conn.events().remove(&channel_id);
+            self.conn.port().set_event_handler(channel_id, None);
+            return Err(err);
+        }
+        let request = build_request(
+            gpadl_id,
+            [(
+                0,
+                u32::try_from(pfns.len() * PAGE_SIZE).unwrap_or(u32::MAX),
+                pfns.as_slice(),
+            )],
+        );
+        let gpadl = Gpadl::new(&request, &ring_memory)?;
+        let conn = Arc::downgrade(&self.conn);
+        let connection_id = offer.connection_id;
+        let signal_host = Interrupt::from_fn(move || signal(&conn, connection_id));
         let ring = RingChannel::new(
             Side::Guest,
             &ring_memory,
@@ -292,23 +598,39 @@ impl VmbusClient {
         })
     }
 
-    /// Re-attaches to `server`, a server restored from the one this client used: the guest
-    /// keeps running across host servicing, with its rings and GPADLs in guest memory.
+    /// Re-attaches to `server`, a server restored (on a new port) from the one this client
+    /// used: the guest keeps its connection, rings and GPADLs, which live in guest memory
+    /// and in the restored server's state.
     pub fn reattach(&self, server: &VmbusServer) -> Result<(), ClientError> {
-        server.connect(self.conn.features)?;
-        for (&channel_id, event) in self.conn.events().iter() {
-            server.set_guest_interrupt(channel_id, Interrupt::from_event(event.clone()));
+        let port = server.guest_port().ok_or(ClientError::NoPort)?;
+        for (&event_flag, event) in self.conn.events().iter() {
+            port.set_event_handler(event_flag, Some(Interrupt::from_event(event.clone())));
         }
         *self
             .conn
-            .server
+            .port
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = server.clone();
+            .unwrap_or_else(PoisonError::into_inner) = port;
         // Packets or space may have arrived while detached.
         for event in self.conn.events().values() {
             event.signal();
         }
         Ok(())
+    }
+
+    /// Disconnects: sends UNLOAD and waits for UNLOAD_COMPLETE (the host closes every
+    /// channel and releases every GPADL first).
+    pub async fn unload(&self) -> Result<(), ClientError> {
+        self.conn.post(&Message::Unload)?;
+        self.conn
+            .wait_for(|i| std::mem::take(&mut i.unload_complete).then_some(()))
+            .await
+    }
+}
+
+fn signal(conn: &Weak<Connection>, connection_id: u32) {
+    if let Some(conn) = conn.upgrade() {
+        conn.port().signal_event(connection_id);
     }
 }
 
@@ -334,6 +656,16 @@ impl ClientChannel {
     /// True if the rings are in private memory.
     pub fn uses_confidential_ring(&self) -> bool {
         self.confidential_ring
+    }
+
+    /// The GPADL holding the rings.
+    pub fn ring_gpadl(&self) -> GpadlId {
+        self.ring_gpadl
+    }
+
+    /// Signals the host (as the ring code does after writing).
+    pub fn signal_host(&self) {
+        signal(&Arc::downgrade(&self.client.conn), self.offer.connection_id);
     }
 
     /// Sends a raw packet.
@@ -371,24 +703,38 @@ impl ClientChannel {
         Ok(self.ring.recv().await?)
     }
 
-    /// Changes the VP the device interrupts.
+    /// Moves the channel's interrupts to `target_vp`; returns the host's status (0 = ok).
+    /// Before version 5.3 the host sends no answer and 0 is returned once the request is
+    /// sent.
     pub async fn modify_target_vp(&self, target_vp: u32) -> Result<i32, ClientError> {
-        Ok(self
-            .client
-            .conn
-            .server()
-            .modify_channel(self.offer.channel_id, target_vp)
-            .await?)
+        let conn = &self.client.conn;
+        let channel_id = self.offer.channel_id;
+        conn.post(&Message::ModifyChannel(control::ModifyChannel {
+            channel_id: channel_id.into(),
+            target_vp: target_vp.into(),
+        }))?;
+        if conn.version < Version::IRON {
+            return Ok(control::STATUS_SUCCESS);
+        }
+        conn.wait_for(|i| i.modify_responses.remove(&channel_id))
+            .await
     }
 
     /// Closes the channel and tears down its ring GPADL.
     pub async fn close(self) -> Result<(), ClientError> {
-        let server = self.client.conn.server();
+        let conn = &self.client.conn;
         let channel_id = self.offer.channel_id;
-        server.close_channel(channel_id).await?;
-        self.client.conn.events().remove(&channel_id);
-        server.teardown_gpadl(channel_id, self.ring_gpadl).await?;
-        Ok(())
+        conn.events().remove(&channel_id);
+        conn.port().set_event_handler(channel_id, None);
+        if conn.inbox().rescinded.contains(&channel_id) {
+            return Ok(());
+        }
+        conn.post(&Message::CloseChannel(ChannelIdBody {
+            channel_id: channel_id.into(),
+        }))?;
+        self.client
+            .teardown_gpadl(channel_id, self.ring_gpadl)
+            .await
     }
 
     fn take_transaction_id(&mut self) -> u64 {

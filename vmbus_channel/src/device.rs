@@ -8,6 +8,15 @@
 //! Replies are sent in order; if the guest stops reading and the host-to-guest ring fills,
 //! the runner waits for space and serves no control request meanwhile (a guest that wants to
 //! close must keep reading).
+//!
+//! Each guest packet is peeked, handled, answered and only then committed: a packet whose
+//! handling was interrupted by [`DeviceStop::stop`] stays in the ring and is handled again
+//! after a restore (at least once, never lost).
+//!
+//! Servicing: [`DeviceRunner::stop_handle`] gives a [`DeviceStop`]; its `stop` pauses the
+//! runner at its next safe point (a control request in progress is finished, packet handling
+//! is abandoned before commit) and returns once [`DeviceRunner::run`] has returned. Stopping
+//! does not revoke: only [`DeviceRunner::revoke`] or dropping the runner does.
 
 use crate::bus::ChannelRequest;
 use crate::bus::ChannelServerRequest;
@@ -39,6 +48,9 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::channel::mpsc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
 /// A device-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +118,37 @@ struct Open {
     broken: bool,
 }
 
+#[derive(Debug, Default)]
+struct StopState {
+    requested: AtomicBool,
+    /// Wakes the runner to look at `requested`.
+    wake: Event,
+    /// Set by the runner when it has stopped.
+    stopped: Event,
+}
+
+/// Stops a [`DeviceRunner`] without revoking its offer.
+#[derive(Debug, Clone)]
+pub struct DeviceStop(Arc<StopState>);
+
+impl DeviceStop {
+    /// Asks the runner to stop and waits until its [`DeviceRunner::run`] has returned.
+    ///
+    /// The runner must be running (or start running) for this to complete.
+    pub async fn stop(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.wake.signal();
+        self.0.stopped.wait().await;
+    }
+}
+
 /// Drives one offered device: run it with [`DeviceRunner::run`].
 #[derive(Debug)]
 pub struct DeviceRunner<D> {
     device: D,
+    stop: Arc<StopState>,
+    /// Reused for every packet handed to the device.
+    scratch: IncomingPacket,
     requests: mpsc::UnboundedReceiver<ChannelRequest>,
     server_requests: mpsc::UnboundedSender<ChannelServerRequest>,
     resources: OfferResources,
@@ -136,6 +175,8 @@ pub async fn offer_device<D: SimpleVmbusDevice>(
         .map_err(|e| DeviceError::Offer(format!("{e:#}")))?;
     Ok(DeviceRunner {
         device,
+        stop: Arc::default(),
+        scratch: IncomingPacket::default(),
         requests,
         server_requests,
         resources,
@@ -162,8 +203,15 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
         self.target_vp
     }
 
-    /// Restores the channel after the bus was restored from saved state: re-adds the saved
-    /// GPADLs and, if the channel was open, re-attaches to its rings where they stopped.
+    /// The handle that stops this runner (see [`DeviceStop`]).
+    pub fn stop_handle(&self) -> DeviceStop {
+        DeviceStop(self.stop.clone())
+    }
+
+    /// Restores the channel after the bus was restored from saved state: re-adds the GPADLs
+    /// the device had accepted (the bus offers the others again) and, if the channel was
+    /// open, re-attaches to its rings where they stopped (packets not committed are read
+    /// again).
     pub async fn restore(&mut self) -> Result<(), DeviceError> {
         let event = Event::new();
         let open_result = OpenResult {
@@ -173,14 +221,9 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
             .server_requests
             .call_failable(ChannelServerRequest::Restore, Some(open_result))
             .await?;
-        for gpadl in &result.gpadls {
+        for gpadl in result.gpadls.iter().filter(|g| g.accepted) {
             let memory = self.resources.validation_memory();
-            match Gpadl::new(&gpadl.request, memory).and_then(|g| self.gpadls.add(g)) {
-                Ok(()) => {}
-                Err(err) if gpadl.accepted => return Err(err.into()),
-                // The guest will offer it again.
-                Err(err) => tracing::debug!(error = &err as &dyn std::error::Error, "skipped"),
-            }
+            Gpadl::new(&gpadl.request, memory).and_then(|g| self.gpadls.add(g))?;
         }
         if let Some(request) = result.open_request {
             self.attach(request, event).await?;
@@ -203,59 +246,98 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
         self.device
     }
 
-    /// Serves the device until the bus drops the channel; returns the runner (so it can be
-    /// inspected or revoked).
+    /// Serves the device until the bus drops the channel or [`DeviceStop::stop`] is called;
+    /// returns the runner (to run again, inspect or revoke).
     pub async fn run(mut self) -> Self {
         loop {
-            self.process_packets().await;
-            let event = self
-                .open
-                .as_ref()
-                .filter(|o| !o.broken)
-                .map(|o| o.channel.event().clone());
-            let packet_ready = async move {
-                match event {
-                    Some(event) => event.wait().await,
-                    None => std::future::pending().await,
-                }
+            if self.stop.requested.swap(false, Ordering::SeqCst) {
+                break;
+            }
+            let Self {
+                device,
+                requests,
+                resources,
+                gpadls,
+                open,
+                scratch,
+                stop,
+                ..
+            } = &mut self;
+            // Wait for work. A control request is served to the end once received.
+            let request = futures::select_biased! {
+                () = stop.wake.wait().fuse() => continue,
+                request = requests.next() => Some(request),
+                ready = Self::packet_ready(open).fuse() => {
+                    if !ready {
+                        continue;
+                    }
+                    None
+                },
             };
-            let next = futures::select_biased! {
-                request = self.requests.next() => Some(request),
-                () = packet_ready.fuse() => None,
-            };
-            match next {
+            match request {
                 Some(Some(request)) => self.handle_request(request).await,
                 Some(None) => break,
-                None => {}
+                // Handle one packet; only a stop abandons it (before its commit, so it
+                // stays in the ring).
+                None => {
+                    futures::select_biased! {
+                        () = stop.wake.wait().fuse() => continue,
+                        () = Self::one_packet(device, resources, gpadls, open, scratch).fuse() => {},
+                    }
+                }
             }
             self.complete_teardowns();
         }
+        self.stop.stopped.signal();
         self
     }
 
-    /// Handles every packet already in the ring.
-    async fn process_packets(&mut self) {
-        let Some(open) = self.open.as_mut().filter(|o| !o.broken) else {
+    /// Waits until a packet can be read (true) or the channel failed (false); never
+    /// completes while the channel is closed.
+    async fn packet_ready(open: &mut Option<Open>) -> bool {
+        let Some(open) = open.as_mut().filter(|o| !o.broken) else {
+            return std::future::pending().await;
+        };
+        match open.channel.peek().await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
+                open.broken = true;
+                false
+            }
+        }
+    }
+
+    /// Handles the packet in the ring: peek, hand to the device, answer, commit.
+    async fn one_packet(
+        device: &mut D,
+        resources: &OfferResources,
+        gpadls: &GpadlMap,
+        open: &mut Option<Open>,
+        scratch: &mut IncomingPacket,
+    ) {
+        let Some(open) = open.as_mut().filter(|o| !o.broken) else {
             return;
         };
         let ctx = DeviceContext {
-            memory: self.resources.guest_memory(&open.request),
-            gpadls: &self.gpadls,
+            memory: resources.guest_memory(&open.request),
+            gpadls,
             open_request: &open.request,
         };
-        loop {
-            let result = match open.channel.try_recv() {
-                Ok(Some(packet)) => {
-                    Self::answer(&mut self.device, &ctx, &mut open.channel, &packet).await
-                }
-                Ok(None) => return,
-                Err(err) => Err(err.into()),
+        let result = async {
+            let Some(view) = open.channel.try_peek()? else {
+                return Ok(());
             };
-            if let Err(err) = result {
-                tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
-                open.broken = true;
-                return;
-            }
+            view.copy_into(scratch);
+            Self::answer(device, &ctx, &mut open.channel, scratch).await?;
+            // Consumed only now: a stop before this point leaves it in the ring.
+            open.channel.commit()?;
+            Ok::<_, DeviceError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::error!(error = &err as &dyn std::error::Error, "channel stopped");
+            open.broken = true;
         }
     }
 

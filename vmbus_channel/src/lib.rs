@@ -12,8 +12,13 @@
 //!   `vmbus_channel::bus` (offers, open/close/GPADL requests, save/restore) with `futures`
 //!   channels in place of mesh.
 //! * [`channel`] — an opened channel's ring pair with async send/receive, for either end.
-//! * [`server`], [`client`] — an in-process VMBus: a [`bus::ParentBus`] server and a guest
-//!   client that enumerates offers, creates GPADLs, opens channels and exchanges packets.
+//! * [`control`] — the channel-management messages of Linux `hyperv.h` / OpenVMM
+//!   `vmbus_core`, byte for byte (no I/O), and the GPADL header/body split.
+//! * [`port`] — the [`port::MessagePort`] seam (240-byte messages on one connection, event
+//!   signals) and its in-process implementation.
+//! * [`server`], [`client`] — a VMBus server (a [`bus::ParentBus`] with one state machine
+//!   per channel, [`server::channels`]) and a guest client. They exchange only control
+//!   messages and event signals through a port, so either could face a real peer.
 //! * [`device`] — [`device::SimpleVmbusDevice`]: put a device on the bus in a few lines.
 //!
 //! Start with a device on the in-process bus (see also `examples/echo_device.rs`):
@@ -52,7 +57,9 @@
 //! futures::executor::block_on(async {
 //!     let device = offer_device(&server, Ping).await.unwrap();
 //!     let guest = async {
-//!         let client = VmbusClient::connect(&server, memory, None, 8..64, FeatureFlags::all()).unwrap();
+//!         let client = VmbusClient::connect(&server, memory, None, 8..64, FeatureFlags::all())
+//!             .await
+//!             .unwrap();
 //!         let mut channel = client.open(&client.find_offer(PING).unwrap(), 2).await.unwrap();
 //!         let reply = channel.request(b"ping").await.unwrap();
 //!         assert_eq!(&reply.data()[..4], b"pong");
@@ -68,11 +75,13 @@
 //! (so tests can substitute memory that changes under the host), `channel` is shared by the
 //! device runner and the client, and `interrupt` replaces `vmcore::interrupt`.
 //!
-//! Not implemented: subchannels (offers with a non-zero index are accepted but nothing opens
-//! them for a primary), writing transfer-page packets (they are read and exposed raw through
-//! [`ring::IncomingPacket::header_area`]), monitor pages (the latency only sets the offer
-//! flag), and interrupt masking by the async channel (it never polls; the ring API has
-//! [`ring::IncomingRing::set_interrupt_mask`]).
+//! Not implemented: writing transfer-page packets (they are read and exposed raw through
+//! [`ring::IncomingPacket::header_area`]); monitor pages (offers never set
+//! `request_monitored_notification`, `mnf_interrupt_latency` is ignored and interrupts are
+//! always direct); an hvsocket provider (TL_CONNECT_REQUEST is answered with
+//! `STATUS_CONNECTION_REFUSED`); MODIFY_CONNECTION, PAUSE/RESUME and reserved channels of
+//! OpenVMM's 6.0 protocol; interrupt masking by the async channel (it never polls; the ring
+//! API has [`ring::IncomingRing::set_interrupt_mask`]).
 
 #![forbid(unsafe_code)]
 
@@ -84,6 +93,7 @@ pub mod device;
 pub mod gpadl;
 pub mod interrupt;
 pub mod memory;
+pub mod port;
 pub mod protocol;
 pub mod ring;
 pub mod rpc;

@@ -97,8 +97,9 @@ mod packets {
         let mem = memory();
         let server = spawn_server(&mem, None);
         let _dev = spawn_device(&server, echo(1)).await;
-        let client =
-            VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         assert!(!client.feature_flags().confidential_channels());
         let offer = client.find_offer(interface(1)).unwrap();
         assert_eq!(offer.key.instance_id, Uuid::from_u128(1));
@@ -117,8 +118,9 @@ mod packets {
         let dev = echo(2);
         let handled = dev.handled.clone();
         let _dev = spawn_device(&server, dev).await;
-        let client =
-            VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         let offer = client.find_offer(interface(2)).unwrap();
         let mut ch = client.open(&offer, 1).await.unwrap();
         // 100 one-way 1000-byte packets through 4 KiB rings: the guest must wait for the
@@ -145,8 +147,9 @@ mod control {
         let mem = memory();
         let server = spawn_server(&mem, None);
         let _dev = spawn_device(&server, echo(3)).await;
-        let client =
-            VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         let offer = client.find_offer(interface(3)).unwrap();
         assert!(
             client
@@ -174,21 +177,16 @@ mod control {
     }
 
     #[tokio::test]
-    async fn ring_gpadl_cannot_be_torn_down_while_open() {
+    async fn channel_cannot_be_opened_twice_and_reopens_after_close() {
         let mem = memory();
         let server = spawn_server(&mem, None);
         let _dev = spawn_device(&server, echo(4)).await;
-        let client =
-            VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         let offer = client.find_offer(interface(4)).unwrap();
         let ch = client.open(&offer, 1).await.unwrap();
         assert!(client.open(&offer, 1).await.is_err(), "double open");
-        assert!(
-            client
-                .teardown_gpadl(offer.channel_id, vmbus_channel::protocol::GpadlId(1))
-                .await
-                .is_err()
-        );
         ch.close().await.unwrap();
         // Closed and torn down: it can be opened again.
         let mut ch = client.open(&offer, 1).await.unwrap();
@@ -200,8 +198,9 @@ mod control {
         let mem = memory();
         let server = spawn_server(&mem, None);
         let runner = offer_device(&server, echo(5)).await.unwrap();
-        let client =
-            VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         assert!(client.find_offer(interface(5)).is_some());
         let dev = runner.revoke().await;
         assert_eq!(dev.tag, 5);
@@ -221,6 +220,7 @@ mod control {
             16..128,
             FeatureFlags::all(),
         )
+        .await
         .unwrap();
         assert!(client.feature_flags().confidential_channels());
         let offer = client.find_offer(interface(6)).unwrap();
@@ -248,6 +248,7 @@ mod control {
         let _dev = spawn_device(&server, echo(7)).await;
         let client =
             VmbusClient::connect(&server, shared, Some(private), 16..128, FeatureFlags::new())
+                .await
                 .unwrap();
         let offer = client.find_offer(interface(7)).unwrap();
         let mut ch = client.open(&offer, 1).await.unwrap();
@@ -265,8 +266,9 @@ mod hostile_guest {
         let server = spawn_server(&mem, None);
         let _a = spawn_device(&server, echo(20)).await;
         let _b = spawn_device(&server, echo(21)).await;
-        let client =
-            VmbusClient::connect(&server, mem.clone(), None, 16..128, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem.clone(), None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
         let offer_a = client.find_offer(interface(20)).unwrap();
         let offer_b = client.find_offer(interface(21)).unwrap();
         // Channel A's rings are the client's first allocation: its guest-to-host control
@@ -277,7 +279,7 @@ mod hostile_guest {
 
         // The guest scribbles a write index far beyond the ring and rings the doorbell.
         mem.store_u32(16 * PAGE_SIZE as u64, 0x0100_0000).unwrap();
-        server.signal_host(offer_a.channel_id);
+        a.signal_host();
 
         // B is unaffected.
         let reply = b.request(&framed(b"b")).await.unwrap();
@@ -301,10 +303,11 @@ mod save_restore {
         let mut devices = Vec::new();
         for tag in 10..13 {
             let runner = offer_device(&server, echo(tag)).await.unwrap();
-            devices.push(tokio::spawn(runner.run()));
+            devices.push((runner.stop_handle(), tokio::spawn(runner.run())));
         }
-        let client =
-            VmbusClient::connect(&server, mem.clone(), None, 16..200, FeatureFlags::all()).unwrap();
+        let client = VmbusClient::connect(&server, mem.clone(), None, 16..200, FeatureFlags::all())
+            .await
+            .unwrap();
         let mut channels = Vec::new();
         let mut extra_gpadls = Vec::new();
         for tag in 10..13 {
@@ -317,12 +320,15 @@ mod save_restore {
             channels.push(ch);
         }
 
-        // Stop the host side: the devices and the server go away; guest memory stays.
-        for d in devices {
-            d.abort();
+        // Stop the host side: the devices and the server pause (nothing is revoked), the
+        // state is saved, then they go away; guest memory stays.
+        for (stop, _) in &devices {
+            stop.stop().await;
         }
+        server.stop();
         let saved = server.save().unwrap();
         server_task.abort();
+        drop(devices);
         drop(server);
 
         // While the host is down the guest keeps queueing requests in the rings.

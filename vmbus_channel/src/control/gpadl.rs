@@ -116,7 +116,7 @@ impl Iterator for GpadlMessages<'_> {
 }
 
 /// A GPADL whose header arrived and whose bodies are still coming.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartialGpadl {
     channel_id: u32,
     request: GpadlRequest,
@@ -175,7 +175,8 @@ impl PartialGpadl {
 
     /// Adds a body message's words.
     pub fn add_body(mut self, words: &[U64]) -> Result<Assembly, GpadlMessageError> {
-        let remaining = self.announced - self.request.buf.len();
+        // Saturating: a restored value may not keep the invariant `buf <= announced`.
+        let remaining = self.announced.saturating_sub(self.request.buf.len());
         if words.len() > remaining {
             return Err(GpadlMessageError::BodyOverflow {
                 carried: words.len(),
