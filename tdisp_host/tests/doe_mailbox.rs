@@ -393,3 +393,81 @@ fn registers_that_are_not_a_doe_capability_are_refused() {
     }
     assert!(RegisterMailbox::new(NotDoe, Box::new(ManualClock::new())).is_none());
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn echo(request: &[u8]) -> Result<Vec<u8>, MailboxError> {
+        Ok(request.to_vec())
+    }
+
+    fn offset() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            Just(regs::HEADER),
+            Just(regs::CAPABILITIES),
+            Just(regs::CONTROL),
+            Just(regs::STATUS),
+            Just(regs::WRITE_MAILBOX),
+            Just(regs::READ_MAILBOX),
+            any::<u16>(),
+        ]
+    }
+
+    /// Register values served in turn, whatever is asked; writes are ignored.
+    struct Lying {
+        values: Vec<u32>,
+        next: usize,
+    }
+
+    impl DoeRegisters for Lying {
+        fn read(&mut self, offset: u16) -> u32 {
+            if offset == regs::HEADER {
+                return regs::CAPABILITY_ID | (2 << 16);
+            }
+            let value = self.values.get(self.next % self.values.len().max(1));
+            self.next = self.next.wrapping_add(1);
+            value.copied().unwrap_or(0)
+        }
+        fn write(&mut self, _offset: u16, _value: u32) {}
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever a requester does to the registers, an abort brings the function back to
+        /// idle and the next exchange works.
+        #[test]
+        fn any_register_sequence_is_recovered_by_an_abort(
+            ops in proptest::collection::vec((offset(), any::<bool>(), any::<u32>()), 0..64)
+        ) {
+            let mut rig = rig_with(echo, 2);
+            for (offset, write, value) in ops {
+                if write {
+                    rig.write(offset, value);
+                } else {
+                    rig.read(offset);
+                }
+            }
+            rig.write(regs::CONTROL, regs::CONTROL_ABORT);
+            prop_assert_eq!(rig.status(), 0);
+            let object = request(b"still works");
+            prop_assert_eq!(rig.mailbox.exchange(&object).unwrap(), object);
+        }
+
+        /// A device whose registers say anything never makes the driver panic or hang: it
+        /// answers within the timeout budget of its clock.
+        #[test]
+        fn the_driver_survives_registers_that_lie(
+            values in proptest::collection::vec(any::<u32>(), 0..32)
+        ) {
+            let clock = ManualClock::new();
+            let registers = Lying { values, next: 0 };
+            let mut mailbox = RegisterMailbox::new(registers, Box::new(clock.clone())).unwrap();
+            let _ = mailbox.exchange(&request(b"anything"));
+            use tdisp_host::tsm::Clock as _;
+            // At most: wait out Busy, abort, Go and wait, abort again.
+            prop_assert!(clock.now() <= DOE_TIMEOUT * 4 + Duration::from_millis(10));
+        }
+    }
+}
