@@ -46,6 +46,7 @@ mod exchange;
 pub mod clock;
 
 pub mod doe;
+pub mod doe_driver;
 pub mod secure_channel;
 
 pub use binding::BindParams;
@@ -57,7 +58,9 @@ pub use device::PciDeviceInfo;
 pub use device::ProbeOutcome;
 pub use device::TsmDeviceState;
 pub use doe::DoeMailbox;
+pub use doe::DoeRegisters;
 pub use doe::MailboxError;
+pub use doe_driver::RegisterMailbox;
 pub use engine::ExecStatus;
 pub use engine::GuestRequest;
 pub use engine::GuestRequestScope;
