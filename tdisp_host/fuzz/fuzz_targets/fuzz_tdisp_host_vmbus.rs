@@ -83,9 +83,9 @@ fn proto_command(variant: u8, value: i32, device_id: u64, unknown: Option<u8>) -
             },
         )),
         1 => Some(Command::Bind(proto::TdispCommandRequestBind {})),
-        2 => Some(Command::GetTdiReport(proto::TdispCommandRequestGetTdiReport {
-            report_type: value,
-        })),
+        2 => Some(Command::GetTdiReport(
+            proto::TdispCommandRequestGetTdiReport { report_type: value },
+        )),
         3 => Some(Command::StartTdi(proto::TdispCommandRequestStartTdi {})),
         4 => Some(Command::Unbind(proto::TdispCommandRequestUnbind {
             unbind_reason: value,
@@ -170,7 +170,10 @@ fuzz_target!(|ops: Vec<Op>| {
         assert_eq!(state_to_wire(response.state_after), state_to_wire(after));
         if foreign {
             assert!(response.result.is_err());
-            assert_eq!(after, before, "a command for another device changed this one");
+            assert_eq!(
+                after, before,
+                "a command for another device changed this one"
+            );
         }
     }
 });
