@@ -32,16 +32,16 @@ use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
 use tdisp_proto::framing::spdm::PciProtocolId;
 use tdisp_proto::framing::spdm::SpdmVendorMessage;
-use tdisp_proto::wire::GuestCommand;
-use tdisp_proto::wire::CommandPacket;
-use tdisp_proto::wire::ResponsePacket;
-use tdisp_proto::wire::state_to_wire;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::LockInterfaceParams;
 use tdisp_proto::pcie::TdispErrorCode;
 use tdisp_proto::pcie::TdispErrorResponse;
 use tdisp_proto::pcie::TdispResponse;
+use tdisp_proto::wire::CommandPacket;
+use tdisp_proto::wire::GuestCommand;
+use tdisp_proto::wire::ResponsePacket;
+use tdisp_proto::wire::state_to_wire;
 
 const RID: u16 = 0x0701;
 const ADDR: u32 = 0x0700;
@@ -197,8 +197,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     device_id: DEVICE,
                     command: command(kind, argument),
                 };
-                let reply =
-                    ResponsePacket::decode(&dispatcher.handle(&packet.encode())).unwrap();
+                let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode())).unwrap();
                 reply.check_answers(&packet.command).unwrap();
                 // The wire has no Error value: the host sends its Error as Uninitialized.
                 let host = dispatcher.tdi_state(DEVICE).map(state_to_wire);
