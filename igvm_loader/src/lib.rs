@@ -60,11 +60,13 @@
 #![forbid(unsafe_code)]
 
 pub mod arch;
+pub mod build;
 pub mod builder;
 pub mod dump;
 mod error;
 pub mod importer;
 pub mod loaders;
+pub mod manifest;
 pub mod measure;
 mod parse;
 pub mod qemu;

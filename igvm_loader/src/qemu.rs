@@ -237,3 +237,77 @@ pub fn command(qemu: &Path, args: &[String], memory_mib: u64, kvm: bool) -> Comm
     .args(args);
     cmd
 }
+
+/// How `igvmgen qemu` runs a file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The IGVM file.
+    pub file: PathBuf,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// Minimum memory in MiB (the file's needs win if larger).
+    pub memory_mib: u64,
+    /// Use KVM: `Some(true)` force, `Some(false)` never, `None` when usable.
+    pub kvm: Option<bool>,
+    /// Where the BIOS and range files go.
+    pub workdir: PathBuf,
+    /// More QEMU arguments.
+    pub extra: Vec<String>,
+}
+
+/// Errors of [`prepare`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The file could not be read or parsed.
+    #[error("{file}: {problem}")]
+    File {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The file cannot run this way.
+    #[error("{file}: {source}")]
+    Plan {
+        /// The file.
+        file: String,
+        /// Why.
+        source: QemuError,
+    },
+}
+
+/// Reads and plans `options.file`, writes the BIOS and ranges into `options.workdir` and
+/// returns the QEMU command (not started) with the plan's warnings.
+pub fn prepare(options: &RunOptions) -> Result<(Command, Vec<String>), RunError> {
+    let file = options.file.display().to_string();
+    let bytes = std::fs::read(&options.file).map_err(|e| RunError::File {
+        file: file.clone(),
+        problem: e.to_string(),
+    })?;
+    let parsed = crate::parse(&bytes).map_err(|e| RunError::File {
+        file: file.clone(),
+        problem: e.to_string(),
+    })?;
+    let plan_err = |source| RunError::Plan {
+        file: file.clone(),
+        source,
+    };
+    let plan = QemuPlan::from_file(&parsed).map_err(plan_err)?;
+    std::fs::create_dir_all(&options.workdir).map_err(|source| {
+        plan_err(QemuError::Io {
+            path: options.workdir.clone(),
+            source,
+        })
+    })?;
+    let args = plan.write(&options.workdir).map_err(plan_err)?;
+    let kvm = options.kvm.unwrap_or_else(kvm_usable);
+    let mut cmd = command(
+        &options.qemu,
+        &args,
+        plan.memory_mib(options.memory_mib),
+        kvm,
+    );
+    cmd.args(&options.extra);
+    Ok((cmd, plan.warnings))
+}

@@ -1,6 +1,6 @@
-//! The proof that images boot: Debian's kernel and a busybox initramfs built into a native
-//! IGVM file, run on a stock QEMU through `igvm_loader::qemu`, print a marker on the serial
-//! console.
+//! The proof that images boot: Debian's kernel and a busybox initramfs, built into an IGVM
+//! file by `igvmgen build` from the linux-direct example manifest, run by `igvmgen qemu` on a
+//! stock QEMU, print a marker on the serial console.
 //!
 //! Skipped with a message when the kernel, busybox or QEMU is missing, unless `CI=true`,
 //! where a missing tool fails the test.
@@ -10,24 +10,15 @@
 mod common;
 
 use common::CpioEntry;
-use igvm_loader::arch::X86Register;
-use igvm_loader::builder::IgvmBuilder;
-use igvm_loader::builder::PlatformConfig;
-use igvm_loader::importer::IsolationConfig;
-use igvm_loader::importer::IsolationType;
-use igvm_loader::loaders::Payload;
-use igvm_loader::loaders::linux::LinuxConfig;
-use igvm_loader::loaders::linux::load_linux;
-use igvm_loader::loaders::x86::X86Layout;
-use igvm_loader::qemu::QemuPlan;
 use std::io::Read;
+use std::path::Path;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
 const MARKER: &str = "IGVM-BOOT-MARKER-7d1f";
-const MEMORY: u64 = 512 << 20;
 
 fn find_kernel() -> Option<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
@@ -87,28 +78,38 @@ fn debian_kernel_boots_to_the_initramfs_marker_on_stock_qemu() {
         Err(e) => return missing(&format!("{}: {e}", kernel_path.display())),
     };
     let initrd = initramfs(&busybox);
-    let name = kernel_path.display().to_string();
 
-    let mut builder = IgvmBuilder::<X86Register>::new();
-    let image = builder
-        .add_platform(PlatformConfig::new(IsolationConfig::new(
-            IsolationType::None,
-        )))
-        .unwrap();
-    let mut config = LinuxConfig::new(Payload::new(&name, &kernel), X86Layout::with_memory(MEMORY));
-    config.initrd = Some(Payload::new("initramfs.cpio", &initrd));
-    config.cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 rdinit=/init";
-    load_linux(image, &config).unwrap();
-    let bytes = builder.build_bytes().unwrap();
-    let file = igvm_loader::parse(&bytes).unwrap();
-    let plan = QemuPlan::from_file(&file).unwrap();
-
+    // The example manifest, with Debian's kernel as its bzImage, through the CLI.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-boot");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let args = plan.write(&dir).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/linux-direct.toml");
+    std::fs::copy(&example, dir.join("linux-direct.toml")).unwrap();
+    std::fs::write(dir.join("bzImage"), &kernel).unwrap();
+    std::fs::write(dir.join("initrd.cpio"), &initrd).unwrap();
+    let out = dir.join("debian.igvm");
+    let build = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
+        .arg("build")
+        .arg("--manifest")
+        .arg(dir.join("linux-direct.toml"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "igvmgen build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
     let kvm = igvm_loader::qemu::kvm_usable();
-    let mut cmd = igvm_loader::qemu::command(&qemu, &args, plan.memory_mib(512), kvm);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igvmgen"));
+    cmd.arg("qemu")
+        .arg(&out)
+        .arg("--qemu")
+        .arg(&qemu)
+        .arg("--accel")
+        .arg(if kvm { "kvm" } else { "tcg" });
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .stdin(std::process::Stdio::null());

@@ -4,9 +4,14 @@
 //! * `igvmgen measure FILE [--platform snp|tdx|vbs]... [--vmm qemu|hyperv]
 //!   [--zero-pages normal|zero] [--vmsa-gpa file|kvm] [--max-pages N]` recomputes the launch
 //!   digests and prints them as JSON. Exit codes: see [`MEASURE_HELP`].
+//! * `igvmgen build --manifest M.toml -o out.igvm` builds an image from a TOML manifest and
+//!   writes `out.igvm`, `out.map` and `out.<platform>.json` per measured platform.
+//! * `igvmgen qemu FILE [--memory MIB] [--accel auto|kvm|tcg] [-- QEMU-ARGS]` runs the
+//!   file's native platform on a stock QEMU (serial console on stdio).
 
 #![forbid(unsafe_code)]
 
+use anyhow::Context as _;
 use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
@@ -139,6 +144,48 @@ enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Build an IGVM file, its map and its measurements from a TOML manifest.
+    Build {
+        /// The manifest (payload paths are relative to it).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The IGVM file to write (the map and JSON files go beside it).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run a native-platform IGVM file on a stock QEMU.
+    Qemu {
+        /// The IGVM file.
+        file: PathBuf,
+        /// The QEMU binary.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+        /// Guest memory in MiB (raised to what the file needs).
+        #[arg(long, default_value_t = 512)]
+        memory: u64,
+        /// Accelerator.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelArg,
+        /// Folder for the generated BIOS and range files (default: beside FILE).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Print the QEMU command instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+        /// More arguments for QEMU.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    /// KVM when the processor and /dev/kvm allow it, TCG otherwise.
+    Auto,
+    /// KVM.
+    Kvm,
+    /// TCG (emulation).
+    Tcg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -261,6 +308,47 @@ fn run(cli: Cli) -> Result<()> {
             .map_err(|e| FileError::of_measure(&file, e))?;
             bar.finish_and_clear();
             println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Command::Build { manifest, output } => {
+            let built = igvm_loader::build::build_file(&manifest)?;
+            for path in igvm_loader::build::write_outputs(&output, &built)? {
+                println!("{}", path.display());
+            }
+        }
+        Command::Qemu {
+            file,
+            qemu,
+            memory,
+            accel,
+            workdir,
+            dry_run,
+            extra,
+        } => {
+            let workdir = workdir.unwrap_or_else(|| file.with_extension("qemu"));
+            let kvm = match accel {
+                AccelArg::Auto => None,
+                AccelArg::Kvm => Some(true),
+                AccelArg::Tcg => Some(false),
+            };
+            let options = igvm_loader::qemu::RunOptions {
+                file,
+                qemu,
+                memory_mib: memory,
+                kvm,
+                workdir,
+                extra,
+            };
+            let (mut cmd, warnings) = igvm_loader::qemu::prepare(&options)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if dry_run {
+                println!("{cmd:?}");
+            } else {
+                // QEMU replaces igvmgen, so whoever stops igvmgen stops QEMU.
+                use std::os::unix::process::CommandExt;
+                return Err(cmd.exec()).context("starting QEMU");
+            }
         }
     }
     Ok(())
