@@ -7,10 +7,17 @@
 //! the bytes received), and answers malformed requests itself with a TPM error response. Good
 //! requests go to the vTPM manager over the one multiplexed stream ([`crate::manager`]),
 //! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
-//! the command was under way) or IDLE (nothing was).
+//! the command was under way) or IDLE (nothing was). Every connection starts on a freshly
+//! reset TPM and ends by stopping it (the policy is in `power`, see [`ResetPolicy`]).
+//!
+//! Each protocol's shared-memory side is its own module (`v1`, `v2`); this module holds the
+//! one state machine that drives either.
 
+mod power;
 mod v1;
 mod v2;
+
+pub use power::ResetPolicy;
 
 use crate::domain::Domain;
 use crate::domain::DomainId;
@@ -20,6 +27,7 @@ use crate::event::EventError;
 use crate::event::Port;
 use crate::grant::GrantError;
 use crate::grant::GrantRef;
+use crate::manager::FrameError;
 use crate::manager::MuxClient;
 use crate::manager::MuxRouter;
 use crate::manager::StreamEnd;
@@ -58,6 +66,8 @@ use tracing::Instrument;
 pub struct BackendConfig {
     /// Protocol versions offered.
     pub protocols: Protocols,
+    /// How each connection's TPM is reset (see [`ResetPolicy`]).
+    pub reset: ResetPolicy,
     /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
     /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
@@ -67,6 +77,7 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             protocols: Protocols::default(),
+            reset: ResetPolicy::default(),
             max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
         }
     }
@@ -90,6 +101,12 @@ pub enum BackendError {
     /// Frontend and backend share no protocol version.
     #[error("no protocol version in common with the frontend")]
     NoCommonProtocol,
+    /// The instance's TPM could not be reset for a new connection.
+    #[error("vTPM reset failed: {0}")]
+    Reset(FrameError),
+    /// TPM2_Startup after the reset failed with this response code.
+    #[error("TPM2_Startup failed with {0:#x}")]
+    Startup(u32),
     /// Another device already uses this instance.
     #[error("vTPM instance {0} is already connected")]
     InstanceInUse(u32),
@@ -397,7 +414,13 @@ async fn serve_device(
                 return Ok(());
             }
         }
-        match connect(shared, config) {
+        let connected = match connect(shared, config) {
+            Ok(conn) => power::power_on(&shared.client, config.instance, shared.config.reset)
+                .await
+                .map(|()| conn),
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(mut conn) => {
                 BackendStats::bump(&shared.stats.connects);
                 write_state(store, dir, XenbusState::CONNECTED)?;
@@ -405,6 +428,8 @@ async fn serve_device(
                 let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
+                // Stopped before Closed, so a reconnect's Init always comes after this Stop.
+                power::power_off(&shared.client, config.instance).await;
                 BackendStats::bump(&shared.stats.disconnects);
                 if matches!(stop, Stop::Gone) {
                     return Ok(());
