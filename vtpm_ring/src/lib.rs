@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+mod deadline;
 pub mod domain;
 pub mod engine;
 pub mod event;

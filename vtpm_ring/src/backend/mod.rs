@@ -19,6 +19,7 @@ mod v2;
 
 pub use power::ResetPolicy;
 
+use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainId;
 use crate::engine::ControlOp;
@@ -58,8 +59,13 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use thiserror::Error;
 use tracing::Instrument;
+
+/// Default [`BackendConfig::processing_timeout`]: ample for the slowest TPM commands (RSA key
+/// generation in a software TPM takes seconds).
+pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Backend settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,11 @@ pub struct BackendConfig {
     pub protocols: Protocols,
     /// How each connection's TPM is reset (see [`ResetPolicy`]).
     pub reset: ResetPolicy,
+    /// How long the engine may take over one request (a command, or a reset step); past it
+    /// the frontend gets TPM_RC_FAILURE (the original tpmback answered TPM_FAIL after a
+    /// timeout), the engine is asked to cancel, and the late answer is dropped. `None`
+    /// waits forever.
+    pub processing_timeout: Option<Duration>,
     /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
     /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
@@ -78,6 +89,7 @@ impl Default for BackendConfig {
         Self {
             protocols: Protocols::default(),
             reset: ResetPolicy::default(),
+            processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
             max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
         }
     }
@@ -104,6 +116,9 @@ pub enum BackendError {
     /// The instance's TPM could not be reset for a new connection.
     #[error("vTPM reset failed: {0}")]
     Reset(FrameError),
+    /// The engine did not finish the reset within the processing timeout.
+    #[error("vTPM reset timed out")]
+    ResetTimeout,
     /// TPM2_Startup after the reset failed with this response code.
     #[error("TPM2_Startup failed with {0:#x}")]
     Startup(u32),
@@ -415,7 +430,7 @@ async fn serve_device(
             }
         }
         let connected = match connect(shared, config) {
-            Ok(conn) => power::power_on(&shared.client, config.instance, shared.config.reset)
+            Ok(conn) => power::power_on(&shared.client, config.instance, &shared.config)
                 .await
                 .map(|()| conn),
             Err(e) => Err(e),
@@ -429,7 +444,7 @@ async fn serve_device(
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
                 // Stopped before Closed, so a reconnect's Init always comes after this Stop.
-                power::power_off(&shared.client, config.instance).await;
+                power::power_off(&shared.client, config.instance, &shared.config).await;
                 BackendStats::bump(&shared.stats.disconnects);
                 if matches!(stop, Stop::Gone) {
                     return Ok(());
@@ -541,6 +556,7 @@ async fn serve(
                         config.instance,
                         cmd,
                         locality,
+                        shared.config.processing_timeout,
                     ));
                 }
             }
@@ -591,16 +607,26 @@ fn forward(
     instance: u32,
     command: Vec<u8>,
     locality: u8,
+    timeout: Option<Duration>,
 ) -> BoxFuture<'static, Vec<u8>> {
     Box::pin(async move {
-        match client.command(instance, command, locality).await {
-            Ok(r) if validate_response(&r) => r,
-            Ok(_) => {
+        let answer = deadline::within(timeout, client.command(instance, command, locality)).await;
+        match answer {
+            Ok(Ok(r)) if validate_response(&r) => r,
+            Ok(Ok(_)) => {
                 tracing::warn!(instance, "malformed response from the manager");
                 error_response(TpmRc::FAILURE)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(instance, error = %e, "manager request failed");
+                error_response(TpmRc::FAILURE)
+            }
+            Err(deadline::Elapsed) => {
+                // The request's slot went with the future: its late answer will be dropped.
+                tracing::warn!(instance, ?timeout, "engine did not answer in time");
+                if let Err(e) = client.post_control(instance, ControlOp::CancelCommand) {
+                    tracing::warn!(instance, error = %e, "cancel after timeout not sent");
+                }
                 error_response(TpmRc::FAILURE)
             }
         }

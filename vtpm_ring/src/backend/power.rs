@@ -14,7 +14,9 @@
 //! Persistent state (NV indices, persistent keys, hierarchy seeds) is the engine's and
 //! survives, as it survives a reboot.
 
+use super::BackendConfig;
 use super::BackendError;
+use crate::deadline;
 use crate::engine::ControlOp;
 use crate::manager::MuxClient;
 use crate::tpm_header::TpmRc;
@@ -35,41 +37,47 @@ pub enum ResetPolicy {
 /// TPM2_Startup(TPM_SU_CLEAR).
 const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
 
-/// Powers `instance` on for a new connection.
+/// Powers `instance` on for a new connection, each step within the processing timeout.
 pub(super) async fn power_on(
     client: &MuxClient,
     instance: u32,
-    policy: ResetPolicy,
+    config: &BackendConfig,
 ) -> Result<(), BackendError> {
-    client
-        .control(
-            instance,
-            ControlOp::Init {
-                delete_volatile: true,
-            },
-        )
+    let timeout = config.processing_timeout;
+    let init = ControlOp::Init {
+        delete_volatile: true,
+    };
+    deadline::within(timeout, client.control(instance, init))
         .await
+        .map_err(|_| BackendError::ResetTimeout)?
         .map_err(BackendError::Reset)?;
-    if policy == ResetPolicy::PowerCycle {
-        let response = client
-            .command(instance, STARTUP_CLEAR.to_vec(), 0)
-            .await
-            .map_err(BackendError::Reset)?;
+    if config.reset == ResetPolicy::PowerCycle {
+        let response =
+            deadline::within(timeout, client.command(instance, STARTUP_CLEAR.to_vec(), 0))
+                .await
+                .map_err(|_| BackendError::ResetTimeout)?
+                .map_err(BackendError::Reset)?;
         // INITIALIZE: the engine starts up by itself on Init (swtpm's startup-clear flag).
         match response_code(&response) {
             Some(TpmRc::SUCCESS | TpmRc::INITIALIZE) => {}
             rc => return Err(BackendError::Startup(rc.map_or(u32::MAX, |rc| rc.0))),
         }
     }
-    tracing::debug!(instance, ?policy, "vTPM powered on");
+    tracing::debug!(instance, policy = ?config.reset, "vTPM powered on");
     Ok(())
 }
 
 /// Powers `instance` off after its connection ended. A failure is only logged: the next
 /// connection's `Init` resets the TPM anyway.
-pub(super) async fn power_off(client: &MuxClient, instance: u32) {
-    match client.control(instance, ControlOp::Stop).await {
-        Ok(_) => tracing::debug!(instance, "vTPM stopped"),
-        Err(e) => tracing::warn!(instance, error = %e, "vTPM stop failed"),
+pub(super) async fn power_off(client: &MuxClient, instance: u32, config: &BackendConfig) {
+    match deadline::within(
+        config.processing_timeout,
+        client.control(instance, ControlOp::Stop),
+    )
+    .await
+    {
+        Ok(Ok(_)) => tracing::debug!(instance, "vTPM stopped"),
+        Ok(Err(e)) => tracing::warn!(instance, error = %e, "vTPM stop failed"),
+        Err(deadline::Elapsed) => tracing::warn!(instance, "vTPM stop timed out"),
     }
 }
