@@ -214,15 +214,11 @@ impl Frontend {
         let backend_dir = store.read(&format!("{dir}/{}", keys::BACKEND))?;
         let backend = DomainId(store.read_num(&format!("{dir}/{}", keys::BACKEND_ID))?);
         write_state(&store, &dir, XenbusState::INITIALISING)?;
-        let error_key = format!("{backend_dir}/{}", keys::ERROR);
-        wait_backend(&store, &backend_dir, config.timeout, |s| match s {
-            XenbusState::INIT_WAIT => Some(Ok(())),
-            XenbusState::CLOSED | XenbusState::CLOSING
-                if store.try_read(&error_key).ok().flatten().is_some() =>
-            {
-                Some(Err(FrontendError::BackendRefused(s)))
-            }
-            _ => None,
+        // A backend that refused an earlier attempt still shows Closed (with its reason)
+        // until it sees this new one; it refuses only once the frontend has published, so
+        // here anything but InitWait is just "not yet".
+        wait_backend(&store, &backend_dir, config.timeout, |s| {
+            (s == XenbusState::INIT_WAIT).then_some(Ok(()))
         })
         .await?;
         let peer_v2 = store

@@ -8,17 +8,37 @@
     reason = "tests fail by panicking"
 )]
 
+use async_trait::async_trait;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
+use vtpm_ring::domain::Host;
+use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::EngineError;
+use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::TpmReply;
+use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::frontend::FrontendError;
+use vtpm_ring::manager::VtpmManager;
+use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::testbed::Testbed;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
+use vtpm_ring::xenbus::VtpmDevice;
+use vtpm_ring::xenbus::XenbusState;
+use vtpm_ring::xenbus::backend_dir;
+use vtpm_ring::xenbus::create_device;
+use vtpm_ring::xenbus::keys;
+use vtpm_ring::xenbus::read_state;
 
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 
@@ -97,4 +117,76 @@ async fn v2_reconnect_sees_a_reset_tpm() {
 #[tokio::test]
 async fn v1_reconnect_sees_a_reset_tpm() {
     reconnect_sees_a_reset_tpm(Protocols::V1_ONLY).await;
+}
+
+/// Refuses `Init` while `broken`.
+struct BrokenInit {
+    inner: SimTpm,
+    broken: AtomicBool,
+}
+
+#[async_trait]
+impl TpmEngine for BrokenInit {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        if matches!(request, TpmRequest::Control(ControlOp::Init { .. }))
+            && self.broken.load(Ordering::Relaxed)
+        {
+            return Err(EngineError::Failed("init refused".into()));
+        }
+        self.inner.execute(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_tpm_that_cannot_be_reset_is_not_offered_and_the_device_recovers() {
+    let host = Host::new();
+    let back = host.create_domain(DomainId(1), 4).unwrap();
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    let engine = Arc::new(BrokenInit {
+        inner: SimTpm::started(),
+        broken: AtomicBool::new(true),
+    });
+    let mut manager = VtpmManager::new();
+    manager.add_instance(1, engine.clone());
+    let (b, m) = stream_pair();
+    tokio::spawn(manager.serve(m));
+    let backend = Backend::new(back, b, BackendConfig::default());
+    let stats = backend.stats();
+    tokio::spawn(backend.run());
+    create_device(
+        &host.toolstack(),
+        &VtpmDevice {
+            backend: DomainId(1),
+            frontend: guest.id(),
+            handle: 0,
+            instance: 1,
+            uuid: uuid::Uuid::nil(),
+        },
+    )
+    .unwrap();
+
+    // Refused, and the reason is in the store for the toolstack to see.
+    let refused = within(Frontend::connect(&guest, FrontendConfig::default())).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        FrontendError::BackendRefused(XenbusState::CLOSED)
+    );
+    assert_eq!(stats.snapshot().connects, 0);
+    assert_eq!(stats.snapshot().failed_connects, 1);
+    let bdir = backend_dir(DomainId(1), guest.id(), 0);
+    let error = host
+        .toolstack()
+        .store()
+        .try_read(&format!("{bdir}/{}", keys::ERROR))
+        .unwrap();
+    assert!(error.is_some_and(|e| e.contains("reset")));
+
+    // Once the engine can be reset again, the same device connects.
+    engine.broken.store(false, Ordering::Relaxed);
+    let front = within(Frontend::connect(&guest, FrontendConfig::default()))
+        .await
+        .unwrap();
+    assert_eq!(read_state(&guest.store(), &bdir), XenbusState::CONNECTED);
+    let r = within(front.transmit(&GET_RANDOM_8)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
 }

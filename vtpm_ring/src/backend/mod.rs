@@ -379,27 +379,38 @@ async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
             }
         }
     };
-    let inserted = shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(config.instance);
-    if !inserted {
-        store.write(
-            &format!("{dir}/{}", keys::ERROR),
-            "instance already connected",
-        )?;
-        write_state(store, dir, XenbusState::CLOSED)?;
-        while exists() && own.next().await.is_some() {}
-        return Err(BackendError::InstanceInUse(config.instance));
+    serve_device(shared, dir, &config, &mut own).await
+}
+
+/// A connection's hold on its instance: one connection per instance at a time.
+struct Claim<'a> {
+    shared: &'a Shared,
+    instance: u32,
+}
+
+impl<'a> Claim<'a> {
+    fn take(shared: &'a Shared, instance: u32) -> Result<Self, BackendError> {
+        let inserted = shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance);
+        if inserted {
+            Ok(Self { shared, instance })
+        } else {
+            Err(BackendError::InstanceInUse(instance))
+        }
     }
-    let result = serve_device(shared, dir, &config, &mut own).await;
-    shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&config.instance);
-    result
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.instance);
+    }
 }
 
 async fn serve_device(
@@ -429,22 +440,25 @@ async fn serve_device(
                 return Ok(());
             }
         }
-        let connected = match connect(shared, config) {
-            Ok(conn) => power::power_on(&shared.client, config.instance, &shared.config)
-                .await
-                .map(|()| conn),
-            Err(e) => Err(e),
-        };
+        let connected = async {
+            let claim = Claim::take(shared, config.instance)?;
+            let conn = connect(shared, config)?;
+            power::power_on(&shared.client, config.instance, &shared.config).await?;
+            Ok::<_, BackendError>((claim, conn))
+        }
+        .await;
         match connected {
-            Ok(mut conn) => {
+            Ok((claim, mut conn)) => {
                 BackendStats::bump(&shared.stats.connects);
                 write_state(store, dir, XenbusState::CONNECTED)?;
                 tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
                 let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
-                // Stopped before Closed, so a reconnect's Init always comes after this Stop.
+                // Stopped before the instance is free and before Closed, so the next
+                // connection's Init always comes after this Stop.
                 power::power_off(&shared.client, config.instance, &shared.config).await;
+                drop(claim);
                 BackendStats::bump(&shared.stats.disconnects);
                 if matches!(stop, Stop::Gone) {
                     return Ok(());
