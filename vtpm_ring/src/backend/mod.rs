@@ -7,11 +7,19 @@
 //! the bytes received), and answers malformed requests itself with a TPM error response. Good
 //! requests go to the vTPM manager over the one multiplexed stream ([`crate::manager`]),
 //! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
-//! the command was under way) or IDLE (nothing was).
+//! the command was under way) or IDLE (nothing was). Every connection starts on a freshly
+//! reset TPM and ends by stopping it (the policy is in `power`, see [`ResetPolicy`]).
+//!
+//! Each protocol's shared-memory side is its own module (`v1`, `v2`); this module holds the
+//! one state machine that drives either.
 
+mod power;
 mod v1;
 mod v2;
 
+pub use power::ResetPolicy;
+
+use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainId;
 use crate::engine::ControlOp;
@@ -20,6 +28,7 @@ use crate::event::EventError;
 use crate::event::Port;
 use crate::grant::GrantError;
 use crate::grant::GrantRef;
+use crate::manager::FrameError;
 use crate::manager::MuxClient;
 use crate::manager::MuxRouter;
 use crate::manager::StreamEnd;
@@ -50,14 +59,26 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use thiserror::Error;
 use tracing::Instrument;
+
+/// Default [`BackendConfig::processing_timeout`]: ample for the slowest TPM commands (RSA key
+/// generation in a software TPM takes seconds).
+pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Backend settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Protocol versions offered.
     pub protocols: Protocols,
+    /// How each connection's TPM is reset (see [`ResetPolicy`]).
+    pub reset: ResetPolicy,
+    /// How long the engine may take over one request (a command, or a reset step); past it
+    /// the frontend gets TPM_RC_FAILURE (the original tpmback answered TPM_FAIL after a
+    /// timeout), the engine is asked to cancel, and the late answer is dropped. `None`
+    /// waits forever.
+    pub processing_timeout: Option<Duration>,
     /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
     /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
@@ -67,6 +88,8 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             protocols: Protocols::default(),
+            reset: ResetPolicy::default(),
+            processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
             max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
         }
     }
@@ -90,6 +113,15 @@ pub enum BackendError {
     /// Frontend and backend share no protocol version.
     #[error("no protocol version in common with the frontend")]
     NoCommonProtocol,
+    /// The instance's TPM could not be reset for a new connection.
+    #[error("vTPM reset failed: {0}")]
+    Reset(FrameError),
+    /// The engine did not finish the reset within the processing timeout.
+    #[error("vTPM reset timed out")]
+    ResetTimeout,
+    /// TPM2_Startup after the reset failed with this response code.
+    #[error("TPM2_Startup failed with {0:#x}")]
+    Startup(u32),
     /// Another device already uses this instance.
     #[error("vTPM instance {0} is already connected")]
     InstanceInUse(u32),
@@ -347,27 +379,38 @@ async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
             }
         }
     };
-    let inserted = shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(config.instance);
-    if !inserted {
-        store.write(
-            &format!("{dir}/{}", keys::ERROR),
-            "instance already connected",
-        )?;
-        write_state(store, dir, XenbusState::CLOSED)?;
-        while exists() && own.next().await.is_some() {}
-        return Err(BackendError::InstanceInUse(config.instance));
+    serve_device(shared, dir, &config, &mut own).await
+}
+
+/// A connection's hold on its instance: one connection per instance at a time.
+struct Claim<'a> {
+    shared: &'a Shared,
+    instance: u32,
+}
+
+impl<'a> Claim<'a> {
+    fn take(shared: &'a Shared, instance: u32) -> Result<Self, BackendError> {
+        let inserted = shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance);
+        if inserted {
+            Ok(Self { shared, instance })
+        } else {
+            Err(BackendError::InstanceInUse(instance))
+        }
     }
-    let result = serve_device(shared, dir, &config, &mut own).await;
-    shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&config.instance);
-    result
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.instance);
+    }
 }
 
 async fn serve_device(
@@ -397,14 +440,25 @@ async fn serve_device(
                 return Ok(());
             }
         }
-        match connect(shared, config) {
-            Ok(mut conn) => {
+        let connected = async {
+            let claim = Claim::take(shared, config.instance)?;
+            let conn = connect(shared, config)?;
+            power::power_on(&shared.client, config.instance, &shared.config).await?;
+            Ok::<_, BackendError>((claim, conn))
+        }
+        .await;
+        match connected {
+            Ok((claim, mut conn)) => {
                 BackendStats::bump(&shared.stats.connects);
                 write_state(store, dir, XenbusState::CONNECTED)?;
                 tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
                 let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
+                // Stopped before the instance is free and before Closed, so the next
+                // connection's Init always comes after this Stop.
+                power::power_off(&shared.client, config.instance, &shared.config).await;
+                drop(claim);
                 BackendStats::bump(&shared.stats.disconnects);
                 if matches!(stop, Stop::Gone) {
                     return Ok(());
@@ -516,6 +570,7 @@ async fn serve(
                         config.instance,
                         cmd,
                         locality,
+                        shared.config.processing_timeout,
                     ));
                 }
             }
@@ -566,16 +621,26 @@ fn forward(
     instance: u32,
     command: Vec<u8>,
     locality: u8,
+    timeout: Option<Duration>,
 ) -> BoxFuture<'static, Vec<u8>> {
     Box::pin(async move {
-        match client.command(instance, command, locality).await {
-            Ok(r) if validate_response(&r) => r,
-            Ok(_) => {
+        let answer = deadline::within(timeout, client.command(instance, command, locality)).await;
+        match answer {
+            Ok(Ok(r)) if validate_response(&r) => r,
+            Ok(Ok(_)) => {
                 tracing::warn!(instance, "malformed response from the manager");
                 error_response(TpmRc::FAILURE)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(instance, error = %e, "manager request failed");
+                error_response(TpmRc::FAILURE)
+            }
+            Err(deadline::Elapsed) => {
+                // The request's slot went with the future: its late answer will be dropped.
+                tracing::warn!(instance, ?timeout, "engine did not answer in time");
+                if let Err(e) = client.post_control(instance, ControlOp::CancelCommand) {
+                    tracing::warn!(instance, error = %e, "cancel after timeout not sent");
+                }
                 error_response(TpmRc::FAILURE)
             }
         }
