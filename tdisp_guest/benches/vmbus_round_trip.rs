@@ -88,8 +88,15 @@ impl Bus {
         let memory = GuestMemory::new(1024 * PAGE_SIZE).unwrap();
         let (server, server_runner) = VmbusServer::new(memory.clone(), None);
         runtime.spawn(server_runner.run());
-        let guest =
-            VmbusClient::connect(&server, memory, None, 8..1024, FeatureFlags::all()).unwrap();
+        let guest = runtime
+            .block_on(VmbusClient::connect(
+                &server,
+                memory,
+                None,
+                8..1024,
+                FeatureFlags::all(),
+            ))
+            .unwrap();
         Self {
             runtime,
             server,

@@ -34,7 +34,7 @@
 //! futures::executor::block_on(async {
 //!     let runner = offer_device(&server, device).await.unwrap();
 //!     let guest = async {
-//!         let client = VmbusClient::connect(&server, memory, None, 8..64, FeatureFlags::all()).unwrap();
+//!         let client = VmbusClient::connect(&server, memory, None, 8..64, FeatureFlags::all()).await.unwrap();
 //!         let offer = client.find_offer(tdisp_host::vmbus::interface_id()).unwrap();
 //!         let mut channel = client.open(&offer, 2).await.unwrap();
 //!         let command = CommandPacket { device_id: 7, command: GuestCommand::NegotiateProtocol(TdispGuestProtocolType::AmdSevTioV1) };

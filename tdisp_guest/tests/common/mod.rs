@@ -57,9 +57,15 @@ impl Bus {
         let memory = GuestMemory::new((MEMORY_PAGES as usize) * PAGE_SIZE).unwrap();
         let (server, server_runner) = VmbusServer::new(memory.clone(), None);
         runtime.spawn(server_runner.run());
-        let guest =
-            VmbusClient::connect(&server, memory, None, 8..MEMORY_PAGES, FeatureFlags::all())
-                .unwrap();
+        let guest = runtime
+            .block_on(VmbusClient::connect(
+                &server,
+                memory,
+                None,
+                8..MEMORY_PAGES,
+                FeatureFlags::all(),
+            ))
+            .unwrap();
         Self {
             runtime,
             server,
