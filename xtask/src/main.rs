@@ -87,6 +87,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Library diagnostics (refusals, timeouts) go to stderr; RUST_LOG=debug shows more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),

@@ -14,6 +14,7 @@
 //!
 //! Each step is timed and recorded in a [`Timeline`]; a failure names its step.
 
+mod attest;
 mod image;
 #[cfg_attr(
     not(test),
@@ -110,6 +111,8 @@ pub struct Timeline {
     pub image_source: String,
     /// The IGVM file's size in bytes.
     pub image_bytes: usize,
+    /// SHA-384 of the verified interface report of the first device, hex (attest step).
+    pub report_digest: String,
 }
 
 impl Timeline {
@@ -163,6 +166,14 @@ pub fn run(options: &DemoOptions) -> (Timeline, anyhow::Result<()>) {
 
 fn run_steps(options: &DemoOptions, timeline: &mut Timeline) -> anyhow::Result<()> {
     let _image = timeline.record("image", "igvm_loader", |t| image::build(options, t))?;
+    let platform = options.platforms.first().copied().unwrap_or(Platform::Snp);
+    let attested = timeline.record("attest", "vmbus_channel + tdisp_host + tdisp_guest", |_| {
+        attest::attest(platform, options.devices)
+    })?;
+    timeline.report_digest = hex::encode(attested.report_digest);
+    timeline.record("teardown", "tdisp_guest + vmbus_channel", |_| {
+        attested.tear_down().map(|detail| ((), detail))
+    })?;
     Ok(())
 }
 
