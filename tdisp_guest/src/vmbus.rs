@@ -260,6 +260,12 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether transaction `tid` should still be sent: not if it was cancelled before the
+    /// worker saw it (its caller has already returned).
+    fn wanted(&self, tid: u64) -> bool {
+        !self.forgotten.contains(&tid)
+    }
+
     fn insert(&mut self, tid: u64, reply: ReplySender) {
         self.waiting.insert(tid, reply);
     }
@@ -324,6 +330,11 @@ impl VmbusTransportWorker {
             };
             match wake {
                 Wake::Request(None) => return Some(self.channel),
+                Wake::Request(Some(WorkerRequest::Send { tid, .. }))
+                    if !self.pending.wanted(tid) =>
+                {
+                    tracing::debug!(tid, "TDISP command cancelled before it was sent");
+                }
                 Wake::Request(Some(WorkerRequest::Send {
                     tid,
                     message,
@@ -444,6 +455,15 @@ mod tests {
         pending.forget(9);
         assert_eq!(pending.complete(9, Ok(vec![1])), Delivery::Stale);
         assert!(answer.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_command_cancelled_before_the_worker_saw_it_is_not_sent() {
+        let mut pending = Pending::default();
+        assert!(pending.wanted(5));
+        pending.forget(5);
+        assert!(!pending.wanted(5));
+        assert!(pending.wanted(6));
     }
 
     #[test]
