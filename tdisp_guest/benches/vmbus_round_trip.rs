@@ -16,6 +16,7 @@ use std::time::Duration;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::TdispGuestClient;
 use tdisp_guest::accept_device;
+use tdisp_guest::vmbus::TDISP_RING_PAGES;
 use tdisp_guest::vmbus::VmbusTransport;
 use tdisp_guest::vmbus::open_tdisp_client;
 use tdisp_guest::vmbus::tdisp_offers;
@@ -85,7 +86,7 @@ impl Bus {
             .enable_all()
             .build()
             .unwrap();
-        let memory = GuestMemory::new(1024 * PAGE_SIZE).unwrap();
+        let memory = GuestMemory::new(2048 * PAGE_SIZE).unwrap();
         let (server, server_runner) = VmbusServer::new(memory.clone(), None);
         runtime.spawn(server_runner.run());
         let guest = runtime
@@ -93,7 +94,7 @@ impl Bus {
                 &server,
                 memory,
                 None,
-                8..1024,
+                8..2048,
                 FeatureFlags::all(),
             ))
             .unwrap();
@@ -134,7 +135,6 @@ impl Bus {
             .block_on(open_tdisp_client(
                 &self.guest,
                 &offer,
-                4,
                 Duration::from_secs(10),
             ))
             .unwrap();
@@ -145,7 +145,9 @@ impl Bus {
     fn echo(&self) -> ClientChannel {
         self.run(Echo);
         let offer = self.guest.find_offer(ECHO_ID).unwrap();
-        self.runtime.block_on(self.guest.open(&offer, 4)).unwrap()
+        self.runtime
+            .block_on(self.guest.open(&offer, TDISP_RING_PAGES))
+            .unwrap()
     }
 }
 

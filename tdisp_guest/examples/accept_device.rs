@@ -1,6 +1,6 @@
 //! A guest accepts an assigned device: negotiate -> lock -> report -> verify -> start.
 //!
-//! Every call travels as a real command packet to the host stack of `tdisp_host` (dispatcher,
+//! Every call travels as a real `tdisp.proto` command to the host stack of `tdisp_host` (dispatcher,
 //! state machine, TSM, DOE mailbox, emulated DSM), and every reply is checked by the client
 //! before the guest believes it.
 

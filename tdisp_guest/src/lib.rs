@@ -30,6 +30,10 @@
 //! );
 //! ```
 //!
+//! Over VMBus (see `examples/vmbus_devices.rs`): find the host's TDISP offers with
+//! [`vmbus::tdisp_offers`], open each with [`vmbus::open_tdisp_client`], run the returned
+//! worker on an executor thread, and use the client from another thread.
+//!
 //! Scope today: the interface report is checked against the guest's expectations (ranges,
 //! attributes, interface flags), but its authenticity rests on the host path delivering it; the
 //! SPDM-session binding that lets a guest verify the device's signature arrives with the

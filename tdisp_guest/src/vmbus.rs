@@ -32,7 +32,9 @@ use std::sync::PoisonError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tdisp_proto::wire::MAX_MESSAGE_SIZE;
 use tdisp_proto::wire::frame;
+use tdisp_proto::wire::frame::FRAME_HEADER_SIZE;
 use tdisp_proto::wire::frame::TDISP_VMBUS_INTERFACE_ID;
 use tdisp_proto::wire::frame::device_id_of_instance;
 use tdisp_proto::wire::unframe;
@@ -40,9 +42,18 @@ use vmbus_channel::client::ClientChannel;
 use vmbus_channel::client::ClientError;
 use vmbus_channel::client::OfferInfo;
 use vmbus_channel::client::VmbusClient;
+use vmbus_channel::memory::PAGE_SIZE;
 use vmbus_channel::ring::IncomingPacket;
 use vmbus_channel::ring::OutgoingPacket;
 use vmbus_channel::ring::PacketType;
+
+/// Data pages per ring of a TDISP channel: room for the largest response
+/// ([`MAX_MESSAGE_SIZE`] behind its frame, the 16-byte packet descriptor and the 8-byte footer)
+/// with a page to spare, so the host can always write its answer.
+pub const TDISP_RING_PAGES: u32 = {
+    let packet = MAX_MESSAGE_SIZE + FRAME_HEADER_SIZE + 16 + 8;
+    (packet.div_ceil(PAGE_SIZE) + 1) as u32
+};
 
 /// The per-command timeout a transport starts with.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -249,6 +260,12 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether transaction `tid` should still be sent: not if it was cancelled before the
+    /// worker saw it (its caller has already returned).
+    fn wanted(&self, tid: u64) -> bool {
+        !self.forgotten.contains(&tid)
+    }
+
     fn insert(&mut self, tid: u64, reply: ReplySender) {
         self.waiting.insert(tid, reply);
     }
@@ -313,6 +330,11 @@ impl VmbusTransportWorker {
             };
             match wake {
                 Wake::Request(None) => return Some(self.channel),
+                Wake::Request(Some(WorkerRequest::Send { tid, .. }))
+                    if !self.pending.wanted(tid) =>
+                {
+                    tracing::debug!(tid, "TDISP command cancelled before it was sent");
+                }
                 Wake::Request(Some(WorkerRequest::Send {
                     tid,
                     message,
@@ -391,15 +413,14 @@ pub fn tdisp_offers(client: &VmbusClient) -> Vec<TdispOffer> {
         .collect()
 }
 
-/// Opens `offer`'s channel with `ring_pages` pages per ring and returns the guest client for
-/// its device plus the worker to run.
+/// Opens `offer`'s channel ([`TDISP_RING_PAGES`] per ring) and returns the guest client for its
+/// device, whose commands time out after `timeout`, plus the worker to run.
 pub async fn open_tdisp_client(
     client: &VmbusClient,
     offer: &TdispOffer,
-    ring_pages: u32,
     timeout: Duration,
 ) -> Result<(TdispGuestClient<VmbusTransport>, VmbusTransportWorker), ClientError> {
-    let channel = client.open(&offer.offer, ring_pages).await?;
+    let channel = client.open(&offer.offer, TDISP_RING_PAGES).await?;
     let (transport, worker) = vmbus_transport(channel, timeout);
     Ok((TdispGuestClient::new(transport, offer.device_id), worker))
 }
@@ -407,6 +428,12 @@ pub async fn open_tdisp_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rings_hold_the_largest_response() {
+        let ring = TDISP_RING_PAGES as usize * PAGE_SIZE;
+        assert!(ring > MAX_MESSAGE_SIZE + FRAME_HEADER_SIZE + 24 + PAGE_SIZE / 2);
+    }
 
     #[test]
     fn completions_reach_only_the_waiting_transaction() {
@@ -428,6 +455,15 @@ mod tests {
         pending.forget(9);
         assert_eq!(pending.complete(9, Ok(vec![1])), Delivery::Stale);
         assert!(answer.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_command_cancelled_before_the_worker_saw_it_is_not_sent() {
+        let mut pending = Pending::default();
+        assert!(pending.wanted(5));
+        pending.forget(5);
+        assert!(!pending.wanted(5));
+        assert!(pending.wanted(6));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use tdisp_proto::pcie::DeviceInterfaceReport;
 use tdisp_proto::pcie::MmioRange;
 use tdisp_proto::pcie::report::MmioRangeAttributes;
 use tdisp_proto::wire::GuestReply;
+use tdisp_proto::wire::MAX_REPORT_BUFFER;
 use tdisp_proto::wire::ResponsePacket;
 use tdisp_proto::wire::frame;
 use tdisp_proto::wire::unframe;
@@ -407,4 +408,58 @@ fn a_silent_host_times_out_and_a_waiting_command_can_be_cancelled() {
         .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
         .unwrap();
     assert_eq!(host_state(&device.host), TdispTdiState::Unlocked);
+}
+
+#[test]
+fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
+    let bus = Bus::new();
+    let mut device = malicious(
+        &bus,
+        1,
+        |index, honest| {
+            Some(match index {
+                2 => edit(&honest, |r| {
+                    if let Ok(GuestReply::GetAttestationReport { report, .. }) = &mut r.result {
+                        *report = vec![0x5a; MAX_REPORT_BUFFER];
+                    }
+                }),
+                3 => {
+                    // One byte over the cap, framed by hand since the encoder refuses it.
+                    let response = tdisp_proto::wire::proto::GuestToHostResponse {
+                        result: 1,
+                        tdi_state_before: 2,
+                        tdi_state_after: 2,
+                        response: Some(
+                            tdisp_proto::wire::proto::guest_to_host_response::Response::GetTdiReport(
+                                tdisp_proto::wire::proto::TdispCommandResponseGetTdiReport {
+                                    report_type: 2,
+                                    report_buffer: vec![0x5a; MAX_REPORT_BUFFER + 1],
+                                },
+                            ),
+                        ),
+                    };
+                    frame(&prost::Message::encode_to_vec(&response)).unwrap()
+                }
+                _ => honest,
+            })
+        },
+        None,
+        None,
+    );
+    device
+        .client
+        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+        .unwrap();
+    device.client.request_lock_device_resources().unwrap();
+    let report = device
+        .client
+        .request_attestation_report(TdispReportType::InterfaceReport)
+        .unwrap();
+    assert_eq!(report.len(), MAX_REPORT_BUFFER);
+    assert_eq!(
+        device
+            .client
+            .request_attestation_report(TdispReportType::InterfaceReport),
+        Err(HOST_FAILED)
+    );
 }

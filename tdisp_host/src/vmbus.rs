@@ -2,7 +2,7 @@
 //! and the guest's `tdisp.proto` commands on that channel reach that device and no other.
 //!
 //! The offer uses [`TDISP_VMBUS_INTERFACE_ID`] and an instance id that carries the device id
-//! ([`tdisp_proto::wire::frame`] defines both). Each guest packet must be an in-band packet
+//! ([module `tdisp_proto::wire::frame`](mod@tdisp_proto::wire::frame) defines both). Each guest packet must be an in-band packet
 //! asking for a completion; its payload is one framed `GuestToHostCommand`. The device runs the
 //! command through [`crate::dispatch::answer`] (the host state machine) and answers with a
 //! completion carrying the packet's transaction id and one framed `GuestToHostResponse`. A

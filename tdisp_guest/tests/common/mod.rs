@@ -28,7 +28,7 @@ use vmbus_channel::server::VmbusServer;
 /// Generous: an honest in-process host answers in microseconds; only a broken one waits this.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages of guest memory, enough for the rings of a few dozen channels.
-const MEMORY_PAGES: u64 = 1024;
+const MEMORY_PAGES: u64 = 2048;
 
 /// One device on the bus, both sides.
 pub struct Attached {
@@ -111,7 +111,7 @@ impl Bus {
             .expect("the host offers the device");
         let (client, worker) = self
             .runtime
-            .block_on(open_tdisp_client(&self.guest, &offer, 2, TIMEOUT))
+            .block_on(open_tdisp_client(&self.guest, &offer, TIMEOUT))
             .unwrap();
         self.runtime.spawn(worker.run());
         client

@@ -5,6 +5,7 @@
 //! [`proto`] (no protoc at build time). This module is the one place that parses them:
 //! [`CommandPacket`] and [`ResponsePacket`] decode (parse with `prost`, then validate into
 //! typed values) and encode, and [`frame()`] wraps each message for a VMBus channel.
+//! [`report`] holds the schema's report structures (a protobuf view of an interface report).
 //!
 //! | trait call | command oneof (field) | success response oneof (field) |
 //! |---|---|---|
@@ -49,6 +50,7 @@
 
 pub mod frame;
 pub mod proto;
+pub mod report;
 
 use crate::interface::TdispDeviceInterfaceInfo;
 use crate::interface::TdispGuestOperationError;
