@@ -351,16 +351,17 @@ mod unbind {
         // The TSM took the device's word and keeps the TDI fenced: no lock on top of it.
         assert_eq!(rig.device(), TdiState::ConfigLocked);
         assert_eq!(rig.tsm_state(), TsmDeviceState::Locked);
+        rig.sent();
         assert_eq!(
             rig.machine.request_lock_device_resources(),
             Err(E::HostFailedToProcessCommand)
         );
         assert!(
-            !rig.sent()
-                .iter()
-                .skip(2)
-                .any(|&m| m == M::LOCK_INTERFACE_REQUEST)
+            !rig.sent().contains(&M::LOCK_INTERFACE_REQUEST),
+            "no LOCK is sent to a TDI the device says is locked"
         );
+        // The failed lock unbound again; STOP was refused again, so the host says Error.
+        assert_eq!(rig.machine.state(), S::Error);
         // Once the device takes STOP again, an unbind converges.
         rig.script().refuse_stop = false;
         rig.machine

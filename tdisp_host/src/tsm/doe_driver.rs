@@ -7,6 +7,31 @@
 //! timeout), then read the response one dword at a time from the Read Data Mailbox, writing
 //! the register after each dword to move on. Every failure ends with an abort so the next
 //! exchange starts from an idle mailbox.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tdisp_host::dsm::{DoeFunction, DsmConfig, EmulatedDsm};
+//! use tdisp_host::tsm::{DoeMailbox, MailboxError, ManualClock, RegisterMailbox};
+//! use tdisp_proto::framing::doe::{DoeObject, DoeObjectType};
+//!
+//! let dsm = EmulatedDsm::new(DsmConfig::single_function(0x0101))?;
+//! let clock = ManualClock::new();
+//! let mut function = DoeFunction::with_clock(dsm, Box::new(clock.clone()), 2);
+//! function.set_latency(None); // a device that never answers
+//! let mut mailbox = RegisterMailbox::new(function, Box::new(clock.clone())).ok_or("no DOE")?;
+//! assert_eq!(mailbox.discovery_version(), 2);
+//!
+//! let mut discovery = Vec::new();
+//! DoeObject::new(DoeObjectType::DISCOVERY, &[0, 2, 0, 0]).encode(&mut discovery);
+//! assert_eq!(mailbox.exchange(&discovery), Err(MailboxError::Timeout));
+//! assert!(clock.sleeps().iter().sum::<Duration>() >= Duration::from_secs(1));
+//!
+//! // The driver aborted; once the device answers again, so does the mailbox.
+//! mailbox.registers().set_latency(Some(Duration::ZERO));
+//! let answer = mailbox.exchange(&discovery)?;
+//! assert_eq!(DoeObject::decode(&answer)?.object_type, DoeObjectType::DISCOVERY);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use super::clock::Clock;
 use super::doe::DoeMailbox;
