@@ -19,9 +19,6 @@ use zerocopy::little_endian::U16;
 use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
 
-/// Packets up to this size are gathered in a scratch buffer and written with one copy.
-const GATHER_LIMIT: usize = 512;
-
 /// A range of guest pages named by a GPA-direct packet.
 #[derive(Debug, Clone, Copy)]
 pub struct PagedRange<'a> {
@@ -127,6 +124,7 @@ pub struct OutgoingRing<M> {
     /// We set `pending_send_size` and have not cleared it yet.
     pending_set: bool,
     poisoned: bool,
+    /// The descriptor and range list of a GPA-direct packet, assembled before the copy.
     scratch: Vec<u8>,
 }
 
@@ -142,7 +140,7 @@ impl<M: RingMem> OutgoingRing<M> {
             cached_head: None,
             pending_set: false,
             poisoned: false,
-            scratch: Vec::with_capacity(GATHER_LIMIT),
+            scratch: Vec::new(),
         })
     }
 
@@ -242,38 +240,28 @@ impl<M: RingMem> OutgoingRing<M> {
 
         let core = &self.core;
         let mut at = self.tail;
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        if needed as usize <= GATHER_LIMIT {
-            // Small packets: gathered, then one copy into the ring for the whole thing.
+        // Each part goes straight from where it is into the ring. Gathering a small packet
+        // into a scratch buffer first is slower: the copy out of the buffer reloads bytes
+        // just stored in pieces, which stalls store forwarding.
+        let head: &[u8] = if matches!(packet.kind, OutgoingPayload::GpaDirect(_)) {
+            let scratch = &mut self.scratch;
+            scratch.clear();
             scratch.extend_from_slice(desc.as_bytes());
-            push_gpa_header(scratch, ranges, packet.kind);
-            for piece in packet.payload {
-                scratch.extend_from_slice(piece);
-            }
-            scratch.resize(scratch.len() + padding, 0);
-            scratch.extend_from_slice(footer.as_bytes());
-            core.write_wrapped(at, scratch)?;
+            push_gpa_header(scratch, ranges);
+            scratch
         } else {
-            // Large packets: the payload goes straight from the caller's buffers.
-            let head: &[u8] = if matches!(packet.kind, OutgoingPayload::GpaDirect(_)) {
-                scratch.extend_from_slice(desc.as_bytes());
-                push_gpa_header(scratch, ranges, packet.kind);
-                scratch
-            } else {
-                desc.as_bytes()
-            };
-            core.write_wrapped(at, head)?;
-            at = core.advance(at, head.len() as u32);
-            for piece in packet.payload {
-                core.write_wrapped(at, piece)?;
-                at = core.advance(at, piece.len() as u32);
-            }
-            let mut trailer = [0u8; 16];
-            let trailer_len = padding + FOOTER_SIZE;
-            trailer[padding..trailer_len].copy_from_slice(footer.as_bytes());
-            core.write_wrapped(at, &trailer[..trailer_len])?;
+            desc.as_bytes()
+        };
+        core.write_wrapped(at, head)?;
+        at = core.advance(at, head.len() as u32);
+        for piece in packet.payload {
+            core.write_wrapped(at, piece)?;
+            at = core.advance(at, piece.len() as u32);
         }
+        let mut trailer = [0u8; 16];
+        let trailer_len = padding + FOOTER_SIZE;
+        trailer[padding..trailer_len].copy_from_slice(footer.as_bytes());
+        core.write_wrapped(at, &trailer[..trailer_len])?;
 
         let old_tail = self.tail;
         self.tail = core.advance(old_tail, needed);
@@ -327,10 +315,7 @@ impl<M: RingMem> OutgoingRing<M> {
 }
 
 /// Appends the GPA-direct header and range list of a GPA-direct packet.
-fn push_gpa_header(scratch: &mut Vec<u8>, ranges: &[PagedRange<'_>], kind: OutgoingPayload<'_>) {
-    if !matches!(kind, OutgoingPayload::GpaDirect(_)) {
-        return;
-    }
+fn push_gpa_header(scratch: &mut Vec<u8>, ranges: &[PagedRange<'_>]) {
     let header = GpaDirectHeader {
         reserved: U32::new(0),
         range_count: U32::new(ranges.len() as u32),
