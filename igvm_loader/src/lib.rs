@@ -22,11 +22,20 @@
 //! # Ok::<(), igvm_loader::Error>(())
 //! ```
 //!
+//! To build from payloads rather than by hand, let a loader make the calls: [`loaders`] has
+//! an x86-64 ELF kernel loader, Linux direct boot of a bzImage, flat firmware and AArch64
+//! `Image`, each written against [`ImageLoad`] only. [`build`] does the whole job from a TOML
+//! [`manifest`] (what `igvmgen build --manifest M.toml -o out.igvm` runs; examples in
+//! `docs/examples/`), and [`qemu`] runs a file's native platform on a stock QEMU (`igvmgen
+//! qemu`), which is how the tests prove that a built image boots.
+//!
 //! Layout: [`importer`] holds the contract and its types, [`arch`] the register sets,
-//! [`builder`] the images and the multi-platform merge, [`measure`] the digests,
-//! [`recording`] a call recorder for loader tests, [`dump`] the human-readable listing,
-//! [`parse()`] a hardened reader for foreign files. The `igvmgen` binary (`dump`, `measure`)
-//! wraps them.
+//! [`vp_context`] the start states reached through generated trampolines (TDX reset page,
+//! QEMU BIOS), [`builder`] the images and the multi-platform merge, [`loaders`] the payload
+//! loaders, [`manifest`] and [`build`] the manifest-driven build, [`measure`] the digests,
+//! [`qemu`] the QEMU runner, [`recording`] a call recorder for loader tests, [`dump`] the
+//! human-readable listing, [`parse()`] a hardened reader for foreign files. The `igvmgen`
+//! binary (`dump`, `measure`, `build`, `qemu`) wraps them.
 //!
 //! Conventions worth knowing:
 //! - SNP digests depend on how the VMM launches the file: [`measure::Vmm`] selects both

@@ -117,14 +117,19 @@ impl QemuPlan {
                     if gpa.saturating_add(size) > BIOS_BASE && *gpa < 1 << 32 {
                         return Err(QemuError::BiosOverlap { gpa: *gpa, size });
                     }
+                    // A page carries at most its own size of data (the parser checks this;
+                    // a directive built in memory may not have been).
+                    let data = data.get(..size as usize).unwrap_or(data);
                     match ranges.last_mut() {
-                        Some(last) if last.gpa + last.data.len() as u64 == *gpa => {
+                        Some(last)
+                            if last.gpa.checked_add(last.data.len() as u64) == Some(*gpa) =>
+                        {
+                            let at = last.data.len();
                             last.data.extend_from_slice(data);
-                            last.data
-                                .resize(last.data.len() + (size as usize - data.len()), 0);
+                            last.data.resize(at + size as usize, 0);
                         }
                         _ => {
-                            let mut bytes = data.clone();
+                            let mut bytes = data.to_vec();
                             bytes.resize(size as usize, 0);
                             ranges.push(LoadRange {
                                 gpa: *gpa,

@@ -1,15 +1,22 @@
-//! The proof that images boot: Debian's kernel and a busybox initramfs, built into an IGVM
-//! file by `igvmgen build` from the linux-direct example manifest, run by `igvmgen qemu` on a
-//! stock QEMU, print a marker on the serial console.
+//! The proof that images boot: payloads built into IGVM files by `igvmgen build` from the
+//! example manifests, run by `igvmgen qemu` on a stock QEMU, print a marker on the serial
+//! console.
+//!
+//! - Debian's kernel and a busybox initramfs (the linux-direct example) reach the
+//!   initramfs's `/init`.
+//! - A small ELF kernel assembled here (the elf-kernel example) checks the registers, the
+//!   segments and the page tables it was started with, using the stack it was given.
 //!
 //! Skipped with a message when the kernel, busybox or QEMU is missing, unless `CI=true`,
 //! where a missing tool fails the test.
 
 #![expect(clippy::panic, reason = "test code")]
+#![expect(clippy::unwrap_used, reason = "test code")]
 
 mod common;
 
 use common::CpioEntry;
+use iced_x86::code_asm::*;
 use std::io::Read;
 use std::path::Path;
 use std::path::PathBuf;
@@ -62,6 +69,103 @@ fn initramfs(busybox: &[u8]) -> Vec<u8> {
     ])
 }
 
+/// A folder holding `example` and `files`, and the IGVM file `igvmgen build` made of them.
+fn build_example(test: &str, example: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(example);
+    std::fs::copy(&source, dir.join(example)).unwrap();
+    for (name, data) in files {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    let out = dir.join("image.igvm");
+    let build = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
+        .arg("build")
+        .arg("--manifest")
+        .arg(dir.join(example))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "igvmgen build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    out
+}
+
+/// Runs `igvmgen qemu file` until the console shows `marker` (true), or `failure`, or
+/// `timeout` passes, or QEMU ends (false); QEMU is killed either way. Returns the console
+/// too.
+fn run_until(
+    qemu: &Path,
+    file: &Path,
+    marker: &str,
+    failure: &str,
+    timeout: Duration,
+) -> (bool, String) {
+    let kvm = igvm_loader::qemu::kvm_usable();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
+        .arg("qemu")
+        .arg(file)
+        .arg("--qemu")
+        .arg(qemu)
+        .arg("--accel")
+        .arg(if kvm { "kvm" } else { "tcg" })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut console = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => {
+                console.extend(chunk);
+                let text = String::from_utf8_lossy(&console);
+                if text.contains(marker) {
+                    break true;
+                }
+                if text.contains(failure) {
+                    break false;
+                }
+            }
+            // Timed out, or QEMU closed the console (it exited).
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let _ = reader.join();
+    let text = String::from_utf8_lossy(&console);
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(3000)..].iter().collect()
+    };
+    (
+        found,
+        format!("kvm: {kvm}, qemu {status}; stderr:\n{stderr}\nconsole tail:\n{tail}"),
+    )
+}
+
 #[test]
 fn debian_kernel_boots_to_the_initramfs_marker_on_stock_qemu() {
     let Some(kernel_path) = find_kernel() else {
@@ -78,84 +182,89 @@ fn debian_kernel_boots_to_the_initramfs_marker_on_stock_qemu() {
         Err(e) => return missing(&format!("{}: {e}", kernel_path.display())),
     };
     let initrd = initramfs(&busybox);
-
-    // The example manifest, with Debian's kernel as its bzImage, through the CLI.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-boot");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/linux-direct.toml");
-    std::fs::copy(&example, dir.join("linux-direct.toml")).unwrap();
-    std::fs::write(dir.join("bzImage"), &kernel).unwrap();
-    std::fs::write(dir.join("initrd.cpio"), &initrd).unwrap();
-    let out = dir.join("debian.igvm");
-    let build = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
-        .arg("build")
-        .arg("--manifest")
-        .arg(dir.join("linux-direct.toml"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "igvmgen build: {}",
-        String::from_utf8_lossy(&build.stderr)
+    let file = build_example(
+        "debian",
+        "linux-direct.toml",
+        &[("bzImage", &kernel), ("initrd.cpio", &initrd)],
     );
-
-    let kvm = igvm_loader::qemu::kvm_usable();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igvmgen"));
-    cmd.arg("qemu")
-        .arg(&out)
-        .arg("--qemu")
-        .arg(&qemu)
-        .arg("--accel")
-        .arg(if kvm { "kvm" } else { "tcg" });
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null());
-    eprintln!("running {cmd:?}");
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
+    let timeout = Duration::from_secs(if igvm_loader::qemu::kvm_usable() {
+        60
+    } else {
+        300
     });
-    let timeout = Duration::from_secs(if kvm { 60 } else { 300 });
-    let deadline = Instant::now() + timeout;
-    let mut console = Vec::new();
-    let found = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => {
-                console.extend(chunk);
-                if String::from_utf8_lossy(&console).contains(MARKER) {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
+    let (found, log) = run_until(&qemu, &file, MARKER, "Kernel panic", timeout);
+    assert!(found, "no marker within {timeout:?} ({log})");
+}
+
+/// A 64-bit kernel at 1 MiB that checks its start state and reports on COM1.
+fn checking_kernel() -> Vec<u8> {
+    const BASE: u64 = 0x10_0000;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut bad = a.create_label();
+    let mut print = a.create_label();
+    let mut ok_msg = a.create_label();
+    let mut bad_msg = a.create_label();
+    let mut halt = a.create_label();
+    // RSI and RSP as the manifest asked, the boot GDT's selectors, the generated tables.
+    a.mov(rax, 0x30_0000u64).unwrap();
+    a.cmp(rsi, rax).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(rax, 0x80_0000u64).unwrap();
+    a.cmp(rsp, rax).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(ax, cs).unwrap();
+    a.cmp(ax, 0x10).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(ax, ss).unwrap();
+    a.cmp(ax, 0x18).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(rax, cr3).unwrap();
+    a.cmp(rax, 0x1_0000).unwrap();
+    a.jne(bad).unwrap();
+    // Memory near the top of RAM is mapped and writable (256 MiB - 8).
+    a.mov(rax, 0x0fff_fff8u64).unwrap();
+    a.mov(qword_ptr(rax), rax).unwrap();
+    a.cmp(qword_ptr(rax), rax).unwrap();
+    a.jne(bad).unwrap();
+    a.lea(rsi, ptr(ok_msg)).unwrap();
+    a.call(print).unwrap();
+    a.jmp(halt).unwrap();
+    a.set_label(&mut bad).unwrap();
+    a.lea(rsi, ptr(bad_msg)).unwrap();
+    a.call(print).unwrap();
+    a.set_label(&mut halt).unwrap();
+    a.cli().unwrap();
+    a.hlt().unwrap();
+    a.jmp(halt).unwrap();
+    a.set_label(&mut print).unwrap();
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.mov(dx, 0x3f8u32).unwrap();
+    a.set_label(&mut next).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jz(done).unwrap();
+    a.out(dx, al).unwrap();
+    a.jmp(next).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.ret().unwrap();
+    a.set_label(&mut ok_msg).unwrap();
+    a.db(format!("{MARKER}-ELF-OK\n\0").as_bytes()).unwrap();
+    a.set_label(&mut bad_msg).unwrap();
+    a.db(b"ELF-START-STATE-WRONG\n\0").unwrap();
+    let code = a.assemble(BASE).unwrap();
+    let len = code.len() as u64;
+    common::make_elf(2, BASE, &[(BASE, BASE, code, len, 5)])
+}
+
+#[test]
+fn elf_kernel_starts_with_the_registers_stack_and_page_tables_it_was_given() {
+    let Some(qemu) = find_qemu() else {
+        return missing("no qemu-system-x86_64 on PATH (install qemu-system-x86)");
     };
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-    let _ = reader.join();
-    let text = String::from_utf8_lossy(&console);
-    let tail: String = text
-        .chars()
-        .rev()
-        .take(3000)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    assert!(
-        found,
-        "no marker within {timeout:?} (kvm: {kvm}, qemu {status}); stderr:\n{stderr}\nconsole tail:\n{tail}"
-    );
+    let kernel = checking_kernel();
+    let file = build_example("elf", "elf-kernel.toml", &[("kernel.elf", &kernel)]);
+    let marker = format!("{MARKER}-ELF-OK");
+    let (found, log) = run_until(&qemu, &file, &marker, "WRONG", Duration::from_secs(60));
+    assert!(found, "no {marker} within 60 s ({log})");
 }

@@ -213,9 +213,9 @@ impl X86Layout {
 
 /// Identity-mapped 4-level page tables at `base` covering `[0, size)` with 2 MiB pages:
 /// PML4 at `base`, PDPT at `base + 4 KiB`, then one PD per GiB. `size` is a whole number of
-/// GiB, at most 512.
+/// GiB, at most 512 (larger sizes are cut to 512 GiB).
 pub fn identity_page_tables(base: u64, size: u64) -> Vec<u8> {
-    let gibs = size / GIB;
+    let gibs = (size / GIB).min(MAX_IDENTITY_MAP / GIB);
     let pdpt = base + PAGE_SIZE;
     let mut out = Vec::with_capacity(((2 + gibs) * PAGE_SIZE) as usize);
     let table = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED;
