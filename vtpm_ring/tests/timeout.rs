@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::Notify;
 use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::Domain;
@@ -52,6 +53,7 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
 struct HangingEngine {
     inner: SimTpm,
     cancels: AtomicU32,
+    canceled: Notify,
 }
 
 #[async_trait]
@@ -63,6 +65,7 @@ impl TpmEngine for HangingEngine {
             }
             TpmRequest::Control(ControlOp::CancelCommand) => {
                 self.cancels.fetch_add(1, Ordering::Relaxed);
+                self.canceled.notify_one();
                 self.inner.execute(request).await
             }
             _ => self.inner.execute(request).await,
@@ -77,6 +80,7 @@ async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain) {
     let engine = Arc::new(HangingEngine {
         inner: SimTpm::started(),
         cancels: AtomicU32::new(0),
+        canceled: Notify::new(),
     });
     let mut manager = VtpmManager::new();
     manager.add_instance(1, engine.clone());
@@ -110,6 +114,8 @@ async fn engine_timeout_answers_failure(protocols: Protocols) {
     let front = within(Frontend::connect(&guest, config)).await.unwrap();
     let r = within(front.transmit(&HANGS)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
+    // The engine is asked to stop working on it.
+    within(engine.canceled.notified()).await;
     assert_eq!(engine.cancels.load(Ordering::Relaxed), 1);
     // The device is not stuck: the next command is served.
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();

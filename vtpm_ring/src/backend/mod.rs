@@ -8,7 +8,11 @@
 //! requests go to the vTPM manager over the one multiplexed stream ([`crate::manager`]),
 //! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
 //! the command was under way) or IDLE (nothing was). Every connection starts on a freshly
-//! reset TPM and ends by stopping it (the policy is in `power`, see [`ResetPolicy`]).
+//! reset TPM and ends by stopping it (the policy is in `power`, see [`ResetPolicy`]). An
+//! engine that takes longer than [`BackendConfig::processing_timeout`] costs the frontend a
+//! TPM_RC_FAILURE response, never silence. A connection holds its instance while connected:
+//! a second device on a connected instance is refused (Closed, with the reason under
+//! `error`), and every refusal clears once the frontend tries again.
 //!
 //! Each protocol's shared-memory side is its own module (`v1`, `v2`); this module holds the
 //! one state machine that drives either.

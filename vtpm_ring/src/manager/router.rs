@@ -92,6 +92,43 @@ mod tests {
         man.tx.unbounded_send(frame.encode()).unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn replies_in_any_order_reach_their_own_requests(
+            instances in proptest::collection::vec(0u32..4, 1..=8),
+            order in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 8),
+        ) {
+            let (back, mut man) = stream_pair();
+            let (client, router) = mux(back);
+            let n = instances.len();
+            let requests = futures::future::join_all(instances.iter().enumerate().map(|(i, &inst)| {
+                // Each command's body names its request, so its answer can be checked (at most
+                // 8 requests: an instance may have no more outstanding).
+                client.command(inst, vec![i as u8], 0)
+            }));
+            let manager = async move {
+                let mut frames = Vec::new();
+                for _ in 0..n {
+                    frames.push(next_request(&mut man).await);
+                }
+                // Answer in a random order: the echo of each command body.
+                while !frames.is_empty() {
+                    let i = order[frames.len() - 1].index(frames.len());
+                    let Frame::Command { instance, tag, command, .. } = frames.swap_remove(i) else {
+                        panic!("not a command");
+                    };
+                    reply(&man, Frame::Response { instance, tag, response: command });
+                }
+                drop(man);
+            };
+            let (answers, (), ()) = futures::executor::block_on(futures::future::join3(requests, manager, router.run()));
+            for (i, answer) in answers.into_iter().enumerate() {
+                proptest::prop_assert_eq!(answer.unwrap(), vec![i as u8]);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn replies_in_reverse_order_reach_their_own_requests() {
         let (back, mut man) = stream_pair();
