@@ -48,7 +48,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     // Guest: connect, find the TDISP offers, open each channel.
-    let guest = VmbusClient::connect(&server, memory, None, 8..512, FeatureFlags::all())?;
+    let guest = runtime.block_on(VmbusClient::connect(
+        &server,
+        memory,
+        None,
+        8..512,
+        FeatureFlags::all(),
+    ))?;
     let policy = InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
         ..Default::default()

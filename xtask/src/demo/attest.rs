@@ -41,8 +41,6 @@ use vmbus_channel::server::VmbusServer;
 
 /// Guest memory pages for the bus (rings of a few dozen channels).
 const MEMORY_PAGES: u64 = 1024;
-/// Ring pages per direction.
-const RING_PAGES: u32 = 2;
 /// An honest in-process host answers in microseconds; only a broken one waits this long.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -171,12 +169,7 @@ pub(crate) fn attest(platform: Platform, count: usize) -> anyhow::Result<(Attest
             .find(|o| o.device_id == device.id)
             .with_context(|| format!("guest: no TDISP offer for device {}", device.id))?;
         let (mut client, worker) = runtime
-            .block_on(open_tdisp_client(
-                &guest,
-                offer,
-                RING_PAGES,
-                COMMAND_TIMEOUT,
-            ))
+            .block_on(open_tdisp_client(&guest, offer, COMMAND_TIMEOUT))
             .with_context(|| format!("guest: opening the channel of device {}", device.id))?;
         device.worker = Some(runtime.spawn(worker_run(worker)));
         let policy = policy(&device.assignment, device.requester_id)?;
