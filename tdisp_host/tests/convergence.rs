@@ -510,6 +510,12 @@ mod lost_answers {
         assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Unknown));
         // No state change on a TDI in an unknown state.
         assert!(matches!(tsm.lock(ADDRESS), Err(TsmError::WrongState(_))));
+        // Asking the state again, once the device answers, makes it known.
+        assert_eq!(
+            tsm.interface_state(ADDRESS).unwrap(),
+            TdiState::ConfigLocked
+        );
+        assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Locked));
         tsm.unbind(ADDRESS).unwrap();
         assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Connected));
         drop(tsm);
