@@ -2,11 +2,11 @@
 //! decisions to the device, and an emulated device security manager (DSM) to stand for a real
 //! TDISP device.
 //!
-//! The host path is: guest `tdisp.proto` command (over the VMBus channel of [`vmbus`]) ->
-//! [`dispatch::answer`] ->
-//! [`state_machine::TdiStateMachine`] (the rules of `TdispGuestRequestInterface`) ->
-//! [`backend::TsmBackend`] -> [`tsm::Tsm`] -> [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`] ->
-//! [`dsm::EmulatedDsm`]. Each layer is usable alone:
+//! The host path is: guest `tdisp.proto` command on the device's VMBus channel ([`vmbus`]) ->
+//! [`dispatch::answer`] -> [`state_machine::TdiStateMachine`] (the rules of
+//! `TdispGuestRequestInterface`) -> [`backend::TsmBackend`] -> [`tsm::Tsm`] ->
+//! [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`] -> [`dsm::EmulatedDsm`]. Each layer is usable
+//! alone:
 //!
 //! - [`dsm`]: a TDISP responder for a configurable virtual function, answering every PCIe TDISP
 //!   request as the specification says, at TDISP, SPDM or DOE level.
