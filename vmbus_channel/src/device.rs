@@ -82,6 +82,8 @@ pub struct DeviceContext<'a> {
     pub gpadls: &'a GpadlMap,
     /// The open request.
     pub open_request: &'a OpenRequest,
+    /// The VP the guest wants interrupts on (the open's, or the latest modify's).
+    pub target_vp: u32,
 }
 
 /// A device with one channel that answers each guest packet.
@@ -163,11 +165,20 @@ pub async fn offer_device<D: SimpleVmbusDevice>(
     bus: &dyn ParentBus,
     device: D,
 ) -> Result<DeviceRunner<D>, DeviceError> {
+    let params = device.offer();
+    offer_with(bus, device, params).await
+}
+
+async fn offer_with<D: SimpleVmbusDevice>(
+    bus: &dyn ParentBus,
+    device: D,
+    params: OfferParams,
+) -> Result<DeviceRunner<D>, DeviceError> {
     let (request_send, requests) = mpsc::unbounded();
     let (server_requests, server_request_recv) = mpsc::unbounded();
     let resources = bus
         .add_child(OfferInput {
-            params: device.offer(),
+            params,
             request_send,
             server_request_recv,
         })
@@ -185,6 +196,37 @@ pub async fn offer_device<D: SimpleVmbusDevice>(
         teardowns: Vec::new(),
         target_vp: 0,
     })
+}
+
+/// Offers `device` as subchannel `index` (1 or more) of the primary channel with the same
+/// interface and instance: the guest opens and closes it on its own, with its own target VP.
+pub async fn offer_subchannel<D: SimpleVmbusDevice>(
+    bus: &dyn ParentBus,
+    device: D,
+    index: u16,
+) -> Result<DeviceRunner<D>, DeviceError> {
+    if index == 0 {
+        return Err(DeviceError::Offer(
+            "subchannel index 0 is the primary".into(),
+        ));
+    }
+    let mut params = device.offer();
+    params.subchannel_index = index;
+    offer_with(bus, device, params).await
+}
+
+/// Offers a device's `count` subchannels, indexes 1 to `count`, each served by its own
+/// device instance from `make(index)`.
+pub async fn offer_subchannels<D: SimpleVmbusDevice>(
+    bus: &dyn ParentBus,
+    count: u16,
+    mut make: impl FnMut(u16) -> D,
+) -> Result<Vec<DeviceRunner<D>>, DeviceError> {
+    let mut runners = Vec::with_capacity(usize::from(count));
+    for index in 1..=count {
+        runners.push(offer_subchannel(bus, make(index), index).await?);
+    }
+    Ok(runners)
 }
 
 impl<D: SimpleVmbusDevice> DeviceRunner<D> {
@@ -261,6 +303,7 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
                 open,
                 scratch,
                 stop,
+                target_vp,
                 ..
             } = &mut self;
             // Wait for work. A control request is served to the end once received.
@@ -282,7 +325,7 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
                 None => {
                     futures::select_biased! {
                         () = stop.wake.wait().fuse() => continue,
-                        () = Self::one_packet(device, resources, gpadls, open, scratch).fuse() => {},
+                        () = Self::one_packet(device, resources, gpadls, open, scratch, *target_vp).fuse() => {},
                     }
                 }
             }
@@ -315,6 +358,7 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
         gpadls: &GpadlMap,
         open: &mut Option<Open>,
         scratch: &mut IncomingPacket,
+        target_vp: u32,
     ) {
         let Some(open) = open.as_mut().filter(|o| !o.broken) else {
             return;
@@ -323,6 +367,7 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
             memory: resources.guest_memory(&open.request),
             gpadls,
             open_request: &open.request,
+            target_vp,
         };
         let result = async {
             let Some(view) = open.channel.try_peek()? else {
@@ -424,6 +469,7 @@ impl<D: SimpleVmbusDevice> DeviceRunner<D> {
             memory: self.resources.guest_memory(&request),
             gpadls: &self.gpadls,
             open_request: &request,
+            target_vp: self.target_vp,
         };
         self.device.open(&ctx).await?;
         self.open = Some(Open {
