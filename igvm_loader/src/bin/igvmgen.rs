@@ -5,8 +5,9 @@
 //!   [--vmsa-gpa file|kvm]` recomputes the launch digests and prints them as JSON.
 //! * `igvmgen build --manifest M.toml -o out.igvm` builds an image from a TOML manifest and
 //!   writes `out.igvm`, `out.map` and `out.<platform>.json` per measured platform.
-//! * `igvmgen qemu FILE [--memory MIB] [--accel auto|kvm|tcg] [-- QEMU-ARGS]` runs the
-//!   file's native platform on a stock QEMU (serial console on stdio).
+//! * `igvmgen qemu FILE [--platform native|vbs|snp|tdx] [--memory MIB] [--accel
+//!   auto|kvm|tcg] [-- QEMU-ARGS]` runs the file's native platform (or another platform's
+//!   start state, without isolation) on a stock QEMU (serial console on stdio).
 
 #![forbid(unsafe_code)]
 
@@ -71,6 +72,9 @@ enum Command {
     Qemu {
         /// The IGVM file.
         file: PathBuf,
+        /// The platform whose start state to run (without its isolation).
+        #[arg(long, value_enum, default_value = "native")]
+        platform: QemuPlatformArg,
         /// The QEMU binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: PathBuf,
@@ -90,6 +94,14 @@ enum Command {
         #[arg(last = true)]
         extra: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QemuPlatformArg {
+    Native,
+    Vbs,
+    Snp,
+    Tdx,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,6 +217,7 @@ fn main() -> Result<()> {
         }
         Command::Qemu {
             file,
+            platform,
             qemu,
             memory,
             accel,
@@ -220,6 +233,12 @@ fn main() -> Result<()> {
             };
             let options = igvm_loader::qemu::RunOptions {
                 file,
+                platform: match platform {
+                    QemuPlatformArg::Native => IsolationType::None,
+                    QemuPlatformArg::Vbs => IsolationType::Vbs,
+                    QemuPlatformArg::Snp => IsolationType::Snp,
+                    QemuPlatformArg::Tdx => IsolationType::Tdx,
+                },
                 qemu,
                 memory_mib: memory,
                 kvm,
