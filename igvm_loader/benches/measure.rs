@@ -95,12 +95,10 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // The digests the bench compares are the same digests.
+    // The igvm crate measures as Hyper-V launches.
     let ours = igvm_loader::measure::measure_all(
         &file,
-        &MeasureOptions {
-            zero_pages: igvm_loader::measure::ZeroPages::Normal,
-            ..opts
-        },
+        &MeasureOptions::for_vmm(igvm_loader::measure::Vmm::Hyperv),
     )
     .unwrap();
     let theirs = igvm::IgvmSerializer::new(&file).unwrap();

@@ -32,8 +32,7 @@ use crate::manifest::PayloadKind;
 use crate::manifest::VmmPreset;
 use crate::measure::MeasureOptions;
 use crate::measure::Measurement;
-use crate::measure::VmsaGpa;
-use crate::measure::ZeroPages;
+use crate::measure::Vmm;
 use crate::vp_context::tdx::RESET_PAGE_GPA;
 use crate::vp_context::tdx::RESET_PAGE_TAG;
 use std::fmt::Write as _;
@@ -291,16 +290,8 @@ impl<R: GuestArch> ImageLoad<R> for MapRecorder<'_, R> {
 pub fn measure_options(preset: Option<VmmPreset>) -> MeasureOptions {
     match preset {
         None => MeasureOptions::default(),
-        Some(VmmPreset::Qemu) => MeasureOptions {
-            zero_pages: ZeroPages::Qemu,
-            vmsa_gpa: VmsaGpa::Kvm,
-            ..MeasureOptions::default()
-        },
-        Some(VmmPreset::Hyperv) => MeasureOptions {
-            zero_pages: ZeroPages::Normal,
-            vmsa_gpa: VmsaGpa::File,
-            ..MeasureOptions::default()
-        },
+        Some(VmmPreset::Qemu) => MeasureOptions::for_vmm(Vmm::Qemu),
+        Some(VmmPreset::Hyperv) => MeasureOptions::for_vmm(Vmm::Hyperv),
     }
 }
 

@@ -161,6 +161,56 @@ pub enum Error {
     /// A malformed IGVM file (our pre-checks or the `igvm` crate's parser).
     #[error("malformed IGVM file: {0}")]
     Malformed(String),
+    /// The input is shorter than an IGVM fixed header or than the size its header declares.
+    #[error("truncated IGVM file: {what} needs {needed} bytes, the file has {len}")]
+    Truncated {
+        /// What did not fit.
+        what: &'static str,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        len: u64,
+    },
+    /// The input does not start with the IGVM magic.
+    #[error("not an IGVM file: magic {found:#010x}, expected {expected:#010x} (\"IGVM\")")]
+    BadMagic {
+        /// The first four bytes, little endian.
+        found: u32,
+        /// The IGVM magic.
+        expected: u32,
+    },
+    /// A platform would measure more pages than the limit allows.
+    #[error("the file asks to measure more than {limit} pages (raise the limit with --max-pages)")]
+    TooManyPages {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// A range of pages runs past the end of the 64-bit guest physical address space.
+    #[error("{what} at {gpa:#x} with {pages} pages wraps past 2^64")]
+    AddressWrap {
+        /// The directive kind.
+        what: &'static str,
+        /// Its first GPA.
+        gpa: u64,
+        /// Its pages.
+        pages: u64,
+    },
+    /// A 2 MiB page directive with file data (the `igvm` crate reads only its first 4 KiB,
+    /// so it cannot be measured correctly).
+    #[error(
+        "2 MiB page at {gpa:#x} carries file data, which cannot be measured (only 4 KiB of it \
+         is read); split it into 4 KiB pages"
+    )]
+    LargePageWithData {
+        /// GPA of the page.
+        gpa: u64,
+    },
+    /// A parameter area index declared twice for one platform.
+    #[error("parameter area {0} declared twice")]
+    DuplicateParameterArea(u32),
+    /// A parameter insert of an area never declared for that platform.
+    #[error("parameter insert of undeclared area {0}")]
+    UndeclaredParameterArea(u32),
     /// The `igvm` crate rejected what we built.
     #[error("igvm: {0}")]
     Igvm(#[from] igvm::Error),

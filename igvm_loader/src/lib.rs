@@ -38,10 +38,18 @@
 //! binary (`dump`, `measure`, `build`, `qemu`) wraps them.
 //!
 //! Conventions worth knowing:
-//! - SNP data-less measured pages are ZERO pages (QEMU/KVM) or zero-filled NORMAL pages
-//!   (Hyper-V, the `igvm` crate): [`measure::ZeroPages`]. VMSAs are measured at the file's GPA
-//!   or at KVM's fixed GPA: [`measure::VmsaGpa`]. Parameter areas are UNMEASURED for their
-//!   whole size.
+//! - SNP digests depend on how the VMM launches the file: [`measure::Vmm`] selects both
+//!   conventions at once ([`measure::MeasureOptions::for_vmm`], QEMU by default). QEMU's IGVM
+//!   loader fills data-less measured pages with zeros and measures them as NORMAL pages, and
+//!   KVM measures every VMSA at its fixed GPA 0xfffffffff000 after all pages; Hyper-V (and the
+//!   `igvm` crate) measure data-less pages as NORMAL zero pages too, and VMSAs at the file's
+//!   GPA in file order. PAGE_TYPE_ZERO ([`measure::ZeroPages::Zero`]) is available for VMMs
+//!   that use it. Parameter areas are UNMEASURED for their whole size.
+//! - Hostile files: a data-less range is one record however long, and a platform that would
+//!   measure more than [`measure::MeasureOptions::max_pages`] pages
+//!   ([`measure::DEFAULT_MAX_PAGES`] by default) is refused before any page is hashed. A range
+//!   past 2^64, a parameter area declared twice, and a 2 MiB page carrying file data (the
+//!   `igvm` crate reads only 4 KiB of it) are errors, never a wrong digest.
 //! - A 2 MiB page directive is measured as 512 consecutive 4 KiB pages on every platform
 //!   (what a VMM issuing 4 KiB launch updates, such as KVM, produces). The builder emits
 //!   2 MiB directives only for data-less runs, and only when asked
@@ -51,6 +59,10 @@
 //!   TDX become a measured reset page at 0xFFFFF000 whose trampoline loads them
 //!   ([`vp_context::tdx`]). SNP VMSAs start from the architectural reset state and always
 //!   have EFER.SVME. Relocations need a VP context the loader can adjust: VBS and native.
+//! - `igvmgen measure` names the file in every error and exits with 0 (measured), 1 (other
+//!   failure), 2 (bad command line), 3 (file unreadable), 4 (not a valid IGVM file: bad magic,
+//!   truncated, invalid headers or directives) or 5 (valid, but not measurable as asked:
+//!   platform absent, page limit, 2 MiB page with data).
 //! - Page hashing runs on rayon's pool; the chains (SNP PAGE_INFO, TDX stream, VBS) are
 //!   sequential, and [`measure::measure_all`] runs the platforms concurrently.
 

@@ -6,11 +6,16 @@
 //! (division by zero) and empty or wrapping relocation regions. [`parse`] walks the raw
 //! headers first and rejects exactly those inputs with a typed error, then hands the bytes to
 //! the `igvm` crate.
+//!
+//! Before anything else it checks the magic and the sizes the fixed header declares, so that
+//! a file that is not IGVM, or was cut short, gets an error that says so
+//! ([`Error::BadMagic`], [`Error::Truncated`]) rather than a parser's generic complaint.
 
 use crate::error::Error;
 use crate::error::Result;
 use igvm::IgvmFile;
 use igvm_defs::IGVM_FIXED_HEADER;
+use igvm_defs::IGVM_MAGIC_VALUE;
 use igvm_defs::IGVM_VHS_PAGE_DATA;
 use igvm_defs::IGVM_VHS_PAGE_TABLE_RELOCATION;
 use igvm_defs::IGVM_VHS_PARAMETER_AREA;
@@ -27,8 +32,40 @@ use zerocopy::little_endian::U32;
 /// Parses an IGVM binary (every platform kept), rejecting inputs the `igvm` crate would
 /// panic on.
 pub fn parse(bytes: &[u8]) -> Result<IgvmFile> {
-    precheck(bytes).inspect_err(|e| tracing::debug!(error = %e, "IGVM pre-check rejected"))?;
+    check_magic_and_size(bytes)
+        .and_then(|()| precheck(bytes))
+        .inspect_err(|e| tracing::debug!(error = %e, "IGVM pre-check rejected"))?;
     IgvmFile::new_from_binary(bytes, None).map_err(|e| Error::Malformed(e.to_string()))
+}
+
+/// The magic first, then every size the fixed header declares against the input's length.
+fn check_magic_and_size(bytes: &[u8]) -> Result<()> {
+    let len = bytes.len() as u64;
+    let truncated = |what, needed| Error::Truncated { what, needed, len };
+    let magic = bytes
+        .first_chunk::<4>()
+        .ok_or(truncated("the IGVM magic", 4))?;
+    let found = u32::from_le_bytes(*magic);
+    if found != IGVM_MAGIC_VALUE {
+        return Err(Error::BadMagic {
+            found,
+            expected: IGVM_MAGIC_VALUE,
+        });
+    }
+    let (fixed, _) = IGVM_FIXED_HEADER::read_from_prefix(bytes)
+        .map_err(|_| truncated("the fixed header", size_of::<IGVM_FIXED_HEADER>() as u64))?;
+    let headers_end =
+        u64::from(fixed.variable_header_offset) + u64::from(fixed.variable_header_size);
+    if headers_end > len {
+        return Err(truncated("the variable headers", headers_end));
+    }
+    if u64::from(fixed.total_file_size) > len {
+        return Err(truncated(
+            "the file size in the header",
+            u64::from(fixed.total_file_size),
+        ));
+    }
+    Ok(())
 }
 
 fn bad(what: impl Into<String>) -> Error {
@@ -257,17 +294,56 @@ mod tests {
     }
 
     #[test]
-    fn wrapping_header_section_is_rejected() {
+    fn a_header_section_past_the_end_is_truncation() {
         let mut bytes = one_page_file();
         bytes[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(parse(&bytes), Err(Error::Malformed(_))));
+        assert!(matches!(
+            parse(&bytes),
+            Err(Error::Truncated {
+                what: "the variable headers",
+                ..
+            })
+        ));
     }
 
     #[test]
-    fn truncated_files_are_errors() {
+    fn truncated_files_say_what_is_missing() {
         let bytes = one_page_file();
-        for len in [0, 3, 24, bytes.len() / 2, bytes.len() - 1] {
-            assert!(parse(&bytes[..len]).is_err(), "{len}");
-        }
+        let total = bytes.len() as u64;
+        let what = |len: usize| match parse(&bytes[..len]) {
+            Err(Error::Truncated { what, len: l, .. }) => {
+                assert_eq!(l, len as u64);
+                what
+            }
+            other => panic!("{len}: {other:?}"),
+        };
+        assert_eq!(what(0), "the IGVM magic");
+        assert_eq!(what(3), "the IGVM magic");
+        assert_eq!(what(8), "the fixed header");
+        assert_eq!(what(bytes.len() - 1), "the file size in the header");
+        assert!(matches!(
+            parse(&bytes[..bytes.len() - 1]),
+            Err(Error::Truncated { needed, .. }) if needed == total
+        ));
+    }
+
+    #[test]
+    fn a_wrong_magic_is_named_before_anything_else() {
+        let mut bytes = one_page_file();
+        bytes[..4].copy_from_slice(b"ELF\x7f");
+        let err = parse(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadMagic {
+                    found: 0x7f46_4c45,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not an IGVM file"), "{err}");
+        // Even a one-byte-too-short garbage file is a bad magic, not a truncation.
+        assert!(matches!(parse(b"MZ\x90\0"), Err(Error::BadMagic { .. })));
     }
 }

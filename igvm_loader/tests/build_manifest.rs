@@ -119,14 +119,7 @@ fn igvmgen_build_writes_file_map_and_json_that_measure_agrees_with() {
 
     // The digests `igvmgen measure` computes with the same conventions (the manifest asks
     // for QEMU's) are the ones the build wrote.
-    let measured = igvmgen(&[
-        "measure",
-        out.to_str().unwrap(),
-        "--zero-pages",
-        "qemu",
-        "--vmsa-gpa",
-        "kvm",
-    ]);
+    let measured = igvmgen(&["measure", out.to_str().unwrap(), "--vmm", "qemu"]);
     assert!(
         measured.status.success(),
         "{}",

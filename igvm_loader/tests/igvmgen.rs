@@ -181,9 +181,28 @@ fn measure_agrees_with_the_igvm_crate_on_a_file_we_did_not_build() {
             ("tdx".into(), crate_digest(&bytes, IgvmPlatformType::TDX)),
         ]
     );
-    // The QEMU convention differs exactly where the file has data-less measured pages.
-    let qemu = digests(&igvmgen(&["measure", path, "--platform", "snp"]));
-    assert_ne!(qemu[0].1, crate_digest(&bytes, IgvmPlatformType::SEV_SNP));
+    // Both VMM presets measure data-less pages as NORMAL zero pages, like the igvm crate;
+    // PAGE_TYPE_ZERO differs exactly where the file has data-less measured pages.
+    for vmm in ["qemu", "hyperv"] {
+        let snp = digests(&igvmgen(&[
+            "measure",
+            path,
+            "--platform",
+            "snp",
+            "--vmm",
+            vmm,
+        ]));
+        assert_eq!(snp[0].1, crate_digest(&bytes, IgvmPlatformType::SEV_SNP));
+    }
+    let zero = digests(&igvmgen(&[
+        "measure",
+        path,
+        "--platform",
+        "snp",
+        "--zero-pages",
+        "zero",
+    ]));
+    assert_ne!(zero[0].1, crate_digest(&bytes, IgvmPlatformType::SEV_SNP));
     std::fs::remove_file(path).unwrap();
 }
 
@@ -195,6 +214,6 @@ fn garbage_files_are_rejected_with_an_error_not_a_panic() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed IGVM file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an IGVM file"));
     std::fs::remove_file(path).unwrap();
 }

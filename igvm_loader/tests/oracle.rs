@@ -169,7 +169,7 @@ mod igvm_crate {
         for seed in 0..SEQUENCES {
             let file = random_file(seed, IsolationType::Tdx, false);
             assert_eq!(
-                ours(&file, IsolationType::Tdx, ZeroPages::Qemu, VmsaGpa::File),
+                ours(&file, IsolationType::Tdx, ZeroPages::Zero, VmsaGpa::File),
                 igvm_crate_digest(&file, IgvmPlatformType::TDX),
                 "seed {seed}"
             );
@@ -181,7 +181,7 @@ mod igvm_crate {
         for seed in 0..SEQUENCES {
             let file = random_file(seed, IsolationType::Vbs, seed % 3 != 0);
             assert_eq!(
-                ours(&file, IsolationType::Vbs, ZeroPages::Qemu, VmsaGpa::File),
+                ours(&file, IsolationType::Vbs, ZeroPages::Zero, VmsaGpa::File),
                 igvm_crate_digest(&file, IgvmPlatformType::VSM_ISOLATION),
                 "seed {seed}"
             );
@@ -204,10 +204,8 @@ mod igvm_crate {
                 random_image(&mut rng, image, t != IsolationType::Tdx);
             }
             let file = IgvmFile::new_from_binary(&b.build_bytes().unwrap(), None).unwrap();
-            let opts = MeasureOptions {
-                zero_pages: ZeroPages::Normal,
-                ..MeasureOptions::default()
-            };
+            // The igvm crate measures as Hyper-V launches.
+            let opts = MeasureOptions::for_vmm(igvm_loader::measure::Vmm::Hyperv);
             let all = igvm_loader::measure::measure_all(&file, &opts).unwrap();
             assert_eq!(all.len(), 3);
             for m in all {
@@ -286,7 +284,7 @@ mod igvm_crate {
             igvm_crate_digest(&file, IgvmPlatformType::SEV_SNP)
         );
         assert_eq!(
-            ours(&file, IsolationType::Tdx, ZeroPages::Qemu, VmsaGpa::File),
+            ours(&file, IsolationType::Tdx, ZeroPages::Zero, VmsaGpa::File),
             igvm_crate_digest(&file, IgvmPlatformType::TDX)
         );
     }
@@ -392,7 +390,7 @@ for line in sys.stdin:
                         }
                         _ if flags.unmeasured() => json!(["unmeasured", gpa]),
                         _ if data.is_empty() => match zero_pages {
-                            ZeroPages::Qemu => json!(["zero", gpa]),
+                            ZeroPages::Zero => json!(["zero", gpa]),
                             ZeroPages::Normal => json!(["normal", gpa, hex::encode([0u8; 4096])]),
                         },
                         _ => {
@@ -438,12 +436,93 @@ for line in sys.stdin:
 
     #[test]
     fn qemu_zero_page_convention_matches_gctx_on_50_sequences() {
-        agree(ZeroPages::Qemu);
+        agree(ZeroPages::Zero);
     }
 
     #[test]
     fn normal_zero_page_convention_matches_gctx_on_50_sequences() {
         agree(ZeroPages::Normal);
+    }
+
+    /// A file we did not build, with the VMSA directive before the pages: the QEMU preset
+    /// measures it where KVM does (its fixed GPA, after every page), the Hyper-V preset where
+    /// the file puts it.
+    #[test]
+    fn presets_place_the_vmsa_as_their_vmm_does() {
+        use serde_json::json;
+        let mut vmsa = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed().unwrap();
+        vmsa.rip = 0xfff0;
+        vmsa.cr0 = 0x31;
+        let vmsa_hex = hex::encode(zerocopy::IntoBytes::as_bytes(vmsa.as_ref()));
+        let page = |gpa, unmeasured, data: Vec<u8>| IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: 1,
+            flags: IgvmPageDataFlags::new().with_unmeasured(unmeasured),
+            data_type: IgvmPageDataType::NORMAL,
+            data,
+        };
+        let file = IgvmFile::new(
+            IgvmRevision::V1,
+            vec![IgvmPlatformHeader::SupportedPlatform(
+                IGVM_VHS_SUPPORTED_PLATFORM {
+                    compatibility_mask: 1,
+                    highest_vtl: 0,
+                    platform_type: IgvmPlatformType::SEV_SNP,
+                    platform_version: 1,
+                    shared_gpa_boundary: 0,
+                },
+            )],
+            vec![IgvmInitializationHeader::GuestPolicy {
+                policy: 0x30000,
+                compatibility_mask: 1,
+            }],
+            vec![
+                IgvmDirectiveHeader::SnpVpContext {
+                    gpa: 0x8000,
+                    compatibility_mask: 1,
+                    vp_index: 0,
+                    vmsa,
+                },
+                page(0x1000, false, vec![0x33; 4096]),
+                page(0x2000, false, vec![]),
+                page(0x3000, true, vec![]),
+                IgvmDirectiveHeader::ParameterArea {
+                    number_of_bytes: 0x2000,
+                    parameter_area_index: 0,
+                    initial_data: vec![],
+                },
+                IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+                    gpa: 0x10000,
+                    compatibility_mask: 1,
+                    parameter_area_index: 0,
+                }),
+            ],
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        file.serialize(&mut bytes).unwrap();
+        let file = igvm_loader::parse(&bytes).unwrap();
+        let pages = vec![
+            json!(["normal", 0x1000, hex::encode([0x33u8; 4096])]),
+            json!(["normal", 0x2000, hex::encode([0u8; 4096])]),
+            json!(["unmeasured", 0x3000]),
+            json!(["unmeasured", 0x10000]),
+            json!(["unmeasured", 0x11000]),
+        ];
+        let mut qemu = pages;
+        qemu.push(json!(["vmsa", vmsa_hex]));
+        let want = gctx_digests(&[qemu]);
+        let digest = |vmm| {
+            measure(&file, IsolationType::Snp, &MeasureOptions::for_vmm(vmm))
+                .unwrap()
+                .digest
+        };
+        assert_eq!(digest(igvm_loader::measure::Vmm::Qemu), want[0]);
+        // GCTX always uses KVM's GPA, so the Hyper-V placement is held against the igvm crate.
+        assert_eq!(
+            digest(igvm_loader::measure::Vmm::Hyperv),
+            igvm_crate_digest(&file, IgvmPlatformType::SEV_SNP)
+        );
     }
 
     #[test]
@@ -474,11 +553,11 @@ for line in sys.stdin:
             .count();
         assert_eq!(large, 4);
         let mut seqs = Vec::new();
-        for zero_pages in [ZeroPages::Qemu, ZeroPages::Normal] {
+        for zero_pages in [ZeroPages::Zero, ZeroPages::Normal] {
             let mut ops = Vec::new();
             for page in 0x1ff..0x1ff + 1025u64 {
                 ops.push(match zero_pages {
-                    ZeroPages::Qemu => serde_json::json!(["zero", page * 4096]),
+                    ZeroPages::Zero => serde_json::json!(["zero", page * 4096]),
                     ZeroPages::Normal => {
                         serde_json::json!(["normal", page * 4096, hex::encode([0u8; 4096])])
                     }
@@ -491,7 +570,7 @@ for line in sys.stdin:
         }
         let want = gctx_digests(&seqs);
         assert_eq!(
-            ours(&file, IsolationType::Snp, ZeroPages::Qemu, VmsaGpa::Kvm),
+            ours(&file, IsolationType::Snp, ZeroPages::Zero, VmsaGpa::Kvm),
             want[0]
         );
         assert_eq!(

@@ -18,7 +18,7 @@ use igvm_loader::importer::IsolationConfig;
 use igvm_loader::importer::IsolationType;
 use igvm_loader::importer::ParameterAreaIndex;
 use igvm_loader::measure::MeasureOptions;
-use igvm_loader::measure::ZeroPages;
+use igvm_loader::measure::Vmm;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -148,7 +148,8 @@ proptest! {
         let ours = igvm_loader::measure::measure(
             &file,
             isolation,
-            &MeasureOptions { zero_pages: ZeroPages::Normal, ..MeasureOptions::default() },
+            // The igvm crate measures as Hyper-V launches.
+            &MeasureOptions::for_vmm(Vmm::Hyperv),
         )
         .unwrap();
         let platform = match isolation {

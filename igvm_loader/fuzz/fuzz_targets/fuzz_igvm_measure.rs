@@ -1,4 +1,6 @@
-//! Arbitrary bytes -> parse -> measure every platform with both SNP conventions: never panics.
+//! Arbitrary bytes -> parse -> measure every platform under both VMM presets and the
+//! PAGE_TYPE_ZERO convention: never panics, never measures more pages than the limit, and a
+//! repeated platform list gives one result per platform.
 //!
 //! The first byte picks whether the header checksum is repaired first, so the fuzzer gets
 //! past the CRC and into the header and measurement code.
@@ -7,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use igvm_loader::measure::MeasureOptions;
-use igvm_loader::measure::VmsaGpa;
+use igvm_loader::measure::Vmm;
 use igvm_loader::measure::ZeroPages;
 use libfuzzer_sys::fuzz_target;
 
@@ -54,16 +56,33 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = igvm_loader::dump::dump(&file);
-    for (zero_pages, vmsa_gpa) in [
-        (ZeroPages::Qemu, VmsaGpa::Kvm),
-        (ZeroPages::Normal, VmsaGpa::File),
+    // Keep each input fast: hostile files may declare huge areas of empty pages.
+    const MAX_PAGES: u64 = 1 << 12;
+    let zero = MeasureOptions {
+        zero_pages: ZeroPages::Zero,
+        ..MeasureOptions::for_vmm(Vmm::Qemu)
+    };
+    for options in [
+        MeasureOptions::for_vmm(Vmm::Qemu),
+        MeasureOptions::for_vmm(Vmm::Hyperv),
+        zero,
     ] {
         let options = MeasureOptions {
-            zero_pages,
-            vmsa_gpa,
-            // Keep each input fast: hostile files may declare huge areas of empty pages.
-            max_pages: 1 << 12,
+            max_pages: MAX_PAGES,
+            ..options
         };
-        let _ = igvm_loader::measure::measure_all(&file, &options);
+        let platforms: Vec<_> = igvm_loader::measure::measurable_platforms(&file)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let twice: Vec<_> = platforms.iter().chain(&platforms).copied().collect();
+        if let Ok(results) =
+            igvm_loader::measure::measure_platforms_with_progress(&file, &twice, &options, &())
+        {
+            assert!(results.len() <= platforms.len());
+            for m in &results {
+                assert!(m.pages <= MAX_PAGES, "{} pages measured", m.pages);
+            }
+        }
     }
 });

@@ -198,9 +198,13 @@ fn page_data(d: &IgvmDirectiveHeader) -> Option<&[u8]> {
 
 /// Merges `other` into `base`, sharing equal page directives, keeping both sequences' order.
 ///
+/// The rule, tested as a property in `merge_props`: every platform's view of the result (the
+/// directives carrying its mask bit) is exactly its own sequence, in order. Sharing is an
+/// optimisation on top: a page of `other` may take over a page of `base` only if it is equal
+/// (GPA, flags, type and data) and comes after the previous match, so both orders survive.
 /// Greedy: each directive of `other` is matched with the first equal page of `base` after the
-/// previous match; unmatched ones go just before the next match (or at the end). Hash lookup keeps this
-/// linear in practice (the `igvm` crate's merge is quadratic).
+/// previous match; unmatched ones go just before the next match (or at the end). Hash lookup
+/// keeps this linear in practice (the `igvm` crate's merge is quadratic).
 fn merge_stable(
     mut base: Vec<IgvmDirectiveHeader>,
     other: Vec<IgvmDirectiveHeader>,
@@ -264,5 +268,7 @@ fn merge_stable(
     out
 }
 
+#[cfg(test)]
+mod merge_props;
 #[cfg(test)]
 mod tests;

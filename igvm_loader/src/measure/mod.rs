@@ -1,14 +1,19 @@
 //! Launch measurements of IGVM files, computed by this crate: SEV-SNP launch digest, TDX
 //! MRTD and VBS boot digest.
 //!
-//! [`measure`] walks the file's directives for one platform, turns them into that platform's
-//! record sequence ([`snp::SnpPage`], [`tdx::TdxPage`], [`vbs::VbsRecord`], which borrow the
-//! page data from the file) and hashes it. [`measure_all`] measures every platform of a file
-//! at once, overlapping TDX's single-stream hash with SNP's parallel page hashing.
+//! [`measure`] walks the file's directives once for one platform (one walk, shared by
+//! every platform), maps the walk to that platform's records ([`snp::SnpPage`],
+//! [`tdx::TdxPage`], [`vbs::VbsRecord`], which borrow the page data from the file and keep
+//! data-less ranges as one record) and hashes them. [`measure_all`] measures every platform
+//! of a file at once, overlapping TDX's single-stream hash with SNP's parallel page hashing.
+//!
+//! SNP digests depend on how the VMM launches the file, which the file does not say:
+//! [`Vmm`] names the two conventions in use, [`MeasureOptions::for_vmm`] selects one.
 
 pub mod snp;
 pub mod tdx;
 pub mod vbs;
+mod walk;
 
 use crate::error::Error;
 use crate::error::Result;
@@ -17,13 +22,15 @@ use igvm::IgvmDirectiveHeader;
 use igvm::IgvmFile;
 use igvm::IgvmInitializationHeader;
 use igvm::IgvmPlatformHeader;
-use igvm_defs::IgvmPageDataFlags;
 use igvm_defs::IgvmPageDataType;
 use igvm_defs::IgvmPlatformType;
 use serde::Deserialize;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::str::FromStr;
+use walk::Run;
+use walk::Source;
+use walk::Step;
+use walk::Walk;
 
 const PAGE: usize = 4096;
 const PAGE_U64: u64 = 4096;
@@ -40,43 +47,74 @@ impl Progress for () {
 }
 
 /// How SNP measures a measured page that carries no data in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroPages {
-    /// As a PAGE_TYPE_ZERO page (QEMU/KVM: the firmware zeroes it, CONTENTS = 0).
-    #[default]
-    Qemu,
-    /// As a NORMAL page full of zeros (CONTENTS = SHA-384 of the zero page), as Hyper-V and
-    /// the `igvm` crate do.
+    /// As a NORMAL page full of zeros (CONTENTS = SHA-384 of the zero page). QEMU's IGVM
+    /// loader does this (it fills the page with zeros and issues a NORMAL launch update),
+    /// and so do Hyper-V and the `igvm` crate.
     Normal,
+    /// As a PAGE_TYPE_ZERO page (the firmware zeroes it, CONTENTS = 0): what
+    /// `sev-snp-measure` models for OVMF's zero sections, and COCONUT-SVSM's
+    /// `igvmmeasure --native-zero`.
+    Zero,
 }
 
 impl FromStr for ZeroPages {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "qemu" => Ok(ZeroPages::Qemu),
             "normal" => Ok(ZeroPages::Normal),
+            "zero" => Ok(ZeroPages::Zero),
             other => Err(format!(
-                "unknown zero-page convention {other:?} (qemu|normal)"
+                "unknown zero-page convention {other:?} (normal|zero)"
             )),
         }
     }
 }
 
-/// Which GPA SNP records for a VMSA page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Where and when SNP measures a VMSA page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmsaGpa {
-    /// The GPA in the file's VP context directive (Hyper-V, the `igvm` crate).
-    #[default]
+    /// At the GPA in the file's VP context directive, in file order (Hyper-V, the `igvm`
+    /// crate).
     File,
-    /// KVM's fixed VMSA GPA 0xFFFF_FFFF_F000.
+    /// At KVM's fixed VMSA GPA [`KVM_VMSA_GPA`], after every page: KVM measures VMSAs when
+    /// the launch is finished, not when QEMU reads them from the file. The file's VMSAs are
+    /// measured in file order; KVM measures one VMSA per vCPU, so a VM with more vCPUs than
+    /// the file has VMSAs measures more than this digest covers.
     Kvm,
 }
 
 /// KVM measures every VMSA at this GPA.
 pub const KVM_VMSA_GPA: u64 = 0xffff_ffff_f000;
+
+/// The VMM that will launch the file: selects the SNP conventions together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    /// QEMU with KVM: data-less pages as NORMAL zero pages, VMSAs at KVM's fixed GPA after
+    /// every page.
+    Qemu,
+    /// Hyper-V (and OpenVMM): data-less pages as NORMAL zero pages, VMSAs at the file's GPA
+    /// in file order.
+    Hyperv,
+}
+
+impl Vmm {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Qemu => "qemu",
+            Vmm::Hyperv => "hyperv",
+        }
+    }
+}
+
+/// Default page limit: 2 GiB of guest memory per platform. Hashing that many pages takes
+/// seconds (TDX, the slowest, hashes 6 KiB per measured page), not minutes.
+pub const DEFAULT_MAX_PAGES: u64 = 1 << 19;
 
 /// Measurement options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,17 +124,38 @@ pub struct MeasureOptions {
     /// SNP VMSA GPA convention.
     pub vmsa_gpa: VmsaGpa,
     /// Refuse files that would make a platform measure more pages than this (hostile files
-    /// can declare huge parameter areas or 2 MiB pages without data).
+    /// can declare huge parameter areas, error ranges or data-less 2 MiB pages). Checked
+    /// before any page is hashed.
     pub max_pages: u64,
 }
 
-impl Default for MeasureOptions {
-    fn default() -> Self {
+impl MeasureOptions {
+    /// The conventions `vmm` launches with, and the default page limit.
+    pub fn for_vmm(vmm: Vmm) -> Self {
+        let (zero_pages, vmsa_gpa) = match vmm {
+            Vmm::Qemu => (ZeroPages::Normal, VmsaGpa::Kvm),
+            Vmm::Hyperv => (ZeroPages::Normal, VmsaGpa::File),
+        };
         Self {
-            zero_pages: ZeroPages::Qemu,
-            vmsa_gpa: VmsaGpa::File,
-            max_pages: 1 << 24,
+            zero_pages,
+            vmsa_gpa,
+            max_pages: DEFAULT_MAX_PAGES,
         }
+    }
+
+    /// The preset these conventions match, if any.
+    pub fn vmm(&self) -> Option<Vmm> {
+        [Vmm::Qemu, Vmm::Hyperv].into_iter().find(|v| {
+            let preset = Self::for_vmm(*v);
+            (preset.zero_pages, preset.vmsa_gpa) == (self.zero_pages, self.vmsa_gpa)
+        })
+    }
+}
+
+impl Default for MeasureOptions {
+    /// QEMU/KVM's conventions ([`MeasureOptions::for_vmm`]`(`[`Vmm::Qemu`]`)`).
+    fn default() -> Self {
+        Self::for_vmm(Vmm::Qemu)
     }
 }
 
@@ -115,9 +174,15 @@ pub struct Measurement {
     pub policy: Option<String>,
     /// Guest SVN from the file's SNP ID block or VBS measurement header (0 if none).
     pub svn: u32,
-    /// SNP zero-page convention used (SNP only).
+    /// SNP: the VMM preset the conventions below match, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<Vmm>,
+    /// SNP: zero-page convention used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_pages: Option<ZeroPages>,
+    /// SNP: VMSA GPA convention used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmsa_gpa: Option<VmsaGpa>,
     /// Pages (or records) measured.
     pub pages: u64,
 }
@@ -168,25 +233,43 @@ pub fn measure_with_progress(
         .find(|(t, _)| *t == platform)
         .map(|(_, m)| m)
         .ok_or_else(|| Error::PlatformNotInFile(platform.name().into()))?;
-    let directives = file.directives();
-    let (digest, pages, algorithm) = match platform {
+    let steps = Walk::new(file.directives(), mask, options.max_pages)
+        .collect_steps()
+        .inspect_err(|e| {
+            tracing::debug!(error = %e, platform = platform.name(), "measurement refused");
+        })?;
+    let (digest, algorithm) = match platform {
         IsolationType::Snp => {
-            let pages = snp_pages(directives, mask, options)?;
-            let d = snp::launch_digest_with_progress(&pages, progress);
-            (hex::encode(d), pages.len(), "sha384")
+            let records = snp_records(&steps, options);
+            (
+                hex::encode(snp::launch_digest_with_progress(&records, progress)),
+                "sha384",
+            )
         }
         IsolationType::Tdx => {
-            let pages = tdx_pages(directives, mask, options)?;
-            let d = tdx::mrtd_with_progress(&pages, progress);
-            (hex::encode(d), pages.len(), "sha384")
+            let records = tdx_records(&steps);
+            (
+                hex::encode(tdx::mrtd_with_progress(&records, progress)),
+                "sha384",
+            )
         }
         IsolationType::Vbs => {
-            let records = vbs_records(directives, mask, options)?;
-            let d = vbs::boot_digest_with_progress(&records, progress);
-            (hex::encode(d), records.len(), "sha256")
+            let records = vbs_records(&steps)?;
+            (
+                hex::encode(vbs::boot_digest_with_progress(&records, progress)),
+                "sha256",
+            )
         }
         IsolationType::None => return Err(Error::PlatformNotInFile("native".into())),
     };
+    let pages = steps
+        .iter()
+        .map(|s| match s {
+            Step::Pages(run) => run.pages,
+            Step::SnpVmsa { .. } => u64::from(platform == IsolationType::Snp),
+            Step::VbsRegisters(_) => 0,
+        })
+        .sum();
     let (policy, svn) = policy_and_svn(file, platform, mask);
     Ok(Measurement {
         platform: platform.name().to_string(),
@@ -195,8 +278,10 @@ pub fn measure_with_progress(
         digest,
         policy: policy.map(|p| format!("{p:#x}")),
         svn,
+        vmm: options.vmm().filter(|_| platform == IsolationType::Snp),
         zero_pages: (platform == IsolationType::Snp).then_some(options.zero_pages),
-        pages: pages as u64,
+        vmsa_gpa: (platform == IsolationType::Snp).then_some(options.vmsa_gpa),
+        pages,
     })
 }
 
@@ -218,8 +303,8 @@ pub fn measure_all_with_progress(
     measure_platforms_with_progress(file, &platforms, options, progress)
 }
 
-/// Measures `file` for each of `platforms` (results in the same order), platforms in
-/// parallel.
+/// Measures `file` for each of `platforms` (results in the same order, a platform listed
+/// twice measured once), platforms in parallel.
 pub fn measure_platforms_with_progress(
     file: &IgvmFile,
     platforms: &[IsolationType],
@@ -227,7 +312,14 @@ pub fn measure_platforms_with_progress(
     progress: &dyn Progress,
 ) -> Result<Vec<Measurement>> {
     use rayon::prelude::*;
-    let mut order: Vec<(usize, IsolationType)> = platforms.iter().copied().enumerate().collect();
+    // A platform asked for twice is measured once, at its first position.
+    let mut unique: Vec<IsolationType> = Vec::with_capacity(platforms.len());
+    for p in platforms {
+        if !unique.contains(p) {
+            unique.push(*p);
+        }
+    }
+    let mut order: Vec<(usize, IsolationType)> = unique.into_iter().enumerate().collect();
     // Start the sequential chains first (TDX, VBS) so SNP's page hashing fills the other
     // cores meanwhile.
     order.sort_by_key(|(_, t)| match t {
@@ -244,306 +336,144 @@ pub fn measure_platforms_with_progress(
     Ok(results.into_iter().map(|(_, m)| m).collect())
 }
 
-fn applies(mask: Option<u32>, platform_mask: u32) -> bool {
-    mask.is_none_or(|m| m & platform_mask == platform_mask)
-}
-
-/// Parameter area sizes in bytes, checked to be whole pages and not absurd.
-#[derive(Default)]
-struct Areas(HashMap<u32, u64>);
-
-impl Areas {
-    fn declare(&mut self, index: u32, bytes: u64, options: &MeasureOptions) -> Result<()> {
-        if !bytes.is_multiple_of(PAGE_U64) || bytes / PAGE_U64 > options.max_pages {
-            return Err(Error::Malformed(format!(
-                "parameter area {index} has {bytes:#x} bytes"
-            )));
-        }
-        self.0.insert(index, bytes);
-        Ok(())
-    }
-
-    fn pages(&self, index: u32) -> Result<u64> {
-        self.0
-            .get(&index)
-            .map(|b| b / PAGE_U64)
-            .ok_or_else(|| Error::Malformed(format!("parameter insert of unknown area {index}")))
-    }
-}
-
-/// Counts pages against the limit.
-struct Budget {
-    left: u64,
-}
-
-impl Budget {
-    fn new(options: &MeasureOptions) -> Self {
-        Self {
-            left: options.max_pages,
-        }
-    }
-
-    fn take(&mut self, n: u64) -> Result<()> {
-        self.left = self
-            .left
-            .checked_sub(n)
-            .ok_or_else(|| Error::Malformed("more measured pages than allowed".into()))?;
-        Ok(())
-    }
-}
-
-/// The 4 KiB pages a page directive stands for: `(gpa, data of that page)`.
-fn split_pages<'a>(
-    gpa: u64,
-    flags: IgvmPageDataFlags,
-    data: &'a [u8],
-    budget: &mut Budget,
-) -> Result<impl Iterator<Item = (u64, &'a [u8])> + 'a> {
-    let count: u64 = if flags.is_2mb_page() { 512 } else { 1 };
-    budget.take(count)?;
-    if gpa.checked_add(count * PAGE_U64).is_none() {
-        return Err(Error::Malformed(format!("page at {gpa:#x} wraps")));
-    }
-    Ok((0..count).map(move |i| {
-        let start = (i as usize) * PAGE;
-        let chunk = data
-            .get(start..)
-            .map(|d| d.get(..PAGE).unwrap_or(d))
-            .unwrap_or_default();
-        (gpa + i * PAGE_U64, chunk)
-    }))
-}
-
-fn snp_pages<'a>(
-    directives: &'a [IgvmDirectiveHeader],
-    mask: u32,
-    options: &MeasureOptions,
-) -> Result<Vec<snp::SnpPage<'a>>> {
+/// SNP's records: one per run, VMSAs where the convention puts them.
+fn snp_records<'a>(steps: &[Step<'a>], options: &MeasureOptions) -> Vec<snp::SnpPage<'a>> {
     use snp::Contents;
     use snp::SnpPage;
     use snp::SnpPageType;
-    let mut out = Vec::new();
-    let mut areas = Areas::default();
-    let mut budget = Budget::new(options);
-    for d in directives {
-        if !applies(d.compatibility_mask(), mask) {
-            continue;
-        }
-        match d {
-            IgvmDirectiveHeader::ParameterArea {
-                number_of_bytes,
-                parameter_area_index,
-                ..
-            } => areas.declare(*parameter_area_index, *number_of_bytes, options)?,
-            IgvmDirectiveHeader::PageData {
-                gpa,
-                flags,
-                data_type,
-                data,
-                ..
-            } => {
-                if flags.shared() {
-                    continue;
-                }
-                // A 2 MiB page with data carries data for its whole range, zero-padded.
-                let data_less = data.is_empty();
-                for (page_gpa, chunk) in split_pages(*gpa, *flags, data, &mut budget)? {
-                    let (page_type, contents) = match *data_type {
-                        IgvmPageDataType::SECRETS => (SnpPageType::Secrets, Contents::Zero),
-                        IgvmPageDataType::CPUID_DATA | IgvmPageDataType::CPUID_XF => {
-                            (SnpPageType::Cpuid, Contents::Zero)
-                        }
-                        _ if flags.unmeasured() => (SnpPageType::Unmeasured, Contents::Zero),
-                        _ if data_less => match options.zero_pages {
-                            ZeroPages::Qemu => (SnpPageType::Zero, Contents::Zero),
-                            ZeroPages::Normal => (SnpPageType::Normal, Contents::ZeroPage),
-                        },
-                        _ => (SnpPageType::Normal, Contents::Data(chunk)),
-                    };
-                    out.push(SnpPage {
-                        gpa: page_gpa,
-                        page_type,
-                        contents,
-                    });
-                }
-            }
-            IgvmDirectiveHeader::ParameterInsert(insert) => {
-                // The whole area is unmeasured, not just its first page.
-                let pages = areas.pages(insert.parameter_area_index)?;
-                budget.take(pages)?;
-                for i in 0..pages {
-                    out.push(SnpPage {
-                        gpa: insert.gpa.wrapping_add(i * PAGE_U64),
-                        page_type: SnpPageType::Unmeasured,
-                        contents: Contents::Zero,
-                    });
-                }
-            }
-            IgvmDirectiveHeader::SnpVpContext { gpa, vmsa, .. } => {
-                budget.take(1)?;
-                out.push(SnpPage {
-                    gpa: match options.vmsa_gpa {
-                        VmsaGpa::File => *gpa,
-                        VmsaGpa::Kvm => KVM_VMSA_GPA,
+    let mut out = Vec::with_capacity(steps.len());
+    let mut vmsas = Vec::new();
+    for step in steps {
+        match step {
+            Step::Pages(run) => {
+                let (page_type, contents) = match run.source {
+                    Source::Page {
+                        data_type: IgvmPageDataType::SECRETS,
+                        ..
+                    } => (SnpPageType::Secrets, Contents::Zero),
+                    Source::Page {
+                        data_type: IgvmPageDataType::CPUID_DATA | IgvmPageDataType::CPUID_XF,
+                        ..
+                    } => (SnpPageType::Cpuid, Contents::Zero),
+                    Source::Page {
+                        unmeasured: true, ..
+                    }
+                    | Source::Parameter => (SnpPageType::Unmeasured, Contents::Zero),
+                    // Error ranges are a VBS notion.
+                    Source::ErrorRange => continue,
+                    Source::Page { .. } if run.data.is_empty() => match options.zero_pages {
+                        ZeroPages::Zero => (SnpPageType::Zero, Contents::Zero),
+                        ZeroPages::Normal => (SnpPageType::Normal, Contents::ZeroPage),
                     },
-                    page_type: SnpPageType::Vmsa,
-                    contents: Contents::Data(zerocopy::IntoBytes::as_bytes(vmsa.as_ref())),
+                    Source::Page { .. } => (SnpPageType::Normal, Contents::Data(run.data)),
+                };
+                out.push(SnpPage {
+                    gpa: run.gpa,
+                    pages: run.pages,
+                    page_type,
+                    contents,
                 });
             }
-            _ => {}
+            Step::SnpVmsa { gpa, vmsa } => {
+                let page = |gpa| SnpPage {
+                    gpa,
+                    pages: 1,
+                    page_type: SnpPageType::Vmsa,
+                    contents: Contents::Data(vmsa),
+                };
+                match options.vmsa_gpa {
+                    VmsaGpa::File => out.push(page(*gpa)),
+                    VmsaGpa::Kvm => vmsas.push(page(KVM_VMSA_GPA)),
+                }
+            }
+            Step::VbsRegisters(_) => {}
         }
     }
-    Ok(out)
+    out.extend(vmsas);
+    out
 }
 
-fn tdx_pages<'a>(
-    directives: &'a [IgvmDirectiveHeader],
-    mask: u32,
-    options: &MeasureOptions,
-) -> Result<Vec<tdx::TdxPage<'a>>> {
-    let mut out = Vec::new();
-    let mut areas = Areas::default();
-    let mut budget = Budget::new(options);
-    for d in directives {
-        if !applies(d.compatibility_mask(), mask) {
-            continue;
-        }
-        match d {
-            IgvmDirectiveHeader::ParameterArea {
-                number_of_bytes,
-                parameter_area_index,
+/// TDX's records: every page is added; measured ones are extended, data-less ones as zeros.
+fn tdx_records<'a>(steps: &[Step<'a>]) -> Vec<tdx::TdxPage<'a>> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Pages(Run {
+                gpa,
+                pages,
+                source: Source::Page { unmeasured, .. },
+                data,
+            }) => Some(tdx::TdxPage {
+                gpa: *gpa,
+                pages: *pages,
+                extend: (!unmeasured).then_some(*data),
+            }),
+            Step::Pages(Run {
+                gpa,
+                pages,
+                source: Source::Parameter,
                 ..
-            } => areas.declare(*parameter_area_index, *number_of_bytes, options)?,
-            IgvmDirectiveHeader::PageData {
-                gpa, flags, data, ..
-            } => {
-                if flags.shared() {
-                    continue;
-                }
-                for (page_gpa, chunk) in split_pages(*gpa, *flags, data, &mut budget)? {
-                    out.push(tdx::TdxPage {
-                        gpa: page_gpa,
-                        extend: (!flags.unmeasured()).then_some(chunk),
-                    });
-                }
-            }
-            IgvmDirectiveHeader::ParameterInsert(insert) => {
-                let pages = areas.pages(insert.parameter_area_index)?;
-                budget.take(pages)?;
-                for i in 0..pages {
-                    out.push(tdx::TdxPage {
-                        gpa: insert.gpa.wrapping_add(i * PAGE_U64),
-                        extend: None,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+            }) => Some(tdx::TdxPage {
+                gpa: *gpa,
+                pages: *pages,
+                extend: None,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
-fn vbs_records<'a>(
-    directives: &'a [IgvmDirectiveHeader],
-    mask: u32,
-    options: &MeasureOptions,
-) -> Result<Vec<vbs::VbsRecord<'a>>> {
+/// VBS's records: pages in file order, then the VP registers.
+fn vbs_records<'a>(steps: &[Step<'a>]) -> Result<Vec<vbs::VbsRecord<'a>>> {
     use vbs::PageMetadata;
     use vbs::VbsRecord;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(steps.len());
     let mut registers = Vec::new();
-    let mut areas = Areas::default();
-    let mut budget = Budget::new(options);
-    let unmeasured_range = |out: &mut Vec<VbsRecord<'a>>,
-                            gpa: u64,
-                            pages: u64,
-                            acceptance: u8,
-                            budget: &mut Budget|
-     -> Result<()> {
-        budget.take(pages)?;
-        let metadata = PageMetadata::new()
-            .with_acceptance(acceptance)
-            .with_data_unmeasured(true);
-        for i in 0..pages {
-            out.push(VbsRecord::Page {
-                page_number: (gpa / PAGE_U64).wrapping_add(i),
-                metadata,
-                data: None,
-            });
-        }
-        Ok(())
-    };
-    for d in directives {
-        if !applies(d.compatibility_mask(), mask) {
-            continue;
-        }
-        match d {
-            IgvmDirectiveHeader::ParameterArea {
-                number_of_bytes,
-                parameter_area_index,
-                ..
-            } => {
-                if areas.0.contains_key(parameter_area_index) {
-                    return Err(Error::Malformed(format!(
-                        "parameter area {parameter_area_index} declared twice"
-                    )));
-                }
-                areas.declare(*parameter_area_index, *number_of_bytes, options)?;
+    for step in steps {
+        match step {
+            Step::Pages(run) => {
+                let (metadata, data) = match run.source {
+                    Source::Page {
+                        data_type,
+                        unmeasured,
+                    } => {
+                        if data_type != IgvmPageDataType::NORMAL {
+                            return Err(Error::Malformed(format!(
+                                "VBS page at {:#x} has SNP-only data type {data_type:?}",
+                                run.gpa
+                            )));
+                        }
+                        (
+                            PageMetadata::new().with_data_unmeasured(unmeasured),
+                            (!unmeasured).then_some(run.data),
+                        )
+                    }
+                    Source::Parameter => (PageMetadata::new().with_data_unmeasured(true), None),
+                    // Error pages are host readable and writable.
+                    Source::ErrorRange => (
+                        PageMetadata::new()
+                            .with_acceptance(0b11)
+                            .with_data_unmeasured(true),
+                        None,
+                    ),
+                };
+                out.push(VbsRecord::Pages {
+                    page_number: run.gpa / PAGE_U64,
+                    pages: run.pages,
+                    metadata,
+                    data,
+                });
             }
-            IgvmDirectiveHeader::PageData {
-                gpa,
-                flags,
-                data_type,
-                data,
-                ..
-            } => {
-                if *data_type != IgvmPageDataType::NORMAL {
-                    return Err(Error::Malformed(format!(
-                        "VBS page at {gpa:#x} has SNP-only data type {data_type:?}"
-                    )));
-                }
-                if flags.shared() {
-                    continue;
-                }
-                let metadata = PageMetadata::new().with_data_unmeasured(flags.unmeasured());
-                for (page_gpa, chunk) in split_pages(*gpa, *flags, data, &mut budget)? {
-                    out.push(VbsRecord::Page {
-                        page_number: page_gpa / PAGE_U64,
-                        metadata,
-                        data: (!flags.unmeasured()).then_some(chunk),
-                    });
-                }
-            }
-            IgvmDirectiveHeader::ParameterInsert(insert) => {
-                let pages = areas.pages(insert.parameter_area_index)?;
-                unmeasured_range(&mut out, insert.gpa, pages, 0, &mut budget)?;
-            }
-            IgvmDirectiveHeader::ErrorRange {
-                gpa, size_bytes, ..
-            } => {
-                let pages = u64::from(*size_bytes).div_ceil(PAGE_U64);
-                // Error pages are host readable and writable.
-                unmeasured_range(&mut out, *gpa, pages, 0b11, &mut budget)?;
-            }
-            IgvmDirectiveHeader::X64VbsVpContext {
-                vtl, registers: r, ..
-            } => {
-                registers.extend(r.iter().map(|reg| reg.into_vbs_vp_context_reg(*vtl)));
-            }
-            IgvmDirectiveHeader::AArch64VbsVpContext {
-                vtl, registers: r, ..
-            } => {
-                registers.extend(r.iter().map(|reg| reg.into_vbs_vp_context_reg(*vtl)));
-            }
-            _ => {}
+            Step::VbsRegisters(r) => registers.extend(r.iter().map(|r| VbsRecord::Register {
+                vtl: r.vtl,
+                name: r.register_name.get(),
+                value: r.register_value,
+            })),
+            Step::SnpVmsa { .. } => {}
         }
     }
     // VP state is measured after all memory.
-    out.extend(registers.into_iter().map(|r| VbsRecord::Register {
-        vtl: r.vtl,
-        name: r.register_name.get(),
-        value: r.register_value,
-    }));
+    out.extend(registers);
     Ok(out)
 }
 
@@ -618,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_2mib_page_measures_like_512_small_pages() {
-        for zero_pages in [ZeroPages::Qemu, ZeroPages::Normal] {
+        for zero_pages in [ZeroPages::Zero, ZeroPages::Normal] {
             let options = MeasureOptions {
                 zero_pages,
                 ..MeasureOptions::default()
@@ -637,7 +567,84 @@ mod tests {
             ..MeasureOptions::default()
         };
         let err = measure(&snp_file(true, &[]), IsolationType::Snp, &options).unwrap_err();
-        assert!(matches!(err, Error::Malformed(_)));
+        assert!(matches!(err, Error::TooManyPages { limit: 100 }));
+    }
+
+    #[test]
+    fn kvm_measures_vmsas_at_its_gpa_after_every_page_hyperv_in_file_order() {
+        use igvm_defs::IgvmPageDataFlags;
+        let mut vmsa = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed().unwrap();
+        vmsa.rip = 0xfff0;
+        let vmsa_bytes = zerocopy::IntoBytes::as_bytes(vmsa.as_ref()).to_vec();
+        let data = vec![0x42u8; 4096];
+        let file = IgvmFile::new(
+            igvm::IgvmRevision::V1,
+            vec![IgvmPlatformHeader::SupportedPlatform(
+                igvm_defs::IGVM_VHS_SUPPORTED_PLATFORM {
+                    compatibility_mask: 1,
+                    highest_vtl: 0,
+                    platform_type: IgvmPlatformType::SEV_SNP,
+                    platform_version: 1,
+                    shared_gpa_boundary: 0,
+                },
+            )],
+            vec![],
+            vec![
+                IgvmDirectiveHeader::SnpVpContext {
+                    gpa: 0x5000,
+                    compatibility_mask: 1,
+                    vp_index: 0,
+                    vmsa,
+                },
+                IgvmDirectiveHeader::PageData {
+                    gpa: 0x1000,
+                    compatibility_mask: 1,
+                    flags: IgvmPageDataFlags::new(),
+                    data_type: IgvmPageDataType::NORMAL,
+                    data: data.clone(),
+                },
+            ],
+        )
+        .unwrap();
+        let page = snp::SnpPage {
+            gpa: 0x1000,
+            pages: 1,
+            page_type: snp::SnpPageType::Normal,
+            contents: snp::Contents::Data(&data),
+        };
+        let vmsa_at = |gpa| snp::SnpPage {
+            gpa,
+            pages: 1,
+            page_type: snp::SnpPageType::Vmsa,
+            contents: snp::Contents::Data(&vmsa_bytes),
+        };
+        let digest = |vmm| {
+            measure(&file, IsolationType::Snp, &MeasureOptions::for_vmm(vmm))
+                .unwrap()
+                .digest
+        };
+        assert_eq!(
+            digest(Vmm::Qemu),
+            hex::encode(snp::launch_digest(&[page, vmsa_at(KVM_VMSA_GPA)]))
+        );
+        assert_eq!(
+            digest(Vmm::Hyperv),
+            hex::encode(snp::launch_digest(&[vmsa_at(0x5000), page]))
+        );
+    }
+
+    #[test]
+    fn presets_are_recognised_and_overrides_are_not_a_preset() {
+        assert_eq!(MeasureOptions::default().vmm(), Some(Vmm::Qemu));
+        assert_eq!(
+            MeasureOptions::for_vmm(Vmm::Hyperv).vmm(),
+            Some(Vmm::Hyperv)
+        );
+        let mixed = MeasureOptions {
+            zero_pages: ZeroPages::Zero,
+            ..MeasureOptions::default()
+        };
+        assert_eq!(mixed.vmm(), None);
     }
 
     #[test]
@@ -653,7 +660,7 @@ mod tests {
 
     #[test]
     fn zero_page_conventions_parse_from_their_cli_names() {
-        assert_eq!("qemu".parse::<ZeroPages>(), Ok(ZeroPages::Qemu));
+        assert_eq!("zero".parse::<ZeroPages>(), Ok(ZeroPages::Zero));
         assert_eq!("normal".parse::<ZeroPages>(), Ok(ZeroPages::Normal));
         assert!("other".parse::<ZeroPages>().is_err());
     }

@@ -64,11 +64,11 @@ pub struct PageInfo {
 }
 const _: () = assert!(size_of::<PageInfo>() == 0x70);
 
-/// What goes into CONTENTS for one page.
+/// What goes into CONTENTS for each page of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contents<'a> {
-    /// SHA-384 of this data zero-padded to 4 KiB (data longer than 4 KiB is not a page and is
-    /// hashed as given).
+    /// SHA-384 of each page's slice of this data, zero-padded to 4 KiB (page `i` holds bytes
+    /// `i * 4096..`; pages past the data are zero pages).
     Data(&'a [u8]),
     /// SHA-384 of an all-zero 4 KiB page (a data-less NORMAL page).
     ZeroPage,
@@ -76,11 +76,13 @@ pub enum Contents<'a> {
     Zero,
 }
 
-/// One page of the launch sequence.
+/// Consecutive pages of the launch sequence with one page type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnpPage<'a> {
-    /// GPA recorded in PAGE_INFO.
+    /// GPA recorded in PAGE_INFO for the first page; each next page is 4 KiB higher.
     pub gpa: u64,
+    /// Number of pages (a data-less range stays one record however long).
+    pub pages: u64,
     /// PAGE_TYPE.
     pub page_type: SnpPageType,
     /// CONTENTS source.
@@ -109,21 +111,43 @@ pub fn launch_digest(pages: &[SnpPage<'_>]) -> Sha384Digest {
     launch_digest_with_progress(pages, &())
 }
 
+/// Page `i` of a data run.
+fn page_slice(data: &[u8], i: u64) -> &[u8] {
+    let start = usize::try_from(i.saturating_mul(4096)).unwrap_or(usize::MAX);
+    let rest = data.get(start..).unwrap_or_default();
+    rest.get(..super::PAGE).unwrap_or(rest)
+}
+
 /// [`launch_digest`], reporting chained pages to `progress`.
 pub fn launch_digest_with_progress(pages: &[SnpPage<'_>], progress: &dyn Progress) -> Sha384Digest {
     let zero_page = zero_page_digest();
-    let contents: Vec<Sha384Digest> = pages
+    // Only pages that carry data need hashing, and those are bounded by the file's size:
+    // data-less ranges are never expanded into memory.
+    let data_pages: Vec<&[u8]> = pages
+        .iter()
+        .filter_map(|p| match p.contents {
+            Contents::Data(d) => Some(
+                (0..p.pages.min(d.len().div_ceil(super::PAGE) as u64))
+                    .map(move |i| page_slice(d, i)),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let hashed: Vec<Sha384Digest> = data_pages
         .par_iter()
         .with_min_len(PAR_CHUNK)
-        .map(|p| match p.contents {
+        .map(|d| {
             // Zero-filled data pages are common in real images; comparing is far cheaper
             // than hashing.
-            Contents::Data(d) if d.len() <= super::PAGE && d.iter().all(|&b| b == 0) => zero_page,
-            Contents::Data(d) => sha384_page(d),
-            Contents::ZeroPage => zero_page,
-            Contents::Zero => [0; 48],
+            if d.iter().all(|&b| b == 0) {
+                zero_page
+            } else {
+                sha384_page(d)
+            }
         })
         .collect();
+    let mut hashed = hashed.iter();
     let mut info = PageInfo {
         digest_cur: [0; 48],
         contents: [0; 48],
@@ -136,16 +160,28 @@ pub fn launch_digest_with_progress(pages: &[SnpPage<'_>], progress: &dyn Progres
         reserved: 0,
         gpa: U64::new(0),
     };
-    for (i, (page, digest)) in pages.iter().zip(&contents).enumerate() {
-        info.contents = *digest;
-        info.page_type = page.page_type as u8;
-        info.gpa = U64::new(page.gpa);
-        info.digest_cur = Sha384::digest(info.as_bytes()).into();
-        if i % 4096 == 4095 {
-            progress.advance(4096);
+    let mut chained = 0u64;
+    for run in pages {
+        info.page_type = run.page_type as u8;
+        let data_pages = match run.contents {
+            Contents::Data(d) => d.len().div_ceil(super::PAGE) as u64,
+            _ => 0,
+        };
+        for i in 0..run.pages {
+            info.contents = match run.contents {
+                Contents::Data(_) if i < data_pages => hashed.next().copied().unwrap_or(zero_page),
+                Contents::Data(_) | Contents::ZeroPage => zero_page,
+                Contents::Zero => [0; 48],
+            };
+            info.gpa = U64::new(run.gpa.wrapping_add(i.wrapping_mul(4096)));
+            info.digest_cur = Sha384::digest(info.as_bytes()).into();
+            chained += 1;
+            if chained.is_multiple_of(4096) {
+                progress.advance(4096);
+            }
         }
     }
-    progress.advance((pages.len() % 4096) as u64);
+    progress.advance(chained % 4096);
     info.digest_cur
 }
 
@@ -155,37 +191,43 @@ mod tests {
 
     fn chain_one(digest: Sha384Digest, page: &SnpPage<'_>) -> Sha384Digest {
         // Independent formulation: concatenate the fields by hand.
-        let contents: Sha384Digest = match page.contents {
-            Contents::Data(d) => {
-                let mut v = d.to_vec();
-                v.resize(4096, 0);
-                Sha384::digest(&v).into()
-            }
-            Contents::ZeroPage => Sha384::digest([0u8; 4096]).into(),
-            Contents::Zero => [0; 48],
-        };
-        let mut rec = Vec::new();
-        rec.extend_from_slice(&digest);
-        rec.extend_from_slice(&contents);
-        rec.extend_from_slice(&0x70u16.to_le_bytes());
-        rec.push(page.page_type as u8);
-        rec.extend_from_slice(&[0; 5]);
-        rec.extend_from_slice(&page.gpa.to_le_bytes());
-        assert_eq!(rec.len(), 112);
-        Sha384::digest(&rec).into()
+        let mut digest = digest;
+        for i in 0..page.pages {
+            let contents: Sha384Digest = match page.contents {
+                Contents::Data(d) => {
+                    let mut v = d.get(i as usize * 4096..).unwrap_or_default().to_vec();
+                    v.resize(4096, 0);
+                    Sha384::digest(&v).into()
+                }
+                Contents::ZeroPage => Sha384::digest([0u8; 4096]).into(),
+                Contents::Zero => [0; 48],
+            };
+            let mut rec = Vec::new();
+            rec.extend_from_slice(&digest);
+            rec.extend_from_slice(&contents);
+            rec.extend_from_slice(&0x70u16.to_le_bytes());
+            rec.push(page.page_type as u8);
+            rec.extend_from_slice(&[0; 5]);
+            rec.extend_from_slice(&(page.gpa + i * 4096).to_le_bytes());
+            assert_eq!(rec.len(), 112);
+            digest = Sha384::digest(&rec).into();
+        }
+        digest
     }
 
     #[test]
     fn parallel_chain_equals_sequential_concatenation() {
         // Byte value 0 every 251 pages exercises the zero-page shortcut.
         let data: Vec<Vec<u8>> = (0..300u32)
-            .map(|i| vec![(i % 251) as u8; (i as usize * 13) % 4097])
+            .map(|i| vec![(i % 251) as u8; (i as usize * 37) % 12289])
             .collect();
         let pages: Vec<SnpPage<'_>> = data
             .iter()
             .enumerate()
             .map(|(i, d)| SnpPage {
-                gpa: i as u64 * 4096,
+                gpa: i as u64 * 0x10_0000,
+                // Runs of 1..=3 pages; data runs spread their data over them.
+                pages: 1 + (i as u64 % 3),
                 page_type: match i % 4 {
                     0 => SnpPageType::Normal,
                     1 => SnpPageType::Zero,

@@ -45,13 +45,15 @@ const _: () = assert!(size_of::<TdxExtendRecord>() == 384);
 const PAGE_ADD: [u8; 16] = *b"MEM.PAGE.ADD\0\0\0\0";
 const MR_EXTEND: [u8; 16] = *b"MR.EXTEND\0\0\0\0\0\0\0";
 
-/// One page added to the TD.
+/// Consecutive pages added to the TD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TdxPage<'a> {
-    /// Page GPA.
+    /// GPA of the first page; each next page is 4 KiB higher.
     pub gpa: u64,
-    /// `Some(data)` to extend the page's contents (zero-padded to 4 KiB) into MRTD, `None`
-    /// for an added but unmeasured page.
+    /// Number of pages (a data-less range stays one record however long).
+    pub pages: u64,
+    /// `Some(data)` to extend the pages' contents into MRTD (page `i` holds bytes
+    /// `i * 4096..` of `data`, zero-padded), `None` for added but unmeasured pages.
     pub extend: Option<&'a [u8]>,
 }
 
@@ -77,26 +79,33 @@ pub fn mrtd_with_progress(pages: &[TdxPage<'_>], progress: &dyn Progress) -> [u8
         },
         data: [0; EXTEND_CHUNK],
     }; super::PAGE / EXTEND_CHUNK];
-    for (i, page) in pages.iter().enumerate() {
-        add.gpa = U64::new(page.gpa);
-        hasher.update(add.as_bytes());
-        if let Some(data) = page.extend {
-            for (n, rec) in (0u64..).zip(extends.iter_mut()) {
-                rec.header.gpa = U64::new(page.gpa.wrapping_add(n * EXTEND_CHUNK as u64));
-                let start = n as usize * EXTEND_CHUNK;
-                let src = data.get(start..).unwrap_or_default();
-                let len = src.len().min(EXTEND_CHUNK);
-                let (head, tail) = rec.data.split_at_mut(len);
-                head.copy_from_slice(src.get(..len).unwrap_or_default());
-                tail.fill(0);
+    let mut added = 0u64;
+    for run in pages {
+        for i in 0..run.pages {
+            let gpa = run.gpa.wrapping_add(i.wrapping_mul(4096));
+            add.gpa = U64::new(gpa);
+            hasher.update(add.as_bytes());
+            if let Some(data) = run.extend {
+                let start = usize::try_from(i.saturating_mul(4096)).unwrap_or(usize::MAX);
+                let page = data.get(start..).unwrap_or_default();
+                for (n, rec) in (0u64..).zip(extends.iter_mut()) {
+                    rec.header.gpa = U64::new(gpa.wrapping_add(n * EXTEND_CHUNK as u64));
+                    let chunk_start = n as usize * EXTEND_CHUNK;
+                    let src = page.get(chunk_start..).unwrap_or_default();
+                    let len = src.len().min(EXTEND_CHUNK);
+                    let (head, tail) = rec.data.split_at_mut(len);
+                    head.copy_from_slice(src.get(..len).unwrap_or_default());
+                    tail.fill(0);
+                }
+                hasher.update(extends.as_bytes());
             }
-            hasher.update(extends.as_bytes());
-        }
-        if i % 4096 == 4095 {
-            progress.advance(4096);
+            added += 1;
+            if added.is_multiple_of(4096) {
+                progress.advance(4096);
+            }
         }
     }
-    progress.advance((pages.len() % 4096) as u64);
+    progress.advance(added % 4096);
     hasher.finalize().into()
 }
 
@@ -110,10 +119,12 @@ mod tests {
         let pages = [
             TdxPage {
                 gpa: 0x1000,
+                pages: 2,
                 extend: Some(&data),
             },
             TdxPage {
                 gpa: 0x5000,
+                pages: 1,
                 extend: None,
             },
         ];
@@ -131,6 +142,11 @@ mod tests {
         for (n, chunk) in padded.chunks(256).enumerate() {
             stream.extend(op(b"MR.EXTEND", 0x1000 + n as u64 * 256));
             stream.extend_from_slice(chunk);
+        }
+        stream.extend(op(b"MEM.PAGE.ADD", 0x2000));
+        for n in 0..16u64 {
+            stream.extend(op(b"MR.EXTEND", 0x2000 + n * 256));
+            stream.extend_from_slice(&[0; 256]);
         }
         stream.extend(op(b"MEM.PAGE.ADD", 0x5000));
         let expected: [u8; 48] = Sha384::digest(&stream).into();

@@ -94,13 +94,15 @@ const _: () = assert!(size_of::<RegisterChunk>() == 48);
 /// One VBS measurement record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VbsRecord<'a> {
-    /// A GPA page; `data` is `None` for unmeasured pages.
-    Page {
-        /// Page number (GPA / 4096).
+    /// Consecutive GPA pages; `data` is `None` for unmeasured pages.
+    Pages {
+        /// Page number (GPA / 4096) of the first page.
         page_number: u64,
+        /// Number of pages (a data-less range stays one record however long).
+        pages: u64,
         /// Acceptance metadata.
         metadata: PageMetadata,
-        /// Page data (zero-padded to 4 KiB).
+        /// Page data: page `i` holds bytes `i * 4096..`, zero-padded to 4 KiB.
         data: Option<&'a [u8]>,
     },
     /// A BSP register.
@@ -122,31 +124,43 @@ pub fn boot_digest(records: &[VbsRecord<'_>]) -> [u8; 32] {
 /// [`boot_digest`], reporting records to `progress`.
 pub fn boot_digest_with_progress(records: &[VbsRecord<'_>], progress: &dyn Progress) -> [u8; 32] {
     let mut digest = [0u8; 32];
-    for (i, rec) in records.iter().enumerate() {
-        let mut h = Sha256::new();
-        h.update(digest);
+    let mut chained = 0u64;
+    let tick = |n: &mut u64| {
+        *n += 1;
+        if n.is_multiple_of(4096) {
+            progress.advance(4096);
+        }
+    };
+    for rec in records {
         match rec {
-            VbsRecord::Page {
+            VbsRecord::Pages {
                 page_number,
+                pages,
                 metadata,
                 data,
             } => {
-                let chunk = PageChunk {
+                let mut chunk = PageChunk {
                     header: ChunkHeader {
                         byte_count: U32::new((size_of::<PageChunk>() + super::PAGE) as u32),
                         chunk_type: U32::new(ChunkType::VP_GPA_PAGE.0),
                         reserved: U64::new(0),
                     },
                     metadata: U64::new(metadata.into_bits()),
-                    page_number: U64::new(*page_number),
+                    page_number: U64::new(0),
                 };
-                h.update(chunk.as_bytes());
-                let data = data
-                    .unwrap_or_default()
-                    .get(..super::PAGE)
-                    .unwrap_or(data.unwrap_or_default());
-                h.update(data);
-                h.update(super::PAGE_ZEROS.get(data.len()..).unwrap_or_default());
+                for i in 0..*pages {
+                    chunk.page_number = U64::new(page_number.wrapping_add(i));
+                    let start = usize::try_from(i.saturating_mul(4096)).unwrap_or(usize::MAX);
+                    let rest = data.unwrap_or_default().get(start..).unwrap_or_default();
+                    let page = rest.get(..super::PAGE).unwrap_or(rest);
+                    let mut h = Sha256::new();
+                    h.update(digest);
+                    h.update(chunk.as_bytes());
+                    h.update(page);
+                    h.update(super::PAGE_ZEROS.get(page.len()..).unwrap_or_default());
+                    digest = h.finalize().into();
+                    tick(&mut chained);
+                }
             }
             VbsRecord::Register { vtl, name, value } => {
                 let chunk = RegisterChunk {
@@ -162,15 +176,15 @@ pub fn boot_digest_with_progress(records: &[VbsRecord<'_>], progress: &dyn Progr
                     name: U32::new(*name),
                     value: *value,
                 };
+                let mut h = Sha256::new();
+                h.update(digest);
                 h.update(chunk.as_bytes());
+                digest = h.finalize().into();
+                tick(&mut chained);
             }
         }
-        digest = h.finalize().into();
-        if i % 4096 == 4095 {
-            progress.advance(4096);
-        }
     }
-    progress.advance((records.len() % 4096) as u64);
+    progress.advance(chained % 4096);
     digest
 }
 
@@ -182,13 +196,15 @@ mod tests {
     fn chain_matches_a_hand_built_sequence() {
         let data = vec![0x77u8; 100];
         let records = [
-            VbsRecord::Page {
+            VbsRecord::Pages {
                 page_number: 5,
+                pages: 1,
                 metadata: PageMetadata::new(),
                 data: Some(&data),
             },
-            VbsRecord::Page {
+            VbsRecord::Pages {
                 page_number: 6,
+                pages: 2,
                 metadata: PageMetadata::new()
                     .with_acceptance(3)
                     .with_data_unmeasured(true),
@@ -221,6 +237,7 @@ mod tests {
         };
         step(page(5, 0, &data));
         step(page(6, 0b111, &[]));
+        step(page(7, 0b111, &[]));
         let mut reg = Vec::new();
         reg.extend_from_slice(&48u32.to_le_bytes());
         reg.extend_from_slice(&0u32.to_le_bytes());
