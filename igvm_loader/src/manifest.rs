@@ -312,9 +312,9 @@ pub struct ParameterAreaSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmmPreset {
-    /// QEMU/KVM: data-less SNP pages are ZERO pages, VMSAs at KVM's fixed GPA.
+    /// QEMU/KVM ([`crate::measure::Vmm::Qemu`]).
     Qemu,
-    /// Hyper-V: data-less pages are zero-filled NORMAL pages, VMSAs at the file's GPA.
+    /// Hyper-V ([`crate::measure::Vmm::Hyperv`]).
     Hyperv,
 }
 

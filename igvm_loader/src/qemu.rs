@@ -1,7 +1,8 @@
 //! Running a native-platform IGVM file on a stock QEMU, which has no IGVM loader.
 //!
 //! [`QemuPlan::from_file`] turns the file's native platform into what plain QEMU options can
-//! express: every imported range with data becomes a generic loader device
+//! express ([`QemuPlan::for_platform`] does the same for the other platforms' start states,
+//! without their isolation): every imported range with data becomes a generic loader device
 //! (`-device loader,file=...,addr=...,force-raw=on`), data-less pages are left to QEMU's
 //! zeroed RAM, and the native VP context becomes a generated 64 KiB BIOS whose reset-vector
 //! trampoline ([`crate::vp_context::trampoline`]) goes from real mode to that context. The
@@ -10,8 +11,10 @@
 //! Not expressible, and reported as warnings: parameter areas (QEMU has nothing to fill them
 //! with, so they stay zero).
 
+use crate::importer::IsolationType;
 use crate::vp_context::ContextError;
 use crate::vp_context::LongModeContext;
+use crate::vp_context::tdx::RESET_PAGE_GPA;
 use crate::vp_context::trampoline;
 use igvm::IgvmDirectiveHeader;
 use igvm::IgvmFile;
@@ -31,12 +34,12 @@ const PAGE_2M: u64 = 2 << 20;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum QemuError {
-    /// The file has no native platform.
-    #[error("the file has no native platform")]
-    NoNativePlatform,
-    /// The native platform has no VP context to start.
-    #[error("the native platform has no VP context")]
-    NoVpContext,
+    /// The file does not have the platform asked for.
+    #[error("the file has no {0} platform")]
+    NoPlatform(&'static str),
+    /// The platform has no VP context (or TDX reset page) to start.
+    #[error("the {0} platform has no start state for the boot processor")]
+    NoVpContext(&'static str),
     /// The VP context cannot be reached by the trampoline.
     #[error("VP context: {0}")]
     Context(#[from] ContextError),
@@ -78,25 +81,41 @@ pub struct QemuPlan {
     pub memory_top: u64,
     /// Things the plan could not express.
     pub warnings: Vec<String>,
-    /// The start state the BIOS enters.
-    pub context: LongModeContext,
+    /// The start state the BIOS enters (`None` for TDX, whose reset page the BIOS runs).
+    pub context: Option<LongModeContext>,
 }
 
 impl QemuPlan {
     /// The plan for `file`'s native platform.
     pub fn from_file(file: &IgvmFile) -> Result<Self, QemuError> {
+        Self::for_platform(file, IsolationType::None)
+    }
+
+    /// The plan for `file`'s `platform`, started without its isolation: the native VP
+    /// context, the VBS register list or the SNP VMSA becomes a trampoline BIOS, and a TDX
+    /// reset page runs as it would in a TD after a BIOS prologue that recreates a TD's
+    /// start state ([`trampoline::td_start_emulation_bios`]). Pages load the same for
+    /// every platform; nothing is encrypted or measured. This checks that each platform's
+    /// start state boots, not that the platform accepts the file.
+    pub fn for_platform(file: &IgvmFile, platform: IsolationType) -> Result<Self, QemuError> {
+        let wanted = match platform {
+            IsolationType::None => IgvmPlatformType::NATIVE,
+            IsolationType::Vbs => IgvmPlatformType::VSM_ISOLATION,
+            IsolationType::Snp => IgvmPlatformType::SEV_SNP,
+            IsolationType::Tdx => IgvmPlatformType::TDX,
+        };
+        let name = platform.name();
         let mask = file
             .platforms()
             .iter()
             .find_map(|p| match p {
-                IgvmPlatformHeader::SupportedPlatform(info)
-                    if info.platform_type == IgvmPlatformType::NATIVE =>
-                {
+                IgvmPlatformHeader::SupportedPlatform(info) if info.platform_type == wanted => {
                     Some(info.compatibility_mask)
                 }
                 _ => None,
             })
-            .ok_or(QemuError::NoNativePlatform)?;
+            .ok_or(QemuError::NoPlatform(name))?;
+        let mut reset_page: Option<Vec<u8>> = None;
         let mut ranges: Vec<LoadRange> = Vec::new();
         let mut context = None;
         let mut warnings = Vec::new();
@@ -112,6 +131,10 @@ impl QemuPlan {
                     let size = if flags.is_2mb_page() { PAGE_2M } else { PAGE };
                     memory_top = memory_top.max(gpa.saturating_add(size));
                     if data.is_empty() {
+                        continue;
+                    }
+                    if platform == IsolationType::Tdx && *gpa == RESET_PAGE_GPA {
+                        reset_page = Some(data.clone());
                         continue;
                     }
                     if gpa.saturating_add(size) > BIOS_BASE && *gpa < 1 << 32 {
@@ -152,10 +175,20 @@ impl QemuPlan {
                     vp_index: 0,
                     ..
                 } => context = Some(LongModeContext::from_native(native)?),
+                IgvmDirectiveHeader::SnpVpContext {
+                    vmsa, vp_index: 0, ..
+                } => context = Some(LongModeContext::from_vmsa(vmsa)?),
+                IgvmDirectiveHeader::X64VbsVpContext { registers, .. } => {
+                    context = Some(LongModeContext::from_vbs_registers(registers)?);
+                }
                 _ => {}
             }
         }
-        let context = context.ok_or(QemuError::NoVpContext)?;
+        let bios = match (&context, reset_page) {
+            (Some(ctx), _) => trampoline::qemu_bios(ctx)?,
+            (None, Some(page)) => trampoline::td_start_emulation_bios(&page)?,
+            (None, None) => return Err(QemuError::NoVpContext(name)),
+        };
         for r in &mut ranges {
             // Trailing zeros come free with QEMU's RAM.
             let keep = r.data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
@@ -163,7 +196,7 @@ impl QemuPlan {
         }
         ranges.sort_by_key(|r| r.gpa);
         Ok(Self {
-            bios: trampoline::qemu_bios(&context)?,
+            bios,
             ranges,
             memory_top,
             warnings,
@@ -248,6 +281,8 @@ pub fn command(qemu: &Path, args: &[String], memory_mib: u64, kvm: bool) -> Comm
 pub struct RunOptions {
     /// The IGVM file.
     pub file: PathBuf,
+    /// Which of its platforms to start ([`QemuPlan::for_platform`]).
+    pub platform: IsolationType,
     /// The QEMU binary.
     pub qemu: PathBuf,
     /// Minimum memory in MiB (the file's needs win if larger).
@@ -298,7 +333,7 @@ pub fn prepare(options: &RunOptions) -> Result<(Command, Vec<String>), RunError>
         file: file.clone(),
         source,
     };
-    let plan = QemuPlan::from_file(&parsed).map_err(plan_err)?;
+    let plan = QemuPlan::for_platform(&parsed, options.platform).map_err(plan_err)?;
     std::fs::create_dir_all(&options.workdir).map_err(|source| {
         plan_err(QemuError::Io {
             path: options.workdir.clone(),

@@ -3,9 +3,13 @@
 //! console.
 //!
 //! - Debian's kernel and a busybox initramfs (the linux-direct example) reach the
-//!   initramfs's `/init`.
+//!   initramfs's `/init`, from the native VP context and from the TDX reset page.
 //! - A small ELF kernel assembled here (the elf-kernel example) checks the registers, the
-//!   segments and the page tables it was started with, using the stack it was given.
+//!   segments and the page tables it was started with, using the stack it was given, from
+//!   each platform's start state (native, VBS, SNP VMSA, TDX reset page).
+//!
+//! Platforms other than native run without their isolation (`igvmgen qemu --platform`):
+//! this proves their start states, not that the hardware accepts the file.
 //!
 //! Skipped with a message when the kernel, busybox or QEMU is missing, unless `CI=true`,
 //! where a missing tool fails the test.
@@ -104,6 +108,7 @@ fn build_example(test: &str, example: &str, files: &[(&str, &[u8])]) -> PathBuf 
 fn run_until(
     qemu: &Path,
     file: &Path,
+    platform: &str,
     marker: &str,
     failure: &str,
     timeout: Duration,
@@ -112,6 +117,10 @@ fn run_until(
     let mut child = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
         .arg("qemu")
         .arg(file)
+        .arg("--platform")
+        .arg(platform)
+        .arg("--workdir")
+        .arg(file.with_extension(platform))
         .arg("--qemu")
         .arg(qemu)
         .arg("--accel")
@@ -192,8 +201,11 @@ fn debian_kernel_boots_to_the_initramfs_marker_on_stock_qemu() {
     } else {
         300
     });
-    let (found, log) = run_until(&qemu, &file, MARKER, "Kernel panic", timeout);
-    assert!(found, "no marker within {timeout:?} ({log})");
+    // Native, and TDX's reset-page trampoline (started as a TD would start it).
+    for platform in ["native", "tdx"] {
+        let (found, log) = run_until(&qemu, &file, platform, MARKER, "Kernel panic", timeout);
+        assert!(found, "{platform}: no marker within {timeout:?} ({log})");
+    }
 }
 
 /// A 64-bit kernel at 1 MiB that checks its start state and reports on COM1.
@@ -265,6 +277,17 @@ fn elf_kernel_starts_with_the_registers_stack_and_page_tables_it_was_given() {
     let kernel = checking_kernel();
     let file = build_example("elf", "elf-kernel.toml", &[("kernel.elf", &kernel)]);
     let marker = format!("{MARKER}-ELF-OK");
-    let (found, log) = run_until(&qemu, &file, &marker, "WRONG", Duration::from_secs(60));
-    assert!(found, "no {marker} within 60 s ({log})");
+    // Every platform's start state: native VP context, VBS registers, SNP VMSA, TDX reset
+    // page.
+    for platform in ["native", "vbs", "snp", "tdx"] {
+        let (found, log) = run_until(
+            &qemu,
+            &file,
+            platform,
+            &marker,
+            "WRONG",
+            Duration::from_secs(60),
+        );
+        assert!(found, "{platform}: no {marker} within 60 s ({log})");
+    }
 }

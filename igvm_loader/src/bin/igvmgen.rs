@@ -6,12 +6,12 @@
 //!   digests and prints them as JSON. Exit codes: see [`MEASURE_HELP`].
 //! * `igvmgen build --manifest M.toml -o out.igvm` builds an image from a TOML manifest and
 //!   writes `out.igvm`, `out.map` and `out.<platform>.json` per measured platform.
-//! * `igvmgen qemu FILE [--memory MIB] [--accel auto|kvm|tcg] [-- QEMU-ARGS]` runs the
-//!   file's native platform on a stock QEMU (serial console on stdio).
+//! * `igvmgen qemu FILE [--platform native|vbs|snp|tdx] [--memory MIB] [--accel
+//!   auto|kvm|tcg] [-- QEMU-ARGS]` runs the file's native platform (or another platform's
+//!   start state, without isolation) on a stock QEMU (serial console on stdio).
 
 #![forbid(unsafe_code)]
 
-use anyhow::Context as _;
 use anyhow::Result;
 use clap::Parser;
 use clap::Subcommand;
@@ -157,6 +157,9 @@ enum Command {
     Qemu {
         /// The IGVM file.
         file: PathBuf,
+        /// The platform whose start state to run (without its isolation).
+        #[arg(long, value_enum, default_value = "native")]
+        platform: QemuPlatformArg,
         /// The QEMU binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: PathBuf,
@@ -176,6 +179,14 @@ enum Command {
         #[arg(last = true)]
         extra: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QemuPlatformArg {
+    Native,
+    Vbs,
+    Snp,
+    Tdx,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -317,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Qemu {
             file,
+            platform,
             qemu,
             memory,
             accel,
@@ -332,6 +344,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let options = igvm_loader::qemu::RunOptions {
                 file,
+                platform: match platform {
+                    QemuPlatformArg::Native => IsolationType::None,
+                    QemuPlatformArg::Vbs => IsolationType::Vbs,
+                    QemuPlatformArg::Snp => IsolationType::Snp,
+                    QemuPlatformArg::Tdx => IsolationType::Tdx,
+                },
                 qemu,
                 memory_mib: memory,
                 kvm,
@@ -347,7 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 // QEMU replaces igvmgen, so whoever stops igvmgen stops QEMU.
                 use std::os::unix::process::CommandExt;
-                return Err(cmd.exec()).context("starting QEMU");
+                return Err(anyhow::Error::from(cmd.exec()).context("starting QEMU"));
             }
         }
     }

@@ -117,6 +117,41 @@ impl LongModeContext {
     /// have LME (the TDX module sets it and refuses other values), PAT must be the default,
     /// and RFLAGS, MTRRs and FS/GS bases cannot be set.
     pub fn from_tdx_registers(registers: &[X86Register]) -> Result<Self, ContextError> {
+        Self::from_registers(registers, true)
+    }
+
+    /// The start state of a VBS register list, as far as a trampoline can load it: like
+    /// [`Self::from_tdx_registers`], but registers a trampoline cannot set (RFLAGS, PAT,
+    /// MTRRs) are left at their reset values instead of refused.
+    pub fn from_vbs_registers(registers: &[X86Register]) -> Result<Self, ContextError> {
+        Self::from_registers(registers, false)
+    }
+
+    /// The start state of an SNP VMSA, without EFER.SVME (meaningful to SEV hardware only).
+    pub fn from_vmsa(vmsa: &igvm::snp_defs::SevVmsa) -> Result<Self, ContextError> {
+        let ctx = Self {
+            cr0: vmsa.cr0,
+            cr3: vmsa.cr3,
+            cr4: vmsa.cr4,
+            efer: vmsa.efer & !EFER_SVME,
+            gdtr_base: vmsa.gdtr.base,
+            gdtr_limit: vmsa.gdtr.limit as u16,
+            idtr_base: vmsa.idtr.base,
+            idtr_limit: vmsa.idtr.limit as u16,
+            code_selector: vmsa.cs.selector,
+            data_selector: vmsa.ds.selector,
+            task_selector: 0,
+            rip: vmsa.rip,
+            gprs: [
+                vmsa.rax, vmsa.rcx, vmsa.rdx, vmsa.rbx, vmsa.rsp, vmsa.rbp, vmsa.rsi, vmsa.rdi,
+                vmsa.r8, vmsa.r9, vmsa.r10, vmsa.r11, vmsa.r12, vmsa.r13, vmsa.r14, vmsa.r15,
+            ],
+        };
+        ctx.check()?;
+        Ok(ctx)
+    }
+
+    fn from_registers(registers: &[X86Register], tdx: bool) -> Result<Self, ContextError> {
         let mut ctx = Self::default();
         let mut data: Option<u16> = None;
         for reg in registers {
@@ -160,7 +195,8 @@ impl LongModeContext {
                 X86Register::R10(v) => ctx.gprs[10] = v,
                 X86Register::R11(v) => ctx.gprs[11] = v,
                 X86Register::R12(v) => ctx.gprs[12] = v,
-                other => return Err(ContextError::Unsupported(format!("{other:?}"))),
+                other if tdx => return Err(ContextError::Unsupported(format!("{other:?}"))),
+                other => tracing::debug!(register = ?other, "left at its reset value"),
             }
         }
         ctx.data_selector = data.unwrap_or(0);

@@ -122,11 +122,18 @@ fn put(page: &mut [u8], offset: usize, bytes: &[u8]) {
     }
 }
 
-/// Real mode: CS base is 0xFFFF0000, so page offsets are 0xF000 + offset in CS.
-fn real_mode_part() -> Result<Vec<u8>, ContextError> {
+/// Real mode: CS base is 0xFFFF0000, so page offsets are 0xF000 + offset in CS. With
+/// `set_lme`, EFER.LME is set on the way, as a TD starts with it.
+fn real_mode_part(set_lme: bool) -> Result<Vec<u8>, ContextError> {
     let mut a = CodeAssembler::new(16)?;
     a.cli()?;
     a.cld()?;
+    if set_lme {
+        a.mov(ecx, MSR_EFER)?;
+        a.rdmsr()?;
+        a.or(eax, super::EFER_LME as u32)?;
+        a.wrmsr()?;
+    }
     let gdtr = MemoryOperand::with_base_displ_size_bcst_seg(
         Register::None,
         i64::from(0xf000u32 + OFF_TEMP_GDTR as u32),
@@ -271,7 +278,7 @@ pub fn page(ctx: &LongModeContext, entry: Entry) -> Result<Vec<u8>, ContextError
             OFF_REAL,
             OFF_PROT - OFF_REAL,
             "real mode",
-            &real_mode_part()?,
+            &real_mode_part(false)?,
         )?;
     }
     place(
@@ -343,6 +350,42 @@ pub fn page(ctx: &LongModeContext, entry: Entry) -> Result<Vec<u8>, ContextError
 pub fn qemu_bios(ctx: &LongModeContext) -> Result<Vec<u8>, ContextError> {
     let mut bios = vec![0u8; QEMU_BIOS_SIZE - PAGE];
     bios.extend(page(ctx, Entry::RealMode)?);
+    Ok(bios)
+}
+
+/// A 64 KiB BIOS that lets a stock PC run a TDX reset page made by [`page`] with
+/// [`Entry::Tdx`]: a real-mode prologue in the page's unused first slot brings the CPU to
+/// the state a TD starts in (32-bit flat protected mode, EFER.LME set, ESI = 0) and enters
+/// the page's own 32-bit code. Isolation is not emulated, only the start.
+pub fn td_start_emulation_bios(tdx_page: &[u8]) -> Result<Vec<u8>, ContextError> {
+    let foreign = || ContextError::Unsupported("a TDX reset page not made by this crate".into());
+    if tdx_page.len() != PAGE
+        || tdx_page[OFF_REAL..OFF_PROT].iter().any(|&b| b != 0xcc)
+        || tdx_page.get(OFF_RESET) != Some(&0xe9)
+    {
+        return Err(foreign());
+    }
+    let mut page = tdx_page.to_vec();
+    place(
+        &mut page,
+        OFF_REAL,
+        OFF_PROT - OFF_REAL,
+        "real mode",
+        &real_mode_part(true)?,
+    )?;
+    let mut a = CodeAssembler::new(16)?;
+    a.add_instruction(Instruction::with_branch(Code::Jmp_rel16, 0xf000)?)?;
+    let reset = a.assemble(0xfff0)?;
+    page.get_mut(OFF_RESET..).ok_or_else(foreign)?.fill(0xcc);
+    place(
+        &mut page,
+        OFF_RESET,
+        PAGE - OFF_RESET,
+        "reset vector",
+        &reset,
+    )?;
+    let mut bios = vec![0u8; QEMU_BIOS_SIZE - PAGE];
+    bios.extend(page);
     Ok(bios)
 }
 
@@ -453,6 +496,27 @@ mod tests {
             u16::from_le_bytes([p[OFF_FAR_CS + 4], p[OFF_FAR_CS + 5]]),
             c.code_selector
         );
+    }
+
+    #[test]
+    fn td_start_emulation_keeps_the_td_code_and_refuses_foreign_pages() {
+        let tdx = page(&ctx(), Entry::Tdx).unwrap();
+        let bios = td_start_emulation_bios(&tdx).unwrap();
+        let emulated = &bios[QEMU_BIOS_SIZE - PAGE..];
+        // The TD's own code and data are untouched; only the unused real-mode slot and the
+        // reset vector differ.
+        assert_eq!(&emulated[OFF_PROT..OFF_RESET], &tdx[OFF_PROT..OFF_RESET]);
+        let code = decode(emulated, OFF_REAL, 16, 0xf000);
+        assert!(
+            code.iter().any(|i| i.mnemonic() == Mnemonic::Wrmsr),
+            "sets EFER.LME"
+        );
+        let jmp = code.last().unwrap();
+        assert_eq!(jmp.far_branch32(), addr(OFF_PROT));
+        let mut foreign = tdx.clone();
+        foreign[0] = 0x90;
+        assert!(td_start_emulation_bios(&foreign).is_err());
+        assert!(td_start_emulation_bios(&tdx[..100]).is_err());
     }
 
     #[test]
