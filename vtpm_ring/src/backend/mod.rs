@@ -123,9 +123,10 @@ pub enum BackendError {
     /// The engine did not finish the reset within the processing timeout.
     #[error("vTPM reset timed out")]
     ResetTimeout,
-    /// TPM2_Startup after the reset failed with this response code.
-    #[error("TPM2_Startup failed with {0:#x}")]
-    Startup(u32),
+    /// TPM2_Startup after the reset failed with this response code (`None`: the response
+    /// had no TPM header).
+    #[error("TPM2_Startup after the reset failed: {0:?}")]
+    Startup(Option<TpmRc>),
     /// Another device already uses this instance.
     #[error("vTPM instance {0} is already connected")]
     InstanceInUse(u32),
