@@ -555,7 +555,7 @@ async fn serve(
         Transport::V2(_) => Action::Event(Ok(())),
         Transport::V1(_) => Action::Idle,
     };
-    loop {
+    let stop = loop {
         match action {
             Action::Idle => {}
             Action::Response(resp) => {
@@ -563,7 +563,7 @@ async fn serve(
                 cancel_sent = false;
                 respond(shared, conn, &resp);
             }
-            Action::Event(Err(_)) => return Stop::Closed,
+            Action::Event(Err(_)) => break Stop::Closed,
             Action::Event(Ok(())) => {
                 if let Some(req) =
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
@@ -581,7 +581,7 @@ async fn serve(
             }
             Action::OwnChanged(alive) => {
                 if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
-                    return Stop::Gone;
+                    break Stop::Gone;
                 }
             }
             Action::FrontChanged(alive) => {
@@ -595,7 +595,7 @@ async fn serve(
                             | XenbusState::INITIALISING
                     )
                 {
-                    return Stop::Closed;
+                    break Stop::Closed;
                 }
             }
         }
@@ -616,7 +616,18 @@ async fn serve(
                 e = ev => Action::Event(e),
             }
         };
+    };
+    if inflight.is_some() && !cancel_sent {
+        // Nobody waits for that answer any more (its slot went with `inflight`): ask the
+        // engine to stop working on it before the instance is stopped.
+        if let Err(e) = shared
+            .client
+            .post_control(config.instance, ControlOp::CancelCommand)
+        {
+            tracing::warn!(error = %e, "cancel at disconnect not sent");
+        }
     }
+    stop
 }
 
 /// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the
