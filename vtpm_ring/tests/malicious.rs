@@ -334,6 +334,27 @@ mod races {
     use super::*;
 
     #[tokio::test]
+    async fn a_guest_flooding_its_device_directory_neither_grows_the_backends_queue_nor_stalls_it()
+    {
+        let (bed, guest) = start();
+        let store = guest.store();
+        let dir = frontend_dir(guest.id(), 0);
+        let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        // In InitWait the backend watches the frontend's directory; nothing drains that queue
+        // while the guest writes (this thread does not yield).
+        until(|| read_state(&store, &bdir) == XenbusState::INIT_WAIT).await;
+        for i in 0..20 * vtpm_ring::store::MAX_WATCH_EVENTS {
+            store.write(&format!("{dir}/junk"), &i.to_string()).unwrap();
+        }
+        let f = within(Frontend::connect(&guest, FrontendConfig::default()))
+            .await
+            .unwrap();
+        let r = within(f.transmit(&GET_RANDOM_8)).await.unwrap();
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(bed.stats.snapshot().connects, 1);
+    }
+
+    #[tokio::test]
     async fn packet_rewritten_while_the_backend_reads_never_breaks_it() {
         let (bed, guest) = start();
         let raw = Arc::new(Raw::v2(&bed, &guest).await);

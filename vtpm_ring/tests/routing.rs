@@ -17,6 +17,7 @@ use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
+use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::EngineError;
 use vtpm_ring::engine::SimTpm;
 use vtpm_ring::engine::TpmEngine;
@@ -41,12 +42,14 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("bounded wait expired")
 }
 
-/// Holds every GetRandom(8) until released; answers everything else at once.
+/// Holds every GetRandom(8) until released (a cancel does not release it: this engine
+/// answers late whatever it is told); answers everything else at once.
 struct GateEngine {
     inner: SimTpm,
     held: Notify,
     release: Notify,
     answered_4: Notify,
+    canceled: Notify,
 }
 
 #[async_trait]
@@ -62,6 +65,9 @@ impl TpmEngine for GateEngine {
                 self.answered_4.notify_one();
             }
             return reply;
+        }
+        if request == TpmRequest::Control(ControlOp::CancelCommand) {
+            self.canceled.notify_one();
         }
         self.inner.execute(request).await
     }
@@ -80,6 +86,7 @@ fn setup() -> Setup {
         held: Notify::new(),
         release: Notify::new(),
         answered_4: Notify::new(),
+        canceled: Notify::new(),
     });
     let mut manager = VtpmManager::new();
     manager.add_instance(1, engine.clone());
@@ -123,6 +130,8 @@ async fn late_answer_to_a_departed_guest_never_reaches_the_instances_next_guest(
     let _ = pending.await;
     let a = Arc::try_unwrap(a).expect("no other user of A's frontend");
     within(a.close()).await.unwrap();
+    // The backend asked the engine to drop the command nobody waits for any more.
+    within(s.engine.canceled.notified()).await;
     destroy_device(&toolstack, &device(guest_a.id())).unwrap();
     let guest_b = s.host.create_domain(DomainId(3), 32).unwrap();
     create_device(&toolstack, &device(guest_b.id())).unwrap();

@@ -123,9 +123,10 @@ pub enum BackendError {
     /// The engine did not finish the reset within the processing timeout.
     #[error("vTPM reset timed out")]
     ResetTimeout,
-    /// TPM2_Startup after the reset failed with this response code.
-    #[error("TPM2_Startup failed with {0:#x}")]
-    Startup(u32),
+    /// TPM2_Startup after the reset failed with this response code (`None`: the response
+    /// had no TPM header).
+    #[error("TPM2_Startup after the reset failed: {0:?}")]
+    Startup(Option<TpmRc>),
     /// Another device already uses this instance.
     #[error("vTPM instance {0} is already connected")]
     InstanceInUse(u32),
@@ -554,7 +555,7 @@ async fn serve(
         Transport::V2(_) => Action::Event(Ok(())),
         Transport::V1(_) => Action::Idle,
     };
-    loop {
+    let stop = loop {
         match action {
             Action::Idle => {}
             Action::Response(resp) => {
@@ -562,7 +563,7 @@ async fn serve(
                 cancel_sent = false;
                 respond(shared, conn, &resp);
             }
-            Action::Event(Err(_)) => return Stop::Closed,
+            Action::Event(Err(_)) => break Stop::Closed,
             Action::Event(Ok(())) => {
                 if let Some(req) =
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
@@ -580,7 +581,7 @@ async fn serve(
             }
             Action::OwnChanged(alive) => {
                 if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
-                    return Stop::Gone;
+                    break Stop::Gone;
                 }
             }
             Action::FrontChanged(alive) => {
@@ -594,7 +595,7 @@ async fn serve(
                             | XenbusState::INITIALISING
                     )
                 {
-                    return Stop::Closed;
+                    break Stop::Closed;
                 }
             }
         }
@@ -615,7 +616,18 @@ async fn serve(
                 e = ev => Action::Event(e),
             }
         };
+    };
+    if inflight.is_some() && !cancel_sent {
+        // Nobody waits for that answer any more (its slot went with `inflight`): ask the
+        // engine to stop working on it before the instance is stopped.
+        if let Err(e) = shared
+            .client
+            .post_control(config.instance, ControlOp::CancelCommand)
+        {
+            tracing::warn!(error = %e, "cancel at disconnect not sent");
+        }
     }
+    stop
 }
 
 /// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the

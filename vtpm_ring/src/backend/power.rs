@@ -60,7 +60,7 @@ pub(super) async fn power_on(
         // INITIALIZE: the engine starts up by itself on Init (swtpm's startup-clear flag).
         match response_code(&response) {
             Some(TpmRc::SUCCESS | TpmRc::INITIALIZE) => {}
-            rc => return Err(BackendError::Startup(rc.map_or(u32::MAX, |rc| rc.0))),
+            rc => return Err(BackendError::Startup(rc)),
         }
     }
     tracing::debug!(instance, policy = ?config.reset, "vTPM powered on");
