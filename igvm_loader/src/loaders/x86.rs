@@ -82,7 +82,7 @@ pub struct X86Layout {
     pub page_tables_gpa: u64,
     /// GPA of the SNP VMSA page (used on SNP only).
     pub vmsa_gpa: u64,
-    /// The SEV C-bit (CPUID 0x8000001F EBX[5:0], 51 on current EPYC parts), set in the page
+    /// The SEV C-bit (CPUID 0x8000001F EBX bits 5:0, 51 on current EPYC parts), set in the page
     /// tables of SNP images without vTOM so that the kernel's private memory reads as
     /// private. `None`: tables carry no C-bit (SNP images then need vTOM).
     pub snp_c_bit: Option<u8>,
