@@ -373,6 +373,7 @@ pub fn build(
             if let Some(g) = manifest.memory.vmsa {
                 layout.vmsa_gpa = g;
             }
+            layout.snp_c_bit = manifest.memory.snp_c_bit;
             let mut builder = IgvmBuilder::<X86Register>::new();
             for spec in &manifest.platforms {
                 let isolation = spec.kind.isolation();

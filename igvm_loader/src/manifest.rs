@@ -199,6 +199,9 @@ pub struct MemorySpec {
     pub page_tables: Option<u64>,
     /// GPA of the SNP VMSA.
     pub vmsa: Option<u64>,
+    /// SEV C-bit position for SNP page tables without vTOM
+    /// ([`crate::loaders::x86::X86Layout::snp_c_bit`]).
+    pub snp_c_bit: Option<u8>,
 }
 
 /// The platform types.

@@ -96,7 +96,8 @@ impl QemuPlan {
     /// reset page runs as it would in a TD after a BIOS prologue that recreates a TD's
     /// start state ([`trampoline::td_start_emulation_bios`]). Pages load the same for
     /// every platform; nothing is encrypted or measured. This checks that each platform's
-    /// start state boots, not that the platform accepts the file.
+    /// start state boots, not that the platform accepts the file. (An SNP image whose page
+    /// tables carry a C-bit cannot start this way: without SEV the bit is an address bit.)
     pub fn for_platform(file: &IgvmFile, platform: IsolationType) -> Result<Self, QemuError> {
         let wanted = match platform {
             IsolationType::None => IgvmPlatformType::NATIVE,

@@ -531,3 +531,52 @@ fn malformed_payloads_are_refused_naming_file_and_problem() {
         "{err}"
     );
 }
+
+mod properties {
+    use super::*;
+    use igvm_loader::loaders::x86::identity_page_tables;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the memory size, every address below the map translates to itself and
+        /// none above it translates.
+        #[test]
+        fn identity_map_translates_every_address_to_itself(
+            gib in 4u64..=16,
+            offset in any::<u64>(),
+        ) {
+            let size = gib << 30;
+            let base = 0x10000;
+            let tables = identity_page_tables(base, size);
+            let mut mem = BTreeMap::new();
+            for (i, page) in tables.chunks(4096).enumerate() {
+                mem.insert(base / PAGE + i as u64, page.to_vec());
+            }
+            let inside = offset % size;
+            prop_assert_eq!(translate(&mem, base, inside), Some(inside));
+            let outside = size + offset % ((1 << 39) - size);
+            prop_assert_eq!(translate(&mem, base, outside), None);
+        }
+
+        /// The ELF loader never panics on a corrupted kernel, and refuses it or loads it.
+        #[test]
+        fn corrupted_elf_is_refused_or_loaded_never_a_panic(
+            flips in proptest::collection::vec((0usize..0x200, any::<u8>()), 1..8),
+        ) {
+            let mut elf = common::make_elf(
+                2,
+                0x100_0000,
+                &[(0x100_0000, 0x100_0000, vec![0xc3; 0x100], 0x1000, 5)],
+            );
+            for (at, byte) in flips {
+                if let Some(b) = elf.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            let config = ElfConfig::new(Payload::new("fuzzed.elf", &elf), X86Layout::with_memory(64 * MIB));
+            if let Err(e) = load_elf(&mut recorder(IsolationType::None), &config) {
+                prop_assert_eq!(e.file, "fuzzed.elf");
+            }
+        }
+    }
+}

@@ -113,6 +113,40 @@ fn snp_vmsa_always_has_svme_and_reset_defaults() {
 }
 
 #[test]
+fn snp_page_tables_carry_the_c_bit_when_asked_and_other_platforms_never() {
+    let kernel = common::fake_bzimage(8192, 0x20_0000);
+    let tables = |t: IsolationType, c_bit: Option<u8>| {
+        let mut rec =
+            igvm_loader::recording::RecordingImporter::<X86Register>::new(IsolationConfig::new(t));
+        let mut layout = X86Layout::with_memory(64 << 20);
+        layout.snp_c_bit = c_bit;
+        load_linux(
+            &mut rec,
+            &LinuxConfig::new(Payload::new("k", &kernel), layout),
+        )
+        .unwrap();
+        rec.calls()
+            .iter()
+            .find_map(|c| match c {
+                igvm_loader::recording::ImportCall::ImportPages {
+                    debug_tag, data, ..
+                } if debug_tag == "page-tables" => Some(data.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let pml4e = |d: &[u8]| u64::from_le_bytes(d[..8].try_into().unwrap());
+    let pde0 = |d: &[u8]| u64::from_le_bytes(d[0x2000..0x2008].try_into().unwrap());
+    let snp = tables(IsolationType::Snp, Some(51));
+    assert_eq!(pml4e(&snp), 0x11000 | 0x23 | 1 << 51);
+    assert_eq!(pde0(&snp), 0xe3 | 1 << 51);
+    for t in [IsolationType::None, IsolationType::Tdx, IsolationType::Vbs] {
+        assert_eq!(pde0(&tables(t, Some(51))), 0xe3, "{t:?}");
+    }
+    assert_eq!(pde0(&tables(IsolationType::Snp, None)), 0xe3);
+}
+
+#[test]
 fn native_platform_accepts_relocations_tdx_and_snp_refuse_them() {
     for (t, ok) in [
         (IsolationType::None, true),

@@ -13,6 +13,27 @@
 //! - [`x86`]: what the x86 kernel loaders share: the memory map, identity-mapped 4-level
 //!   page tables, the boot GDT and the 64-bit boot registers.
 //!
+//! A loader fills any importer; here a recorder shows what an ELF kernel asks for:
+//!
+//! ```
+//! use igvm_loader::arch::X86Register;
+//! use igvm_loader::importer::{IsolationConfig, IsolationType};
+//! use igvm_loader::loaders::elf::{ElfConfig, load_elf};
+//! use igvm_loader::loaders::{Payload, Problem};
+//! use igvm_loader::loaders::x86::X86Layout;
+//! use igvm_loader::recording::RecordingImporter;
+//!
+//! let mut importer =
+//!     RecordingImporter::<X86Register>::new(IsolationConfig::new(IsolationType::None));
+//! let layout = X86Layout::with_memory(64 << 20);
+//! // Not an ELF file: refused, naming the file and the problem.
+//! let config = ElfConfig::new(Payload::new("kernel.elf", b"MZ not an ELF file at all, no"), layout);
+//! let err = load_elf(&mut importer, &config).unwrap_err();
+//! assert_eq!(err.file, "kernel.elf");
+//! assert!(matches!(err.problem, Problem::BadMagic(_)));
+//! assert!(importer.calls().is_empty(), "nothing imported before the checks pass");
+//! ```
+//!
 //! [`ImageLoad`]: crate::ImageLoad
 //! [`ImageLoad::verify_startup_memory_available`]: crate::ImageLoad::verify_startup_memory_available
 

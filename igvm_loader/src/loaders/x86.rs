@@ -82,6 +82,10 @@ pub struct X86Layout {
     pub page_tables_gpa: u64,
     /// GPA of the SNP VMSA page (used on SNP only).
     pub vmsa_gpa: u64,
+    /// The SEV C-bit (CPUID 0x8000001F EBX bits 5:0, 51 on current EPYC parts), set in the page
+    /// tables of SNP images without vTOM so that the kernel's private memory reads as
+    /// private. `None`: tables carry no C-bit (SNP images then need vTOM).
+    pub snp_c_bit: Option<u8>,
 }
 
 impl X86Layout {
@@ -95,6 +99,7 @@ impl X86Layout {
             gdt_gpa: 0x1000,
             page_tables_gpa: 0x10000,
             vmsa_gpa: 0xe000,
+            snp_c_bit: None,
         }
     }
 
@@ -215,10 +220,15 @@ impl X86Layout {
 /// PML4 at `base`, PDPT at `base + 4 KiB`, then one PD per GiB. `size` is a whole number of
 /// GiB, at most 512 (larger sizes are cut to 512 GiB).
 pub fn identity_page_tables(base: u64, size: u64) -> Vec<u8> {
+    page_tables_with(base, size, 0)
+}
+
+/// [`identity_page_tables`] with `extra` (an encryption bit) ORed into every entry.
+pub fn page_tables_with(base: u64, size: u64, extra: u64) -> Vec<u8> {
     let gibs = (size / GIB).min(MAX_IDENTITY_MAP / GIB);
     let pdpt = base + PAGE_SIZE;
     let mut out = Vec::with_capacity(((2 + gibs) * PAGE_SIZE) as usize);
-    let table = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED;
+    let table = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | extra;
     let mut pml4 = [0u64; 512];
     pml4[0] = pdpt | table;
     let mut pdpt_entries = [0u64; 512];
@@ -228,7 +238,7 @@ pub fn identity_page_tables(base: u64, size: u64) -> Vec<u8> {
     for e in pml4.iter().chain(&pdpt_entries) {
         out.extend_from_slice(&e.to_le_bytes());
     }
-    let leaf = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY | PTE_LARGE;
+    let leaf = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY | PTE_LARGE | extra;
     for gib in 0..gibs {
         for i in 0..512u64 {
             let pa = gib * GIB + i * MIB2;
@@ -272,7 +282,20 @@ pub fn import_long_mode(
             &gdt_bytes(),
         )
         .map_err(fail)?;
-    let tables = identity_page_tables(layout.page_tables_gpa, layout.identity_map_size());
+    let isolation = importer.isolation_config();
+    let c_bit = match (isolation.isolation_type, layout.snp_c_bit) {
+        (IsolationType::Snp, Some(bit)) if isolation.shared_gpa_boundary_bits.is_none() => {
+            if !(32..=63).contains(&bit) {
+                return Err(LoadError::new(
+                    file,
+                    Problem::Invalid(format!("C-bit {bit} is not a physical address bit")),
+                ));
+            }
+            1u64 << bit
+        }
+        _ => 0,
+    };
+    let tables = page_tables_with(layout.page_tables_gpa, layout.identity_map_size(), c_bit);
     importer
         .import_pages(
             layout.page_tables_gpa / PAGE_SIZE,

@@ -345,9 +345,11 @@ impl<M: RingMem> IncomingRing<M> {
         Ok(self.core.load_index(ControlWord::WriteIndex, "write")? == self.head)
     }
 
-    /// Copies the next packet out of the ring and returns a view of it, without consuming it.
+    /// Returns a view of the next packet, without consuming it.
     ///
-    /// `Ok(None)` means the ring is empty. Until [`IncomingRing::commit`], every call returns
+    /// When the last copy is used up, everything the writer has published is copied out of
+    /// the ring in one go; the next packet is validated in that copy. `Ok(None)` means the
+    /// ring is empty. Until [`IncomingRing::commit`], every call returns
     /// the same packet again (from the copy; shared memory is not read twice). Any error
     /// leaves the ring unusable.
     pub fn peek(&mut self) -> Result<Option<PacketView<'_>>, RingError> {
