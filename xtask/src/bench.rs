@@ -53,7 +53,7 @@ struct Figure {
 const FIGURES: &[Figure] = &[
     Figure {
         name: "vmbus 4 KiB packet vs 2x memcpy",
-        measured: "packet_one_thread/write_read/4096",
+        measured: "packet_one_thread/write_peek_commit/4096",
         reference: "packet_one_thread/memcpy_x2/4096",
         goal: Some(1.5),
     },
@@ -77,8 +77,8 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         name: "TDISP command over VMBus vs bare ring round trip",
-        measured: "tdisp_vmbus/command_round_trip",
-        reference: "tdisp_vmbus/bare_ring_round_trip",
+        measured: "vmbus_round_trip/tdisp_negotiate_over_vmbus",
+        reference: "vmbus_round_trip/bare_ring_same_sizes",
         goal: Some(2.0),
     },
 ];
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn figures_pair_measured_with_reference_and_mark_absent() {
         let benches = [
-            result("packet_one_thread/write_read/4096", 300.0),
+            result("packet_one_thread/write_peek_commit/4096", 300.0),
             result("packet_one_thread/memcpy_x2/4096", 200.0),
         ];
         let figures = figures(&benches);
