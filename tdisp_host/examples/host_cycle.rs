@@ -27,6 +27,7 @@ use tdisp_proto::wire::CommandPacket;
 use tdisp_proto::wire::GuestCommand;
 use tdisp_proto::wire::GuestReply;
 use tdisp_proto::wire::ResponsePacket;
+use tdisp_proto::wire::state_seen_by_guest;
 
 const DEVICE: u64 = 1;
 const REQUESTER_ID: u16 = 0x0101;
@@ -58,8 +59,13 @@ fn main() -> Result<(), Box<dyn Error>> {
             device_id: DEVICE,
             command,
         };
-        let reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode()))?;
+        let mut reply = ResponsePacket::decode(&dispatcher.handle(&packet.encode()))?;
         reply.check_answers(&packet.command)?;
+        // The schema has no Error state: the host sends it as UNINITIALIZED ("indeterminate"),
+        // which a guest that has negotiated reads back as Error.
+        let negotiated = !matches!(packet.command, GuestCommand::NegotiateProtocol(_));
+        reply.state_before = state_seen_by_guest(reply.state_before, negotiated);
+        reply.state_after = state_seen_by_guest(reply.state_after, negotiated);
         println!(
             "{:<40} {:?} -> {:?}: {}",
             format!("{command:?}"),
