@@ -246,7 +246,13 @@ impl ElfKernel {
             };
             let run = &mut runs[start];
             let at = (s.gpa - run.0 * PAGE_SIZE) as usize;
-            let bytes = &data[s.offset as usize..(s.offset + s.file_size) as usize];
+            let bytes = usize::try_from(s.offset)
+                .ok()
+                .zip(usize::try_from(s.offset.saturating_add(s.file_size)).ok())
+                .and_then(|(start, end)| data.get(start..end))
+                .ok_or_else(|| {
+                    Problem::Truncated(format!("segment data at {:#x} is past the end", s.offset))
+                })?;
             if run.2.len() < at + bytes.len() {
                 run.2.resize(at + bytes.len(), 0);
             }
