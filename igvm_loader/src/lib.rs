@@ -26,8 +26,10 @@
 //! an x86-64 ELF kernel loader, Linux direct boot of a bzImage, flat firmware and AArch64
 //! `Image`, each written against [`ImageLoad`] only. [`build`] does the whole job from a TOML
 //! [`manifest`] (what `igvmgen build --manifest M.toml -o out.igvm` runs; examples in
-//! `docs/examples/`), and [`qemu`] runs a file's native platform on a stock QEMU (`igvmgen
-//! qemu`), which is how the tests prove that a built image boots.
+//! `docs/examples/`; its measurement JSON follows the manifest's `vmm`, else `igvmgen
+//! measure`'s defaults), and [`qemu`] runs a file's native platform, or another platform's
+//! start state without its isolation, on a stock QEMU (`igvmgen qemu`), which is how the
+//! tests prove that a built image boots.
 //!
 //! Layout: [`importer`] holds the contract and its types, [`arch`] the register sets,
 //! [`vp_context`] the start states reached through generated trampolines (TDX reset page,

@@ -184,3 +184,64 @@ fn build_errors_name_the_file_at_fault() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("linux-direct.toml"));
     assert!(!out.exists(), "nothing is written for a failed build");
 }
+
+#[test]
+fn igvmgen_qemu_refuses_what_it_cannot_start_naming_the_file() {
+    let dir = workspace("firmware.toml", "qemu-refusals");
+    let out = dir.join("fw.igvm");
+    let run = igvmgen(&[
+        "build",
+        "--manifest",
+        dir.join("firmware.toml").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = out.to_str().unwrap();
+    for (platform, needle) in [
+        ("native", "has no native platform"),
+        // The firmware covers the reset vector, where the generated BIOS goes.
+        ("tdx", "overlaps the BIOS window"),
+    ] {
+        let run = igvmgen(&["qemu", file, "--platform", platform, "--dry-run"]);
+        assert!(!run.status.success(), "{platform}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains(file) && err.contains(needle),
+            "{platform}: {err}"
+        );
+    }
+    // A file that is not IGVM at all.
+    let bogus = dir.join("firmware.fd");
+    let run = igvmgen(&["qemu", bogus.to_str().unwrap(), "--dry-run"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("firmware.fd"));
+
+    // A native file gives a command with the BIOS and one loader device per range.
+    let dir = workspace("elf-kernel.toml", "qemu-dry-run");
+    let out = dir.join("elf.igvm");
+    let run = igvmgen(&[
+        "build",
+        "--manifest",
+        dir.join("elf-kernel.toml").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success());
+    let run = igvmgen(&["qemu", out.to_str().unwrap(), "--dry-run", "--accel", "tcg"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let cmd = String::from_utf8_lossy(&run.stdout);
+    assert!(cmd.contains("\"-bios\""), "{cmd}");
+    assert!(cmd.contains("addr=0x1000000,force-raw=on"), "{cmd}");
+    assert!(cmd.contains("\"tcg\""), "{cmd}");
+    // The parameter area stays zero on QEMU, and igvmgen says so.
+    assert!(String::from_utf8_lossy(&run.stderr).contains("parameter area"));
+}

@@ -332,6 +332,68 @@ fn position_independent_elf_moves_and_is_relocatable_only_where_the_context_foll
     assert!(matches!(err.problem, Problem::Unsupported(_)), "{err}");
 }
 
+/// A PIE whose word at 0x200 holds a pointer (addend 0x40) fixed by one RELATIVE
+/// relocation, with `kind` as its relocation type.
+fn pie_with_relocation(kind: u64, rela_size: u64) -> Vec<u8> {
+    let mut image = vec![0x90u8; 0x100];
+    for (offset, info, addend) in [(0x200u64, kind, 0x40u64), (0, 0, 0)] {
+        image.extend_from_slice(&offset.to_le_bytes());
+        image.extend_from_slice(&info.to_le_bytes());
+        image.extend_from_slice(&addend.to_le_bytes());
+    }
+    image.resize(0x208, 0);
+    let mut dynamic = Vec::new();
+    for (tag, val) in [(7u64, 0x100u64), (8, rela_size), (9, 24), (0, 0)] {
+        dynamic.extend_from_slice(&tag.to_le_bytes());
+        dynamic.extend_from_slice(&val.to_le_bytes());
+    }
+    common::make_elf_phdrs(
+        3,
+        0,
+        &[
+            (1, 0, 0, image, 0x1000, 7),
+            (2, 0x800, 0x800, dynamic.clone(), dynamic.len() as u64, 6),
+        ],
+    )
+}
+
+#[test]
+fn position_independent_elf_gets_its_relative_relocations_for_its_load_base() {
+    let elf = pie_with_relocation(8, 48);
+    let mut config = ElfConfig::new(
+        Payload::new("pie.elf", &elf),
+        X86Layout::with_memory(64 * MIB),
+    );
+    config.load_base = Some(0x40_0000);
+    let mut rec = recorder::<X86Register>(IsolationType::Tdx);
+    let kernel = load_elf(&mut rec, &config).unwrap();
+    assert_eq!(kernel.relocations, vec![(0x200, 0x40)]);
+    let mem = memory(rec.calls());
+    assert_eq!(read_u64(&mem, 0x40_0200), 0x40_0040);
+    // At its linked base the pointer is the addend itself.
+    let config = ElfConfig::new(
+        Payload::new("pie.elf", &elf),
+        X86Layout::with_memory(64 * MIB),
+    );
+    let mut rec = recorder::<X86Register>(IsolationType::Tdx);
+    load_elf(&mut rec, &config).unwrap();
+    assert_eq!(read_u64(&memory(rec.calls()), 0x200), 0x40);
+
+    // A symbol relocation (R_X86_64_64) and a table past its segment are refused.
+    for (elf, name) in [
+        (pie_with_relocation(1, 48), "reloc-type.elf"),
+        (pie_with_relocation(8, 48 * 1000), "reloc-size.elf"),
+    ] {
+        let config = ElfConfig::new(Payload::new(name, &elf), X86Layout::with_memory(64 * MIB));
+        let err = load_elf(&mut recorder(IsolationType::None), &config).unwrap_err();
+        assert_names(&err, name);
+        assert!(
+            matches!(err.problem, Problem::Unsupported(_) | Problem::Truncated(_)),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn flat_firmware_ends_at_the_reset_vector() {
     let fw = common::fake_firmware();

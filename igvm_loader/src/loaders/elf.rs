@@ -2,9 +2,11 @@
 //! relocation of position-independent (ET_DYN) kernels.
 //!
 //! Segments that share a page are loaded as one import; segments whose bytes overlap are
-//! refused. An ET_DYN kernel may be loaded at another base ([`ElfConfig::load_base`]), and on
+//! refused. An ET_DYN kernel may be loaded at another base ([`ElfConfig::load_base`]), its
+//! R_X86_64_RELATIVE relocations applied for that base, and on
 //! platforms whose VP context can follow a relocation (native, VBS) the loader also declares
-//! the kernel relocatable so the IGVM loader may move it at launch.
+//! the kernel relocatable so the IGVM loader may move it at launch (the IGVM loader then
+//! adjusts only RIP: such a kernel must relocate itself, as Linux does).
 
 use super::LoadError;
 use super::Payload;
@@ -58,6 +60,8 @@ impl<'a> ElfConfig<'a> {
 pub struct Segment {
     /// Guest physical address (after relocation).
     pub gpa: u64,
+    /// Linked virtual address.
+    pub vaddr: u64,
     /// Bytes in memory (`p_memsz`).
     pub mem_size: u64,
     /// Bytes from the file (`p_filesz`).
@@ -77,6 +81,9 @@ pub struct ElfKernel {
     pub relocatable: bool,
     /// The offset applied to the linked addresses.
     pub bias: u64,
+    /// R_X86_64_RELATIVE relocations `(linked address, addend)` of an ET_DYN kernel,
+    /// applied (as `addend + bias`) to the loaded image.
+    pub relocations: Vec<(u64, i64)>,
 }
 
 impl ElfKernel {
@@ -155,6 +162,7 @@ impl ElfKernel {
             }
             segments.push(Segment {
                 gpa: ph.p_paddr(endian),
+                vaddr,
                 mem_size,
                 file_size,
                 offset,
@@ -205,17 +213,23 @@ impl ElfKernel {
         let entry = (entry_va - entry_vaddr)
             .wrapping_add(entry_paddr)
             .wrapping_add(bias);
+        let relocations = if relocatable {
+            dynamic_relocations(header, endian, data, &segments).map_err(bad)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             segments,
             entry,
             relocatable,
             bias,
+            relocations,
         })
     }
 
     /// The segments grouped into page runs: `(first page, page count, bytes)` with the
-    /// file data in place and zeros elsewhere.
-    fn page_runs(&self, data: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+    /// file data in place, relocations applied, and zeros elsewhere.
+    fn page_runs(&self, data: &[u8]) -> Result<Vec<(u64, u64, Vec<u8>)>, Problem> {
         let mut runs: Vec<(u64, u64, Vec<u8>)> = Vec::new();
         for s in &self.segments {
             let first = s.gpa / PAGE_SIZE;
@@ -232,19 +246,134 @@ impl ElfKernel {
             };
             let run = &mut runs[start];
             let at = (s.gpa - run.0 * PAGE_SIZE) as usize;
-            let bytes = &data[s.offset as usize..(s.offset + s.file_size) as usize];
+            let bytes = usize::try_from(s.offset)
+                .ok()
+                .zip(usize::try_from(s.offset.saturating_add(s.file_size)).ok())
+                .and_then(|(start, end)| data.get(start..end))
+                .ok_or_else(|| {
+                    Problem::Truncated(format!("segment data at {:#x} is past the end", s.offset))
+                })?;
             if run.2.len() < at + bytes.len() {
                 run.2.resize(at + bytes.len(), 0);
             }
             run.2[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        for &(vaddr, addend) in &self.relocations {
+            let gpa = self
+                .segments
+                .iter()
+                .find(|s| {
+                    vaddr >= s.vaddr
+                        && vaddr
+                            .checked_add(8)
+                            .is_some_and(|end| end <= s.vaddr.saturating_add(s.mem_size))
+                })
+                .map(|s| s.gpa + (vaddr - s.vaddr))
+                .ok_or_else(|| {
+                    Problem::Invalid(format!("relocation at {vaddr:#x} is outside every segment"))
+                })?;
+            let run = runs
+                .iter_mut()
+                .find(|r| gpa >= r.0 * PAGE_SIZE && gpa + 8 <= (r.0 + r.1) * PAGE_SIZE)
+                .ok_or_else(|| Problem::Invalid(format!("relocation at {vaddr:#x} not loaded")))?;
+            let at = (gpa - run.0 * PAGE_SIZE) as usize;
+            if run.2.len() < at + 8 {
+                run.2.resize(at + 8, 0);
+            }
+            let value = addend.cast_unsigned().wrapping_add(self.bias);
+            run.2[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
         for run in &mut runs {
             // Trailing zeros are the importer's to supply.
             let keep = run.2.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
             run.2.truncate(keep);
         }
-        runs
+        Ok(runs)
     }
+}
+
+/// `DT_RELR` (compact relative relocations), which `object` 0.37 does not name.
+const DT_RELR: u32 = 36;
+
+/// Largest relocation table accepted (entries): far more than any kernel has, small enough
+/// that a hostile size costs nothing.
+const MAX_RELOCATIONS: u64 = 1 << 20;
+
+/// The R_X86_64_RELATIVE relocations of an ET_DYN file's PT_DYNAMIC RELA table; any other
+/// relocation kind is refused (a kernel has no symbols to bind).
+fn dynamic_relocations(
+    header: &elf::FileHeader64<object::LittleEndian>,
+    endian: object::LittleEndian,
+    data: &[u8],
+    segments: &[Segment],
+) -> std::result::Result<Vec<(u64, i64)>, Problem> {
+    let phdrs = header
+        .program_headers(endian, data)
+        .map_err(|e| Problem::Truncated(format!("program headers: {e}")))?;
+    let mut out = Vec::new();
+    for ph in phdrs.iter().filter(|p| p.p_type(endian) == elf::PT_DYNAMIC) {
+        let dyns = ph
+            .dynamic(endian, data)
+            .map_err(|e| Problem::Truncated(format!("dynamic section: {e}")))?
+            .unwrap_or_default();
+        let (mut rela, mut size, mut entsize) = (None, 0u64, 24u64);
+        for d in dyns {
+            let val = d.d_val.get(endian);
+            match u32::try_from(d.d_tag.get(endian)) {
+                Ok(elf::DT_NULL) => break,
+                Ok(elf::DT_RELA) => rela = Some(val),
+                Ok(elf::DT_RELASZ) => size = val,
+                Ok(elf::DT_RELAENT) => entsize = val,
+                Ok(elf::DT_REL | DT_RELR) if val != 0 => {
+                    return Err(Problem::Unsupported(
+                        "REL/RELR relocations (only RELA is supported)".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let Some(rela) = rela else { continue };
+        if entsize != 24 || !size.is_multiple_of(24) || size / 24 > MAX_RELOCATIONS {
+            return Err(Problem::Invalid(format!(
+                "RELA table of {size:#x} bytes in {entsize}-byte entries"
+            )));
+        }
+        // The table is in a loaded segment's file bytes.
+        let table = segments
+            .iter()
+            .find(|s| rela >= s.vaddr && rela - s.vaddr < s.file_size)
+            .and_then(|s| {
+                let start = s.offset.checked_add(rela - s.vaddr)?;
+                let end = start.checked_add(size)?;
+                if end > s.offset + s.file_size {
+                    return None;
+                }
+                data.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+            })
+            .ok_or_else(|| {
+                Problem::Truncated(format!(
+                    "RELA table at {rela:#x}+{size:#x} is not in the file"
+                ))
+            })?;
+        for e in table.chunks_exact(24) {
+            let word = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&e[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            };
+            let (offset, info, addend) = (word(0), word(1), word(2).cast_signed());
+            match (info & 0xffff_ffff) as u32 {
+                elf::R_X86_64_NONE => {}
+                elf::R_X86_64_RELATIVE => out.push((offset, addend)),
+                t => {
+                    return Err(Problem::Unsupported(format!(
+                        "relocation type {t} at {offset:#x} (only R_X86_64_RELATIVE)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Loads `config` through `importer`.
@@ -261,7 +390,10 @@ pub fn load_elf(
     }
     let fail = |e: crate::Error| LoadError::new(file, e.into());
     layout.declare_ram(importer, file)?;
-    for (page, count, bytes) in kernel.page_runs(config.kernel.data) {
+    let runs = kernel
+        .page_runs(config.kernel.data)
+        .map_err(|p| LoadError::new(file, p))?;
+    for (page, count, bytes) in runs {
         importer
             .import_pages(page, count, "kernel", BootPageAcceptance::Exclusive, &bytes)
             .map_err(fail)?;

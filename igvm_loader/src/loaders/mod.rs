@@ -13,6 +13,13 @@
 //! - [`x86`]: what the x86 kernel loaders share: the memory map, identity-mapped 4-level
 //!   page tables, the boot GDT and the 64-bit boot registers.
 //!
+//! Not done by these loaders (absent, not emulated): accepting or validating guest memory
+//! beyond the imported pages. On TDX and SNP the pages a loader imports are accepted at
+//! launch; the rest of RAM is only declared with `verify_startup_memory_available`, and a
+//! kernel started directly must accept it itself (or be started by a firmware or shim that
+//! does, as TDVF, TD-shim and COCONUT-SVSM do). The QEMU boot tests run the TDX and SNP
+//! start states without isolation, so they prove the start state, not memory acceptance.
+//!
 //! A loader fills any importer; here a recorder shows what an ELF kernel asks for:
 //!
 //! ```

@@ -84,6 +84,18 @@ pub fn fake_bzimage(kernel_len: usize, init_size: u32) -> Vec<u8> {
 /// A little-endian ELF64 x86-64 file with the given PT_LOAD segments
 /// `(paddr, vaddr, file bytes, memsz, flags)` and entry point.
 pub fn make_elf(e_type: u16, entry: u64, segments: &[(u64, u64, Vec<u8>, u64, u32)]) -> Vec<u8> {
+    let with_type: Vec<_> = segments
+        .iter()
+        .map(|(p, v, b, m, f)| (1u32, *p, *v, b.clone(), *m, *f))
+        .collect();
+    make_elf_phdrs(e_type, entry, &with_type)
+}
+
+/// A program header and its file bytes: `(p_type, paddr, vaddr, file bytes, memsz, flags)`.
+pub type Phdr = (u32, u64, u64, Vec<u8>, u64, u32);
+
+/// [`make_elf`] with a program-header type per segment.
+pub fn make_elf_phdrs(e_type: u16, entry: u64, segments: &[Phdr]) -> Vec<u8> {
     let phoff = 64u64;
     let phnum = segments.len() as u64;
     let mut data_off = phoff + 56 * phnum;
@@ -104,8 +116,8 @@ pub fn make_elf(e_type: u16, entry: u64, segments: &[(u64, u64, Vec<u8>, u64, u3
     out.extend_from_slice(&0u16.to_le_bytes()); // shnum
     out.extend_from_slice(&0u16.to_le_bytes()); // shstrndx
     let mut bodies = Vec::new();
-    for (paddr, vaddr, bytes, memsz, flags) in segments {
-        out.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    for (p_type, paddr, vaddr, bytes, memsz, flags) in segments {
+        out.extend_from_slice(&p_type.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&data_off.to_le_bytes());
         out.extend_from_slice(&vaddr.to_le_bytes());
