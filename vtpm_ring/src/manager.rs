@@ -5,8 +5,8 @@
 //! backend strips. Each stream message is one frame (as each read/write of `/dev/vtpm` was).
 //!
 //! Extension for control operations (not in the seed): bit 31 of the prefix marks a control
-//! frame. Its payload is the big-endian swtpm control command number plus its fixed body;
-//! the reply is a big-endian result (0 = success) plus the reply body. Instance ids therefore
+//! frame. Its payload is swtpm's control-channel request, byte for byte ([`crate::engine::ctrl`]);
+//! the reply is swtpm's reply to it (result first, GET_CAPABILITY's bare `u64` aside). Instance ids therefore
 //! stay below 2^31. Locality travels as a `SetLocality` control frame sent before a command
 //! when it changes, the way QEMU drives swtpm. As the seed's frames carry no request id, the
 //! backend matches replies per instance and kind in order.
@@ -17,6 +17,9 @@ use crate::engine::EngineError;
 use crate::engine::TpmEngine;
 use crate::engine::TpmReply;
 use crate::engine::TpmRequest;
+use crate::engine::ctrl;
+use crate::engine::ctrl::CtrlCmd;
+use crate::engine::ctrl::CtrlError;
 use crate::tpm_header::TpmRc;
 use crate::tpm_header::error_response;
 use futures::StreamExt;
@@ -129,86 +132,34 @@ impl Frame {
     }
 }
 
-fn be32(bytes: &[u8], at: usize) -> Result<u32, FrameError> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or(FrameError::Truncated(bytes.len()))
-}
+// The control payloads are swtpm's control-channel bytes: `engine::ctrl` owns that format.
 
-/// Encodes a control request payload.
-pub fn encode_control(op: ControlOp) -> Vec<u8> {
-    let mut out = op.code().to_be_bytes().to_vec();
-    match op {
-        ControlOp::Init { delete_volatile } => {
-            out.extend_from_slice(&u32::from(delete_volatile).to_be_bytes());
-        }
-        ControlOp::SetLocality(l) | ControlOp::ResetTpmEstablished(l) => {
-            out.extend_from_slice(&[l, 0, 0, 0]);
-        }
-        ControlOp::Shutdown
-        | ControlOp::Stop
-        | ControlOp::CancelCommand
-        | ControlOp::GetTpmEstablished => {}
-    }
-    out
+/// Encodes a control request payload (swtpm's control-channel request bytes).
+pub fn encode_control(op: &ControlOp) -> Vec<u8> {
+    ctrl::encode_request(op)
 }
 
 /// Decodes a control request payload.
 pub fn decode_control(payload: &[u8]) -> Result<ControlOp, FrameError> {
-    let code = be32(payload, 0)?;
-    let byte = || {
-        payload
-            .get(4)
-            .copied()
-            .ok_or(FrameError::Truncated(payload.len()))
-    };
-    Ok(match code {
-        2 => ControlOp::Init {
-            delete_volatile: be32(payload, 4)? & 1 != 0,
-        },
-        3 => ControlOp::Shutdown,
-        4 => ControlOp::GetTpmEstablished,
-        5 => ControlOp::SetLocality(byte()?),
-        9 => ControlOp::CancelCommand,
-        0xb => ControlOp::ResetTpmEstablished(byte()?),
-        0xe => ControlOp::Stop,
-        other => return Err(FrameError::UnknownControl(other)),
+    ctrl::decode_request(payload).map_err(|e| match e {
+        CtrlError::Unknown(cmd) | CtrlError::NotCarried(cmd) => FrameError::UnknownControl(cmd.0),
+        _ => FrameError::Truncated(payload.len()),
     })
 }
 
-/// Encodes a control reply payload (`result` 0 on success).
-pub fn encode_control_reply(reply: Result<ControlReply, EngineError>) -> Vec<u8> {
-    match reply {
-        Ok(ControlReply::Done) => 0u32.to_be_bytes().to_vec(),
-        Ok(ControlReply::TpmEstablished(b)) => {
-            let mut out = 0u32.to_be_bytes().to_vec();
-            out.extend_from_slice(&[u8::from(b), 0, 0, 0]);
-            out
-        }
-        // TPM_FAIL, as swtpm reports a failed control command.
-        Err(_) => TpmRc::FAILURE.0.to_be_bytes().to_vec(),
-    }
+/// Encodes the reply payload to control command `cmd` (swtpm's reply bytes: result first,
+/// then the reply's data; failures carry the engine's swtpm result code).
+pub fn encode_control_reply(cmd: CtrlCmd, reply: Result<ControlReply, EngineError>) -> Vec<u8> {
+    ctrl::encode_reply(cmd, &reply)
 }
 
 /// Decodes a control reply payload for `op`.
-pub fn decode_control_reply(op: ControlOp, payload: &[u8]) -> Result<ControlReply, FrameError> {
-    let result = be32(payload, 0)?;
-    if result != 0 {
-        return Err(FrameError::ControlFailed(result));
+pub fn decode_control_reply(op: &ControlOp, payload: &[u8]) -> Result<ControlReply, FrameError> {
+    match ctrl::decode_reply(op.cmd(), payload) {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(rc)) => Err(FrameError::ControlFailed(rc.0)),
+        Err(_) => Err(FrameError::Truncated(payload.len())),
     }
-    Ok(match op {
-        ControlOp::GetTpmEstablished => ControlReply::TpmEstablished(
-            payload
-                .get(4)
-                .copied()
-                .ok_or(FrameError::Truncated(payload.len()))?
-                & 1
-                != 0,
-        ),
-        _ => ControlReply::Done,
-    })
 }
 
 /// Most replies one instance may owe per kind (commands, control).
@@ -302,7 +253,7 @@ impl MuxClient {
     pub fn post_control(&self, instance: u32, op: ControlOp) -> Result<(), FrameError> {
         let frame = Frame::Control {
             instance,
-            payload: encode_control(op),
+            payload: encode_control(&op),
         };
         self.enqueue(instance, frame, true, None)
     }
@@ -313,12 +264,12 @@ impl MuxClient {
             instance,
             Frame::Control {
                 instance,
-                payload: encode_control(op),
+                payload: encode_control(&op),
             },
             true,
         )?;
         let payload = rx.await.map_err(|_| FrameError::Closed)?;
-        decode_control_reply(op, &payload)
+        decode_control_reply(&op, &payload)
     }
 }
 
@@ -452,22 +403,29 @@ async fn handle_frame(
             )
         }
         Frame::Control { instance, payload } => {
-            let reply = match (decode_control(&payload), engines.get(&instance)) {
+            let cmd = payload
+                .first_chunk::<4>()
+                .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+            let reply = match (ctrl::decode_request(&payload), engines.get(&instance)) {
                 (Ok(op), Some(engine)) => {
+                    let locality = match op {
+                        ControlOp::SetLocality(l) => Some(l),
+                        _ => None,
+                    };
                     let result = engine.control(op).await;
-                    if let (ControlOp::SetLocality(l), Ok(_)) = (op, &result) {
+                    if let (Some(l), Ok(_)) = (locality, &result) {
                         localities
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .insert(instance, l);
                     }
-                    encode_control_reply(result)
+                    encode_control_reply(cmd, result)
                 }
                 (Err(e), _) => {
                     tracing::warn!(instance, error = %e, "bad control frame");
-                    encode_control_reply(Err(EngineError::Failed(e.to_string())))
+                    encode_control_reply(cmd, Err(EngineError::Refused(e.result_code())))
                 }
-                (_, None) => encode_control_reply(Err(EngineError::NotRunning)),
+                (_, None) => encode_control_reply(cmd, Err(EngineError::NotRunning)),
             };
             Some(
                 Frame::Control {
@@ -515,7 +473,7 @@ mod tests {
             ControlOp::GetTpmEstablished,
             ControlOp::ResetTpmEstablished(4),
         ] {
-            assert_eq!(decode_control(&encode_control(op)).unwrap(), op);
+            assert_eq!(decode_control(&encode_control(&op)).unwrap(), op);
         }
         assert_eq!(
             decode_control(&[0, 0, 0, 0x42]).unwrap_err(),
