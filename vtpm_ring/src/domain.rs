@@ -4,6 +4,10 @@
 //! channels and the store. A [`Domain`] handle is the capability to act *as* that domain: it
 //! can touch its own memory, grant its pages, map pages granted to it, bind event channels and
 //! talk to the store with its own permissions. Nothing else reaches another domain's memory.
+//!
+//! Privilege is held by types: a `Domain` never yields its `Host`, and dom0 (the toolstack)
+//! is not a `Domain` at all. Its powers (writing anywhere in the store, creating devices) come
+//! only from a [`Toolstack`], which only [`Host::toolstack`] makes.
 
 use crate::event::EventChannel;
 use crate::event::EventError;
@@ -61,6 +65,9 @@ pub enum DomainError {
         /// Pages asked for.
         pages: usize,
     },
+    /// The id is reserved (dom0 acts only through a [`Toolstack`]).
+    #[error("domain id {0} is reserved")]
+    Reserved(DomainId),
     /// All pages of the domain are allocated.
     #[error("domain {0} has no free page")]
     OutOfPages(DomainId),
@@ -117,6 +124,9 @@ impl Host {
     /// Creates domain `id` with `pages` pages of memory at guest physical address 0, and its
     /// store home `/local/domain/<id>` owned by it.
     pub fn create_domain(&self, id: DomainId, pages: usize) -> Result<Domain, DomainError> {
+        if id == DomainId::DOM0 {
+            return Err(DomainError::Reserved(id));
+        }
         let mut domains = self
             .inner
             .domains
@@ -146,9 +156,11 @@ impl Host {
         })
     }
 
-    /// The store, as seen by `domain` (with its permissions).
-    pub fn store_as(&self, domain: DomainId) -> StoreHandle {
-        self.inner.store.connect(domain)
+    /// The toolstack's powers (dom0 in the store).
+    pub fn toolstack(&self) -> Toolstack {
+        Toolstack {
+            store: self.inner.store.connect(DomainId::DOM0),
+        }
     }
 
     fn domain(&self, id: DomainId) -> Result<Arc<DomainInner>, DomainError> {
@@ -162,7 +174,31 @@ impl Host {
     }
 }
 
+/// The toolstack's capability: dom0's access to the store, for creating and removing devices
+/// (see [`crate::xenbus::create_device`]). Only the host side gets one, from [`Host::toolstack`].
+#[derive(Clone, Debug)]
+pub struct Toolstack {
+    store: StoreHandle,
+}
+
+impl Toolstack {
+    /// The store as dom0.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+}
+
 /// The capability to act as one domain.
+///
+/// It reaches only what that domain may: its memory, its grants, its event channels and the
+/// store with its own permissions. It cannot reach the [`Host`] that made it:
+///
+/// ```compile_fail
+/// use vtpm_ring::domain::{DomainId, Host};
+/// let host = Host::new();
+/// let guest = host.create_domain(DomainId(2), 1).unwrap();
+/// let _escaped: &Host = guest.host();
+/// ```
 #[derive(Clone)]
 pub struct Domain {
     inner: Arc<DomainInner>,
@@ -182,11 +218,6 @@ impl Domain {
     /// This domain's id.
     pub fn id(&self) -> DomainId {
         self.inner.id
-    }
-
-    /// The host this domain runs on.
-    pub fn host(&self) -> &Host {
-        &self.host
     }
 
     /// This domain's own memory.
@@ -319,7 +350,7 @@ impl Domain {
 
     /// The store, with this domain's permissions.
     pub fn store(&self) -> StoreHandle {
-        self.host.store_as(self.id())
+        self.host.inner.store.connect(self.id())
     }
 }
 
@@ -339,6 +370,27 @@ mod tests {
         assert_eq!(buf, [0; 5]);
         a.own_page(Gfn(0)).unwrap().read(0, &mut buf).unwrap();
         assert_eq!(&buf, b"alpha");
+    }
+
+    #[test]
+    fn dom0_is_never_a_domain_handle() {
+        let host = Host::new();
+        assert_eq!(
+            host.create_domain(DomainId::DOM0, 1).unwrap_err(),
+            DomainError::Reserved(DomainId::DOM0)
+        );
+    }
+
+    #[test]
+    fn a_guest_store_handle_acts_only_as_the_guest() {
+        let host = Host::new();
+        let guest = host.create_domain(DomainId(2), 1).unwrap();
+        let store = guest.store();
+        assert_eq!(store.domain(), DomainId(2));
+        assert!(store.write("/tool/x", "1").is_err());
+        assert!(store.write("/local/domain/3/x", "1").is_err());
+        host.toolstack().store().write("/tool/x", "1").unwrap();
+        assert!(store.read("/tool/x").is_err());
     }
 
     #[test]

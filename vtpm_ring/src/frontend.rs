@@ -6,6 +6,7 @@
 //! [`Frontend::cancel`] asks to cancel the command under way. Unlike Linux's driver, an
 //! oversize or inconsistent response is an error, never silently truncated.
 
+use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainError;
 use crate::domain::DomainId;
@@ -38,6 +39,7 @@ use futures::select_biased;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use thiserror::Error;
 use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
@@ -49,16 +51,28 @@ pub struct FrontendConfig {
     pub handle: u32,
     /// Protocol versions the frontend is willing to use.
     pub protocols: Protocols,
-    /// v2 extra pages beyond the shared page (1 lets a 4 KiB command fit).
+    /// v2 extra pages beyond the shared page. The default, 0, is the layout Linux
+    /// xen-tpmfront and mini-os use: packets up to 4088 bytes, starting at offset 8 of the one
+    /// shared page. Multi-page packets are an explicit option (1 lets a 4 KiB command fit);
+    /// the backend accepts up to [`BackendConfig::max_extra_pages`](crate::backend::BackendConfig).
     pub extra_pages: u8,
+    /// How long to wait for the backend (each handshake step, each command); past it the
+    /// call fails with [`FrontendError::Timeout`]. Longer than the backend's own processing
+    /// timeout by default, so a slow engine shows as the backend's TPM_RC_FAILURE and only a
+    /// silent backend as a timeout. `None` waits forever.
+    pub timeout: Option<Duration>,
 }
+
+/// Default [`FrontendConfig::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl Default for FrontendConfig {
     fn default() -> Self {
         Self {
             handle: 0,
             protocols: Protocols::default(),
-            extra_pages: 1,
+            extra_pages: 0,
+            timeout: Some(DEFAULT_TIMEOUT),
         }
     }
 }
@@ -104,6 +118,10 @@ pub enum FrontendError {
     /// The command was canceled before the backend answered.
     #[error("command canceled")]
     Canceled,
+    /// The backend did not answer in time. A command that timed out is canceled; the next
+    /// call first waits (within the timeout again) for the backend to finish with it.
+    #[error("the backend did not answer in time")]
+    Timeout,
     /// Locality out of range (0..=4).
     #[error("locality {0} out of range")]
     BadLocality(u8),
@@ -138,6 +156,7 @@ pub struct Frontend {
     io: Mutex<IoState>,
     locality: AtomicU8,
     in_flight: AtomicBool,
+    timeout: Option<Duration>,
     cancel: Signal,
 }
 
@@ -153,15 +172,21 @@ impl std::fmt::Debug for Frontend {
 async fn wait_backend(
     store: &StoreHandle,
     backend_dir: &str,
+    timeout: Option<Duration>,
     done: impl Fn(XenbusState) -> Option<Result<(), FrontendError>>,
 ) -> Result<(), FrontendError> {
     let mut watch = store.watch(backend_dir)?;
-    loop {
-        if let Some(r) = done(read_state(store, backend_dir)) {
-            return r;
+    let wait = async {
+        loop {
+            if let Some(r) = done(read_state(store, backend_dir)) {
+                return r;
+            }
+            watch.next().await.ok_or(FrontendError::WatchEnded)?;
         }
-        watch.next().await.ok_or(FrontendError::WatchEnded)?;
-    }
+    };
+    deadline::within(timeout, wait)
+        .await
+        .unwrap_or(Err(FrontendError::Timeout))
 }
 
 /// Revokes grants and frees pages; a page whose grant is still mapped is kept out of reuse.
@@ -189,15 +214,11 @@ impl Frontend {
         let backend_dir = store.read(&format!("{dir}/{}", keys::BACKEND))?;
         let backend = DomainId(store.read_num(&format!("{dir}/{}", keys::BACKEND_ID))?);
         write_state(&store, &dir, XenbusState::INITIALISING)?;
-        let error_key = format!("{backend_dir}/{}", keys::ERROR);
-        wait_backend(&store, &backend_dir, |s| match s {
-            XenbusState::INIT_WAIT => Some(Ok(())),
-            XenbusState::CLOSED | XenbusState::CLOSING
-                if store.try_read(&error_key).ok().flatten().is_some() =>
-            {
-                Some(Err(FrontendError::BackendRefused(s)))
-            }
-            _ => None,
+        // A backend that refused an earlier attempt still shows Closed (with its reason)
+        // until it sees this new one; it refuses only once the frontend has published, so
+        // here anything but InitWait is just "not yet".
+        wait_backend(&store, &backend_dir, config.timeout, |s| {
+            (s == XenbusState::INIT_WAIT).then_some(Ok(()))
         })
         .await?;
         let peer_v2 = store
@@ -270,6 +291,7 @@ impl Frontend {
             io: Mutex::new(IoState::default()),
             locality: AtomicU8::new(0),
             in_flight: AtomicBool::new(false),
+            timeout: config.timeout,
             cancel: Signal::default(),
         };
         let published = (|| -> Result<(), StoreError> {
@@ -296,7 +318,7 @@ impl Frontend {
             frontend.teardown()?;
             return Err(e.into());
         }
-        let connected = wait_backend(&store, &backend_dir, |s| match s {
+        let connected = wait_backend(&store, &backend_dir, config.timeout, |s| match s {
             XenbusState::CONNECTED => Some(Ok(())),
             XenbusState::CLOSING | XenbusState::CLOSED => {
                 Some(Err(FrontendError::BackendRefused(s)))
@@ -362,15 +384,27 @@ impl Frontend {
             });
         }
         self.cancel.reset();
-        let result = match &self.transport {
-            Transport::V2(page) => self.transmit_v2(page, command).await,
-            Transport::V1 {
-                ring,
-                data,
-                entries,
-            } => {
-                self.transmit_v1(&mut io, ring, data, entries, command)
-                    .await
+        let exchange = async {
+            match &self.transport {
+                Transport::V2(page) => self.transmit_v2(page, command).await,
+                Transport::V1 {
+                    ring,
+                    data,
+                    entries,
+                } => {
+                    self.transmit_v1(&mut io, ring, data, entries, command)
+                        .await
+                }
+            }
+        };
+        let result = match deadline::within(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(deadline::Elapsed) => {
+                tracing::warn!(dir = self.dir, "vTPM backend did not answer in time");
+                if self.in_flight.load(Ordering::Acquire) {
+                    self.abandon();
+                }
+                Err(FrontendError::Timeout)
             }
         };
         self.in_flight.store(false, Ordering::Release);
@@ -379,6 +413,21 @@ impl Frontend {
             return Err(FrontendError::BadResponse);
         }
         Ok(response)
+    }
+
+    /// Gives up on the command under way after a timeout. v2 asks the backend to cancel it;
+    /// v1 has no cancel and remembers the answer is still owed. Either way the next command
+    /// first waits for the backend to be done with this one.
+    fn abandon(&self) {
+        if let Transport::V2(page) = &self.transport {
+            let canceled = page
+                .set_state(V2State::CANCEL)
+                .map_err(FrontendError::from)
+                .and_then(|()| Ok(self.event.notify()?));
+            if let Err(e) = canceled {
+                tracing::warn!(error = %e, "cancel after timeout not sent");
+            }
+        }
     }
 
     async fn transmit_v2(
@@ -390,7 +439,7 @@ impl Frontend {
         while matches!(page.state()?, V2State::SUBMIT | V2State::CANCEL) {
             self.event.wait().await?;
         }
-        page.write_packet(command, self.locality.load(Ordering::Relaxed))?;
+        page.write_command(command, self.locality.load(Ordering::Relaxed))?;
         self.in_flight.store(true, Ordering::Release);
         page.set_state(V2State::SUBMIT)?;
         self.event.notify()?;
@@ -454,7 +503,7 @@ impl Frontend {
     /// grants, Closed. The device can be connected again afterwards.
     pub async fn close(self) -> Result<(), FrontendError> {
         write_state(&self.store, &self.dir, XenbusState::CLOSING)?;
-        wait_backend(&self.store, &self.backend_dir, |s| {
+        wait_backend(&self.store, &self.backend_dir, self.timeout, |s| {
             matches!(s, XenbusState::CLOSED | XenbusState::INIT_WAIT).then_some(Ok(()))
         })
         .await?;

@@ -3,16 +3,20 @@
 //!
 //! The pieces, bottom up:
 //! - [`domain`]: a [`Host`](domain::Host) (the hypervisor) and its domains, each with its own
-//!   `vm-memory` address space; a [`Domain`](domain::Domain) handle is the right to act as it.
+//!   `vm-memory` address space; a [`Domain`](domain::Domain) handle is the right to act as it,
+//!   and nothing more: dom0's powers need the [`Toolstack`](domain::Toolstack) capability,
+//!   which only the host side gets.
 //! - [`page`], [`grant`]: pages, and the grant table that lets exactly one other domain map a
 //!   page read-only or read-write until revoked (refused while mapped).
 //! - [`event`]: inter-domain event channels (bind, notify, async wait, close).
-//! - [`store`], [`xenbus`]: hierarchical keys with per-domain permissions and watches; the
-//!   xenbus states and the seed's device layout.
+//! - [`store`], [`xenbus`]: hierarchical keys with per-domain permissions, quotas and bounded
+//!   watch queues; the xenbus states and the seed's device layout.
 //! - [`protocol`]: the v1 multi-page ring of seed 004 and the v2 shared page of current Xen.
 //! - [`frontend`]: the guest driver (`transmit`, locality, cancel: what `/dev/tpm0` offers).
 //! - [`backend`]: serves every frontend, validates every request, answers malformed ones
-//!   itself, and multiplexes all instances onto one stream ([`manager`]) to the engines.
+//!   itself, resets the TPM for every connection, bounds the engine's processing time, and
+//!   multiplexes all instances onto one stream ([`manager`]) to the engines, where replies are
+//!   matched by tag, never by order.
 //! - [`engine`]: the [`TpmEngine`](engine::TpmEngine) trait (commands and control
 //!   operations), [`SwtpmEngine`](engine::SwtpmEngine) (one swtpm process per instance, state
 //!   on disk, control channel as QEMU drives it) and [`SimTpm`](engine::SimTpm), an in-process
@@ -56,6 +60,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+mod deadline;
 pub mod domain;
 pub mod engine;
 pub mod event;

@@ -220,13 +220,13 @@ impl VtpmStack {
         // The toolstack writes every device before the backend starts watching: a backend
         // that sees a half-written device could announce InitWait before the toolstack's
         // own write of the initial state lands on top of it.
-        let dom0 = host.store_as(DomainId::DOM0);
+        let toolstack = host.toolstack();
         let mut domains = Vec::with_capacity(instances.len());
         for (i, &instance) in (0u16..).zip(&instances) {
             let domain = DomainId(2 + i);
             let guest = host.create_domain(domain, 64)?;
             create_device(
-                &dom0,
+                &toolstack,
                 &VtpmDevice {
                     backend: BACKEND_DOMAIN,
                     frontend: domain,

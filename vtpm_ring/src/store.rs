@@ -1,13 +1,15 @@
 //! A xenstore-like store: hierarchical keys, per-domain permissions and watches.
 //!
 //! Every node has an owner, a default permission for other domains and an access list. The
-//! owner and dom0 may do anything; others get what the access list (or the default) says.
+//! owner and dom0 may do anything (but only dom0 may change a node's owner); others get what
+//! the access list (or the default) says. Nodes count against their owner's quota.
 //! Creating a node needs write permission on the nearest existing ancestor; the new node copies
 //! its parent's permissions with the creator as owner. So a guest, which owns only
 //! `/local/domain/<id>`, writes only there unless someone granted it more.
 //!
 //! Watches deliver the path of every node changed at or below the watched path (plus one
 //! initial event on registration, as Xen does), only to domains allowed to read the node.
+//! Each watch queues a bounded number of events (see [`Watch`]).
 //! Transactions are not implemented.
 
 use crate::domain::DomainId;
@@ -18,6 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
 use thiserror::Error;
@@ -30,6 +34,9 @@ pub const MAX_VALUE_LEN: usize = 4096;
 pub const MAX_NODES_PER_DOMAIN: usize = 1000;
 /// Most watches one domain may hold.
 pub const MAX_WATCHES_PER_DOMAIN: usize = 128;
+/// Most events one watch queues before further events collapse into one (XSA-349: a guest
+/// writing nodes must not grow the memory of whoever watches them).
+pub const MAX_WATCH_EVENTS: usize = 64;
 
 /// What a domain may do with a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +146,9 @@ struct WatchReg {
     id: u64,
     domain: DomainId,
     path: String,
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::Sender<String>,
+    /// Set when an event was dropped because the queue was full.
+    overflow: Arc<AtomicBool>,
 }
 
 struct StoreState {
@@ -148,7 +157,7 @@ struct StoreState {
     next_watch: u64,
 }
 
-/// The store (the host owns one; domains reach it through a [`StoreHandle`]).
+/// The store (the host owns one; domains reach it through a [`StoreHandle`] acting as them).
 #[derive(Clone)]
 pub struct Store {
     state: Arc<Mutex<StoreState>>,
@@ -206,8 +215,9 @@ impl Store {
         }
     }
 
-    /// A connection acting as `domain`.
-    pub fn connect(&self, domain: DomainId) -> StoreHandle {
+    /// A connection acting as `domain`: only the host makes them, through a domain's or the
+    /// toolstack's handle.
+    pub(crate) fn connect(&self, domain: DomainId) -> StoreHandle {
         StoreHandle {
             store: self.clone(),
             domain,
@@ -239,13 +249,23 @@ impl StoreState {
     }
 
     /// Queues a watch event for `changed` to every matching watch whose domain could read it.
+    /// A full queue drops the event and marks the watch overflowed instead.
     fn fire(&mut self, changed: &str, readable_by: impl Fn(DomainId) -> bool) {
         self.watches.retain(|w| !w.tx.is_closed());
-        for w in &self.watches {
+        for w in &mut self.watches {
             if is_at_or_below(changed, &w.path) && readable_by(w.domain) {
-                let _ = w.tx.unbounded_send(changed.to_string());
+                queue_event(w, changed);
             }
         }
+    }
+}
+
+fn queue_event(w: &mut WatchReg, path: &str) {
+    if let Err(e) = w.tx.try_send(path.to_string())
+        && e.is_full()
+        && !w.overflow.swap(true, Ordering::AcqRel)
+    {
+        tracing::debug!(domain = %w.domain, watch = w.path, "watch queue full; events collapse");
     }
 }
 
@@ -469,7 +489,9 @@ impl StoreHandle {
         Ok(node.perms.clone())
     }
 
-    /// Replaces a node's permissions; only its owner or dom0 may.
+    /// Replaces a node's permissions; only its owner or dom0 may, and only dom0 may change the
+    /// owner (as xenstored rules): a guest that could hand its nodes to another domain would
+    /// escape its node quota and charge the nodes to the other domain.
     pub fn set_perms(&self, path: &str, perms: Perms) -> Result<(), StoreError> {
         let path = self.resolve(path)?;
         let mut state = self.store.lock();
@@ -479,6 +501,9 @@ impl StoreHandle {
             .ok_or(StoreError::NotFound(path.clone()))?;
         if self.domain != DomainId::DOM0 && node.perms.owner != self.domain {
             return Err(self.denied("change permissions of", &path));
+        }
+        if self.domain != DomainId::DOM0 && perms.owner != node.perms.owner {
+            return Err(self.denied("change the owner of", &path));
         }
         node.perms = perms.clone();
         state.fire(&path, |d| perms.of(d).can_read());
@@ -500,35 +525,52 @@ impl StoreHandle {
         {
             return Err(StoreError::Quota(self.domain));
         }
-        let (tx, rx) = mpsc::unbounded();
-        let _ = tx.unbounded_send(path.clone());
+        // The channel holds its buffer plus one slot per sender.
+        let (tx, rx) = mpsc::channel(MAX_WATCH_EVENTS - 1);
+        let overflow = Arc::new(AtomicBool::new(false));
         let id = state.next_watch;
         state.next_watch = state.next_watch.wrapping_add(1);
-        state.watches.push(WatchReg {
+        let mut reg = WatchReg {
             id,
             domain: self.domain,
-            path,
+            path: path.clone(),
             tx,
-        });
+            overflow: overflow.clone(),
+        };
+        queue_event(&mut reg, &path);
+        state.watches.push(reg);
         Ok(Watch {
             rx,
             id,
+            path,
+            overflow,
             store: self.store.clone(),
         })
     }
 }
 
 /// A registered watch: a stream of changed paths. Dropping it unregisters.
+///
+/// At most [`MAX_WATCH_EVENTS`] events wait in its queue; events beyond that are dropped, and
+/// once the queue is drained the watch yields its own path once, meaning "something at or
+/// below changed: read again". Consumers therefore treat events as hints, never as a log.
 pub struct Watch {
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::Receiver<String>,
     id: u64,
+    path: String,
+    overflow: Arc<AtomicBool>,
     store: Store,
 }
 
 impl Stream for Watch {
     type Item = String;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        Pin::new(&mut self.rx).poll_next(cx)
+        match Pin::new(&mut self.rx).poll_next(cx) {
+            Poll::Pending if self.overflow.swap(false, Ordering::AcqRel) => {
+                Poll::Ready(Some(self.path.clone()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -553,13 +595,13 @@ mod tests {
 
     fn setup() -> (Host, StoreHandle, StoreHandle, StoreHandle) {
         let host = Host::new();
-        host.create_domain(DomainId(1), 1).unwrap();
-        host.create_domain(DomainId(2), 1).unwrap();
+        let a = host.create_domain(DomainId(1), 1).unwrap();
+        let b = host.create_domain(DomainId(2), 1).unwrap();
         (
             host.clone(),
-            host.store_as(DomainId::DOM0),
-            host.store_as(DomainId(1)),
-            host.store_as(DomainId(2)),
+            host.toolstack().store().clone(),
+            a.store(),
+            b.store(),
         )
     }
 
@@ -629,6 +671,48 @@ mod tests {
                 b.set_perms("/local/domain/1/n", Perms::private(DomainId(2)))
                     .is_err()
             );
+        }
+
+        #[test]
+        fn only_dom0_changes_a_nodes_owner() {
+            let (_, dom0, a, _) = setup();
+            a.write("n", "v").unwrap();
+            assert!(matches!(
+                a.set_perms("n", Perms::private(DomainId(2))),
+                Err(StoreError::PermissionDenied { .. })
+            ));
+            assert_eq!(a.get_perms("n").unwrap().owner, DomainId(1));
+            // The owner still changes who else may access it.
+            a.set_perms(
+                "n",
+                Perms::private(DomainId(1)).with(DomainId(2), Perm::Read),
+            )
+            .unwrap();
+            dom0.set_perms("/local/domain/1/n", Perms::private(DomainId(2)))
+                .unwrap();
+            assert_eq!(
+                dom0.get_perms("/local/domain/1/n").unwrap().owner,
+                DomainId(2)
+            );
+        }
+
+        #[test]
+        fn giving_nodes_away_does_not_escape_the_quota() {
+            let (_, _, a, _) = setup();
+            let mut created = 0;
+            for i in 0..2 * MAX_NODES_PER_DOMAIN {
+                let node = format!("flood/{i}");
+                if a.write(&node, "x").is_err() {
+                    break;
+                }
+                created += 1;
+                // Hand the node to domain 2 while keeping full access to it.
+                let _ = a.set_perms(
+                    &node,
+                    Perms::private(DomainId(2)).with(DomainId(1), Perm::Both),
+                );
+            }
+            assert!(created < MAX_NODES_PER_DOMAIN, "created {created} nodes");
         }
 
         #[test]
@@ -733,6 +817,42 @@ mod tests {
                 w.next().now_or_never().flatten().as_deref(),
                 Some("/local/domain/1/n")
             );
+        }
+
+        #[test]
+        fn a_guest_writing_nodes_cannot_grow_a_watchers_queue() {
+            let (_, dom0, a, _) = setup();
+            let mut w = dom0.watch("/local/domain/1").unwrap();
+            for i in 0..20 * MAX_WATCH_EVENTS {
+                a.write("n", &i.to_string()).unwrap();
+            }
+            let mut queued = 0;
+            while let Some(Some(_)) = w.next().now_or_never() {
+                queued += 1;
+            }
+            // The bound, plus one event standing for everything dropped.
+            assert!(queued <= MAX_WATCH_EVENTS + 1, "{queued} events queued");
+            // Drained, the watch delivers again.
+            a.write("n", "again").unwrap();
+            assert_eq!(
+                w.next().now_or_never().flatten().as_deref(),
+                Some("/local/domain/1/n")
+            );
+        }
+
+        #[test]
+        fn an_overflowing_watch_still_reports_a_change() {
+            let (_, dom0, a, _) = setup();
+            let mut w = dom0.watch("/local/domain/1").unwrap();
+            for i in 0..2 * MAX_WATCH_EVENTS {
+                a.write(&format!("k{i}"), "v").unwrap();
+            }
+            let mut events = Vec::new();
+            while let Some(Some(e)) = w.next().now_or_never() {
+                events.push(e);
+            }
+            // Events were lost, so the last one names the watched path: re-read everything.
+            assert_eq!(events.last().map(String::as_str), Some("/local/domain/1"));
         }
 
         use futures::FutureExt;

@@ -109,13 +109,13 @@ impl Testbed {
             instance,
             uuid: Uuid::from_u128(u128::from(instance)),
         };
-        create_device(&self.host.store_as(DomainId::DOM0), &dev)?;
+        create_device(&self.host.toolstack(), &dev)?;
         Ok(dev)
     }
 
     /// The toolstack removes a device.
     pub fn remove_device(&self, dev: &VtpmDevice) -> Result<(), StoreError> {
-        destroy_device(&self.host.store_as(DomainId::DOM0), dev)
+        destroy_device(&self.host.toolstack(), dev)
     }
 }
 

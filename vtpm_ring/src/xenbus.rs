@@ -7,6 +7,7 @@
 //!   `{backend-id, backend, ring-ref, event-channel, feature-protocol-v2, state}`
 
 use crate::domain::DomainId;
+use crate::domain::Toolstack;
 use crate::store::Perm;
 use crate::store::Perms;
 use crate::store::StoreError;
@@ -109,8 +110,25 @@ pub struct VtpmDevice {
 }
 
 /// The toolstack (dom0) side: creates both device directories with Xen's permissions: each
-/// side owns its directory and the other side may read it.
-pub fn create_device(dom0: &StoreHandle, dev: &VtpmDevice) -> Result<(), StoreError> {
+/// side owns its directory and the other side may read it. It needs the [`Toolstack`]
+/// capability; a guest's store handle does not do:
+///
+/// ```compile_fail
+/// use vtpm_ring::domain::{DomainId, Host};
+/// use vtpm_ring::xenbus::{create_device, VtpmDevice};
+/// let host = Host::new();
+/// let guest = host.create_domain(DomainId(2), 1).unwrap();
+/// let dev = VtpmDevice {
+///     backend: DomainId(1),
+///     frontend: DomainId(2),
+///     handle: 0,
+///     instance: 1,
+///     uuid: uuid::Uuid::nil(),
+/// };
+/// create_device(&guest.store(), &dev).unwrap();
+/// ```
+pub fn create_device(toolstack: &Toolstack, dev: &VtpmDevice) -> Result<(), StoreError> {
+    let dom0 = toolstack.store();
     let back = backend_dir(dev.backend, dev.frontend, dev.handle);
     let front = frontend_dir(dev.frontend, dev.handle);
     let back_perms = Perms::private(dev.backend).with(dev.frontend, Perm::Read);
@@ -144,7 +162,8 @@ pub fn create_device(dom0: &StoreHandle, dev: &VtpmDevice) -> Result<(), StoreEr
 }
 
 /// The toolstack removes a device (both directories).
-pub fn destroy_device(dom0: &StoreHandle, dev: &VtpmDevice) -> Result<(), StoreError> {
+pub fn destroy_device(toolstack: &Toolstack, dev: &VtpmDevice) -> Result<(), StoreError> {
+    let dom0 = toolstack.store();
     dom0.rm(&backend_dir(dev.backend, dev.frontend, dev.handle))?;
     dom0.rm(&frontend_dir(dev.frontend, dev.handle))
 }
@@ -157,9 +176,8 @@ mod tests {
     #[test]
     fn toolstack_layout_gives_each_side_its_own_directory() {
         let host = Host::new();
-        for d in [1, 2] {
-            host.create_domain(DomainId(d), 1).unwrap();
-        }
+        let back_domain = host.create_domain(DomainId(1), 1).unwrap();
+        let front_domain = host.create_domain(DomainId(2), 1).unwrap();
         let dev = VtpmDevice {
             backend: DomainId(1),
             frontend: DomainId(2),
@@ -167,9 +185,9 @@ mod tests {
             instance: 7,
             uuid: Uuid::nil(),
         };
-        create_device(&host.store_as(DomainId::DOM0), &dev).unwrap();
-        let back = host.store_as(DomainId(1));
-        let front = host.store_as(DomainId(2));
+        create_device(&host.toolstack(), &dev).unwrap();
+        let back = back_domain.store();
+        let front = front_domain.store();
         let bdir = backend_dir(dev.backend, dev.frontend, 0);
         let fdir = frontend_dir(dev.frontend, 0);
         assert_eq!(front.read(&format!("{bdir}/instance")).unwrap(), "7");
@@ -185,8 +203,7 @@ mod tests {
     #[test]
     fn garbage_state_reads_unknown() {
         let host = Host::new();
-        host.create_domain(DomainId(1), 1).unwrap();
-        let s = host.store_as(DomainId(1));
+        let s = host.create_domain(DomainId(1), 1).unwrap().store();
         s.write("dev/state", "banana").unwrap();
         assert_eq!(read_state(&s, "dev"), XenbusState::UNKNOWN);
     }

@@ -45,10 +45,12 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("bounded wait expired")
 }
 
-/// Takes 1 s over its first command unless canceled, like a TPM busy generating a key.
+/// Takes 1 s over its first GetRandom unless canceled, like a TPM busy generating a key.
 struct SlowEngine {
     inner: SimTpm,
     commands: AtomicU32,
+    /// Notified when the slow command has started.
+    started: Notify,
     cancel: Notify,
     cancels: AtomicU32,
 }
@@ -57,8 +59,9 @@ struct SlowEngine {
 impl TpmEngine for SlowEngine {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         match request {
-            TpmRequest::Command { command, locality } => {
+            TpmRequest::Command { command, locality } if command == GET_RANDOM_8 => {
                 let delay = if self.commands.fetch_add(1, Ordering::Relaxed) == 0 {
+                    self.started.notify_one();
                     Duration::from_secs(1)
                 } else {
                     Duration::ZERO
@@ -89,6 +92,7 @@ async fn setup(protocols: Protocols) -> (Arc<SlowEngine>, Arc<Frontend>) {
     let engine = Arc::new(SlowEngine {
         inner: SimTpm::started(),
         commands: AtomicU32::new(0),
+        started: Notify::new(),
         cancel: Notify::new(),
         cancels: AtomicU32::new(0),
     });
@@ -98,7 +102,7 @@ async fn setup(protocols: Protocols) -> (Arc<SlowEngine>, Arc<Frontend>) {
     tokio::spawn(manager.serve(m));
     tokio::spawn(Backend::new(back, b, BackendConfig::default()).run());
     create_device(
-        &host.store_as(DomainId::DOM0),
+        &host.toolstack(),
         &VtpmDevice {
             backend: DomainId(1),
             frontend: guest.id(),
@@ -123,7 +127,7 @@ async fn v2_cancel_reaches_the_engine_and_ends_the_command() {
         let front = front.clone();
         tokio::spawn(async move { front.transmit(&GET_RANDOM_8).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within(engine.started.notified()).await;
     front.cancel().unwrap();
     let r = within(pending).await.unwrap();
     // The backend finished with the engine's answer to the cancel.
@@ -138,7 +142,7 @@ async fn v1_cancel_returns_at_once_and_the_late_answer_is_drained() {
         let front = front.clone();
         tokio::spawn(async move { front.transmit(&GET_RANDOM_8).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within(engine.started.notified()).await;
     front.cancel().unwrap();
     assert_eq!(
         within(pending).await.unwrap().unwrap_err(),

@@ -165,9 +165,12 @@ mod lifecycle {
         let v1 = within(Frontend::connect(&g1, frontend_config(Protocols::V1_ONLY)))
             .await
             .unwrap();
-        let v2 = within(Frontend::connect(&g2, frontend_config(Protocols::V2_ONLY)))
-            .await
-            .unwrap();
+        // Multi-page v2 packets are an explicit option: one extra page holds 4 KiB.
+        let v2_config = FrontendConfig {
+            extra_pages: 1,
+            ..frontend_config(Protocols::V2_ONLY)
+        };
+        let v2 = within(Frontend::connect(&g2, v2_config)).await.unwrap();
         // A 4 KiB command the engine does not implement: it must arrive whole (the engine
         // answers TPM_RC_COMMAND_CODE, not TPM_RC_COMMAND_SIZE).
         let mut big = vec![0u8; 4096];
@@ -177,6 +180,26 @@ mod lifecycle {
             assert_eq!(response_code(&r), Some(TpmRc::COMMAND_CODE));
         }
         assert_eq!(bed.stats.snapshot().malformed, 0);
+    }
+
+    #[tokio::test]
+    async fn v2_defaults_to_the_single_shared_page_linux_and_mini_os_use() {
+        let bed = start(BackendConfig::default(), &[1]);
+        let guest = bed.add_guest(DomainId(2)).unwrap();
+        bed.add_device(guest.id(), 0, 1).unwrap();
+        let front = within(Frontend::connect(&guest, FrontendConfig::default()))
+            .await
+            .unwrap();
+        assert_eq!(front.protocol(), ProtocolVersion::V2);
+        // nr_extra_pages = 0: the packet starts at offset 8 of the one shared page.
+        assert_eq!(front.max_packet(), vtpm_ring::page::PAGE_SIZE - 8);
+        get_random(&front).await;
+        // A command that needs a second page is refused before it reaches the ring.
+        let big = vec![0u8; front.max_packet() + 1];
+        assert!(matches!(
+            within(front.transmit(&big)).await,
+            Err(FrontendError::CommandTooLarge { .. })
+        ));
     }
 
     #[tokio::test]

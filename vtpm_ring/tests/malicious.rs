@@ -210,6 +210,18 @@ mod lying_sizes {
     }
 
     #[tokio::test]
+    async fn backend_writes_only_length_and_state_never_the_locality() {
+        let (bed, guest) = start();
+        let raw = Raw::v2(&bed, &guest).await;
+        raw.pages[0].write(5, &[3]).unwrap();
+        raw.submit_v2(&GET_RANDOM_8, 12);
+        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        // The locality byte is the frontend's: still what it wrote.
+        assert_eq!(raw.pages[0].load_u8(5).unwrap(), 3);
+        assert_eq!(bed.engines[&1].last_locality(), 3);
+    }
+
+    #[tokio::test]
     async fn v1_sizes_that_do_not_add_up_get_command_size() {
         let (bed, guest) = start();
         let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);
@@ -320,6 +332,27 @@ mod grant_enforcement {
 
 mod races {
     use super::*;
+
+    #[tokio::test]
+    async fn a_guest_flooding_its_device_directory_neither_grows_the_backends_queue_nor_stalls_it()
+    {
+        let (bed, guest) = start();
+        let store = guest.store();
+        let dir = frontend_dir(guest.id(), 0);
+        let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        // In InitWait the backend watches the frontend's directory; nothing drains that queue
+        // while the guest writes (this thread does not yield).
+        until(|| read_state(&store, &bdir) == XenbusState::INIT_WAIT).await;
+        for i in 0..20 * vtpm_ring::store::MAX_WATCH_EVENTS {
+            store.write(&format!("{dir}/junk"), &i.to_string()).unwrap();
+        }
+        let f = within(Frontend::connect(&guest, FrontendConfig::default()))
+            .await
+            .unwrap();
+        let r = within(f.transmit(&GET_RANDOM_8)).await.unwrap();
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(bed.stats.snapshot().connects, 1);
+    }
 
     #[tokio::test]
     async fn packet_rewritten_while_the_backend_reads_never_breaks_it() {

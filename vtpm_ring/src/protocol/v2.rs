@@ -142,8 +142,20 @@ impl<P: PageIo> V2Page<P> {
         Ok(self.shared()?.store_u8(STATE_OFFSET, state.0)?)
     }
 
-    /// Writes a packet and its length (not the state).
-    pub fn write_packet(&self, packet: &[u8], locality: u8) -> Result<(), RingError> {
+    /// Frontend: writes a command, its length and its locality (not the state).
+    pub fn write_command(&self, packet: &[u8], locality: u8) -> Result<(), RingError> {
+        self.write_body(packet)?;
+        self.shared()?.write(LOCALITY_OFFSET, &[locality])?;
+        Ok(())
+    }
+
+    /// Backend: writes a response and its length (not the state). The locality byte stays
+    /// the frontend's: the backend writes only length and state in the shared page.
+    pub fn write_response(&self, packet: &[u8]) -> Result<(), RingError> {
+        self.write_body(packet)
+    }
+
+    fn write_body(&self, packet: &[u8]) -> Result<(), RingError> {
         if packet.len() > self.capacity() {
             return Err(RingError::TooLarge {
                 len: packet.len(),
@@ -151,10 +163,9 @@ impl<P: PageIo> V2Page<P> {
             });
         }
         PageSpan::new(&self.pages).write(packet_offset(self.nr_extra), packet)?;
-        let shared = self.shared()?;
         // Bounded by capacity above, far below 4 GiB.
-        shared.write(0, &(packet.len() as u32).to_le_bytes())?;
-        shared.write(LOCALITY_OFFSET, &[locality])?;
+        self.shared()?
+            .write(0, &(packet.len() as u32).to_le_bytes())?;
         Ok(())
     }
 
@@ -230,7 +241,7 @@ mod tests {
     #[test]
     fn nr_extra_pages_rewritten_by_the_peer_changes_nothing() {
         let v = page_set(1);
-        v.write_packet(&[1; 100], 0).unwrap();
+        v.write_command(&[1; 100], 0).unwrap();
         v.pages()[0].write(7, &[200]).unwrap();
         assert_eq!(v.capacity(), capacity(1));
         assert_eq!(v.read_packet().unwrap().0, vec![1; 100]);
@@ -251,9 +262,17 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
+        fn a_response_leaves_the_locality_byte_alone(loc in 0u8..=255, data in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            let v = page_set(0);
+            v.write_command(&[0; 10], loc).unwrap();
+            v.write_response(&data).unwrap();
+            prop_assert_eq!(v.read_packet().unwrap(), (data, loc));
+        }
+
+        #[test]
         fn packets_round_trip_across_pages(extra in 0usize..3, data in proptest::collection::vec(any::<u8>(), 0..12000), loc in 0u8..5) {
             let v = page_set(extra);
-            let r = v.write_packet(&data, loc);
+            let r = v.write_command(&data, loc);
             if data.len() <= v.capacity() {
                 prop_assert!(r.is_ok());
                 let (back, l) = v.read_packet().unwrap();

@@ -7,18 +7,32 @@
 //! the bytes received), and answers malformed requests itself with a TPM error response. Good
 //! requests go to the vTPM manager over the one multiplexed stream ([`crate::manager`]),
 //! prefixed with the device's instance id. A cancel always ends in FINISH (the response, if
-//! the command was under way) or IDLE (nothing was).
+//! the command was under way) or IDLE (nothing was). Every connection starts on a freshly
+//! reset TPM and ends by stopping it (the policy is in `power`, see [`ResetPolicy`]). An
+//! engine that takes longer than [`BackendConfig::processing_timeout`] costs the frontend a
+//! TPM_RC_FAILURE response, never silence. A connection holds its instance while connected:
+//! a second device on a connected instance is refused (Closed, with the reason under
+//! `error`), and every refusal clears once the frontend tries again.
+//!
+//! Each protocol's shared-memory side is its own module (`v1`, `v2`); this module holds the
+//! one state machine that drives either.
 
+mod power;
+mod v1;
+mod v2;
+
+pub use power::ResetPolicy;
+
+use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainId;
 use crate::engine::ControlOp;
 use crate::event::EventChannel;
 use crate::event::EventError;
 use crate::event::Port;
-use crate::grant::GrantAccess;
 use crate::grant::GrantError;
 use crate::grant::GrantRef;
-use crate::grant::MappedPage;
+use crate::manager::FrameError;
 use crate::manager::MuxClient;
 use crate::manager::MuxRouter;
 use crate::manager::StreamEnd;
@@ -26,10 +40,6 @@ use crate::manager::mux;
 use crate::protocol::ProtocolVersion;
 use crate::protocol::Protocols;
 use crate::protocol::RingError;
-use crate::protocol::v1;
-use crate::protocol::v2;
-use crate::protocol::v2::V2Page;
-use crate::protocol::v2::V2State;
 use crate::store::StoreError;
 use crate::store::StoreHandle;
 use crate::store::Watch;
@@ -53,15 +63,28 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use thiserror::Error;
 use tracing::Instrument;
+
+/// Default [`BackendConfig::processing_timeout`]: ample for the slowest TPM commands (RSA key
+/// generation in a software TPM takes seconds).
+pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Backend settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Protocol versions offered.
     pub protocols: Protocols,
-    /// Most v2 extra pages a frontend may bring.
+    /// How each connection's TPM is reset (see [`ResetPolicy`]).
+    pub reset: ResetPolicy,
+    /// How long the engine may take over one request (a command, or a reset step); past it
+    /// the frontend gets TPM_RC_FAILURE (the original tpmback answered TPM_FAIL after a
+    /// timeout), the engine is asked to cancel, and the late answer is dropped. `None`
+    /// waits forever.
+    pub processing_timeout: Option<Duration>,
+    /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
+    /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
 }
 
@@ -69,7 +92,9 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             protocols: Protocols::default(),
-            max_extra_pages: v2::MAX_EXTRA_PAGES,
+            reset: ResetPolicy::default(),
+            processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
+            max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
         }
     }
 }
@@ -92,6 +117,16 @@ pub enum BackendError {
     /// Frontend and backend share no protocol version.
     #[error("no protocol version in common with the frontend")]
     NoCommonProtocol,
+    /// The instance's TPM could not be reset for a new connection.
+    #[error("vTPM reset failed: {0}")]
+    Reset(FrameError),
+    /// The engine did not finish the reset within the processing timeout.
+    #[error("vTPM reset timed out")]
+    ResetTimeout,
+    /// TPM2_Startup after the reset failed with this response code (`None`: the response
+    /// had no TPM header).
+    #[error("TPM2_Startup after the reset failed: {0:?}")]
+    Startup(Option<TpmRc>),
     /// Another device already uses this instance.
     #[error("vTPM instance {0} is already connected")]
     InstanceInUse(u32),
@@ -100,6 +135,7 @@ pub enum BackendError {
 /// Counters of what the backend did (all devices).
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    devices: AtomicU64,
     connects: AtomicU64,
     disconnects: AtomicU64,
     failed_connects: AtomicU64,
@@ -113,6 +149,8 @@ pub struct BackendStats {
 /// A copy of [`BackendStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
+    /// Devices being served now (a gauge: each holds its instance until its directory goes).
+    pub devices: u64,
     /// Connections established.
     pub connects: u64,
     /// Connections torn down.
@@ -136,6 +174,7 @@ impl BackendStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
+            devices: g(&self.devices),
             connects: g(&self.connects),
             disconnects: g(&self.disconnects),
             failed_connects: g(&self.failed_connects),
@@ -255,19 +294,53 @@ fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, St
     })
 }
 
+/// The protocol a device speaks, each in its own module; this module decides what to do.
 enum Transport {
-    V1 {
-        ring: MappedPage,
-        /// The ring as copied for the request under way: its refs name the response pages.
-        snapshot: Option<v1::Ring>,
-    },
-    V2(V2Page<MappedPage>),
+    // Boxed: the ring snapshot makes it far larger than v2's view.
+    V1(Box<v1::V1Transport>),
+    V2(v2::V2Transport),
+}
+
+/// What a doorbell announced, as the protocol module read it from shared memory.
+enum Doorbell {
+    /// Nothing to act on.
+    Nothing,
+    /// A command, copied out of shared memory (not validated yet).
+    Request { packet: Vec<u8>, locality: u8 },
+    /// The shared layout does not describe a packet.
+    Malformed(RingError),
+    /// v2: cancel the command under way.
+    Cancel,
+    /// v2: cancel with nothing under way.
+    CancelIdle,
+}
+
+impl Transport {
+    fn doorbell(&mut self, busy: bool) -> Doorbell {
+        match self {
+            Transport::V1(t) => t.doorbell(busy),
+            Transport::V2(t) => t.doorbell(busy),
+        }
+    }
+
+    fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
+        match self {
+            Transport::V1(t) => t.write_response(response),
+            Transport::V2(t) => t.write_response(response),
+        }
+    }
+
+    fn answered(&mut self) {
+        match self {
+            Transport::V1(t) => t.answered(),
+            Transport::V2(_) => {}
+        }
+    }
 }
 
 struct Connection {
     event: EventChannel,
     transport: Transport,
-    frontend: DomainId,
 }
 
 /// Why serving stopped.
@@ -279,9 +352,11 @@ enum Stop {
 /// Runs one device until its directory disappears; returns the directory.
 async fn device(shared: Arc<Shared>, dir: String) -> String {
     let span = tracing::info_span!("vtpm_backend", dir = %dir);
+    BackendStats::bump(&shared.stats.devices);
     if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
         tracing::warn!(dir, error = %e, "vTPM device stopped");
     }
+    shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
     dir
 }
 
@@ -309,27 +384,38 @@ async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
             }
         }
     };
-    let inserted = shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(config.instance);
-    if !inserted {
-        store.write(
-            &format!("{dir}/{}", keys::ERROR),
-            "instance already connected",
-        )?;
-        write_state(store, dir, XenbusState::CLOSED)?;
-        while exists() && own.next().await.is_some() {}
-        return Err(BackendError::InstanceInUse(config.instance));
+    serve_device(shared, dir, &config, &mut own).await
+}
+
+/// A connection's hold on its instance: one connection per instance at a time.
+struct Claim<'a> {
+    shared: &'a Shared,
+    instance: u32,
+}
+
+impl<'a> Claim<'a> {
+    fn take(shared: &'a Shared, instance: u32) -> Result<Self, BackendError> {
+        let inserted = shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance);
+        if inserted {
+            Ok(Self { shared, instance })
+        } else {
+            Err(BackendError::InstanceInUse(instance))
+        }
     }
-    let result = serve_device(shared, dir, &config, &mut own).await;
-    shared
-        .instances
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&config.instance);
-    result
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.instance);
+    }
 }
 
 async fn serve_device(
@@ -359,14 +445,25 @@ async fn serve_device(
                 return Ok(());
             }
         }
-        match connect(shared, config) {
-            Ok(mut conn) => {
+        let connected = async {
+            let claim = Claim::take(shared, config.instance)?;
+            let conn = connect(shared, config)?;
+            power::power_on(&shared.client, config.instance, &shared.config).await?;
+            Ok::<_, BackendError>((claim, conn))
+        }
+        .await;
+        match connected {
+            Ok((claim, mut conn)) => {
                 BackendStats::bump(&shared.stats.connects);
                 write_state(store, dir, XenbusState::CONNECTED)?;
                 tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
                 let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
+                // Stopped before the instance is free and before Closed, so the next
+                // connection's Init always comes after this Stop.
+                power::power_off(&shared.client, config.instance, &shared.config).await;
+                drop(claim);
                 BackendStats::bump(&shared.stats.disconnects);
                 if matches!(stop, Stop::Gone) {
                     return Ok(());
@@ -405,7 +502,7 @@ async fn serve_device(
 fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, BackendError> {
     let store = &shared.store;
     let fdir = &config.front_dir;
-    let ring_ref: u32 = store.read_num(&format!("{fdir}/{}", keys::RING_REF))?;
+    let ring_ref = GrantRef(store.read_num(&format!("{fdir}/{}", keys::RING_REF))?);
     let port: u32 = store.read_num(&format!("{fdir}/{}", keys::EVENT_CHANNEL))?;
     let peer_v2 = store
         .try_read(&format!("{fdir}/{}", keys::FEATURE_V2))?
@@ -417,32 +514,21 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
         .ok_or(BackendError::NoCommonProtocol)?;
     let domain = &shared.domain;
     let transport = match version {
-        ProtocolVersion::V2 => {
-            let page =
-                domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?;
-            let refs = v2::read_extra_refs(&page, shared.config.max_extra_pages)?;
-            let mut pages = vec![page];
-            for r in refs {
-                pages.push(domain.map_grant(
-                    config.frontend,
-                    GrantRef(r),
-                    GrantAccess::ReadWrite,
-                )?);
-            }
-            Transport::V2(V2Page::new(pages)?)
-        }
-        ProtocolVersion::V1 => Transport::V1 {
-            ring: domain.map_grant(config.frontend, GrantRef(ring_ref), GrantAccess::ReadWrite)?,
-            snapshot: None,
-        },
+        ProtocolVersion::V2 => Transport::V2(v2::V2Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+            shared.config.max_extra_pages,
+        )?),
+        ProtocolVersion::V1 => Transport::V1(Box::new(v1::V1Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+        )?)),
     };
     let event = domain.bind_interdomain(config.frontend, Port(port))?;
     tracing::debug!(?version, "protocol negotiated");
-    Ok(Connection {
-        event,
-        transport,
-        frontend: config.frontend,
-    })
+    Ok(Connection { event, transport })
 }
 
 enum Action {
@@ -463,14 +549,13 @@ async fn serve(
 ) -> Stop {
     let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
     let mut cancel_sent = false;
-    let mut locality_sent: Option<u8> = None;
     // v2: a request may have been submitted before we bound the channel, and the state byte
     // says so. v1 has no such state: only a notification announces a request.
     let mut action = match conn.transport {
         Transport::V2(_) => Action::Event(Ok(())),
-        Transport::V1 { .. } => Action::Idle,
+        Transport::V1(_) => Action::Idle,
     };
-    loop {
+    let stop = loop {
         match action {
             Action::Idle => {}
             Action::Response(resp) => {
@@ -478,42 +563,25 @@ async fn serve(
                 cancel_sent = false;
                 respond(shared, conn, &resp);
             }
-            Action::Event(Err(_)) => return Stop::Closed,
+            Action::Event(Err(_)) => break Stop::Closed,
             Action::Event(Ok(())) => {
                 if let Some(req) =
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
                 {
-                    let client = shared.client.clone();
-                    let instance = config.instance;
                     let (cmd, locality) = req;
-                    let set_locality = locality_sent != Some(locality);
-                    locality_sent = Some(locality);
                     BackendStats::bump(&shared.stats.requests);
-                    inflight = Some(Box::pin(async move {
-                        if set_locality
-                            && let Err(e) = client
-                                .control(instance, ControlOp::SetLocality(locality))
-                                .await
-                        {
-                            tracing::warn!(instance, error = %e, "set locality failed");
-                        }
-                        match client.command(instance, cmd).await {
-                            Ok(r) if validate_response(&r) => r,
-                            Ok(_) => {
-                                tracing::warn!(instance, "malformed response from the manager");
-                                error_response(TpmRc::FAILURE)
-                            }
-                            Err(e) => {
-                                tracing::warn!(instance, error = %e, "manager request failed");
-                                error_response(TpmRc::FAILURE)
-                            }
-                        }
-                    }));
+                    inflight = Some(forward(
+                        shared.client.clone(),
+                        config.instance,
+                        cmd,
+                        locality,
+                        shared.config.processing_timeout,
+                    ));
                 }
             }
             Action::OwnChanged(alive) => {
                 if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
-                    return Stop::Gone;
+                    break Stop::Gone;
                 }
             }
             Action::FrontChanged(alive) => {
@@ -527,7 +595,7 @@ async fn serve(
                             | XenbusState::INITIALISING
                     )
                 {
-                    return Stop::Closed;
+                    break Stop::Closed;
                 }
             }
         }
@@ -548,7 +616,51 @@ async fn serve(
                 e = ev => Action::Event(e),
             }
         };
+    };
+    if inflight.is_some() && !cancel_sent {
+        // Nobody waits for that answer any more (its slot went with `inflight`): ask the
+        // engine to stop working on it before the instance is stopped.
+        if let Err(e) = shared
+            .client
+            .post_control(config.instance, ControlOp::CancelCommand)
+        {
+            tracing::warn!(error = %e, "cancel at disconnect not sent");
+        }
     }
+    stop
+}
+
+/// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the
+/// frontend always gets an answer.
+fn forward(
+    client: MuxClient,
+    instance: u32,
+    command: Vec<u8>,
+    locality: u8,
+    timeout: Option<Duration>,
+) -> BoxFuture<'static, Vec<u8>> {
+    Box::pin(async move {
+        let answer = deadline::within(timeout, client.command(instance, command, locality)).await;
+        match answer {
+            Ok(Ok(r)) if validate_response(&r) => r,
+            Ok(Ok(_)) => {
+                tracing::warn!(instance, "malformed response from the manager");
+                error_response(TpmRc::FAILURE)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(instance, error = %e, "manager request failed");
+                error_response(TpmRc::FAILURE)
+            }
+            Err(deadline::Elapsed) => {
+                // The request's slot went with the future: its late answer will be dropped.
+                tracing::warn!(instance, ?timeout, "engine did not answer in time");
+                if let Err(e) = client.post_control(instance, ControlOp::CancelCommand) {
+                    tracing::warn!(instance, error = %e, "cancel after timeout not sent");
+                }
+                error_response(TpmRc::FAILURE)
+            }
+        }
+    })
 }
 
 fn validate_response(r: &[u8]) -> bool {
@@ -564,81 +676,36 @@ fn on_event(
     cancel_sent: &mut bool,
 ) -> Option<(Vec<u8>, u8)> {
     let stats = &shared.stats;
-    match &mut conn.transport {
-        Transport::V2(page) => {
-            let state = match page.state() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read shared page state");
-                    return None;
-                }
-            };
-            match (state, busy) {
-                (V2State::SUBMIT, false) => {
-                    let (packet, locality) = match page.read_packet() {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "request does not fit the shared pages");
-                            BackendStats::bump(&stats.malformed);
-                            respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
-                            return None;
-                        }
-                    };
-                    check_request(shared, conn, packet, locality)
-                }
-                (V2State::CANCEL, true) => {
-                    if !*cancel_sent {
-                        *cancel_sent = true;
-                        BackendStats::bump(&stats.cancels);
-                        if let Err(e) = shared
-                            .client
-                            .post_control(config.instance, ControlOp::CancelCommand)
-                        {
-                            tracing::warn!(error = %e, "cancel not forwarded");
-                        }
-                    }
-                    None
-                }
-                (V2State::CANCEL, false) => {
-                    BackendStats::bump(&stats.cancel_acks);
-                    if page.set_state(V2State::IDLE).is_ok() {
-                        let _ = conn.event.notify();
-                    }
-                    None
-                }
-                // SUBMIT while busy: the frontend is ahead of itself; it gets the answer to the
-                // command under way. IDLE/FINISH/unknown: nothing to do.
-                _ => None,
-            }
+    match conn.transport.doorbell(busy) {
+        Doorbell::Nothing => None,
+        Doorbell::Request { packet, locality } => check_request(shared, conn, packet, locality),
+        Doorbell::Malformed(e) => {
+            tracing::debug!(error = %e, "request does not fit the shared pages");
+            BackendStats::bump(&stats.malformed);
+            respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
+            None
         }
-        Transport::V1 { ring, snapshot } => {
-            if busy {
-                return None;
-            }
-            let entries = match v1::read_ring(ring) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read v1 ring");
-                    return None;
-                }
-            };
-            *snapshot = Some(entries);
-            let frontend = conn.frontend;
-            let domain = &shared.domain;
-            let packet = v1::packet_len(&entries).and_then(|len| {
-                v1::read_packet(&entries, len, |r| {
-                    Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadOnly)?)
-                })
-            });
-            match packet {
-                Ok(p) => check_request(shared, conn, p, 0),
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed v1 request");
-                    BackendStats::bump(&stats.malformed);
-                    respond(shared, conn, &error_response(TpmRc::COMMAND_SIZE));
-                    None
+        Doorbell::Cancel => {
+            if !*cancel_sent {
+                *cancel_sent = true;
+                BackendStats::bump(&stats.cancels);
+                if let Err(e) = shared
+                    .client
+                    .post_control(config.instance, ControlOp::CancelCommand)
+                {
+                    tracing::warn!(error = %e, "cancel not forwarded");
                 }
             }
+            None
+        }
+        Doorbell::CancelIdle => {
+            BackendStats::bump(&stats.cancel_acks);
+            if let Transport::V2(t) = &mut conn.transport
+                && t.ack_cancel().is_ok()
+            {
+                let _ = conn.event.notify();
+            }
+            None
         }
     }
 }
@@ -672,28 +739,15 @@ fn check_request(
     }
 }
 
-/// Writes a response into the shared pages and notifies.
+/// Writes a response into the shared pages and notifies; one that does not fit becomes
+/// TPM_RC_FAILURE (never truncated).
 fn respond(shared: &Shared, conn: &mut Connection, response: &[u8]) {
-    let frontend = conn.frontend;
-    let domain = &shared.domain;
-    let written = match &mut conn.transport {
-        Transport::V2(page) => {
-            let r = page.write_packet(response, 0).or_else(|e| {
-                tracing::warn!(error = %e, "response does not fit the shared pages");
-                page.write_packet(&error_response(TpmRc::FAILURE), 0)
-            });
-            r.and_then(|()| page.set_state(V2State::FINISH))
-        }
-        Transport::V1 { ring, snapshot } => {
-            let entries = snapshot.take().unwrap_or_default();
-            let map =
-                |r: u32| Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadWrite)?);
-            v1::write_packet(ring, &entries, response, map).or_else(|e| {
-                tracing::warn!(error = %e, "response does not fit the v1 pages");
-                v1::write_packet(ring, &entries, &error_response(TpmRc::FAILURE), map)
-            })
-        }
-    };
+    let written = conn.transport.write_response(response).or_else(|e| {
+        tracing::warn!(error = %e, "response does not fit the shared pages");
+        conn.transport
+            .write_response(&error_response(TpmRc::FAILURE))
+    });
+    conn.transport.answered();
     match written {
         Ok(()) => {
             let _ = conn.event.notify();

@@ -1,0 +1,103 @@
+//! The backend's side of protocol v1 (seed 004): the ring page of `tpmif_tx_request` entries
+//! and the packet pages they name.
+//!
+//! v1 has no state on the wire: only the doorbell says a request is there. The ring is copied
+//! once per doorbell; its references name the pages the request is read from and the response
+//! is written back to. After an exchange the pages hold the backend's own response, so a
+//! doorbell that finds exactly that response there announces nothing: the frontend rang
+//! without writing a command. (A frontend never sends a command byte-identical to the
+//! response it just received: a response's third field is a response code, not a command
+//! code.) Every packet page is mapped only for the copy, by reference, from the
+//! frontend's own grant table, so an entry can never name another domain's page.
+
+use super::Doorbell;
+use crate::domain::Domain;
+use crate::domain::DomainId;
+use crate::grant::GrantAccess;
+use crate::grant::GrantRef;
+use crate::grant::MappedPage;
+use crate::protocol::RingError;
+use crate::protocol::v1;
+
+/// A connected v1 device, as the backend sees it.
+pub(super) struct V1Transport {
+    domain: Domain,
+    frontend: DomainId,
+    ring: MappedPage,
+    /// The ring as copied for the request under way: its refs name the response pages.
+    snapshot: Option<v1::Ring>,
+    /// The response last written, while the pages may still hold it.
+    last_response: Option<Vec<u8>>,
+}
+
+impl V1Transport {
+    /// Maps the frontend's ring page.
+    pub(super) fn map(
+        domain: &Domain,
+        frontend: DomainId,
+        ring_ref: GrantRef,
+    ) -> Result<Self, super::BackendError> {
+        Ok(Self {
+            domain: domain.clone(),
+            frontend,
+            ring: domain.map_grant(frontend, ring_ref, GrantAccess::ReadWrite)?,
+            snapshot: None,
+            last_response: None,
+        })
+    }
+
+    /// Reads what a doorbell announces: a request, copied out of shared memory once.
+    pub(super) fn doorbell(&mut self, busy: bool) -> Doorbell {
+        if busy {
+            // Strict request/response: nothing new can be there while we owe an answer.
+            return Doorbell::Nothing;
+        }
+        let entries = match v1::read_ring(&self.ring) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read v1 ring");
+                return Doorbell::Nothing;
+            }
+        };
+        self.snapshot = Some(entries);
+        let (domain, frontend) = (&self.domain, self.frontend);
+        let packet = v1::packet_len(&entries).and_then(|len| {
+            v1::read_packet(&entries, len, |r| {
+                Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadOnly)?)
+            })
+        });
+        match packet {
+            Ok(packet) if self.last_response.as_ref() == Some(&packet) => {
+                tracing::debug!("v1 doorbell with our own response in the pages; ignored");
+                Doorbell::Nothing
+            }
+            // v1 carries no locality: everything is locality 0.
+            Ok(packet) => {
+                self.last_response = None;
+                Doorbell::Request {
+                    packet,
+                    locality: 0,
+                }
+            }
+            Err(e) => {
+                self.last_response = None;
+                Doorbell::Malformed(e)
+            }
+        }
+    }
+
+    /// Writes a response into the pages the request came in.
+    pub(super) fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
+        let entries = self.snapshot.unwrap_or_default();
+        let (domain, frontend) = (&self.domain, self.frontend);
+        let map = |r: u32| Ok(domain.map_grant(frontend, GrantRef(r), GrantAccess::ReadWrite)?);
+        v1::write_packet(&self.ring, &entries, response, map)?;
+        self.last_response = Some(response.to_vec());
+        Ok(())
+    }
+
+    /// Forgets the request's page list once it is answered.
+    pub(super) fn answered(&mut self) {
+        self.snapshot = None;
+    }
+}

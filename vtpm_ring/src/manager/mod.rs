@@ -1,0 +1,49 @@
+//! The stream between the backend and the vTPM manager, multiplexing every instance.
+//!
+//! - [`codec`]: the frames (seed 004's instance prefix, plus control frames);
+//! - [`client`]: the backend's side, [`MuxClient`], which sends requests and waits for replies;
+//! - [`router`]: [`MuxRouter`], which hands each reply to the request it answers;
+//! - [`server`]: [`VtpmManager`], which owns the engines and serves the manager's side.
+//!
+//! Ordering rule: replies are matched by tag, never by order ([`router`] enforces it); the
+//! manager runs requests concurrently ([`server`]); each device keeps its own order by having
+//! one request outstanding at a time (the backend), its posted cancel excepted.
+
+pub mod codec;
+
+mod client;
+mod router;
+mod server;
+
+pub use client::MuxClient;
+pub use client::mux;
+pub use codec::CONTROL_FLAG;
+pub use codec::FRAME_HEADER_SIZE;
+pub use codec::Frame;
+pub use codec::FrameError;
+pub use codec::MAX_INSTANCE;
+pub use codec::decode_control;
+pub use codec::decode_control_reply;
+pub use codec::encode_control;
+pub use codec::encode_control_reply;
+pub use router::MuxRouter;
+pub use server::VtpmManager;
+
+use futures::channel::mpsc;
+
+/// One end of the message stream.
+#[derive(Debug)]
+pub struct StreamEnd {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+/// A connected pair of stream ends (backend side, manager side).
+pub fn stream_pair() -> (StreamEnd, StreamEnd) {
+    let (atx, arx) = mpsc::unbounded();
+    let (btx, brx) = mpsc::unbounded();
+    (
+        StreamEnd { tx: atx, rx: brx },
+        StreamEnd { tx: btx, rx: arx },
+    )
+}

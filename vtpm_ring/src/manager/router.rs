@@ -1,0 +1,225 @@
+//! Routes the manager's replies to the [`MuxClient`](super::MuxClient) calls waiting for them.
+//!
+//! The ordering rule of the stream is enforced here: a reply goes to the one request whose
+//! tag, instance and kind (command or control) it carries, whatever order replies arrive in.
+//! Nothing is matched by arrival order, so an engine may answer in any order, and a reply
+//! nobody waits for any more (abandoned, timed out, posted cancel) is dropped.
+
+use super::client::Pending;
+use super::codec::Frame;
+use futures::StreamExt;
+use futures::channel::mpsc;
+use std::sync::PoisonError;
+
+/// Routes replies from the manager to the waiting [`MuxClient`](super::MuxClient) calls; run
+/// it alongside.
+#[derive(Debug)]
+pub struct MuxRouter {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Pending,
+}
+
+impl MuxRouter {
+    pub(super) fn new(rx: mpsc::UnboundedReceiver<Vec<u8>>, pending: Pending) -> Self {
+        Self { rx, pending }
+    }
+
+    /// Delivers replies until the manager closes the stream; then every waiter fails.
+    pub async fn run(mut self) {
+        while let Some(bytes) = self.rx.next().await {
+            let (instance, tag, control, body) = match Frame::decode_reply(&bytes) {
+                Ok(Frame::Response {
+                    instance,
+                    tag,
+                    response,
+                }) => (instance, tag, false, response),
+                Ok(Frame::Control {
+                    instance,
+                    tag,
+                    payload,
+                }) => (instance, tag, true, payload),
+                Ok(Frame::Command { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed frame from the vTPM manager");
+                    continue;
+                }
+            };
+            let slot = self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .slots
+                .remove(&tag);
+            match slot {
+                Some(slot) if slot.instance == instance && slot.control == control => {
+                    // The waiter may be gone in the meantime; then the reply is dropped.
+                    let _ = slot.waiter.send(body);
+                }
+                Some(slot) => {
+                    // Dropping the waiter fails that request: it learns of the failure
+                    // instead of getting a reply meant for someone else.
+                    tracing::warn!(
+                        tag,
+                        instance,
+                        expected = slot.instance,
+                        "reply does not match its request"
+                    );
+                }
+                None => tracing::debug!(tag, instance, "reply nobody waits for; dropped"),
+            }
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slots
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::Frame;
+    use super::super::mux;
+    use super::super::stream_pair;
+    use futures::StreamExt;
+
+    /// The manager's end: reads one request frame.
+    async fn next_request(man: &mut super::super::StreamEnd) -> Frame {
+        Frame::decode_request(&man.rx.next().await.unwrap()).unwrap()
+    }
+
+    fn reply(man: &super::super::StreamEnd, frame: Frame) {
+        man.tx.unbounded_send(frame.encode()).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn replies_in_any_order_reach_their_own_requests(
+            instances in proptest::collection::vec(0u32..4, 1..=8),
+            order in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 8),
+        ) {
+            let (back, mut man) = stream_pair();
+            let (client, router) = mux(back);
+            let n = instances.len();
+            let requests = futures::future::join_all(instances.iter().enumerate().map(|(i, &inst)| {
+                // Each command's body names its request, so its answer can be checked (at most
+                // 8 requests: an instance may have no more outstanding).
+                client.command(inst, vec![i as u8], 0)
+            }));
+            let manager = async move {
+                let mut frames = Vec::new();
+                for _ in 0..n {
+                    frames.push(next_request(&mut man).await);
+                }
+                // Answer in a random order: the echo of each command body.
+                while !frames.is_empty() {
+                    let i = order[frames.len() - 1].index(frames.len());
+                    let Frame::Command { instance, tag, command, .. } = frames.swap_remove(i) else {
+                        panic!("not a command");
+                    };
+                    reply(&man, Frame::Response { instance, tag, response: command });
+                }
+                drop(man);
+            };
+            let (answers, (), ()) = futures::executor::block_on(futures::future::join3(requests, manager, router.run()));
+            for (i, answer) in answers.into_iter().enumerate() {
+                proptest::prop_assert_eq!(answer.unwrap(), vec![i as u8]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_in_reverse_order_reach_their_own_requests() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = tokio::spawn(router.run());
+        let first = client.command(1, vec![1], 0);
+        let second = client.command(1, vec![2], 0);
+        futures::pin_mut!(first, second);
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        let a = next_request(&mut man).await;
+        let b = next_request(&mut man).await;
+        assert_ne!(a.tag(), b.tag());
+        for (req, answer) in [(&b, 0xbb), (&a, 0xaa)] {
+            reply(
+                &man,
+                Frame::Response {
+                    instance: 1,
+                    tag: req.tag(),
+                    response: vec![answer],
+                },
+            );
+        }
+        assert_eq!(first.await.unwrap(), vec![0xaa]);
+        assert_eq!(second.await.unwrap(), vec![0xbb]);
+        routing.abort();
+    }
+
+    #[tokio::test]
+    async fn abandoned_request_reply_never_reaches_the_next_request() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = tokio::spawn(router.run());
+        // The first command's waiter gives up before the manager answers.
+        let mut first = Box::pin(client.command(1, vec![1], 0));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        drop(first);
+        assert_eq!(client.outstanding(), 0);
+        let second = client.command(1, vec![2], 0);
+        futures::pin_mut!(second);
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        let a = next_request(&mut man).await;
+        let b = next_request(&mut man).await;
+        // The abandoned command's answer comes first, then the second's.
+        for (req, answer) in [(&a, 0xaa), (&b, 0xbb)] {
+            reply(
+                &man,
+                Frame::Response {
+                    instance: 1,
+                    tag: req.tag(),
+                    response: vec![answer],
+                },
+            );
+        }
+        assert_eq!(second.await.unwrap(), vec![0xbb]);
+        routing.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reply_for_another_instance_or_kind_is_never_delivered() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = tokio::spawn(router.run());
+        let mine = client.command(1, vec![1], 0);
+        futures::pin_mut!(mine);
+        assert!(futures::poll!(mine.as_mut()).is_pending());
+        let req = next_request(&mut man).await;
+        // Right tag, wrong instance: the request fails rather than take it.
+        reply(
+            &man,
+            Frame::Response {
+                instance: 2,
+                tag: req.tag(),
+                response: vec![0xee],
+            },
+        );
+        assert!(mine.await.is_err());
+        let control = client.control(1, crate::engine::ControlOp::Stop);
+        futures::pin_mut!(control);
+        assert!(futures::poll!(control.as_mut()).is_pending());
+        let req = next_request(&mut man).await;
+        // Right tag and instance, but a response where a control reply is due.
+        reply(
+            &man,
+            Frame::Response {
+                instance: 1,
+                tag: req.tag(),
+                response: vec![0, 0, 0, 0],
+            },
+        );
+        assert!(control.await.is_err());
+        routing.abort();
+    }
+}

@@ -1,0 +1,192 @@
+//! Reset on connect: every connection starts on a TPM that was just powered on, so a guest
+//! never inherits the PCRs of its previous boot (or of the instance's previous guest); and a
+//! disconnected guest's TPM is stopped.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use vtpm_ring::backend::Backend;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::domain::Host;
+use vtpm_ring::engine::ControlOp;
+use vtpm_ring::engine::EngineError;
+use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::TpmReply;
+use vtpm_ring::engine::TpmRequest;
+use vtpm_ring::frontend::Frontend;
+use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::frontend::FrontendError;
+use vtpm_ring::manager::VtpmManager;
+use vtpm_ring::manager::stream_pair;
+use vtpm_ring::protocol::Protocols;
+use vtpm_ring::testbed::Testbed;
+use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::response_code;
+use vtpm_ring::xenbus::VtpmDevice;
+use vtpm_ring::xenbus::XenbusState;
+use vtpm_ring::xenbus::backend_dir;
+use vtpm_ring::xenbus::create_device;
+use vtpm_ring::xenbus::keys;
+use vtpm_ring::xenbus::read_state;
+
+const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("bounded wait expired")
+}
+
+/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
+fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
+    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
+    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
+    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
+    c.extend_from_slice(digest);
+    c
+}
+
+/// TPM2_PCR_Read of one sha256 PCR below 24.
+fn pcr_read(pcr: u8) -> Vec<u8> {
+    let mut select = [0u8; 3];
+    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
+    let mut c = vec![
+        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
+    ];
+    c.extend_from_slice(&select);
+    c
+}
+
+/// The 32-byte digest at the end of a one-PCR read response.
+fn digest(response: &[u8]) -> Vec<u8> {
+    assert_eq!(response_code(response), Some(TpmRc::SUCCESS));
+    response[response.len() - 32..].to_vec()
+}
+
+async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
+    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
+    tokio::spawn(run);
+    let guest = bed.add_guest(DomainId(2)).unwrap();
+    bed.add_device(guest.id(), 0, 1).unwrap();
+    let config = FrontendConfig {
+        protocols,
+        ..FrontendConfig::default()
+    };
+
+    let first = within(Frontend::connect(&guest, config)).await.unwrap();
+    let fresh = digest(&within(first.transmit(&pcr_read(16))).await.unwrap());
+    assert_eq!(fresh, vec![0; 32]);
+    let r = within(first.transmit(&pcr_extend(16, &[7; 32])))
+        .await
+        .unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    let extended = digest(&within(first.transmit(&pcr_read(16))).await.unwrap());
+    assert_ne!(extended, fresh);
+    within(first.close()).await.unwrap();
+
+    // Disconnected: the instance is stopped until the next connection.
+    assert_eq!(
+        bed.engines[&1].execute_command(&GET_RANDOM_8, 0),
+        Err(EngineError::NotRunning)
+    );
+
+    let second = within(Frontend::connect(&guest, config)).await.unwrap();
+    let after = digest(&within(second.transmit(&pcr_read(16))).await.unwrap());
+    assert_eq!(after, fresh, "PCR 16 survived the reconnect");
+    // Started, as firmware would leave it: commands work at once.
+    let r = within(second.transmit(&GET_RANDOM_8)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+}
+
+#[tokio::test]
+async fn v2_reconnect_sees_a_reset_tpm() {
+    reconnect_sees_a_reset_tpm(Protocols::V2_ONLY).await;
+}
+
+#[tokio::test]
+async fn v1_reconnect_sees_a_reset_tpm() {
+    reconnect_sees_a_reset_tpm(Protocols::V1_ONLY).await;
+}
+
+/// Refuses `Init` while `broken`.
+struct BrokenInit {
+    inner: SimTpm,
+    broken: AtomicBool,
+}
+
+#[async_trait]
+impl TpmEngine for BrokenInit {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        if matches!(request, TpmRequest::Control(ControlOp::Init { .. }))
+            && self.broken.load(Ordering::Relaxed)
+        {
+            return Err(EngineError::Failed("init refused".into()));
+        }
+        self.inner.execute(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_tpm_that_cannot_be_reset_is_not_offered_and_the_device_recovers() {
+    let host = Host::new();
+    let back = host.create_domain(DomainId(1), 4).unwrap();
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    let engine = Arc::new(BrokenInit {
+        inner: SimTpm::started(),
+        broken: AtomicBool::new(true),
+    });
+    let mut manager = VtpmManager::new();
+    manager.add_instance(1, engine.clone());
+    let (b, m) = stream_pair();
+    tokio::spawn(manager.serve(m));
+    let backend = Backend::new(back, b, BackendConfig::default());
+    let stats = backend.stats();
+    tokio::spawn(backend.run());
+    create_device(
+        &host.toolstack(),
+        &VtpmDevice {
+            backend: DomainId(1),
+            frontend: guest.id(),
+            handle: 0,
+            instance: 1,
+            uuid: uuid::Uuid::nil(),
+        },
+    )
+    .unwrap();
+
+    // Refused, and the reason is in the store for the toolstack to see.
+    let refused = within(Frontend::connect(&guest, FrontendConfig::default())).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        FrontendError::BackendRefused(XenbusState::CLOSED)
+    );
+    assert_eq!(stats.snapshot().connects, 0);
+    assert_eq!(stats.snapshot().failed_connects, 1);
+    let bdir = backend_dir(DomainId(1), guest.id(), 0);
+    let error = host
+        .toolstack()
+        .store()
+        .try_read(&format!("{bdir}/{}", keys::ERROR))
+        .unwrap();
+    assert!(error.is_some_and(|e| e.contains("reset")));
+
+    // Once the engine can be reset again, the same device connects.
+    engine.broken.store(false, Ordering::Relaxed);
+    let front = within(Frontend::connect(&guest, FrontendConfig::default()))
+        .await
+        .unwrap();
+    assert_eq!(read_state(&guest.store(), &bdir), XenbusState::CONNECTED);
+    let r = within(front.transmit(&GET_RANDOM_8)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+}

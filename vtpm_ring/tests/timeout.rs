@@ -1,0 +1,166 @@
+//! Timeouts: an engine that never answers costs the guest TPM_RC_FAILURE after the backend's
+//! processing timeout, and a backend that never answers costs the frontend a timeout; both
+//! sides stay usable. The engine hangs for real (it never answers), so no timing luck is
+//! involved: only the configured timeouts end the waits.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::Notify;
+use vtpm_ring::backend::Backend;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::Domain;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::domain::Host;
+use vtpm_ring::engine::ControlOp;
+use vtpm_ring::engine::EngineError;
+use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::TpmReply;
+use vtpm_ring::engine::TpmRequest;
+use vtpm_ring::frontend::Frontend;
+use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::frontend::FrontendError;
+use vtpm_ring::manager::VtpmManager;
+use vtpm_ring::manager::stream_pair;
+use vtpm_ring::protocol::Protocols;
+use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::response_code;
+use vtpm_ring::xenbus::VtpmDevice;
+use vtpm_ring::xenbus::create_device;
+
+/// TPM2_GetRandom(8): the command the engine never answers.
+const HANGS: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+/// TPM2_GetRandom(4): answered at once.
+const GET_RANDOM_4: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 4];
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("bounded wait expired")
+}
+
+/// Never answers GetRandom(8); everything else goes to a SimTpm.
+struct HangingEngine {
+    inner: SimTpm,
+    cancels: AtomicU32,
+    canceled: Notify,
+}
+
+#[async_trait]
+impl TpmEngine for HangingEngine {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        match &request {
+            TpmRequest::Command { command, .. } if command.as_slice() == HANGS => {
+                std::future::pending().await
+            }
+            TpmRequest::Control(ControlOp::CancelCommand) => {
+                self.cancels.fetch_add(1, Ordering::Relaxed);
+                self.canceled.notify_one();
+                self.inner.execute(request).await
+            }
+            _ => self.inner.execute(request).await,
+        }
+    }
+}
+
+async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain) {
+    let host = Host::new();
+    let back = host.create_domain(DomainId(1), 4).unwrap();
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    let engine = Arc::new(HangingEngine {
+        inner: SimTpm::started(),
+        cancels: AtomicU32::new(0),
+        canceled: Notify::new(),
+    });
+    let mut manager = VtpmManager::new();
+    manager.add_instance(1, engine.clone());
+    let (b, m) = stream_pair();
+    tokio::spawn(manager.serve(m));
+    tokio::spawn(Backend::new(back, b, backend).run());
+    create_device(
+        &host.toolstack(),
+        &VtpmDevice {
+            backend: DomainId(1),
+            frontend: guest.id(),
+            handle: 0,
+            instance: 1,
+            uuid: uuid::Uuid::nil(),
+        },
+    )
+    .unwrap();
+    (engine, guest)
+}
+
+async fn engine_timeout_answers_failure(protocols: Protocols) {
+    let backend = BackendConfig {
+        processing_timeout: Some(Duration::from_millis(100)),
+        ..BackendConfig::default()
+    };
+    let (engine, guest) = setup(backend).await;
+    let config = FrontendConfig {
+        protocols,
+        ..FrontendConfig::default()
+    };
+    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let r = within(front.transmit(&HANGS)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
+    // The engine is asked to stop working on it.
+    within(engine.canceled.notified()).await;
+    assert_eq!(engine.cancels.load(Ordering::Relaxed), 1);
+    // The device is not stuck: the next command is served.
+    let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+}
+
+#[tokio::test]
+async fn v2_engine_that_never_answers_gets_tpm_rc_failure() {
+    engine_timeout_answers_failure(Protocols::V2_ONLY).await;
+}
+
+#[tokio::test]
+async fn v1_engine_that_never_answers_gets_tpm_rc_failure() {
+    engine_timeout_answers_failure(Protocols::V1_ONLY).await;
+}
+
+async fn silent_backend_times_the_frontend_out(protocols: Protocols) {
+    let backend = BackendConfig {
+        processing_timeout: None,
+        ..BackendConfig::default()
+    };
+    let (_engine, guest) = setup(backend).await;
+    let config = FrontendConfig {
+        protocols,
+        timeout: Some(Duration::from_millis(100)),
+        ..FrontendConfig::default()
+    };
+    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    assert_eq!(
+        within(front.transmit(&HANGS)).await.unwrap_err(),
+        FrontendError::Timeout
+    );
+    // Still silent: the next call times out too, it does not hang or mix answers up.
+    assert_eq!(
+        within(front.transmit(&GET_RANDOM_4)).await.unwrap_err(),
+        FrontendError::Timeout
+    );
+}
+
+#[tokio::test]
+async fn v2_silent_backend_times_the_frontend_out() {
+    silent_backend_times_the_frontend_out(Protocols::V2_ONLY).await;
+}
+
+#[tokio::test]
+async fn v1_silent_backend_times_the_frontend_out() {
+    silent_backend_times_the_frontend_out(Protocols::V1_ONLY).await;
+}
