@@ -628,7 +628,7 @@ impl SwtpmEngine {
         result
     }
 
-    async fn command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
+    async fn run_command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
         let live = self.live().await?;
         if live.locality.load(Ordering::Acquire) != locality {
             self.control_on(&live, ControlOp::SetLocality(locality))
@@ -729,7 +729,7 @@ impl TpmEngine for SwtpmEngine {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         match request {
             TpmRequest::Command { command, locality } => self
-                .command(command, locality)
+                .run_command(command, locality)
                 .await
                 .map(TpmReply::Response),
             TpmRequest::Control(op) => self.control_op(op).await.map(TpmReply::Control),

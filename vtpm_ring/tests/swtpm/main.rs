@@ -11,9 +11,11 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod engine;
 mod fault;
 mod load;
 mod persistence;
+mod socket;
 mod tools;
 
 use std::path::Path;
