@@ -17,6 +17,7 @@ mod load;
 mod persistence;
 mod socket;
 mod tools;
+mod vtpmctl;
 
 use std::path::Path;
 use std::process::Output;
