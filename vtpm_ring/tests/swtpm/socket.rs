@@ -1,0 +1,72 @@
+//! The TPM socket's wire behaviour, byte for byte, as the `swtpm:` TCTI sees it.
+
+use super::get_random;
+use super::rc;
+use super::stack;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+async fn ctrl(stream: &mut TcpStream, request: &[u8], reply_len: usize) -> Vec<u8> {
+    stream.write_all(request).await.unwrap();
+    let mut reply = vec![0u8; reply_len];
+    stream.read_exact(&mut reply).await.unwrap();
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_port_answers_like_swtpm_and_advertises_only_what_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), 1).await;
+    let guest = &stack.guests()[0];
+    let mut c = TcpStream::connect(guest.ctrl_addr()).await.unwrap();
+    // SET_LOCALITY | CANCEL_TPM_CMD, as a bare u64.
+    assert_eq!(
+        ctrl(&mut c, &[0, 0, 0, 1], 8).await,
+        [0, 0, 0, 0, 0, 0, 0, 0x28]
+    );
+    // tpm2-tss sends the locality byte alone.
+    assert_eq!(ctrl(&mut c, &[0, 0, 0, 5, 1], 4).await, [0, 0, 0, 0]);
+    assert_eq!(
+        ctrl(&mut c, &[0, 0, 0, 5, 9, 0, 0, 0], 4).await,
+        [0, 0, 0, 0x3d]
+    );
+    // INIT would have to cross the ring, which does not carry it: TPM_BAD_ORDINAL, like an
+    // unknown command.
+    assert_eq!(
+        ctrl(&mut c, &[0, 0, 0, 2, 0, 0, 0, 0], 4).await,
+        [0, 0, 0, 0x0a]
+    );
+    assert_eq!(ctrl(&mut c, &[0, 0, 0, 0x77], 4).await, [0, 0, 0, 0x0a]);
+    assert_eq!(ctrl(&mut c, &[0, 0, 0, 9], 4).await, [0, 0, 0, 0]);
+    assert_eq!(ctrl(&mut c, &[0, 0, 0, 5, 0], 4).await, [0, 0, 0, 0]);
+
+    let mut d = TcpStream::connect(guest.data_addr()).await.unwrap();
+    d.write_all(&get_random(4)).await.unwrap();
+    let mut r = vec![0u8; 16];
+    d.read_exact(&mut r).await.unwrap();
+    assert_eq!(rc(&r), 0);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_port_answers_an_unframeable_command_with_command_size_and_hangs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), 1).await;
+    let guest = &stack.guests()[0];
+    for size in [5u32, 0x10_0000] {
+        let mut d = TcpStream::connect(guest.data_addr()).await.unwrap();
+        let mut header = vec![0x80, 0x01];
+        header.extend_from_slice(&size.to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0x01, 0x7b]);
+        d.write_all(&header).await.unwrap();
+        let mut reply = Vec::new();
+        d.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply.len(), 10);
+        assert_eq!(rc(&reply), 0x142, "TPM_RC_COMMAND_SIZE for size {size}");
+    }
+    // The guest's TPM is unaffected.
+    let r = guest.frontend().transmit(&get_random(4)).await.unwrap();
+    assert_eq!(rc(&r), 0);
+    stack.shutdown().await.unwrap();
+}
