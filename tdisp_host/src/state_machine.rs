@@ -383,6 +383,17 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
         self.execute(call, |backend| backend.report(report_type))
     }
 
+    /// Unbinds: the TDI goes back to CONFIG_UNLOCKED and the machine to `Unlocked`.
+    ///
+    /// The backend stops the TDI unless the TSM knows it is CONFIG_UNLOCKED already (then
+    /// nothing is sent). When STOP fails (refused, busy through every retry, answer lost) the
+    /// TSM asks the device its state: CONFIG_UNLOCKED counts as done (DMTF spdm-emu answers STOP
+    /// there with INVALID_INTERFACE_STATE) and the unbind succeeds. When the device shows the
+    /// TDI still CONFIG_LOCKED, RUN or ERROR, or does not answer, the unbind fails with
+    /// `HostFailedToProcessCommand` and the machine is in `Error` (sent to the guest as the
+    /// schema's indeterminate `UNINITIALIZED`): the host never reports `Unlocked` while the
+    /// device is locked. The binding is kept, so the next unbind sends STOP again and, once
+    /// the device takes it, ends in `Unlocked`.
     fn request_unbind(
         &mut self,
         reason: TdispGuestUnbindReason,

@@ -372,6 +372,53 @@ mod unbind {
     }
 
     #[test]
+    fn refused_stop_answers_host_failed_with_an_indeterminate_state_until_a_retry_succeeds() {
+        use tdisp_host::dispatch::dispatch_command;
+        use tdisp_proto::wire::CommandPacket;
+        use tdisp_proto::wire::GuestCommand;
+        use tdisp_proto::wire::GuestReply;
+        use tdisp_proto::wire::ResponsePacket;
+        use tdisp_proto::wire::state_seen_by_guest;
+
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.machine.request_start_tdi().unwrap();
+        rig.script().refuse_stop = true;
+        let unbind = CommandPacket {
+            device_id: GUEST,
+            command: GuestCommand::Unbind(TdispGuestUnbindReason::Graceful),
+        };
+        // As the guest sees it on the wire, twice: the retry fails the same way while the
+        // device keeps refusing, and STOP is sent each time.
+        for before in [S::Run, S::Error] {
+            rig.sent();
+            let wire = dispatch_command(&mut rig.machine, &unbind);
+            let reply = ResponsePacket::decode(&wire).unwrap();
+            assert_eq!(reply.result, Err(E::HostFailedToProcessCommand));
+            assert_eq!(state_seen_by_guest(reply.state_before, true), before);
+            assert_eq!(
+                state_seen_by_guest(reply.state_after, true),
+                S::Error,
+                "Error travels as the schema's indeterminate state, never as Unlocked"
+            );
+            assert!(rig.sent().contains(&M::STOP_INTERFACE_REQUEST));
+            assert_eq!(rig.device(), TdiState::Run);
+            assert_eq!(rig.machine.state(), S::Error);
+            rig.check_truthful();
+        }
+        // The device behaves again: the next unbind converges on both sides.
+        rig.script().refuse_stop = false;
+        let reply = ResponsePacket::decode(&dispatch_command(&mut rig.machine, &unbind)).unwrap();
+        assert_eq!(reply.result, Ok(GuestReply::Unbind));
+        assert_eq!(state_seen_by_guest(reply.state_before, true), S::Error);
+        assert_eq!(reply.state_after, S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+        assert_eq!(rig.tsm_state(), TsmDeviceState::Bound);
+        rig.check_truthful();
+        rig.machine.request_lock_device_resources().unwrap();
+    }
+
+    #[test]
     fn unbind_ends_unlocked_when_stop_fails_but_the_tdi_is_unlocked() {
         // STOP's answer is lost although the device did stop: the state query settles it.
         let mut rig = Rig::negotiated(Script::default());
