@@ -318,6 +318,70 @@ mod protocol {
     }
 }
 
+mod reassignment {
+    use super::*;
+
+    fn next_machine(rig: &Rig) -> TdiStateMachine<TsmBackend> {
+        TdiStateMachine::new(
+            MachineConfig::new(GUEST),
+            TsmBackend::new(rig.tsm.clone(), ADDRESS),
+        )
+    }
+
+    #[test]
+    fn a_new_guest_negotiating_on_a_tdi_left_running_gets_it_stopped_not_a_false_unlocked() {
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.machine.request_start_tdi().unwrap();
+        // The guest goes away without unbinding; the next guest gets a fresh machine for the
+        // same TDI.
+        let mut next = next_machine(&rig);
+        rig.sent();
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(next.state(), S::Unlocked);
+        assert_eq!(
+            rig.device(),
+            TdiState::ConfigUnlocked,
+            "the new guest is told Unlocked only once the TDI is"
+        );
+        assert_eq!(rig.sent(), [M::STOP_INTERFACE_REQUEST]);
+        next.request_lock_device_resources().unwrap();
+        assert_eq!(rig.device(), TdiState::ConfigLocked);
+    }
+
+    #[test]
+    fn negotiation_on_a_tdi_that_cannot_be_stopped_never_claims_unlocked() {
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.script().refuse_stop = true;
+        let mut next = next_machine(&rig);
+        assert_eq!(
+            next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1),
+            Err(E::HostFailedToProcessCommand)
+        );
+        assert_ne!(next.state(), S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigLocked);
+        // Once the device takes STOP, the guest gets there.
+        rig.script().refuse_stop = false;
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        next.request_unbind(TdispGuestUnbindReason::Graceful)
+            .unwrap();
+        assert_eq!(next.state(), S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+    }
+
+    #[test]
+    fn negotiation_on_a_tdi_known_unlocked_sends_nothing() {
+        let rig = Rig::new(Script::default());
+        let mut next = next_machine(&rig);
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(rig.sent(), []);
+    }
+}
+
 mod unbind {
     use super::*;
 
