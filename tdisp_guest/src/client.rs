@@ -21,7 +21,9 @@ use tdisp_proto::wire::state_seen_by_guest;
 /// reply whose reported states contradict the state rules (a "successful" lock that leaves the
 /// device in `Run`, say) is refused as [`TdispGuestOperationError::HostFailedToProcessCommand`]
 /// and leaves the view at [`TdispTdiState::Error`]: the guest no longer knows the device's
-/// state and must unbind before using it.
+/// state and must unbind before using it. A call that gets no reply at all (timeout,
+/// cancellation, closed channel) leaves the view at `Error` too: the host may have carried it
+/// out (a lock whose answer was lost leaves the device locked).
 ///
 /// Each call is one `tdisp.GuestToHostCommand` (OpenVMM's `tdisp.proto`); a state the host
 /// reports as `UNINITIALIZED` after negotiation is its "indeterminate" (the host's ERROR) and
@@ -84,7 +86,9 @@ impl<T: GuestTransport> TdispGuestClient<T> {
             command,
         };
         let reply_bytes = self.transport.exchange(&packet.encode()).map_err(|error| {
-            tracing::warn!(device = self.device_id, ?command, %error, "transport failed");
+            // The command may have run on the host: the state is no longer known.
+            tracing::warn!(device = self.device_id, ?command, %error, "transport failed; TDI state unknown");
+            self.state = TdispTdiState::Error;
             TdispGuestOperationError::HostFailedToProcessCommand
         })?;
         let reply = ResponsePacket::decode(&reply_bytes)

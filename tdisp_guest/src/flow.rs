@@ -23,9 +23,9 @@ pub struct AcceptedDevice {
     pub report_bytes: Vec<u8>,
 }
 
-/// Why the flow stopped. Every failure after a successful lock has already unbound the device
-/// with reason `Graceful`; a policy refusal names the check that failed
-/// ([`PolicyViolation::check`]).
+/// Why the flow stopped. Every failure after a successful negotiation, a failed lock included,
+/// has already unbound the device with reason `Graceful`; a policy refusal names the check that
+/// failed ([`PolicyViolation::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FlowError {
     /// The host says the device is not TDISP capable.
@@ -53,10 +53,13 @@ pub enum FlowError {
 
 /// Takes a device from assignment to `Run`, verifying its interface report on the way.
 ///
-/// On any failure after the lock, the device is unbound with reason `Graceful` (the guest
+/// On any failure after negotiation, the device is unbound with reason `Graceful` (the guest
 /// decided; best effort, an unbind failure is logged) so it never stays locked to a guest that
-/// refused it. Generic over the interface so the same flow runs over any transport, or
-/// directly against a host state machine.
+/// refused it. That includes a failed lock: a lock whose answer was lost or refused as
+/// inconsistent may have locked the device all the same, and after a lock the host refused
+/// the device is already unlocked, where an unbind sends nothing to it. Generic over the
+/// interface so the same flow runs over any transport, or directly against a host state
+/// machine.
 pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     device: &mut I,
     protocol: TdispGuestProtocolType,
@@ -68,13 +71,14 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     if info.guest_protocol_type == TdispGuestProtocolType::Invalid {
         return Err(FlowError::NotTdispCapable);
     }
-    device
+    let verified = device
         .request_lock_device_resources()
-        .map_err(FlowError::Lock)?;
-    let verified = fetch_and_verify(device, policy).and_then(|(report, report_bytes)| {
-        device.request_start_tdi().map_err(FlowError::Start)?;
-        Ok((report, report_bytes))
-    });
+        .map_err(FlowError::Lock)
+        .and_then(|()| fetch_and_verify(device, policy))
+        .and_then(|(report, report_bytes)| {
+            device.request_start_tdi().map_err(FlowError::Start)?;
+            Ok((report, report_bytes))
+        });
     match verified {
         Ok((report, report_bytes)) => {
             tracing::info!(device = info.tdisp_device_id, "device verified and running");

@@ -463,3 +463,59 @@ fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
         Err(HOST_FAILED)
     );
 }
+
+#[test]
+fn the_flow_unbinds_when_the_host_lies_about_a_successful_lock() {
+    let bus = Bus::new();
+    // The host locks the device, then claims the lock left it running.
+    let mut device = malicious(
+        &bus,
+        1,
+        |index, honest| {
+            Some(match index {
+                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
+                _ => honest,
+            })
+        },
+        None,
+        None,
+    );
+    let error = accept_device(
+        &mut device.client,
+        TdispGuestProtocolType::AmdSevTioV1,
+        &InterfacePolicy::default(),
+    )
+    .unwrap_err();
+    assert_eq!(error, FlowError::Lock(HOST_FAILED));
+    // The guest refused the lock and unbound: the device is not left locked to it.
+    assert_eq!(
+        (device.client.state(), host_state(&device.host)),
+        (TdispTdiState::Unlocked, TdispTdiState::Unlocked)
+    );
+}
+
+#[test]
+fn the_flow_unbinds_when_the_lock_answer_never_comes() {
+    let bus = Bus::new();
+    // The host locks the device but its answer is lost.
+    let mut device = malicious(
+        &bus,
+        1,
+        |index, honest| (index != 1).then_some(honest),
+        None,
+        None,
+    );
+    device.client.transport_mut().set_timeout(SHORT);
+    let error = accept_device(
+        &mut device.client,
+        TdispGuestProtocolType::AmdSevTioV1,
+        &InterfacePolicy::default(),
+    )
+    .unwrap_err();
+    assert_eq!(error, FlowError::Lock(HOST_FAILED));
+    assert_eq!(
+        (device.client.state(), host_state(&device.host)),
+        (TdispTdiState::Unlocked, TdispTdiState::Unlocked),
+        "a lock whose outcome the guest does not know is undone"
+    );
+}

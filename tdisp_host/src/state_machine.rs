@@ -6,7 +6,9 @@
 //!
 //! - negotiation comes first; a device that is not TDISP capable answers `Invalid`; once a
 //!   protocol is negotiated, asking for another is refused and changes nothing (switching after
-//!   lock would break the attestation chain the guest relies on);
+//!   lock would break the attestation chain the guest relies on); the first negotiation makes
+//!   sure the TDI is CONFIG_UNLOCKED (stopping one an earlier guest left locked) before it
+//!   reports `Unlocked`;
 //! - lock only from `Unlocked`, start only from `Locked`, reports only in `Locked` or `Run`;
 //! - unbind from any negotiated state back to `Unlocked` whenever the TDI ends up
 //!   CONFIG_UNLOCKED, even when the device's STOP fails (DMTF spdm-emu refuses STOP in
@@ -351,7 +353,16 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
             info.supported_features = 0;
             return self.finish(call, from, Ok(info), None);
         }
-        let result = self.execute(call, |_| Ok(info));
+        // The first negotiation claims `Unlocked`: a TDI an earlier guest left locked or running
+        // (its machine gone without an unbind) is stopped, its data scrubbed, before this guest
+        // is told so. The TSM sends nothing for a TDI it knows is CONFIG_UNLOCKED.
+        let fresh = from == TdispTdiState::Uninitialized;
+        let result = self.execute(call, |backend| {
+            if fresh {
+                backend.stop()?;
+            }
+            Ok(info)
+        });
         if result.is_ok() {
             self.protocol = Some(requested_guest_protocol);
         }
@@ -383,6 +394,17 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
         self.execute(call, |backend| backend.report(report_type))
     }
 
+    /// Unbinds: the TDI goes back to CONFIG_UNLOCKED and the machine to `Unlocked`.
+    ///
+    /// The backend stops the TDI unless the TSM knows it is CONFIG_UNLOCKED already (then
+    /// nothing is sent). When STOP fails (refused, busy through every retry, answer lost) the
+    /// TSM asks the device its state: CONFIG_UNLOCKED counts as done (DMTF spdm-emu answers STOP
+    /// there with INVALID_INTERFACE_STATE) and the unbind succeeds. When the device shows the
+    /// TDI still CONFIG_LOCKED, RUN or ERROR, or does not answer, the unbind fails with
+    /// `HostFailedToProcessCommand` and the machine is in `Error` (sent to the guest as the
+    /// schema's indeterminate `UNINITIALIZED`): the host never reports `Unlocked` while the
+    /// device is locked. The binding is kept, so the next unbind sends STOP again and, once
+    /// the device takes it, ends in `Unlocked`.
     fn request_unbind(
         &mut self,
         reason: TdispGuestUnbindReason,

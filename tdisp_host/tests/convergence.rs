@@ -318,6 +318,70 @@ mod protocol {
     }
 }
 
+mod reassignment {
+    use super::*;
+
+    fn next_machine(rig: &Rig) -> TdiStateMachine<TsmBackend> {
+        TdiStateMachine::new(
+            MachineConfig::new(GUEST),
+            TsmBackend::new(rig.tsm.clone(), ADDRESS),
+        )
+    }
+
+    #[test]
+    fn a_new_guest_negotiating_on_a_tdi_left_running_gets_it_stopped_not_a_false_unlocked() {
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.machine.request_start_tdi().unwrap();
+        // The guest goes away without unbinding; the next guest gets a fresh machine for the
+        // same TDI.
+        let mut next = next_machine(&rig);
+        rig.sent();
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(next.state(), S::Unlocked);
+        assert_eq!(
+            rig.device(),
+            TdiState::ConfigUnlocked,
+            "the new guest is told Unlocked only once the TDI is"
+        );
+        assert_eq!(rig.sent(), [M::STOP_INTERFACE_REQUEST]);
+        next.request_lock_device_resources().unwrap();
+        assert_eq!(rig.device(), TdiState::ConfigLocked);
+    }
+
+    #[test]
+    fn negotiation_on_a_tdi_that_cannot_be_stopped_never_claims_unlocked() {
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.script().refuse_stop = true;
+        let mut next = next_machine(&rig);
+        assert_eq!(
+            next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1),
+            Err(E::HostFailedToProcessCommand)
+        );
+        assert_ne!(next.state(), S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigLocked);
+        // Once the device takes STOP, the guest gets there.
+        rig.script().refuse_stop = false;
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        next.request_unbind(TdispGuestUnbindReason::Graceful)
+            .unwrap();
+        assert_eq!(next.state(), S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+    }
+
+    #[test]
+    fn negotiation_on_a_tdi_known_unlocked_sends_nothing() {
+        let rig = Rig::new(Script::default());
+        let mut next = next_machine(&rig);
+        next.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(rig.sent(), []);
+    }
+}
+
 mod unbind {
     use super::*;
 
@@ -365,6 +429,53 @@ mod unbind {
             .request_unbind(TdispGuestUnbindReason::Graceful)
             .unwrap();
         assert_eq!(rig.machine.state(), S::Unlocked);
+        assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+        assert_eq!(rig.tsm_state(), TsmDeviceState::Bound);
+        rig.check_truthful();
+        rig.machine.request_lock_device_resources().unwrap();
+    }
+
+    #[test]
+    fn refused_stop_answers_host_failed_with_an_indeterminate_state_until_a_retry_succeeds() {
+        use tdisp_host::dispatch::dispatch_command;
+        use tdisp_proto::wire::CommandPacket;
+        use tdisp_proto::wire::GuestCommand;
+        use tdisp_proto::wire::GuestReply;
+        use tdisp_proto::wire::ResponsePacket;
+        use tdisp_proto::wire::state_seen_by_guest;
+
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.machine.request_start_tdi().unwrap();
+        rig.script().refuse_stop = true;
+        let unbind = CommandPacket {
+            device_id: GUEST,
+            command: GuestCommand::Unbind(TdispGuestUnbindReason::Graceful),
+        };
+        // As the guest sees it on the wire, twice: the retry fails the same way while the
+        // device keeps refusing, and STOP is sent each time.
+        for before in [S::Run, S::Error] {
+            rig.sent();
+            let wire = dispatch_command(&mut rig.machine, &unbind);
+            let reply = ResponsePacket::decode(&wire).unwrap();
+            assert_eq!(reply.result, Err(E::HostFailedToProcessCommand));
+            assert_eq!(state_seen_by_guest(reply.state_before, true), before);
+            assert_eq!(
+                state_seen_by_guest(reply.state_after, true),
+                S::Error,
+                "Error travels as the schema's indeterminate state, never as Unlocked"
+            );
+            assert!(rig.sent().contains(&M::STOP_INTERFACE_REQUEST));
+            assert_eq!(rig.device(), TdiState::Run);
+            assert_eq!(rig.machine.state(), S::Error);
+            rig.check_truthful();
+        }
+        // The device behaves again: the next unbind converges on both sides.
+        rig.script().refuse_stop = false;
+        let reply = ResponsePacket::decode(&dispatch_command(&mut rig.machine, &unbind)).unwrap();
+        assert_eq!(reply.result, Ok(GuestReply::Unbind));
+        assert_eq!(state_seen_by_guest(reply.state_before, true), S::Error);
+        assert_eq!(reply.state_after, S::Unlocked);
         assert_eq!(rig.device(), TdiState::ConfigUnlocked);
         assert_eq!(rig.tsm_state(), TsmDeviceState::Bound);
         rig.check_truthful();

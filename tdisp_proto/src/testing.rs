@@ -140,6 +140,32 @@ impl<T: TdispGuestRequestInterface> Probe<'_, T> {
         }
     }
 
+    /// Like [`Self::err`], and the error must be `expected`.
+    fn err_is<R: fmt::Debug>(
+        &mut self,
+        what: &str,
+        result: Result<R, TdispGuestOperationError>,
+        expected: TdispGuestOperationError,
+    ) -> Step {
+        let error = self.err(what, result)?;
+        if error == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "step {} `{what}` should fail with {expected:?}, failed with {error:?}",
+                self.step
+            ))
+        }
+    }
+
+    /// A supported protocol other than the configured one.
+    fn other_protocol(&self) -> TdispGuestProtocolType {
+        match self.config.protocol {
+            TdispGuestProtocolType::AmdSevTioV1 => TdispGuestProtocolType::IntelTdxConnectV1,
+            _ => TdispGuestProtocolType::AmdSevTioV1,
+        }
+    }
+
     fn negotiate(&mut self) -> Step {
         let protocol = self.config.protocol;
         let result = self.target.tdisp_negotiate_protocol(protocol);
@@ -158,6 +184,46 @@ impl<T: TdispGuestRequestInterface> Probe<'_, T> {
     fn lock_err(&mut self) -> Step {
         let r = self.target.request_lock_device_resources();
         self.err("lock", r).map(drop)
+    }
+
+    /// A lock in the wrong state after negotiation: `InvalidDeviceState`.
+    fn lock_wrong_state(&mut self) -> Step {
+        let r = self.target.request_lock_device_resources();
+        self.err_is("lock", r, TdispGuestOperationError::InvalidDeviceState)
+    }
+
+    /// A start in the wrong state after negotiation: `InvalidDeviceState`.
+    fn start_wrong_state(&mut self) -> Step {
+        let r = self.target.request_start_tdi();
+        self.err_is("start", r, TdispGuestOperationError::InvalidDeviceState)
+    }
+
+    /// A report outside `Locked`/`Run` after negotiation: `InvalidGuestAttestationReportState`.
+    fn report_wrong_state(&mut self) -> Step {
+        let report_type = self
+            .config
+            .report_types
+            .first()
+            .copied()
+            .unwrap_or(TdispReportType::InterfaceReport);
+        let r = self.target.request_attestation_report(report_type);
+        self.err_is(
+            &format!("report {report_type:?}"),
+            r,
+            TdispGuestOperationError::InvalidGuestAttestationReportState,
+        )
+    }
+
+    /// A report of type `Invalid`: `InvalidGuestAttestationReportType`.
+    fn report_invalid_type(&mut self) -> Step {
+        let r = self
+            .target
+            .request_attestation_report(TdispReportType::Invalid);
+        self.err_is(
+            "report Invalid",
+            r,
+            TdispGuestOperationError::InvalidGuestAttestationReportType,
+        )
     }
 
     fn start_ok(&mut self) -> Step {
@@ -223,22 +289,38 @@ fn checks<T: TdispGuestRequestInterface>() -> Vec<Check<T>> {
             p.negotiate()?;
             p.lock_ok()
         }),
+        (
+            "negotiate_another_protocol_is_refused_and_changes_nothing",
+            |p| {
+                p.negotiate()?;
+                p.lock_ok()?;
+                let other = p.other_protocol();
+                let r = p.target.tdisp_negotiate_protocol(other);
+                p.err_is(
+                    &format!("negotiate {other:?}"),
+                    r,
+                    TdispGuestOperationError::InvalidGuestProtocolRequest,
+                )?;
+                // Still `Locked`: start succeeds.
+                p.start_ok()
+            },
+        ),
         ("lock_from_locked_fails_and_unbinds", |p| {
             p.negotiate()?;
             p.lock_ok()?;
-            p.lock_err()?;
+            p.lock_wrong_state()?;
             p.expect_unbound()
         }),
         ("lock_from_run_fails_and_unbinds", |p| {
             p.negotiate()?;
             p.lock_ok()?;
             p.start_ok()?;
-            p.lock_err()?;
+            p.lock_wrong_state()?;
             p.expect_unbound()
         }),
         ("start_from_unlocked_fails_and_unbinds", |p| {
             p.negotiate()?;
-            p.start_err()?;
+            p.start_wrong_state()?;
             p.lock_ok()?;
             p.start_ok()
         }),
@@ -251,12 +333,12 @@ fn checks<T: TdispGuestRequestInterface>() -> Vec<Check<T>> {
             p.negotiate()?;
             p.lock_ok()?;
             p.start_ok()?;
-            p.start_err()?;
+            p.start_wrong_state()?;
             p.expect_unbound()
         }),
         ("report_in_unlocked_fails_and_unbinds", |p| {
             p.negotiate()?;
-            p.report_err()?;
+            p.report_wrong_state()?;
             p.expect_unbound()
         }),
         ("report_in_locked_succeeds_and_keeps_state", |p| {
@@ -273,19 +355,24 @@ fn checks<T: TdispGuestRequestInterface>() -> Vec<Check<T>> {
             p.report_ok()?;
             p.start_err()
         }),
-        ("report_invalid_type_fails", |p| {
+        ("report_invalid_type_in_locked_fails_and_unbinds", |p| {
             p.negotiate()?;
             p.lock_ok()?;
-            let r = p
-                .target
-                .request_attestation_report(TdispReportType::Invalid);
-            p.err("report Invalid", r).map(drop)
+            p.report_invalid_type()?;
+            p.expect_unbound()
+        }),
+        ("report_invalid_type_in_run_fails_and_unbinds", |p| {
+            p.negotiate()?;
+            p.lock_ok()?;
+            p.start_ok()?;
+            p.report_invalid_type()?;
+            p.expect_unbound()
         }),
         ("report_after_wrong_state_error_fails", |p| {
             p.negotiate()?;
             p.lock_ok()?;
             p.lock_err()?;
-            p.report_err()
+            p.report_wrong_state()
         }),
         ("unbind_from_unlocked_keeps_unlocked", |p| {
             p.negotiate()?;
@@ -376,6 +463,12 @@ mod tests {
         UnbindKeepsRun,
         /// Calls work without negotiation.
         NoNegotiationNeeded,
+        /// A second negotiation switches to the protocol asked for.
+        ProtocolSwitch,
+        /// A report in the wrong state answers `InvalidDeviceState`.
+        ReportStateAsDeviceState,
+        /// A report of type `Invalid` fails but keeps the device bound.
+        InvalidReportTypeKeepsState,
     }
 
     struct Faulty {
@@ -400,6 +493,9 @@ mod tests {
             &mut self,
             requested: TdispGuestProtocolType,
         ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
+            if self.fault == Fault::ProtocolSwitch {
+                self.model.protocol = None;
+            }
             self.model.tdisp_negotiate_protocol(requested)
         }
 
@@ -429,7 +525,22 @@ mod tests {
             {
                 return Ok(Vec::new());
             }
-            self.model.request_attestation_report(report_type)
+            let before = self.model.state;
+            let result = self.model.request_attestation_report(report_type);
+            match (self.fault, result) {
+                (
+                    Fault::ReportStateAsDeviceState,
+                    Err(TdispGuestOperationError::InvalidGuestAttestationReportState),
+                ) => Err(TdispGuestOperationError::InvalidDeviceState),
+                (
+                    Fault::InvalidReportTypeKeepsState,
+                    Err(TdispGuestOperationError::InvalidGuestAttestationReportType),
+                ) => {
+                    self.model.state = before;
+                    Err(TdispGuestOperationError::InvalidGuestAttestationReportType)
+                }
+                (_, result) => result,
+            }
         }
 
         fn request_unbind(
@@ -504,6 +615,42 @@ mod tests {
         );
         assert!(
             !report.failed_check("unbind_from_locked_returns_to_unlocked"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn protocol_switch_is_caught() {
+        let report = run(Fault::ProtocolSwitch);
+        assert_eq!(
+            report.failed.iter().map(|f| f.check).collect::<Vec<_>>(),
+            ["negotiate_another_protocol_is_refused_and_changes_nothing"],
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn report_in_the_wrong_state_with_another_error_is_caught() {
+        let report = run(Fault::ReportStateAsDeviceState);
+        assert!(
+            report.failed_check("report_in_unlocked_fails_and_unbinds"),
+            "{report}"
+        );
+        assert!(
+            report.failed_check("report_after_wrong_state_error_fails"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn invalid_report_type_without_unbind_is_caught() {
+        let report = run(Fault::InvalidReportTypeKeepsState);
+        assert!(
+            report.failed_check("report_invalid_type_in_locked_fails_and_unbinds"),
+            "{report}"
+        );
+        assert!(
+            report.failed_check("report_invalid_type_in_run_fails_and_unbinds"),
             "{report}"
         );
     }

@@ -41,6 +41,8 @@ fn scripted() -> TdiStateMachine<Scripted> {
     machine
         .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
         .unwrap();
+    // The tests count the stops of the calls after negotiation.
+    machine.backend.stops = 0;
     machine
 }
 
@@ -94,6 +96,37 @@ mod negotiation {
 
 mod protocol_switch {
     use super::*;
+
+    #[test]
+    fn only_the_first_negotiation_makes_sure_the_tdi_is_stopped() {
+        let mut machine = TdiStateMachine::new(MachineConfig::new(5), Scripted::default());
+        machine
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(machine.backend().stops, 1);
+        machine
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        assert_eq!(machine.backend().stops, 1);
+        assert_eq!(machine.state(), S::Unlocked);
+    }
+
+    #[test]
+    fn a_first_negotiation_whose_stop_fails_is_a_host_failure_never_unlocked() {
+        let mut machine = TdiStateMachine::new(
+            MachineConfig::new(5),
+            Scripted {
+                fail_stop: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            machine.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1),
+            Err(TdispGuestOperationError::HostFailedToProcessCommand)
+        );
+        assert_eq!(machine.state(), S::Error);
+        assert_eq!(machine.snapshot().protocol, None);
+    }
 
     #[test]
     fn a_different_protocol_after_negotiation_is_refused_and_nothing_changes() {

@@ -2,6 +2,16 @@
 //!
 //! It exists to prove the conformance suite (it must pass) and as an executable statement of
 //! the rules for readers; it has no device behind it and returns a fixed placeholder report.
+//! The rules are the host's (`tdisp_host::state_machine`), which follow OpenVMM's:
+//!
+//! - negotiation moves `Uninitialized` to `Unlocked`; once a protocol is negotiated, asking
+//!   for another is refused with `InvalidGuestProtocolRequest` and changes nothing;
+//! - before negotiation every other call fails with `InvalidDeviceState` and changes nothing;
+//! - a lock or start in the wrong state fails with `InvalidDeviceState` and unbinds;
+//! - a report outside `Locked`/`Run` fails with `InvalidGuestAttestationReportState` and
+//!   unbinds; a report of type `Invalid` fails with `InvalidGuestAttestationReportType` and
+//!   unbinds;
+//! - unbind returns to `Unlocked` from any negotiated state.
 
 use crate::interface::TdispDeviceInterfaceInfo;
 use crate::interface::TdispGuestOperationError;
@@ -16,6 +26,8 @@ use crate::interface::TdispTdiState;
 pub struct ReferenceModel {
     /// Current state.
     pub state: TdispTdiState,
+    /// The protocol negotiated, once it is.
+    pub protocol: Option<TdispGuestProtocolType>,
     /// Device id reported at negotiation.
     pub device_id: u64,
 }
@@ -24,18 +36,22 @@ impl Default for ReferenceModel {
     fn default() -> Self {
         Self {
             state: TdispTdiState::Uninitialized,
+            protocol: None,
             device_id: 1,
         }
     }
 }
 
 impl ReferenceModel {
-    /// Fails a wrong-state call: the device is unbound unless no protocol was negotiated.
-    fn wrong_state(&mut self) -> TdispGuestOperationError {
-        if self.state != TdispTdiState::Uninitialized {
-            self.state = TdispTdiState::Unlocked;
+    /// Fails a call made in the wrong state with `error`: the device is unbound unless no
+    /// protocol was negotiated, in which case nothing changes and the error is
+    /// `InvalidDeviceState`.
+    fn wrong_state(&mut self, error: TdispGuestOperationError) -> TdispGuestOperationError {
+        if self.state == TdispTdiState::Uninitialized {
+            return TdispGuestOperationError::InvalidDeviceState;
         }
-        TdispGuestOperationError::InvalidDeviceState
+        self.state = TdispTdiState::Unlocked;
+        error
     }
 }
 
@@ -44,12 +60,17 @@ impl TdispGuestRequestInterface for ReferenceModel {
         &mut self,
         requested_guest_protocol: TdispGuestProtocolType,
     ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
-        if requested_guest_protocol == TdispGuestProtocolType::Invalid {
+        if requested_guest_protocol == TdispGuestProtocolType::Invalid
+            || self
+                .protocol
+                .is_some_and(|negotiated| negotiated != requested_guest_protocol)
+        {
             return Err(TdispGuestOperationError::InvalidGuestProtocolRequest);
         }
         if self.state == TdispTdiState::Uninitialized {
             self.state = TdispTdiState::Unlocked;
         }
+        self.protocol = Some(requested_guest_protocol);
         Ok(TdispDeviceInterfaceInfo {
             guest_protocol_type: requested_guest_protocol,
             supported_features: 0,
@@ -63,7 +84,7 @@ impl TdispGuestRequestInterface for ReferenceModel {
                 self.state = TdispTdiState::Locked;
                 Ok(())
             }
-            _ => Err(self.wrong_state()),
+            _ => Err(self.wrong_state(TdispGuestOperationError::InvalidDeviceState)),
         }
     }
 
@@ -73,7 +94,7 @@ impl TdispGuestRequestInterface for ReferenceModel {
                 self.state = TdispTdiState::Run;
                 Ok(())
             }
-            _ => Err(self.wrong_state()),
+            _ => Err(self.wrong_state(TdispGuestOperationError::InvalidDeviceState)),
         }
     }
 
@@ -82,13 +103,15 @@ impl TdispGuestRequestInterface for ReferenceModel {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         match (self.state, report_type) {
-            (_, TdispReportType::Invalid) => {
-                Err(TdispGuestOperationError::InvalidGuestAttestationReportType)
+            (TdispTdiState::Locked | TdispTdiState::Run, TdispReportType::Invalid) => {
+                Err(self.wrong_state(TdispGuestOperationError::InvalidGuestAttestationReportType))
             }
             (TdispTdiState::Locked | TdispTdiState::Run, _) => {
                 Ok(vec![u32::from(report_type) as u8])
             }
-            _ => Err(self.wrong_state()),
+            _ => {
+                Err(self.wrong_state(TdispGuestOperationError::InvalidGuestAttestationReportState))
+            }
         }
     }
 
