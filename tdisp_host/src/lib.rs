@@ -54,6 +54,7 @@ pub mod dispatch;
 pub mod dsm;
 pub mod emulated;
 pub mod history;
+pub mod spdm;
 pub mod state_machine;
 pub mod tsm;
 pub mod vmbus;
