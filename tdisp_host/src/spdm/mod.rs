@@ -11,4 +11,7 @@ pub mod cert;
 pub mod codes;
 pub mod crypto;
 pub mod messages;
+pub mod requester;
+pub mod responder;
 pub mod secured;
+pub mod transport;
