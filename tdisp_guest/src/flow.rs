@@ -23,7 +23,9 @@ pub struct AcceptedDevice {
     pub report_bytes: Vec<u8>,
 }
 
-/// Why the flow stopped. Every failure after a successful lock has already unbound the device.
+/// Why the flow stopped. Every failure after a successful lock has already unbound the device
+/// with reason `Graceful`; a policy refusal names the check that failed
+/// ([`PolicyViolation::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FlowError {
     /// The host says the device is not TDISP capable.
@@ -51,8 +53,10 @@ pub enum FlowError {
 
 /// Takes a device from assignment to `Run`, verifying its interface report on the way.
 ///
-/// On any failure after the lock, the device is unbound (best effort; an unbind failure is
-/// logged) so it never stays locked to a guest that refused it.
+/// On any failure after the lock, the device is unbound with reason `Graceful` (the guest
+/// decided; best effort, an unbind failure is logged) so it never stays locked to a guest that
+/// refused it. Generic over the interface so the same flow runs over any transport, or
+/// directly against a host state machine.
 pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     device: &mut I,
     protocol: TdispGuestProtocolType,
@@ -82,7 +86,7 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
         }
         Err(error) => {
             tracing::warn!(device = info.tdisp_device_id, %error, "refusing device; unbinding");
-            if let Err(unbind) = device.request_unbind(TdispGuestUnbindReason::Unknown) {
+            if let Err(unbind) = device.request_unbind(TdispGuestUnbindReason::Graceful) {
                 tracing::warn!(device = info.tdisp_device_id, %unbind, "unbind after refusal failed");
             }
             Err(error)

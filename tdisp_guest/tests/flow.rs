@@ -1,9 +1,13 @@
 //! The lock -> report -> verify -> start flow against a host serving a real interface report.
 
+use tdisp_guest::AssignedBar;
 use tdisp_guest::FlowError;
 use tdisp_guest::InterfacePolicy;
+use tdisp_guest::PolicyCheck;
 use tdisp_guest::PolicyViolation;
 use tdisp_guest::accept_device;
+use tdisp_host::emulated::EmulatedAssignment;
+use tdisp_host::state_machine::MachineConfig;
 use tdisp_proto::TdispDeviceInterfaceInfo;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispGuestProtocolType;
@@ -11,6 +15,7 @@ use tdisp_proto::TdispGuestRequestInterface;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState;
+use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::report::DeviceInterfaceReport;
 use tdisp_proto::pcie::report::InterfaceInfo;
 use tdisp_proto::pcie::report::MmioRange;
@@ -22,6 +27,7 @@ struct Device {
     model: ReferenceModel,
     report: Vec<u8>,
     tdisp_capable: bool,
+    unbinds: Vec<TdispGuestUnbindReason>,
 }
 
 impl Device {
@@ -30,6 +36,7 @@ impl Device {
             model: ReferenceModel::default(),
             report,
             tdisp_capable: true,
+            unbinds: Vec::new(),
         }
     }
 }
@@ -62,6 +69,7 @@ impl TdispGuestRequestInterface for Device {
         &mut self,
         reason: TdispGuestUnbindReason,
     ) -> Result<(), TdispGuestOperationError> {
+        self.unbinds.push(reason);
         self.model.request_unbind(reason)
     }
 }
@@ -92,13 +100,187 @@ fn assigned() -> Vec<MmioRange> {
     vec![range(0xfe00_0000, 4, 0), range(0xfe10_0000, 1, 2)]
 }
 
+fn bars() -> Vec<AssignedBar> {
+    vec![
+        AssignedBar {
+            index: 0,
+            address: 0xfe00_0000,
+            size: 0x4000,
+            non_tee_expected: false,
+        },
+        AssignedBar {
+            index: 2,
+            address: 0xfe10_0000,
+            size: 0x1000,
+            non_tee_expected: false,
+        },
+    ]
+}
+
 fn strict_policy() -> InterfacePolicy {
     InterfacePolicy {
         require_no_fw_update: true,
+        assigned_bars: Some(bars()),
+        lock_flags: Some(LockInterfaceFlags::new().with_no_fw_update(true)),
         expected_ranges: assigned(),
         allow_non_tee_ranges: false,
         expected_device_specific_info: Some(vec![0xde, 0xad]),
     }
+}
+
+/// The strict policy without the exact range list, so each check can fail on its own.
+fn structural_policy() -> InterfacePolicy {
+    InterfacePolicy {
+        expected_ranges: Vec::new(),
+        ..strict_policy()
+    }
+}
+
+#[test]
+fn each_refusal_names_its_check_and_unbinds_gracefully() {
+    type Mutation = fn(&mut DeviceInterfaceReport);
+    let cases: [(&str, Mutation, PolicyCheck); 10] = [
+        (
+            "firmware updatable",
+            |r| r.interface_info.set_no_fw_update(false),
+            PolicyCheck::FirmwareLock,
+        ),
+        (
+            "unaligned",
+            |r| r.mmio_ranges[0].first_page += 0x10,
+            PolicyCheck::RangeShape,
+        ),
+        (
+            "overlap",
+            |r| r.mmio_ranges.push(range(0xfe00_3000, 1, 0)),
+            PolicyCheck::Overlap,
+        ),
+        (
+            "BAR not given",
+            |r| r.mmio_ranges[1].range_id = 4,
+            PolicyCheck::BarMembership,
+        ),
+        (
+            "range past its BAR",
+            |r| r.mmio_ranges[1].number_of_pages = 2,
+            PolicyCheck::BarMembership,
+        ),
+        (
+            "extra range in another BAR",
+            |r| r.mmio_ranges.push(range(0xfd00_0000, 1, 5)),
+            PolicyCheck::BarMembership,
+        ),
+        (
+            "MSI-X table without LOCK_MSIX",
+            |r| {
+                r.mmio_ranges[0].attributes = MmioRangeAttributes::new().with_msix_table(true);
+            },
+            PolicyCheck::Msix,
+        ),
+        (
+            "MSI-X control without LOCK_MSIX",
+            |r| r.msi_x_message_control = 0x8000,
+            PolicyCheck::Msix,
+        ),
+        (
+            "non-TEE range not expected",
+            |r| {
+                r.mmio_ranges[1].attributes = MmioRangeAttributes::new().with_non_tee_memory(true);
+            },
+            PolicyCheck::NonTee,
+        ),
+        (
+            "other device",
+            |r| r.device_specific_info = vec![0xbe, 0xef],
+            PolicyCheck::DeviceSpecificInfo,
+        ),
+    ];
+    for (name, mutate, check) in cases {
+        let mut r = report(assigned());
+        mutate(&mut r);
+        let mut device = Device::serving(r.to_bytes());
+        let err = accept_device(
+            &mut device,
+            TdispGuestProtocolType::AmdSevTioV1,
+            &structural_policy(),
+        )
+        .unwrap_err();
+        let FlowError::Policy(violation) = err else {
+            panic!("{name}: not a policy refusal: {err:?}");
+        };
+        assert_eq!(violation.check(), check, "{name}: {violation}");
+        assert_eq!(device.unbinds, [TdispGuestUnbindReason::Graceful], "{name}");
+        assert_eq!(device.model.state, TdispTdiState::Unlocked, "{name}");
+    }
+}
+
+#[test]
+fn non_tee_range_in_a_bar_that_expects_it_is_accepted() {
+    let mut r = report(assigned());
+    r.mmio_ranges[1].attributes = MmioRangeAttributes::new().with_non_tee_memory(true);
+    let mut policy = structural_policy();
+    if let Some(bars) = &mut policy.assigned_bars {
+        bars[1].non_tee_expected = true;
+    }
+    let mut device = Device::serving(r.to_bytes());
+    accept_device(&mut device, TdispGuestProtocolType::AmdSevTioV1, &policy).unwrap();
+    assert_eq!(device.model.state, TdispTdiState::Run);
+}
+
+/// The flow runs directly against the host state machine (no transport at all), with a policy
+/// built from what the host assigned: the emulated device passes every check.
+#[test]
+fn strict_policy_accepts_the_emulated_host_device_and_refuses_unrequested_msix() {
+    let assignment = EmulatedAssignment::single(0x0900, 0x0901, 3).unwrap();
+    let function = {
+        let dsm = assignment.dsm().lock().unwrap();
+        dsm.config().function(0x0901).unwrap().clone()
+    };
+    let bars: Vec<_> = function
+        .bars
+        .iter()
+        .map(|b| AssignedBar {
+            index: b.index.into(),
+            address: b.address,
+            size: b.size,
+            non_tee_expected: b.non_tee,
+        })
+        .collect();
+    let mut policy = InterfacePolicy {
+        assigned_bars: Some(bars),
+        lock_flags: Some(EmulatedAssignment::default_lock().flags),
+        expected_device_specific_info: Some(function.device_specific_info.clone()),
+        ..Default::default()
+    };
+    let mut machine = assignment.machine(MachineConfig::new(3));
+    let accepted =
+        accept_device(&mut machine, TdispGuestProtocolType::AmdSevTioV1, &policy).unwrap();
+    assert!(
+        accepted
+            .report
+            .mmio_ranges
+            .iter()
+            .any(|r| r.attributes.msix_table())
+    );
+    assert_eq!(machine.state(), TdispTdiState::Run);
+    machine
+        .request_unbind(TdispGuestUnbindReason::Graceful)
+        .unwrap();
+
+    // A guest that did not ask for LOCK_MSIX refuses a report carrying MSI-X ranges.
+    policy.lock_flags = Some(LockInterfaceFlags::new());
+    let err =
+        accept_device(&mut machine, TdispGuestProtocolType::AmdSevTioV1, &policy).unwrap_err();
+    assert!(
+        matches!(err, FlowError::Policy(ref v) if v.check() == PolicyCheck::Msix),
+        "{err:?}"
+    );
+    assert_eq!(machine.state(), TdispTdiState::Unlocked);
+    let dsm = assignment.dsm().lock().unwrap();
+    assert_eq!(
+        dsm.tdi_state(0x0901),
+        Some(tdisp_proto::pcie::TdiState::ConfigUnlocked)
+    );
 }
 
 #[test]
@@ -114,6 +296,7 @@ fn matching_report_is_accepted_and_device_runs() {
     assert_eq!(accepted.report_bytes, bytes);
     assert_eq!(accepted.report.mmio_ranges, assigned());
     assert_eq!(device.model.state, TdispTdiState::Run);
+    assert!(device.unbinds.is_empty());
 }
 
 #[test]
@@ -127,11 +310,32 @@ fn moved_range_is_refused_and_device_unbound() {
         &strict_policy(),
     )
     .unwrap_err();
+    assert_eq!(
+        err,
+        FlowError::Policy(PolicyViolation::OutsideBar {
+            index: 1,
+            range_id: 2
+        })
+    );
+    assert_eq!(device.model.state, TdispTdiState::Unlocked);
+}
+
+#[test]
+fn range_inside_its_bar_but_not_as_assigned_is_refused() {
+    let mut shrunk = assigned();
+    shrunk[0].number_of_pages = 3;
+    let mut device = Device::serving(report(shrunk).to_bytes());
+    let err = accept_device(
+        &mut device,
+        TdispGuestProtocolType::AmdSevTioV1,
+        &strict_policy(),
+    )
+    .unwrap_err();
     assert!(matches!(
         err,
-        FlowError::Policy(PolicyViolation::RangeMismatch { index: 1, .. })
+        FlowError::Policy(PolicyViolation::RangeMismatch { index: 0, .. })
     ));
-    assert_eq!(device.model.state, TdispTdiState::Unlocked);
+    assert_eq!(device.unbinds, [TdispGuestUnbindReason::Graceful]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use crate::tsm::PciAddress;
 use crate::tsm::Tsm;
+use crate::tsm::TsmDeviceState;
 use crate::tsm::TsmError;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -71,7 +72,9 @@ pub type SharedTsm = Arc<Mutex<Tsm>>;
 /// in portions; [`TdispReportType::GuestDeviceId`] is the TDI's 12-byte TDISP interface id as on
 /// the wire; [`TdispReportType::IsRegistered`] is one byte, 1 while the TDI is bound through the
 /// TSM. The certificate chain and measurements need an SPDM session, which this crate does not
-/// have yet: they are not supported.
+/// have yet: they are not supported. Every report is answered from the device, never from what
+/// the host remembers: the interface report is read from it, and the other types ask it the
+/// TDI's state first, so a TDI in ERROR has no report of any type.
 #[derive(Debug, Clone)]
 pub struct TsmBackend {
     tsm: SharedTsm,
@@ -94,7 +97,9 @@ impl TsmBackend {
         match f(&mut tsm, self.address) {
             Ok(value) => Ok(value),
             Err(error) => {
-                let in_error = matches!(tsm.interface_state(self.address), Ok(TdiState::Error));
+                // A failed state change already asked the device; otherwise ask now.
+                let in_error = tsm.device_state(self.address) == Some(TsmDeviceState::Error)
+                    || matches!(tsm.interface_state(self.address), Ok(TdiState::Error));
                 tracing::warn!(address = self.address, %error, in_error, "TSM work failed");
                 Err(if in_error {
                     BackendError::TdiInError

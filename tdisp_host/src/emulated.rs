@@ -1,9 +1,11 @@
-//! Wiring for an emulated assignment: an [`EmulatedDsm`] behind a TSM, bound for one guest,
-//! and the host state machine that drives it. Tests, examples, benches and demos start here.
+//! Wiring for an emulated assignment: an [`EmulatedDsm`] behind an emulated DOE capability
+//! ([`DoeFunction`]) that the TSM drives register by register ([`RegisterMailbox`]), bound for
+//! one guest, and the host state machine that drives it. Tests, examples, benches and demos start here.
 
 use crate::backend::SharedTsm;
 use crate::backend::TsmBackend;
 use crate::dsm::ConfigError;
+use crate::dsm::DoeFunction;
 use crate::dsm::DsmConfig;
 use crate::dsm::EmulatedDsm;
 use crate::state_machine::MachineConfig;
@@ -13,6 +15,8 @@ use crate::tsm::PciAddress;
 use crate::tsm::PciDeviceInfo;
 use crate::tsm::PlainChannel;
 use crate::tsm::ProbeOutcome;
+use crate::tsm::RegisterMailbox;
+use crate::tsm::SystemClock;
 use crate::tsm::Tsm;
 use crate::tsm::TsmError;
 use std::sync::Arc;
@@ -66,9 +70,13 @@ impl EmulatedAssignment {
         let interface = InterfaceId::from_requester_id(requester_id);
         {
             let mut guard = tsm.lock().unwrap_or_else(PoisonError::into_inner);
+            // The TSM reaches the device through its DOE registers, as it would real hardware.
+            let function = DoeFunction::new(dsm.clone());
+            let mailbox = RegisterMailbox::new(function, Box::new(SystemClock::new()))
+                .ok_or(SetupError::Declined("no DOE capability"))?;
             let outcome = guard.probe(
                 PciDeviceInfo::tee_io(address),
-                Box::new(dsm.clone()),
+                Box::new(mailbox),
                 Box::new(PlainChannel::new()),
             );
             if let ProbeOutcome::Declined(reason) = outcome {

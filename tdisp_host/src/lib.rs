@@ -5,13 +5,18 @@
 //! The host path is: guest `tdisp.proto` command (over the VMBus channel of [`vmbus`]) ->
 //! [`dispatch::answer`] ->
 //! [`state_machine::TdiStateMachine`] (the rules of `TdispGuestRequestInterface`) ->
-//! [`backend::TsmBackend`] -> [`tsm::Tsm`] -> [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`] ->
-//! [`dsm::EmulatedDsm`]. Each layer is usable alone:
+//! [`backend::TsmBackend`] -> [`tsm::Tsm`] -> [`tsm::SecureChannel`] -> [`tsm::DoeMailbox`]
+//! ([`tsm::RegisterMailbox`], driving the DOE registers one dword at a time) ->
+//! [`dsm::DoeFunction`] (the device's DOE capability) -> [`dsm::EmulatedDsm`]. Each layer is
+//! usable alone:
 //!
 //! - [`dsm`]: a TDISP responder for a configurable virtual function, answering every PCIe TDISP
 //!   request as the specification says, at TDISP, SPDM or DOE level.
 //! - [`tsm`]: probe/remove, connect/disconnect, bind/unbind and scope-checked guest requests,
-//!   each serviced by DOE exchanges ("request + exec"), one outstanding command per device.
+//!   each serviced by DOE exchanges ("request + exec"), one outstanding command per device. It
+//!   converges whatever the device does: state-changing requests that fail or go unanswered
+//!   are followed by a state query, busy devices are retried with bounded backoff on an
+//!   injectable [`tsm::Clock`], and STOP is sent only to a TDI not known to be unlocked.
 //! - [`state_machine`] and [`history`]: the guest-facing machine and its diagnostics record.
 //! - [`dispatch`]: command bytes in, response bytes out, independent of the transport.
 //! - [`vmbus`]: the TDISP VMBus device, one channel per assigned device.

@@ -8,9 +8,12 @@
 //!   protocol is negotiated, asking for another is refused and changes nothing (switching after
 //!   lock would break the attestation chain the guest relies on);
 //! - lock only from `Unlocked`, start only from `Locked`, reports only in `Locked` or `Run`;
-//! - unbind from any negotiated state back to `Unlocked`, even when the device's STOP fails
-//!   (the guest is released; the answer says the host failed and the TSM keeps the TDI away
-//!   from any other binding until a STOP succeeds);
+//! - unbind from any negotiated state back to `Unlocked` whenever the TDI ends up
+//!   CONFIG_UNLOCKED, even when the device's STOP fails (DMTF spdm-emu refuses STOP in
+//!   CONFIG_UNLOCKED; the TSM asks the state and counts that as done). Only when the device
+//!   shows the TDI is still locked, running or in error (or cannot say) does the unbind fail
+//!   and the machine report `Error`: the host never claims `Unlocked` for a TDI that is not,
+//!   and the next unbind tries again;
 //! - a lock or start in the wrong state fails with `InvalidDeviceState`, a report in the wrong
 //!   state with `InvalidGuestAttestationReportState`, a report of type `Invalid` with
 //!   `InvalidGuestAttestationReportType`; each of them **unbinds the device**.
@@ -290,15 +293,13 @@ impl<B: TdiBackend> TdiStateMachine<B> {
         error: BackendError,
     ) -> (TdispGuestOperationError, Option<UnbindCause>) {
         match (call, error) {
-            // The seed: unbind always ends in `Unlocked`. The guest is released; the error
-            // tells it the device did not confirm, and the TSM keeps the TDI fenced.
-            (GuestCall::Unbind(reason), error) => {
-                tracing::error!(device = self.config.device_id, %error, "STOP failed on unbind; guest released, TDI fenced by the TSM");
-                self.state = TdispTdiState::Unlocked;
-                (
-                    TdispGuestOperationError::HostFailedToProcessCommand,
-                    Some(UnbindCause::Guest(reason)),
-                )
+            // The backend already counted a STOP that failed on a CONFIG_UNLOCKED TDI as done;
+            // a failure here means the TDI is demonstrably not unlocked (or its state is
+            // unknown), and saying `Unlocked` would be a lie. `Error` is left by unbinding.
+            (GuestCall::Unbind(_), error) => {
+                tracing::error!(device = self.config.device_id, %error, "unbind failed: the TDI is not unlocked");
+                self.state = TdispTdiState::Error;
+                (TdispGuestOperationError::HostFailedToProcessCommand, None)
             }
             (_, BackendError::NotSupported(_)) => (TdispGuestOperationError::NotImplemented, None),
             (_, BackendError::TdiInError) => {

@@ -39,5 +39,24 @@ fn host_state_machine_passes_the_conformance_suite() {
     assert_eq!(report.passed, check_names());
 }
 
+#[test]
+fn host_passes_the_conformance_suite_against_an_spdm_emu_like_device() {
+    use std::sync::Arc;
+    use std::sync::Mutex;
+    use tdisp_host::dsm::DsmConfig;
+    use tdisp_host::tsm::Tsm;
+    let make = || {
+        let mut dsm = DsmConfig::single_function(0x0201);
+        dsm.spdm_emu_quirks = true;
+        let tsm = Arc::new(Mutex::new(Tsm::new()));
+        EmulatedAssignment::new(tsm, 0x0200, dsm, DEVICE, EmulatedAssignment::default_lock())
+            .unwrap()
+            .machine(MachineConfig::new(DEVICE))
+    };
+    let report = run_conformance(&config(), make);
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.passed, check_names());
+}
+
 // The same suite through the packet dispatcher runs in tdisp_guest/tests/end_to_end.rs, with
 // the real guest client as the caller, so the codec, dispatcher and client are checked together.

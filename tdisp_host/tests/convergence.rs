@@ -335,7 +335,7 @@ mod unbind {
     }
 
     #[test]
-    fn unbind_ends_unlocked_even_when_stop_fails_and_a_later_unbind_finishes_the_job() {
+    fn stop_refused_on_a_locked_tdi_is_error_not_unlocked_and_a_later_unbind_converges() {
         let mut rig = Rig::negotiated(Script::default());
         rig.machine.request_lock_device_resources().unwrap();
         rig.script().refuse_stop = true;
@@ -343,33 +343,51 @@ mod unbind {
             rig.machine.request_unbind(TdispGuestUnbindReason::Graceful),
             Err(E::HostFailedToProcessCommand)
         );
-        assert_eq!(
-            rig.machine.state(),
-            S::Unlocked,
-            "the seed: unbind ends Unlocked"
-        );
-        // The TSM took the device's word and keeps the TDI fenced: no lock on top of it.
+        // The device says the TDI is still locked: the host does not claim otherwise.
         assert_eq!(rig.device(), TdiState::ConfigLocked);
+        assert_eq!(rig.machine.state(), S::Error);
         assert_eq!(rig.tsm_state(), TsmDeviceState::Locked);
+        rig.check_truthful();
+        // The TSM took the device's word: no LOCK goes to a TDI it knows is locked.
+        rig.sent();
         assert_eq!(
             rig.machine.request_lock_device_resources(),
-            Err(E::HostFailedToProcessCommand)
+            Err(E::InvalidDeviceState)
         );
         assert!(
-            !rig.sent()
-                .iter()
-                .skip(2)
-                .any(|&m| m == M::LOCK_INTERFACE_REQUEST)
+            !rig.sent().contains(&M::LOCK_INTERFACE_REQUEST),
+            "no LOCK is sent to a TDI the device says is locked"
         );
+        assert_eq!(rig.machine.state(), S::Error);
         // Once the device takes STOP again, an unbind converges.
         rig.script().refuse_stop = false;
         rig.machine
             .request_unbind(TdispGuestUnbindReason::Graceful)
             .unwrap();
+        assert_eq!(rig.machine.state(), S::Unlocked);
         assert_eq!(rig.device(), TdiState::ConfigUnlocked);
         assert_eq!(rig.tsm_state(), TsmDeviceState::Bound);
         rig.check_truthful();
         rig.machine.request_lock_device_resources().unwrap();
+    }
+
+    #[test]
+    fn unbind_ends_unlocked_when_stop_fails_but_the_tdi_is_unlocked() {
+        // STOP's answer is lost although the device did stop: the state query settles it.
+        let mut rig = Rig::negotiated(Script::default());
+        rig.machine.request_lock_device_resources().unwrap();
+        rig.machine.request_start_tdi().unwrap();
+        rig.script().lose_answer = BTreeMap::from([(M::STOP_INTERFACE_REQUEST.0, 1)]);
+        rig.sent();
+        rig.machine
+            .request_unbind(TdispGuestUnbindReason::Graceful)
+            .unwrap();
+        assert_eq!(
+            rig.sent(),
+            [M::STOP_INTERFACE_REQUEST, M::GET_DEVICE_INTERFACE_STATE]
+        );
+        assert_eq!(rig.machine.state(), S::Unlocked);
+        rig.check_truthful();
     }
 
     #[test]
@@ -492,6 +510,12 @@ mod lost_answers {
         assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Unknown));
         // No state change on a TDI in an unknown state.
         assert!(matches!(tsm.lock(ADDRESS), Err(TsmError::WrongState(_))));
+        // Asking the state again, once the device answers, makes it known.
+        assert_eq!(
+            tsm.interface_state(ADDRESS).unwrap(),
+            TdiState::ConfigLocked
+        );
+        assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Locked));
         tsm.unbind(ADDRESS).unwrap();
         assert_eq!(tsm.device_state(ADDRESS), Some(TsmDeviceState::Connected));
         drop(tsm);
@@ -702,6 +726,135 @@ mod capabilities {
                 .count();
             assert_eq!(msix, if lock_msix { 2 } else { 0 }, "lock_msix {lock_msix}");
             assert_eq!(report.msi_x_message_control != 0, lock_msix);
+        }
+    }
+}
+
+/// Random guest calls, device faults and configuration changes, on devices with and without
+/// spdm-emu's quirks: the host never claims `Unlocked` for a TDI that is not, and once the
+/// faults stop, one unbind brings both sides to Unlocked / CONFIG_UNLOCKED.
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Negotiate,
+        Lock,
+        Start,
+        Report(TdispReportType),
+        Unbind,
+        LoseNext(u8),
+        BusyNext(u8, u32),
+        NotReadyNext(u8, u32),
+        RefuseStop(bool),
+        Change(ConfigChange),
+    }
+
+    fn code() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            Just(M::LOCK_INTERFACE_REQUEST.0),
+            Just(M::START_INTERFACE_REQUEST.0),
+            Just(M::STOP_INTERFACE_REQUEST.0),
+            Just(M::GET_DEVICE_INTERFACE_STATE.0),
+            Just(M::GET_DEVICE_INTERFACE_REPORT.0),
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => Just(Step::Negotiate),
+            3 => Just(Step::Lock),
+            3 => Just(Step::Start),
+            2 => prop_oneof![
+                Just(TdispReportType::Invalid),
+                Just(TdispReportType::InterfaceReport),
+                Just(TdispReportType::GuestDeviceId),
+            ]
+            .prop_map(Step::Report),
+            2 => Just(Step::Unbind),
+            1 => code().prop_map(Step::LoseNext),
+            1 => (code(), 1u32..10).prop_map(|(c, n)| Step::BusyNext(c, n)),
+            1 => (code(), 1u32..4).prop_map(|(c, n)| Step::NotReadyNext(c, n)),
+            1 => any::<bool>().prop_map(Step::RefuseStop),
+            1 => prop_oneof![
+                (0u64..4).prop_map(|page| ConfigChange::MoveBar {
+                    requester_id: RID,
+                    bar: 0,
+                    new_address: 0xe000_0000 + page * 0x10_0000,
+                }),
+                any::<u16>().prop_map(|message_control| ConfigChange::SetMsixControl {
+                    requester_id: RID,
+                    message_control,
+                }),
+            ]
+            .prop_map(Step::Change),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn the_host_stays_truthful_and_converges(
+            quirks in any::<bool>(),
+            steps in proptest::collection::vec(step(), 0..40),
+        ) {
+            let mut config = DsmConfig::single_function(RID);
+            config.spdm_emu_quirks = quirks;
+            let mut rig = Rig::with_config(Script::default(), config);
+            for step in steps {
+                let machine = &mut rig.machine;
+                match step {
+                    Step::Negotiate => {
+                        let _ = machine.tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1);
+                    }
+                    Step::Lock => {
+                        let _ = machine.request_lock_device_resources();
+                    }
+                    Step::Start => {
+                        let _ = machine.request_start_tdi();
+                    }
+                    Step::Report(t) => {
+                        let _ = machine.request_attestation_report(t);
+                    }
+                    Step::Unbind => {
+                        let _ = machine.request_unbind(TdispGuestUnbindReason::Graceful);
+                    }
+                    Step::LoseNext(c) => {
+                        *rig.script().lose_answer.entry(c).or_default() += 1;
+                    }
+                    Step::BusyNext(c, n) => {
+                        rig.script().busy.insert(c, n);
+                    }
+                    Step::NotReadyNext(c, n) => {
+                        rig.script().not_ready.insert(c, n);
+                    }
+                    Step::RefuseStop(refuse) => rig.script().refuse_stop = refuse,
+                    Step::Change(change) => {
+                        let _ = rig.dsm.lock().unwrap().apply_config_change(change);
+                    }
+                }
+                if rig.machine.state() == S::Unlocked {
+                    prop_assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+                }
+            }
+            {
+                let mut script = rig.script();
+                script.lose_answer.clear();
+                script.busy.clear();
+                script.not_ready.clear();
+                script.refuse_stop = false;
+            }
+            if rig.machine.state() != S::Uninitialized {
+                prop_assert_eq!(
+                    rig.machine.request_unbind(TdispGuestUnbindReason::Graceful),
+                    Ok(())
+                );
+                prop_assert_eq!(rig.machine.state(), S::Unlocked);
+            }
+            prop_assert_eq!(rig.device(), TdiState::ConfigUnlocked);
+            prop_assert_eq!(rig.tsm_state(), TsmDeviceState::Bound);
         }
     }
 }

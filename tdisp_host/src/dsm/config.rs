@@ -276,6 +276,11 @@ pub struct DsmConfig {
     pub firmware_version: u32,
     /// Most peer-to-peer streams bound at once per TDI.
     pub max_p2p_streams: usize,
+    /// Answer as DMTF spdm-emu does where it differs from this device's defaults:
+    /// STOP_INTERFACE in CONFIG_UNLOCKED is refused with INVALID_INTERFACE_STATE, and
+    /// TDISP_CAPABILITIES advertises the request bitmap 0x7F (which leaves STOP out). A TSM must
+    /// converge against both behaviours.
+    pub spdm_emu_quirks: bool,
 }
 
 impl DsmConfig {
@@ -287,6 +292,7 @@ impl DsmConfig {
             max_report_portion: 1024,
             firmware_version: 1,
             max_p2p_streams: 4,
+            spdm_emu_quirks: false,
         }
     }
 

@@ -16,7 +16,9 @@
 //!
 //! Where the specification leaves room, this device chooses:
 //!
-//! - STOP_INTERFACE succeeds in every state; from CONFIG_UNLOCKED it changes nothing.
+//! - STOP_INTERFACE succeeds in every state; from CONFIG_UNLOCKED it changes nothing (with
+//!   [`DsmConfig::spdm_emu_quirks`] it is refused there with INVALID_INTERFACE_STATE, as DMTF
+//!   spdm-emu does).
 //! - A START_INTERFACE with the wrong nonce answers INVALID_NONCE and leaves the TDI
 //!   CONFIG_LOCKED; a successful START consumes the nonce.
 //! - BIND_P2P_STREAM / UNBIND_P2P_STREAM are accepted in RUN only, and only after a lock with
@@ -92,6 +94,14 @@ pub fn supported_requests() -> RequestBitmap {
             .map(TdispMessageType)
             .filter(|&code| code != TdispMessageType::VDM_REQUEST),
     )
+}
+
+/// The request bitmap DMTF spdm-emu advertises: 0x7F in the first byte, which by the
+/// bitmap's layout (bit n for code 0x80 + n) leaves STOP_INTERFACE out although it answers it.
+pub fn spdm_emu_requests() -> RequestBitmap {
+    let mut bitmap = [0; 16];
+    bitmap[0] = 0x7f;
+    RequestBitmap(bitmap)
 }
 
 /// The runtime state of one TDI.
@@ -199,7 +209,11 @@ impl EmulatedDsm {
         let caps = &self.config.capabilities;
         Capabilities {
             dsm_caps: DsmCaps::new().with_xt_mode_supported(caps.xt_mode_supported),
-            req_msg_supported: supported_requests(),
+            req_msg_supported: if self.config.spdm_emu_quirks {
+                spdm_emu_requests()
+            } else {
+                supported_requests()
+            },
             lock_interface_flags_supported: caps.lock_flags_supported,
             dev_addr_width: caps.dev_addr_width,
             num_req_this: caps.num_req_this,
@@ -287,6 +301,11 @@ impl EmulatedDsm {
             ) => Self::report(&self.config, tdi, *offset, *length),
             (TdiState::ConfigLocked, TdispRequest::StartInterface { nonce }) => {
                 Self::start(tdi, nonce)
+            }
+            (TdiState::ConfigUnlocked, TdispRequest::StopInterface)
+                if self.config.spdm_emu_quirks =>
+            {
+                error(TdispErrorCode::INVALID_INTERFACE_STATE)
             }
             // STOP is accepted in every state; from CONFIG_UNLOCKED it changes nothing.
             (_, TdispRequest::StopInterface) => {

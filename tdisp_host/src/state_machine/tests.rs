@@ -249,7 +249,7 @@ mod failures {
     }
 
     #[test]
-    fn failed_stop_after_a_refused_call_is_error_but_guest_unbind_ends_unlocked() {
+    fn failed_stop_leaves_the_machine_in_error_until_an_unbind_succeeds() {
         let mut machine = scripted();
         machine.request_lock_device_resources().unwrap();
         machine.backend.fail_stop = true;
@@ -262,12 +262,7 @@ mod failures {
             machine.request_unbind(TdispGuestUnbindReason::Unknown),
             Err(TdispGuestOperationError::HostFailedToProcessCommand)
         );
-        assert_eq!(machine.state(), S::Unlocked);
-        let last = machine.history().last().unwrap();
-        assert_eq!(
-            last.unbind,
-            Some(UnbindCause::Guest(TdispGuestUnbindReason::Unknown))
-        );
+        assert_eq!(machine.state(), S::Error);
         machine.backend.fail_stop = false;
         machine
             .request_unbind(TdispGuestUnbindReason::Unknown)

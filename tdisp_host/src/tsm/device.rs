@@ -222,7 +222,7 @@ impl TsmDevice {
     pub(super) fn discover(&mut self, index: u8) -> Result<DiscoveryResponseWire, TsmError> {
         let request = DiscoveryRequestWire {
             index,
-            version: 0,
+            version: self.mailbox.discovery_version(),
             reserved: [0; 2],
         };
         let mut object = Vec::new();

@@ -1,9 +1,15 @@
 //! The DOE mailbox: the one transport between the TSM and a device's security manager.
 //!
-//! A [`DoeMailbox`] moves one whole DOE data object to the device and returns the one object
-//! the device answers with, as the PCIe core's DOE helper does for a Linux TSM driver (in the
-//! "request + exec" model a TSM request is serviced by one or more such exchanges). The emulated DSM
-//! ([`crate::dsm::EmulatedDsm`]) is a mailbox; a real device would be one too.
+//! Two levels, as in PCIe 6.1 section 6.30 and the Linux DOE helper:
+//!
+//! - [`DoeRegisters`]: the DOE extended capability's registers, accessed one dword at a time
+//!   ([`regs`] has the layout). A device implements it
+//!   ([`crate::dsm::DoeFunction`] emulates one).
+//! - [`DoeMailbox`]: one whole data object to the device, the one object it answers with. It
+//!   is a thin layer: [`super::doe_driver::RegisterMailbox`] implements it by driving the
+//!   registers (Go, Busy, Data Object Ready, Error, Abort, the 1 s timeout). In the "request +
+//!   exec" model a TSM request is serviced by one or more such exchanges. Whole-object
+//!   responders ([`crate::dsm::EmulatedDsm`], test scripts) implement it directly too.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -43,17 +49,29 @@ pub trait DoeMailbox: Send {
     /// Sends the whole data object `request` (header included) and returns the whole response
     /// object. The answer is untrusted: callers decode and validate it.
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError>;
+
+    /// The DOE discovery version requests on this mailbox carry: 2 when the DOE capability is
+    /// version 2 or later (PCIe 6.1), else 0. Mailboxes without a capability to read say 0.
+    fn discovery_version(&self) -> u8 {
+        0
+    }
 }
 
 impl<T: DoeMailbox + ?Sized> DoeMailbox for Box<T> {
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
         (**self).exchange(request)
     }
+    fn discovery_version(&self) -> u8 {
+        (**self).discovery_version()
+    }
 }
 
 impl<T: DoeMailbox + ?Sized> DoeMailbox for &mut T {
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
         (**self).exchange(request)
+    }
+    fn discovery_version(&self) -> u8 {
+        (**self).discovery_version()
     }
 }
 
@@ -63,6 +81,78 @@ impl<T: DoeMailbox + ?Sized> DoeMailbox for Arc<Mutex<T>> {
     fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, MailboxError> {
         let mut device = self.lock().map_err(|_| MailboxError::Unavailable)?;
         device.exchange(request)
+    }
+    fn discovery_version(&self) -> u8 {
+        self.lock().map_or(0, |d| d.discovery_version())
+    }
+}
+
+/// The DOE extended capability's register layout (PCIe 6.1 section 7.9.24), as offsets from
+/// the capability and bits of each register.
+pub mod regs {
+    /// Extended capability header: id, version (bits 19:16), next capability.
+    pub const HEADER: u16 = 0x00;
+    /// DOE Capabilities (interrupt support and message number; none here).
+    pub const CAPABILITIES: u16 = 0x04;
+    /// DOE Control.
+    pub const CONTROL: u16 = 0x08;
+    /// DOE Status.
+    pub const STATUS: u16 = 0x0c;
+    /// DOE Write Data Mailbox: each write appends one dword of the request object.
+    pub const WRITE_MAILBOX: u16 = 0x10;
+    /// DOE Read Data Mailbox: a read returns the current dword of the response object, a write
+    /// (of any value) moves to the next one.
+    pub const READ_MAILBOX: u16 = 0x14;
+
+    /// The DOE extended capability id.
+    pub const CAPABILITY_ID: u32 = 0x002e;
+
+    /// Control: abort whatever exchange is in progress and empty both mailboxes.
+    pub const CONTROL_ABORT: u32 = 1 << 0;
+    /// Control: the request object in the write mailbox is complete; process it.
+    pub const CONTROL_GO: u32 = 1 << 31;
+
+    /// Status: the device is processing (or aborting) and takes no new object.
+    pub const STATUS_BUSY: u32 = 1 << 0;
+    /// Status: the device could not process the object; only an abort clears it.
+    pub const STATUS_ERROR: u32 = 1 << 2;
+    /// Status: a response object is waiting in the read mailbox.
+    pub const STATUS_DATA_OBJECT_READY: u32 = 1 << 31;
+
+    /// The capability version in a header value.
+    pub fn header_version(header: u32) -> u8 {
+        ((header >> 16) & 0xf) as u8
+    }
+}
+
+/// The DOE registers of one function, one dword at a time. Offsets are the [`regs`] constants;
+/// reads of offsets the capability does not have return 0 and writes to them are ignored, as
+/// for reserved configuration space.
+pub trait DoeRegisters: Send {
+    /// Reads the register at `offset`.
+    fn read(&mut self, offset: u16) -> u32;
+    /// Writes `value` to the register at `offset`.
+    fn write(&mut self, offset: u16, value: u32);
+}
+
+impl<T: DoeRegisters + ?Sized> DoeRegisters for Box<T> {
+    fn read(&mut self, offset: u16) -> u32 {
+        (**self).read(offset)
+    }
+    fn write(&mut self, offset: u16, value: u32) {
+        (**self).write(offset, value);
+    }
+}
+
+/// Registers shared with their owner, so a test can reach the device while the TSM holds it.
+impl<T: DoeRegisters + ?Sized> DoeRegisters for Arc<Mutex<T>> {
+    fn read(&mut self, offset: u16) -> u32 {
+        self.lock().map_or(u32::MAX, |mut r| r.read(offset))
+    }
+    fn write(&mut self, offset: u16, value: u32) {
+        if let Ok(mut r) = self.lock() {
+            r.write(offset, value);
+        }
     }
 }
 

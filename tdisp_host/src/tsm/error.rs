@@ -19,7 +19,7 @@ pub enum TsmError {
     /// The device already has an outstanding command.
     #[error("device busy: one command is already outstanding")]
     Busy,
-    /// [`Tsm::exec`] was called with no outstanding command.
+    /// [`super::Tsm::exec`] was called with no outstanding command.
     #[error("no outstanding command")]
     NothingPending,
     /// The operation needs another device state.

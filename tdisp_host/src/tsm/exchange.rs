@@ -156,3 +156,51 @@ fn classify(
         body => Err(mismatch(&body)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interface() -> InterfaceId {
+        InterfaceId::from_requester_id(0x0101)
+    }
+
+    fn classify_raw(raw: &[u8]) -> Result<Answer, TsmError> {
+        classify(raw, interface(), &TdispRequest::StopInterface)
+    }
+
+    #[test]
+    fn response_not_ready_hint_is_read_and_bounded_by_its_fields() {
+        let raw = [SPDM_VERSION_1_2, SPDM_ERROR, 0x42, 0, 3, 0xfe, 9, 2];
+        match classify_raw(&raw) {
+            Ok(Answer::NotReady { token, hint }) => {
+                assert_eq!(token, 9);
+                assert_eq!(hint, Duration::from_micros(16));
+            }
+            _ => panic!("not classified as ResponseNotReady"),
+        }
+        // A huge exponent saturates instead of overflowing.
+        let raw = [SPDM_VERSION_1_2, SPDM_ERROR, 0x42, 0, 255, 0xfe, 9, 255];
+        assert!(matches!(classify_raw(&raw), Ok(Answer::NotReady { .. })));
+    }
+
+    #[test]
+    fn malformed_response_not_ready_is_an_invalid_response() {
+        let short = [SPDM_VERSION_1_2, SPDM_ERROR, 0x42, 0, 3];
+        assert!(matches!(
+            classify_raw(&short),
+            Err(TsmError::InvalidResponse(_))
+        ));
+        let other_request = [SPDM_VERSION_1_2, SPDM_ERROR, 0x42, 0, 3, 0x84, 9, 1];
+        assert!(matches!(
+            classify_raw(&other_request),
+            Err(TsmError::InvalidResponse(_))
+        ));
+    }
+
+    #[test]
+    fn other_spdm_errors_end_the_exchange() {
+        let raw = [SPDM_VERSION_1_2, SPDM_ERROR, 0x01, 0];
+        assert!(matches!(classify_raw(&raw), Err(TsmError::SpdmError(0x01))));
+    }
+}

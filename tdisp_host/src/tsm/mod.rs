@@ -5,9 +5,10 @@
 //!   device context down.
 //! - Per device, [`Tsm::connect`] discovers the DOE protocols and establishes the
 //!   [`SecureChannel`]; [`Tsm::disconnect`] closes it.
-//! - [`Tsm::bind`] assigns one TDI of the device to a guest (checking its TDISP version,
-//!   that its capabilities cover the requests and lock flags the binding needs, and that it is
-//!   CONFIG_UNLOCKED); [`Tsm::unbind`] stops it and releases it.
+//! - [`Tsm::bind`] assigns one TDI of the device to a guest (checking its TDISP version, that
+//!   it honours the lock flags the binding needs, and that it is CONFIG_UNLOCKED; the request
+//!   bitmap is advisory); [`Tsm::unbind`] stops it (unless it is known CONFIG_UNLOCKED) and
+//!   releases it.
 //! - Guest requests pass through [`Tsm::guest_request`] with their scope enforced:
 //!   [`GuestRequestScope::Info`] covers read-only requests (version, capabilities, state,
 //!   report), [`GuestRequestScope::StateChange`] covers exactly UNLOCKED->LOCKED and
@@ -16,6 +17,12 @@
 //! Every operation follows the "request + exec" model: [`Tsm::submit`] queues the one
 //! outstanding command a device may have and [`Tsm::exec`] services it one DOE exchange at a
 //! time until it completes; the convenience methods do both.
+//!
+//! The code is split by concern: `device` (device contexts, probe/remove, discovery and
+//! connect), `binding` (what a binding needs and the operations on a bound TDI), `engine` (the
+//! one table of what each device state allows, and the steps of every command), `exchange` (one
+//! validated TDISP request/response with retries), [`clock`] (time and retry policy), [`doe`]
+//! and [`doe_driver`] (the DOE mailbox at object and register level), [`secure_channel`].
 //!
 //! ```
 //! use tdisp_host::dsm::{DsmConfig, EmulatedDsm};
@@ -46,6 +53,7 @@ mod exchange;
 pub mod clock;
 
 pub mod doe;
+pub mod doe_driver;
 pub mod secure_channel;
 
 pub use binding::BindParams;
@@ -57,7 +65,9 @@ pub use device::PciDeviceInfo;
 pub use device::ProbeOutcome;
 pub use device::TsmDeviceState;
 pub use doe::DoeMailbox;
+pub use doe::DoeRegisters;
 pub use doe::MailboxError;
+pub use doe_driver::RegisterMailbox;
 pub use engine::ExecStatus;
 pub use engine::GuestRequest;
 pub use engine::GuestRequestScope;

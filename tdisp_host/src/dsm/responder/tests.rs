@@ -591,3 +591,50 @@ mod portions {
         assert_eq!(assembler.finish().unwrap(), expected);
     }
 }
+
+mod spdm_emu_quirks {
+    use super::*;
+
+    fn quirky() -> EmulatedDsm {
+        let mut config = DsmConfig::single_function(RID);
+        config.spdm_emu_quirks = true;
+        EmulatedDsm::new(config).unwrap()
+    }
+
+    #[test]
+    fn stop_in_config_unlocked_is_invalid_interface_state_and_works_elsewhere() {
+        let mut dsm = quirky();
+        let response = dsm.respond(tdi(), &TdispRequest::StopInterface);
+        assert_eq!(
+            code(&response),
+            Some(TdispErrorCode::INVALID_INTERFACE_STATE)
+        );
+        lock(&mut dsm, LockInterfaceFlags::new());
+        let response = dsm.respond(tdi(), &TdispRequest::StopInterface);
+        assert_eq!(response, TdispResponse::StopInterface);
+        assert_eq!(dsm.tdi_state(RID), Some(TdiState::ConfigUnlocked));
+        // Without the quirks STOP is accepted in CONFIG_UNLOCKED.
+        assert_eq!(
+            super::dsm().respond(tdi(), &TdispRequest::StopInterface),
+            TdispResponse::StopInterface
+        );
+    }
+
+    #[test]
+    fn capabilities_advertise_spdm_emus_bitmap() {
+        let caps = quirky().capabilities();
+        assert_eq!(caps.req_msg_supported.0[0], 0x7f);
+        assert!(caps.req_msg_supported.0[1..].iter().all(|&b| b == 0));
+        assert!(
+            !caps
+                .req_msg_supported
+                .supports(TdispMessageType::STOP_INTERFACE_REQUEST)
+        );
+        assert!(
+            dsm()
+                .capabilities()
+                .req_msg_supported
+                .supports(TdispMessageType::STOP_INTERFACE_REQUEST)
+        );
+    }
+}
