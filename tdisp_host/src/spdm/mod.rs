@@ -8,6 +8,7 @@
 //! - [`cert`]: certificate chains in slot format, validated against a configured root.
 
 pub mod cert;
+pub mod channel;
 pub mod codes;
 pub mod crypto;
 pub mod messages;

@@ -49,6 +49,16 @@ impl VendorHandler for crate::dsm::EmulatedDsm {
     }
 }
 
+/// A DSM shared with its owner (who may change its configuration while it serves).
+impl VendorHandler for std::sync::Arc<std::sync::Mutex<crate::dsm::EmulatedDsm>> {
+    fn handle_vendor(&mut self, request: &[u8]) -> Vec<u8> {
+        match self.lock() {
+            Ok(mut dsm) => dsm.handle_spdm(request),
+            Err(_) => error(SpdmErrorCode::UNSPECIFIED, 0),
+        }
+    }
+}
+
 /// What the responder serves.
 #[derive(Debug)]
 pub struct ResponderConfig {
