@@ -156,9 +156,19 @@ impl TdiBackend for TsmBackend {
                 id.extend_from_slice(&[0; 8]);
                 Ok(id)
             }
-            TdispReportType::CertificateChain | TdispReportType::Measurements => Err(
-                BackendError::NotSupported("certificates and measurements need an SPDM session"),
-            ),
+            TdispReportType::CertificateChain => {
+                let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+                tsm.certificate_chain(self.address)
+                    .ok_or(BackendError::NotSupported(
+                        "certificates need an SPDM session",
+                    ))
+            }
+            TdispReportType::Measurements => {
+                self.with_tsm(Tsm::signed_measurements)?
+                    .ok_or(BackendError::NotSupported(
+                        "measurements need an SPDM session",
+                    ))
+            }
             TdispReportType::Invalid => Err(BackendError::NotSupported("invalid report type")),
         }
     }

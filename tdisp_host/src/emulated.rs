@@ -1,5 +1,6 @@
-//! Wiring for an emulated assignment: an [`EmulatedDsm`] behind an emulated DOE capability
-//! ([`DoeFunction`]) that the TSM drives register by register ([`RegisterMailbox`]), bound for
+//! Wiring for an emulated assignment: an [`EmulatedDsm`] behind an SPDM responder
+//! ([`SpdmResponder`]) behind an emulated DOE capability ([`DoeFunction`]) that the TSM drives
+//! register by register ([`RegisterMailbox`]) over an SPDM session ([`SpdmChannel`]), bound for
 //! one guest, and the host state machine that drives it. Tests, examples, benches and demos start here.
 
 use crate::backend::SharedTsm;
@@ -8,12 +9,17 @@ use crate::dsm::ConfigError;
 use crate::dsm::DoeFunction;
 use crate::dsm::DsmConfig;
 use crate::dsm::EmulatedDsm;
+use crate::spdm::cert::DeviceIdentity;
+use crate::spdm::channel::SpdmChannel;
+use crate::spdm::messages::MeasurementBlock;
+use crate::spdm::requester::RequesterConfig;
+use crate::spdm::responder::ResponderConfig;
+use crate::spdm::responder::SpdmResponder;
 use crate::state_machine::MachineConfig;
 use crate::state_machine::TdiStateMachine;
 use crate::tsm::BindParams;
 use crate::tsm::PciAddress;
 use crate::tsm::PciDeviceInfo;
-use crate::tsm::PlainChannel;
 use crate::tsm::ProbeOutcome;
 use crate::tsm::RegisterMailbox;
 use crate::tsm::SystemClock;
@@ -33,6 +39,9 @@ pub enum SetupError {
     /// The device configuration is invalid.
     #[error("invalid device configuration")]
     Config(#[from] ConfigError),
+    /// The device identity could not be generated.
+    #[error("device identity generation failed: {0}")]
+    Identity(String),
     /// The TSM declined the device.
     #[error("the TSM declined the device: {0}")]
     Declined(&'static str),
@@ -51,9 +60,10 @@ pub struct EmulatedAssignment {
 }
 
 impl EmulatedAssignment {
-    /// Creates the device from `config`, probes it into `tsm` at `address` over a
-    /// [`PlainChannel`] (not secure), connects, and binds its first function to `guest` with
-    /// `lock` as the lock parameters.
+    /// Creates the device from `config` with a fresh identity (root CA and leaf certificate),
+    /// probes it into `tsm` at `address` over an [`SpdmChannel`] that trusts that root,
+    /// connects (SPDM session), and binds its first function to `guest` with `lock` as the
+    /// lock parameters.
     pub fn new(
         tsm: SharedTsm,
         address: PciAddress,
@@ -71,13 +81,20 @@ impl EmulatedAssignment {
         {
             let mut guard = tsm.lock().unwrap_or_else(PoisonError::into_inner);
             // The TSM reaches the device through its DOE registers, as it would real hardware.
-            let function = DoeFunction::new(dsm.clone());
+            let identity = DeviceIdentity::generate("emulated TDISP device")
+                .map_err(|e| SetupError::Identity(e.to_string()))?;
+            let channel = SpdmChannel::new(RequesterConfig::new(identity.root_der.clone()));
+            let responder = SpdmResponder::new(
+                ResponderConfig::new(identity, Self::measurements()),
+                dsm.clone(),
+            );
+            let function = DoeFunction::new(responder);
             let mailbox = RegisterMailbox::new(function, Box::new(SystemClock::new()))
                 .ok_or(SetupError::Declined("no DOE capability"))?;
             let outcome = guard.probe(
                 PciDeviceInfo::tee_io(address),
                 Box::new(mailbox),
-                Box::new(PlainChannel::new()),
+                Box::new(channel),
             );
             if let ProbeOutcome::Declined(reason) = outcome {
                 return Err(SetupError::Declined(reason));
@@ -119,6 +136,15 @@ impl EmulatedAssignment {
             flags: LockInterfaceFlags::new().with_lock_msix(true),
             ..Default::default()
         }
+    }
+
+    /// The measurement blocks the emulated device reports (a firmware digest).
+    pub fn measurements() -> Vec<MeasurementBlock> {
+        vec![MeasurementBlock {
+            index: 1,
+            value_type: 0x01,
+            value: crate::spdm::crypto::hash(b"emulated TDISP device firmware").to_vec(),
+        }]
     }
 
     /// The host state machine for the bound TDI.

@@ -21,9 +21,10 @@
 //! - [`dispatch`]: command bytes in, response bytes out, independent of the transport.
 //! - [`vmbus`]: the TDISP VMBus device, one channel per assigned device.
 //! - [`emulated`]: the wiring of all of the above for an emulated device.
+//! - [`spdm`]: SPDM 1.2 requester (in the TSM) and responder (around the emulated DSM).
 //!
-//! The channel between TSM and device is [`tsm::PlainChannel`], which is **not secure**: the
-//! SPDM session that TDISP requires is a later addition behind the [`tsm::SecureChannel`] seam.
+//! The channel between TSM and device is an SPDM 1.2 secured session ([`spdm`], behind the
+//! [`tsm::SecureChannel`] seam); the insecure [`tsm::PlainChannel`] is refused unless opted in.
 //!
 //! A guest's whole cycle, as `tdisp.proto` messages:
 //!
@@ -59,6 +60,7 @@ pub mod dispatch;
 pub mod dsm;
 pub mod emulated;
 pub mod history;
+pub mod spdm;
 pub mod state_machine;
 pub mod tsm;
 pub mod vmbus;

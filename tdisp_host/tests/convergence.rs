@@ -221,7 +221,7 @@ impl Rig {
             tsm.probe(
                 PciDeviceInfo::tee_io(ADDRESS),
                 Box::new(device),
-                Box::new(PlainChannel::new())
+                Box::new(PlainChannel::insecure_opt_in())
             ),
             ProbeOutcome::Handled
         );

@@ -346,7 +346,7 @@ fn discovery_requests(version: u8) -> Vec<Vec<u8>> {
         tsm.probe(
             PciDeviceInfo::tee_io(0x0100),
             Box::new(mailbox),
-            Box::new(PlainChannel::new())
+            Box::new(PlainChannel::insecure_opt_in())
         ),
         ProbeOutcome::Handled
     );

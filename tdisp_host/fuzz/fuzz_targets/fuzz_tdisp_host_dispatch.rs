@@ -161,7 +161,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 dsm: dsm.clone(),
                 injected: injected.clone(),
             }),
-            Box::new(PlainChannel::new()),
+            Box::new(PlainChannel::insecure_opt_in()),
         );
         tsm.connect(ADDR).unwrap();
         let lock = LockInterfaceParams {

@@ -188,6 +188,32 @@ impl Tsm {
             .map(|b| b.params)
     }
 
+    /// The device's certificate chain as the secure channel authenticated it (SPDM slot
+    /// format); `None` without a channel that authenticates the device.
+    pub fn certificate_chain(&self, address: PciAddress) -> Option<Vec<u8>> {
+        self.devices
+            .get(&address)
+            .and_then(|d| d.channel.certificate_chain())
+    }
+
+    /// Fresh measurements signed by the device, asked over the secure channel (see
+    /// [`super::SecureChannel::signed_measurements`]); `Ok(None)` when the channel cannot ask.
+    pub fn signed_measurements(
+        &mut self,
+        address: PciAddress,
+    ) -> Result<Option<Vec<u8>>, TsmError> {
+        let device = self.device_mut(address)?;
+        if device.pending.is_some() {
+            return Err(TsmError::Busy);
+        }
+        if device.state == TsmDeviceState::Init {
+            return Err(TsmError::WrongState(device.state));
+        }
+        Ok(device
+            .channel
+            .signed_measurements(device.mailbox.as_mut())?)
+    }
+
     pub(super) fn device_mut(&mut self, address: PciAddress) -> Result<&mut TsmDevice, TsmError> {
         self.devices
             .get_mut(&address)

@@ -32,7 +32,7 @@
 //! let dsm = EmulatedDsm::new(DsmConfig::single_function(0x0101))?;
 //! let mut tsm = Tsm::new();
 //! let device = PciDeviceInfo::tee_io(0x0100);
-//! assert_eq!(tsm.probe(device, Box::new(dsm), Box::new(PlainChannel::new())), ProbeOutcome::Handled);
+//! assert_eq!(tsm.probe(device, Box::new(dsm), Box::new(PlainChannel::insecure_opt_in())), ProbeOutcome::Handled);
 //! tsm.connect(device.address)?;
 //! tsm.bind(device.address, BindParams::new(InterfaceId::from_requester_id(0x0101), 7))?;
 //! tsm.lock(device.address)?;

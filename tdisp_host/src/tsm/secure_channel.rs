@@ -4,10 +4,10 @@
 //! TDISP requires its messages to travel inside a secured SPDM session (the TSM authenticates
 //! the device and encrypts the exchange). The channel is where that session lives: it is set
 //! up by [`SecureChannel::establish`] when the TSM connects to the device, holds its keys and
-//! sequence numbers between exchanges, and wraps every SPDM message it is given. The only
-//! implementation here, [`PlainChannel`], is **not secure**: it sends SPDM messages in the
-//! clear (DOE object type 1) and exists so the rest of the stack can be built and tested. A
-//! later issue plugs an SPDM 1.2 session in behind the same trait.
+//! sequence numbers between exchanges, and wraps every SPDM message it is given. The secure
+//! implementation is [`crate::spdm::channel::SpdmChannel`] (an SPDM 1.2 session). The one
+//! here, [`PlainChannel`], is **not secure**: it sends SPDM messages in the clear (DOE object
+//! type 1), and by policy refuses to establish without an explicit opt-in (tests only).
 
 use super::doe::DoeMailbox;
 use super::doe::MAX_DOE_OBJECT_SIZE;
@@ -70,26 +70,57 @@ pub trait SecureChannel: Send {
 
     /// The SPDM session id, when a session is established.
     fn session_id(&self) -> Option<u32>;
+
+    /// The device's certificate chain (SPDM slot format) that the channel authenticated when
+    /// it was established; `None` for a channel that authenticates nothing.
+    fn certificate_chain(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Fresh measurements signed by the device's leaf key (the SPDM 1.2 L1 transcript followed
+    /// by the signature); `Ok(None)` for a channel that cannot ask for them.
+    fn signed_measurements(
+        &mut self,
+        _mailbox: &mut dyn DoeMailbox,
+    ) -> Result<Option<Vec<u8>>, ChannelError> {
+        Ok(None)
+    }
 }
 
 /// A channel with **no security at all**: SPDM messages travel in the clear as DOE object
 /// type 1 (CMA/SPDM), unauthenticated and unencrypted, and anyone on the path can read and
-/// change them. It stands in for the SPDM session until one is implemented; never use it where
-/// the device or the path is not trusted.
+/// change them. The secure channel is [`crate::spdm::channel::SpdmChannel`]; this one exists
+/// for tests, and by policy refuses to establish unless created with
+/// [`PlainChannel::insecure_opt_in`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainChannel {
     established: bool,
+    opted_in: bool,
 }
 
 impl PlainChannel {
-    /// A channel that is not yet established.
+    /// A plain channel under the default policy: [`SecureChannel::establish`] refuses it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A plain channel its user explicitly accepts as insecure (tests only).
+    pub fn insecure_opt_in() -> Self {
+        Self {
+            established: false,
+            opted_in: true,
+        }
     }
 }
 
 impl SecureChannel for PlainChannel {
     fn establish(&mut self, _mailbox: &mut dyn DoeMailbox) -> Result<(), ChannelError> {
+        if !self.opted_in {
+            tracing::warn!("plain SPDM channel refused: TDISP travels only inside a session");
+            return Err(ChannelError::Session(
+                "plain channel refused by policy (no explicit opt-in)".into(),
+            ));
+        }
         tracing::warn!("plain SPDM channel established: TDISP messages are NOT protected");
         self.established = true;
         Ok(())
@@ -153,7 +184,11 @@ mod tests {
     #[test]
     fn plain_channel_refuses_to_exchange_before_establish_and_after_close() {
         let mut mailbox = Fixed(Vec::new());
-        let mut channel = PlainChannel::new();
+        assert!(matches!(
+            PlainChannel::new().establish(&mut mailbox),
+            Err(ChannelError::Session(_))
+        ));
+        let mut channel = PlainChannel::insecure_opt_in();
         assert_eq!(
             channel.exchange(&mut mailbox, &[0x12, 0xfe]),
             Err(ChannelError::NotEstablished)
@@ -172,7 +207,7 @@ mod tests {
     fn plain_channel_rejects_answers_that_are_not_spdm_objects() {
         let mut discovery = Vec::new();
         DoeObject::new(DoeObjectType::DISCOVERY, &[0; 4]).encode(&mut discovery);
-        let mut channel = PlainChannel::new();
+        let mut channel = PlainChannel::insecure_opt_in();
         let mut mailbox = Fixed(discovery);
         channel.establish(&mut mailbox).unwrap();
         assert_eq!(

@@ -30,7 +30,7 @@ fn tsm_with(mailbox: Box<dyn DoeMailbox>) -> Tsm {
         tsm.probe(
             PciDeviceInfo::tee_io(ADDR),
             mailbox,
-            Box::new(PlainChannel::new())
+            Box::new(PlainChannel::insecure_opt_in())
         ),
         ProbeOutcome::Handled
     );
@@ -56,7 +56,7 @@ mod lifecycle {
     fn probe_declines_devices_without_doe_or_tee_io_and_duplicates() {
         let mut tsm = Tsm::new();
         let dsm = || Box::new(shared_dsm(DsmConfig::single_function(RID)));
-        let channel = || Box::new(PlainChannel::new());
+        let channel = || Box::new(PlainChannel::insecure_opt_in());
         let no_doe = PciDeviceInfo {
             has_doe: false,
             ..PciDeviceInfo::tee_io(1)
