@@ -1,6 +1,8 @@
 //! The demo's library entry point, step by step: what `cargo xtask demo` prints is rendered from
 //! this same timeline.
 
+use sha2::Digest as _;
+use sha2::Sha384;
 use xtask::demo::DemoOptions;
 use xtask::demo::Outcome;
 use xtask::demo::Platform;
@@ -20,7 +22,30 @@ fn every_step_of_the_demo_succeeds_and_the_digests_are_real() {
         [
             ("image", Outcome::Ok),
             ("attest", Outcome::Ok),
+            ("quote", Outcome::Ok),
             ("teardown", Outcome::Ok),
+        ]
+    );
+    // The quoted PCRs are the recomputation from the printed digests, and the quote held.
+    assert!(timeline.quote_verified);
+    let launch = hex::decode(&timeline.digests[0].digest).unwrap();
+    let report = hex::decode(&timeline.report_digest).unwrap();
+    let expect = |digest: &[u8]| {
+        let mut h = Sha384::new();
+        h.update([0u8; 48]);
+        h.update(digest);
+        hex::encode(h.finalize())
+    };
+    let pcrs: Vec<(u32, String)> = timeline
+        .pcrs
+        .iter()
+        .map(|p| (p.pcr, p.value.clone()))
+        .collect();
+    assert_eq!(
+        pcrs,
+        [
+            (xtask::demo::LAUNCH_PCR, expect(&launch)),
+            (xtask::demo::DEVICE_PCR, expect(&report)),
         ]
     );
     assert!(timeline.all_ok());

@@ -187,13 +187,25 @@ pub(crate) fn attest(platform: Platform, count: usize) -> anyhow::Result<(Attest
                 client.state()
             );
         }
+        let secure = device
+            .assignment
+            .tsm()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("TSM lock poisoned"))?
+            .is_channel_secure(device.assignment.address());
+        if secure != Some(true) {
+            bail!(
+                "device {}: TDISP did not travel in an SPDM session",
+                device.id
+            );
+        }
         ranges += accepted.report.mmio_ranges.len();
         report_digest.get_or_insert_with(|| Sha384::digest(&accepted.report_bytes).into());
         device.client = Some(client);
     }
     let report_digest = report_digest.context("no device was accepted")?;
     let detail = format!(
-        "{count} device(s) in RUN over VMBus (TSM -> DOE registers -> DSM), {ranges} MMIO ranges verified; report sha384 {}",
+        "{count} device(s) in RUN over VMBus (TSM -> SPDM 1.2 session -> DOE registers -> DSM), {ranges} MMIO ranges verified; report sha384 {}",
         &hex::encode(report_digest)[..16]
     );
     Ok((
