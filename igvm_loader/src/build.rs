@@ -48,35 +48,35 @@ pub enum BuildError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// A payload file could not be read.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Read {
         /// The file, as the manifest names it.
         file: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A loader refused its payload.
-    #[error("{platform}: {source}")]
+    #[error("{platform}: {error}")]
     Load {
         /// The platform being loaded.
         platform: &'static str,
         /// The loader's error (names the file).
-        source: LoadError,
+        error: LoadError,
     },
     /// The builder refused the image (a manifest parameter area, or the merge).
-    #[error("{0}")]
+    #[error(transparent)]
     Image(#[from] crate::Error),
     /// An output could not be written (or the manifest read).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A measurement could not be serialized.
     #[error("measurement JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
 }
 
 /// What a build produces.
@@ -307,9 +307,9 @@ pub fn build(
             .map(|n| {
                 read(n)
                     .map(|data| (n.clone(), data))
-                    .map_err(|source| BuildError::Read {
+                    .map_err(|error| BuildError::Read {
                         file: n.clone(),
-                        source,
+                        error,
                     })
             })
             .transpose()
@@ -349,9 +349,9 @@ pub fn build(
                     &Payload::new(name, data),
                     &config,
                 )
-                .map_err(|source| BuildError::Load {
+                .map_err(|error| BuildError::Load {
                     platform: isolation.name(),
-                    source,
+                    error,
                 })?;
                 add_parameter_areas(&mut rec, manifest)?;
                 write_map(&mut map, isolation, rec.into_entries());
@@ -382,9 +382,9 @@ pub fn build(
                 load_x86(
                     &mut rec, kind, manifest, &layout, &kernel, &initrd, &firmware,
                 )
-                .map_err(|source| BuildError::Load {
+                .map_err(|error| BuildError::Load {
                     platform: isolation.name(),
-                    source,
+                    error,
                 })?;
                 add_parameter_areas(&mut rec, manifest)?;
                 write_map(&mut map, isolation, rec.into_entries());
@@ -484,9 +484,9 @@ fn write_map(map: &mut String, isolation: IsolationType, entries: Vec<MapEntry>)
 /// folder, and returns the output.
 pub fn build_file(path: &Path) -> Result<BuildOutput, BuildError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| BuildError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let manifest = Manifest::parse(&text, &name)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -511,9 +511,9 @@ pub fn output_paths(igvm_path: &Path, output: &BuildOutput) -> (PathBuf, Vec<Pat
 /// Writes the IGVM file, the map and the measurement JSON files; returns every path written.
 pub fn write_outputs(igvm_path: &Path, output: &BuildOutput) -> Result<Vec<PathBuf>, BuildError> {
     let write = |path: &Path, bytes: &[u8]| {
-        std::fs::write(path, bytes).map_err(|source| BuildError::Io {
+        std::fs::write(path, bytes).map_err(|error| BuildError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     };
     let (map_path, json_paths) = output_paths(igvm_path, output);
@@ -521,7 +521,7 @@ pub fn write_outputs(igvm_path: &Path, output: &BuildOutput) -> Result<Vec<PathB
     write(&map_path, output.map.as_bytes())?;
     let mut written = vec![igvm_path.to_path_buf(), map_path];
     for (m, path) in output.measurements.iter().zip(json_paths) {
-        let mut text = serde_json::to_string_pretty(m)?;
+        let mut text = serde_json::to_string_pretty(m).map_err(BuildError::Json)?;
         text.push('\n');
         write(&path, text.as_bytes())?;
         written.push(path);

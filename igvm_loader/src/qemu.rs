@@ -8,6 +8,9 @@
 //! trampoline ([`crate::vp_context::trampoline`]) goes from real mode to that context. The
 //! BIOS is not part of the file and not measured: it only stands in for the IGVM loader.
 //!
+//! A native file without a VP context whose pages end at 4 GiB (a flat firmware) runs with
+//! those pages as the BIOS instead.
+//!
 //! Not expressible, and reported as warnings: parameter areas (QEMU has nothing to fill them
 //! with, so they stay zero).
 
@@ -42,7 +45,7 @@ pub enum QemuError {
     NoVpContext(&'static str),
     /// The VP context cannot be reached by the trampoline.
     #[error("VP context: {0}")]
-    Context(#[from] ContextError),
+    Context(ContextError),
     /// An imported range collides with the generated BIOS.
     #[error("imported range {gpa:#x}+{size:#x} overlaps the BIOS window at {BIOS_BASE:#x}")]
     BiosOverlap {
@@ -52,13 +55,21 @@ pub enum QemuError {
         size: u64,
     },
     /// Writing the range files failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file being written.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// Display carries the inner error, so it is not also a `source` (which `{:#}` would print
+// twice).
+impl From<ContextError> for QemuError {
+    fn from(e: ContextError) -> Self {
+        QemuError::Context(e)
+    }
 }
 
 /// A contiguous range of guest memory with contents.
@@ -130,16 +141,16 @@ impl QemuPlan {
                     gpa, flags, data, ..
                 } => {
                     let size = if flags.is_2mb_page() { PAGE_2M } else { PAGE };
-                    memory_top = memory_top.max(gpa.saturating_add(size));
                     if data.is_empty() {
+                        // Zero pages need RAM, unless they are in the BIOS window.
+                        if gpa.saturating_add(size) <= BIOS_BASE || *gpa >= 1 << 32 {
+                            memory_top = memory_top.max(gpa.saturating_add(size));
+                        }
                         continue;
                     }
                     if platform == IsolationType::Tdx && *gpa == RESET_PAGE_GPA {
                         reset_page = Some(data.clone());
                         continue;
-                    }
-                    if gpa.saturating_add(size) > BIOS_BASE && *gpa < 1 << 32 {
-                        return Err(QemuError::BiosOverlap { gpa: *gpa, size });
                     }
                     // A page carries at most its own size of data (the parser checks this;
                     // a directive built in memory may not have been).
@@ -185,11 +196,29 @@ impl QemuPlan {
                 _ => {}
             }
         }
+        ranges.sort_by_key(|r| r.gpa);
         let bios = match (&context, reset_page) {
             (Some(ctx), _) => trampoline::qemu_bios(ctx)?,
             (None, Some(page)) => trampoline::td_start_emulation_bios(&page)?,
+            // A native file without a VP context starts at the reset vector: if it carries
+            // a firmware there, that firmware is the BIOS.
+            (None, None) if platform == IsolationType::None => {
+                firmware_bios(&mut ranges).ok_or(QemuError::NoVpContext(name))?
+            }
             (None, None) => return Err(QemuError::NoVpContext(name)),
         };
+        if let Some(r) = ranges
+            .iter()
+            .find(|r| r.gpa < 1 << 32 && r.gpa.saturating_add(r.data.len() as u64) > BIOS_BASE)
+        {
+            return Err(QemuError::BiosOverlap {
+                gpa: r.gpa,
+                size: r.data.len() as u64,
+            });
+        }
+        for r in &ranges {
+            memory_top = memory_top.max(r.gpa.saturating_add(r.data.len() as u64));
+        }
         for r in &mut ranges {
             // Trailing zeros come free with QEMU's RAM.
             let keep = r.data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
@@ -210,9 +239,9 @@ impl QemuPlan {
     pub fn write(&self, dir: &Path) -> Result<Vec<String>, QemuError> {
         let write = |name: &str, bytes: &[u8]| {
             let path = dir.join(name);
-            std::fs::write(&path, bytes).map_err(|source| QemuError::Io {
+            std::fs::write(&path, bytes).map_err(|error| QemuError::Io {
                 path: path.clone(),
-                source,
+                error,
             })?;
             Ok::<_, QemuError>(path)
         };
@@ -241,6 +270,42 @@ impl QemuPlan {
     pub fn memory_mib(&self, minimum_mib: u64) -> u64 {
         self.memory_top.div_ceil(1 << 20).max(minimum_mib)
     }
+}
+
+/// Largest firmware taken from a file as the BIOS.
+const MAX_FIRMWARE_BIOS: u64 = 16 << 20;
+
+/// Takes the ranges that end at 4 GiB (contiguous, within 16 MiB) out of `ranges` as a BIOS
+/// image sized to whole 64 KiB, or `None` if nothing ends at 4 GiB.
+fn firmware_bios(ranges: &mut Vec<LoadRange>) -> Option<Vec<u8>> {
+    const TOP: u64 = 1 << 32;
+    let mut start = TOP;
+    for r in ranges.iter().rev() {
+        let end = r.gpa.checked_add(r.data.len() as u64)?;
+        if end == start && r.gpa >= TOP - MAX_FIRMWARE_BIOS {
+            start = r.gpa;
+        } else if end > TOP - MAX_FIRMWARE_BIOS && r.gpa < TOP {
+            // Part of the window but not contiguous with the firmware above it.
+            break;
+        }
+    }
+    if start == TOP {
+        return None;
+    }
+    let base = start & !(trampoline::QEMU_BIOS_SIZE as u64 - 1);
+    let mut bios = vec![0u8; (TOP - base) as usize];
+    ranges.retain(|r| {
+        if r.gpa >= start && r.gpa < TOP {
+            let at = (r.gpa - base) as usize;
+            if let Some(dst) = bios.get_mut(at..at + r.data.len()) {
+                dst.copy_from_slice(&r.data);
+            }
+            false
+        } else {
+            true
+        }
+    });
+    Some(bios)
 }
 
 /// Whether KVM can be used: the processor advertises VMX or SVM and /dev/kvm opens
@@ -309,12 +374,12 @@ pub enum RunError {
         problem: String,
     },
     /// The file cannot run this way.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Plan {
         /// The file.
         file: String,
         /// Why.
-        source: QemuError,
+        error: QemuError,
     },
 }
 
@@ -330,15 +395,15 @@ pub fn prepare(options: &RunOptions) -> Result<(Command, Vec<String>), RunError>
         file: file.clone(),
         problem: e.to_string(),
     })?;
-    let plan_err = |source| RunError::Plan {
+    let plan_err = |error| RunError::Plan {
         file: file.clone(),
-        source,
+        error,
     };
     let plan = QemuPlan::for_platform(&parsed, options.platform).map_err(plan_err)?;
-    std::fs::create_dir_all(&options.workdir).map_err(|source| {
+    std::fs::create_dir_all(&options.workdir).map_err(|error| {
         plan_err(QemuError::Io {
             path: options.workdir.clone(),
-            source,
+            error,
         })
     })?;
     let args = plan.write(&options.workdir).map_err(plan_err)?;

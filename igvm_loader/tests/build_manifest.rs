@@ -203,9 +203,11 @@ fn igvmgen_qemu_refuses_what_it_cannot_start_naming_the_file() {
     );
     let file = out.to_str().unwrap();
     for (platform, needle) in [
-        ("native", "has no native platform"),
-        // The firmware covers the reset vector, where the generated BIOS goes.
-        ("tdx", "overlaps the BIOS window"),
+        ("vbs", "has no vbs platform"),
+        // A VMSA in the reset state is not a long-mode start the trampoline can reach.
+        ("snp", "not 64-bit long mode"),
+        // The TDX reset page is the firmware's, not a trampoline this crate can start.
+        ("tdx", "not made by this crate's trampoline"),
     ] {
         let run = igvmgen(&["qemu", file, "--platform", platform, "--dry-run"]);
         assert!(!run.status.success(), "{platform}");

@@ -8,6 +8,9 @@
 //!   segments and the page tables it was started with, using the stack it was given, from
 //!   each platform's start state (native, VBS, SNP VMSA, TDX reset page).
 //!
+//! - A flat firmware assembled here (the firmware example) runs from the reset vector as the
+//!   BIOS and reports on COM1.
+//!
 //! Platforms other than native run without their isolation (`igvmgen qemu --platform`):
 //! this proves their start states, not that the hardware accepts the file.
 //!
@@ -290,4 +293,54 @@ fn elf_kernel_starts_with_the_registers_stack_and_page_tables_it_was_given() {
         );
         assert!(found, "{platform}: no {marker} within 60 s ({log})");
     }
+}
+
+/// A 64 KiB real-mode firmware: the reset vector jumps to code in the window's last page,
+/// which writes the marker to COM1 and halts.
+fn marker_firmware(marker: &str) -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut halt = a.create_label();
+    a.cli().unwrap();
+    a.mov(dx, 0x3f8u32).unwrap();
+    for b in marker.bytes().chain(*b"\n") {
+        a.mov(al, u32::from(b)).unwrap();
+        a.out(dx, al).unwrap();
+    }
+    a.set_label(&mut halt).unwrap();
+    a.hlt().unwrap();
+    a.jmp(halt).unwrap();
+    let code = a.assemble(0xf000).unwrap();
+    let mut fw = vec![0xf4u8; 64 * 1024];
+    fw[0xf000..0xf000 + code.len()].copy_from_slice(&code);
+    let mut reset = CodeAssembler::new(16).unwrap();
+    reset
+        .add_instruction(
+            iced_x86::Instruction::with_branch(iced_x86::Code::Jmp_rel16, 0xf000).unwrap(),
+        )
+        .unwrap();
+    let jmp = reset.assemble(0xfff0).unwrap();
+    fw[0xfff0..0xfff0 + jmp.len()].copy_from_slice(&jmp);
+    fw
+}
+
+#[test]
+fn flat_firmware_runs_from_the_reset_vector_as_the_bios() {
+    let Some(qemu) = find_qemu() else {
+        return missing("no qemu-system-x86_64 on PATH (install qemu-system-x86)");
+    };
+    let marker = format!("{MARKER}-FIRMWARE-OK");
+    let file = build_example(
+        "firmware",
+        "firmware.toml",
+        &[("firmware.fd", &marker_firmware(&marker))],
+    );
+    let (found, log) = run_until(
+        &qemu,
+        &file,
+        "native",
+        &marker,
+        "WRONG",
+        Duration::from_secs(60),
+    );
+    assert!(found, "no {marker} within 60 s ({log})");
 }

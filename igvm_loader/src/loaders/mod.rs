@@ -112,10 +112,24 @@ pub enum Problem {
     Invalid(String),
     /// The boot registers cannot be delivered on this platform.
     #[error("start state: {0}")]
-    Context(#[from] ContextError),
+    Context(ContextError),
     /// The importer refused a call.
     #[error("import: {0}")]
-    Import(#[from] crate::Error),
+    Import(crate::Error),
+}
+
+// Display carries the inner error, so it is not also a `source` (which `{:#}` would print
+// twice).
+impl From<ContextError> for Problem {
+    fn from(e: ContextError) -> Self {
+        Problem::Context(e)
+    }
+}
+
+impl From<crate::Error> for Problem {
+    fn from(e: crate::Error) -> Self {
+        Problem::Import(e)
+    }
 }
 
 impl LoadError {

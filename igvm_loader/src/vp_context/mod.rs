@@ -49,6 +49,9 @@ pub enum ContextError {
     /// A register the trampoline cannot set on this platform.
     #[error("register {0} cannot be set through the trampoline")]
     Unsupported(String),
+    /// A TDX reset page of another layout than this crate's trampoline.
+    #[error("the TDX reset page was not made by this crate's trampoline")]
+    ForeignResetPage,
     /// The generated code does not fit its slot in the page.
     #[error("trampoline code part {part} is {len} bytes, more than its {slot}-byte slot")]
     TooLarge {

@@ -358,7 +358,7 @@ pub fn qemu_bios(ctx: &LongModeContext) -> Result<Vec<u8>, ContextError> {
 /// the state a TD starts in (32-bit flat protected mode, EFER.LME set, ESI = 0) and enters
 /// the page's own 32-bit code. Isolation is not emulated, only the start.
 pub fn td_start_emulation_bios(tdx_page: &[u8]) -> Result<Vec<u8>, ContextError> {
-    let foreign = || ContextError::Unsupported("a TDX reset page not made by this crate".into());
+    let foreign = || ContextError::ForeignResetPage;
     if tdx_page.len() != PAGE
         || tdx_page[OFF_REAL..OFF_PROT].iter().any(|&b| b != 0xcc)
         || tdx_page.get(OFF_RESET) != Some(&0xe9)
