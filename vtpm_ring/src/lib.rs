@@ -18,7 +18,11 @@
 //!   multiplexes all instances onto one stream ([`manager`]) to the engines, where replies are
 //!   matched by tag, never by order.
 //! - [`engine`]: the [`TpmEngine`](engine::TpmEngine) trait (commands and control
-//!   operations) and [`SimTpm`](engine::SimTpm), an in-process TPM 2.0 subset.
+//!   operations), [`SwtpmEngine`](engine::SwtpmEngine) (one swtpm process per instance, state
+//!   on disk, control channel as QEMU drives it) and [`SimTpm`](engine::SimTpm), an in-process
+//!   TPM 2.0 subset for unit tests and fuzzing.
+//! - [`socket`]: a guest's frontend served as a TPM socket for tpm2-tools' `swtpm:` TCTI.
+//! - [`stack`]: a whole host with swtpm engines and served guests (what `vtpmctl run` runs).
 //! - [`testbed`]: a ready host with a backend, for examples, tests, benches and fuzzing.
 //!
 //! Everything async is plain `futures`: no executor is required. Start here:
@@ -65,6 +69,8 @@ pub mod grant;
 pub mod manager;
 pub mod page;
 pub mod protocol;
+pub mod socket;
+pub mod stack;
 pub mod store;
 pub mod testbed;
 pub mod tpm_header;

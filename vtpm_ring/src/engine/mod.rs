@@ -2,20 +2,41 @@
 //!
 //! A [`TpmEngine`] takes [`TpmRequest`]s: TPM commands (with the locality they were sent at)
 //! and control operations (the swtpm control-channel operations QEMU also uses: init, stop,
-//! shutdown, set locality, cancel, ...). Methods take `&self` so a cancel can arrive while a
-//! command is executing. This crate ships [`SimTpm`], an in-process engine; swtpm goes behind
-//! the same trait.
+//! shutdown, set locality, cancel, state blobs, ...). Methods take `&self` so a cancel can
+//! arrive while a command is executing. Engines:
+//! - [`SwtpmEngine`] ([`swtpm`]): one `swtpm socket --tpm2` process per instance, its state in
+//!   a directory of its own, driven over its data and control sockets as QEMU drives it. Every
+//!   binary and integration test uses it.
+//! - [`SimTpm`]: an in-process subset of TPM 2.0, only for unit tests and fuzzing (fast, no
+//!   processes).
+//!
+//! [`ctrl`] is swtpm's control-channel wire format, shared by the swtpm engine and the manager
+//! stream's control frames.
 
+pub mod ctrl;
 mod sim;
+pub mod swtpm;
 
+pub use ctrl::BlobType;
+pub use ctrl::BufferSizes;
+pub use ctrl::Capabilities;
+pub use ctrl::ConfigFlags;
+pub use ctrl::CtrlCmd;
+pub use ctrl::CtrlResult;
+pub use ctrl::StateBlob;
+pub use ctrl::StateFlags;
 pub use sim::SimTpm;
+pub use swtpm::SwtpmEngine;
 
 use async_trait::async_trait;
 use thiserror::Error;
 
-/// A control operation on a TPM engine (numbered like swtpm's control channel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A control operation on a TPM engine: every swtpm control-channel operation QEMU's
+/// tpm-emulator uses, with its data. [`ctrl`] encodes them byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlOp {
+    /// Capability bits (`CMD_GET_CAPABILITY`); the reply is [`ControlReply::Capabilities`].
+    GetCapability,
     /// Power on / reset (`CMD_INIT`); `delete_volatile` drops saved volatile state.
     Init {
         /// Delete the volatile state first.
@@ -23,31 +44,42 @@ pub enum ControlOp {
     },
     /// Orderly power off (`CMD_SHUTDOWN`): unusable until the next `Init`.
     Shutdown,
-    /// Stop (`CMD_STOP`), e.g. before changing the buffer size or state blobs.
-    Stop,
+    /// Query the TPM-established flag (`CMD_GET_TPMESTABLISHED`).
+    GetTpmEstablished,
     /// Locality for the following commands (`CMD_SET_LOCALITY`).
     SetLocality(u8),
     /// Cancel the command in progress (`CMD_CANCEL_TPM_CMD`).
     CancelCommand,
-    /// Query the TPM-established flag (`CMD_GET_TPMESTABLISHED`).
-    GetTpmEstablished,
+    /// Write the volatile state to the state directory (`CMD_STORE_VOLATILE`), before a
+    /// planned stop.
+    StoreVolatile,
     /// Reset the TPM-established flag from a locality (`CMD_RESET_TPMESTABLISHED`).
     ResetTpmEstablished(u8),
-}
-
-impl ControlOp {
-    /// The swtpm control command number.
-    pub fn code(self) -> u32 {
-        match self {
-            ControlOp::Init { .. } => 2,
-            ControlOp::Shutdown => 3,
-            ControlOp::GetTpmEstablished => 4,
-            ControlOp::SetLocality(_) => 5,
-            ControlOp::CancelCommand => 9,
-            ControlOp::ResetTpmEstablished(_) => 0xb,
-            ControlOp::Stop => 0xe,
-        }
-    }
+    /// Read a state blob (`CMD_GET_STATEBLOB`); the reply is [`ControlReply::StateBlob`].
+    GetStateBlob {
+        /// Which blob.
+        blob: BlobType,
+        /// Request flags (decrypted).
+        flags: StateFlags,
+        /// Offset into the blob.
+        offset: u32,
+    },
+    /// Write a state blob (`CMD_SET_STATEBLOB`); the TPM must be stopped.
+    SetStateBlob {
+        /// Which blob.
+        blob: BlobType,
+        /// Blob flags (encrypted).
+        flags: StateFlags,
+        /// The blob.
+        data: Vec<u8>,
+    },
+    /// Stop (`CMD_STOP`), e.g. before changing the buffer size or state blobs.
+    Stop,
+    /// Configuration flags (`CMD_GET_CONFIG`); the reply is [`ControlReply::Config`].
+    GetConfig,
+    /// Query (0) or set the I/O buffer size (`CMD_SET_BUFFERSIZE`); the reply is
+    /// [`ControlReply::BufferSize`].
+    SetBufferSize(u32),
 }
 
 /// One request to an engine.
@@ -64,13 +96,21 @@ pub enum TpmRequest {
     Control(ControlOp),
 }
 
-/// The answer to a control operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The answer to a control operation (a failure is an [`EngineError`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlReply {
-    /// Done.
+    /// Done; the operation has no reply data.
     Done,
-    /// The TPM-established flag.
+    /// `GetCapability`: the capability bits (on the wire a bare `u64`).
+    Capabilities(Capabilities),
+    /// `GetTpmEstablished`: the flag.
     TpmEstablished(bool),
+    /// `GetStateBlob`: the blob and its header fields.
+    StateBlob(StateBlob),
+    /// `GetConfig`: the flags.
+    Config(ConfigFlags),
+    /// `SetBufferSize`: the size in effect and the accepted range.
+    BufferSize(BufferSizes),
 }
 
 /// The answer to a [`TpmRequest`].
@@ -87,13 +127,29 @@ pub enum TpmReply {
 pub enum EngineError {
     /// The engine does not implement this control operation.
     #[error("control operation {0:?} is not supported by this engine")]
-    Unsupported(ControlOp),
+    Unsupported(CtrlCmd),
     /// The engine is stopped or shut down and needs `Init`.
     #[error("engine is not running")]
     NotRunning,
+    /// The engine refused a control operation with this swtpm result code.
+    #[error("control operation refused with result {0:?}")]
+    Refused(CtrlResult),
     /// The engine (process, connection) failed.
     #[error("engine failed: {0}")]
     Failed(String),
+}
+
+impl EngineError {
+    /// The swtpm result code that reports this failure on the control channel.
+    pub fn result_code(&self) -> CtrlResult {
+        match self {
+            // swtpm answers an unknown command, and one the TPM's state does not allow, with
+            // TPM_BAD_ORDINAL.
+            EngineError::Unsupported(_) | EngineError::NotRunning => CtrlResult::BAD_ORDINAL,
+            EngineError::Refused(rc) => *rc,
+            EngineError::Failed(_) => CtrlResult::FAIL,
+        }
+    }
 }
 
 /// Something that executes TPM commands and control operations for one vTPM instance.

@@ -8,8 +8,10 @@
 //! (`TPM_RC_AUTH_CONTEXT`), persistence. Control operations follow swtpm: after `Stop` or
 //! `Shutdown` commands fail until `Init`, and `Init` requires a new `TPM2_Startup`.
 
+use super::Capabilities;
 use super::ControlOp;
 use super::ControlReply;
+use super::CtrlResult;
 use super::EngineError;
 use super::TpmEngine;
 use super::TpmReply;
@@ -405,14 +407,33 @@ impl TpmEngine for SimTpm {
                         state.locality = l;
                         ControlReply::Done
                     }
-                    ControlOp::SetLocality(l) => {
-                        return Err(EngineError::Failed(format!("locality {l} out of range")));
+                    ControlOp::SetLocality(_) | ControlOp::ResetTpmEstablished(5..) => {
+                        return Err(EngineError::Refused(CtrlResult::BAD_LOCALITY));
                     }
                     // Commands run to completion under the lock: there is never one to cancel.
                     ControlOp::CancelCommand => ControlReply::Done,
                     // No D-RTM here, so the flag is never set.
                     ControlOp::GetTpmEstablished => ControlReply::TpmEstablished(false),
                     ControlOp::ResetTpmEstablished(_) => ControlReply::Done,
+                    // Nothing persists, so there is nothing to store.
+                    ControlOp::StoreVolatile => ControlReply::Done,
+                    ControlOp::GetCapability => ControlReply::Capabilities(
+                        Capabilities::new()
+                            .with_init(true)
+                            .with_shutdown(true)
+                            .with_get_tpm_established(true)
+                            .with_set_locality(true)
+                            .with_cancel_tpm_cmd(true)
+                            .with_store_volatile(true)
+                            .with_reset_tpm_established(true)
+                            .with_stop(true),
+                    ),
+                    ControlOp::GetStateBlob { .. }
+                    | ControlOp::SetStateBlob { .. }
+                    | ControlOp::GetConfig
+                    | ControlOp::SetBufferSize(_) => {
+                        return Err(EngineError::Unsupported(op.cmd()));
+                    }
                 };
                 Ok(TpmReply::Control(reply))
             }

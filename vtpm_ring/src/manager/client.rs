@@ -181,7 +181,7 @@ impl MuxClient {
         self.send(instance, true, true, |tag| Frame::Control {
             instance,
             tag,
-            payload: encode_control(op),
+            payload: encode_control(&op),
         })
         .map(drop)
     }
@@ -192,10 +192,10 @@ impl MuxClient {
             .request(instance, true, |tag| Frame::Control {
                 instance,
                 tag,
-                payload: encode_control(op),
+                payload: encode_control(&op),
             })
             .await?;
-        decode_control_reply(op, &payload)
+        decode_control_reply(&op, &payload)
     }
 
     /// Requests still waiting for a reply (all instances).

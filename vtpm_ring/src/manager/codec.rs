@@ -21,7 +21,9 @@
 use crate::engine::ControlOp;
 use crate::engine::ControlReply;
 use crate::engine::EngineError;
-use crate::tpm_header::TpmRc;
+use crate::engine::ctrl;
+use crate::engine::ctrl::CtrlCmd;
+use crate::engine::ctrl::CtrlError;
 use thiserror::Error;
 
 /// Bit of the first word marking a control frame.
@@ -188,86 +190,34 @@ impl Frame {
     }
 }
 
-fn be32(bytes: &[u8], at: usize) -> Result<u32, FrameError> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or(FrameError::Truncated(bytes.len()))
-}
+// The control payloads are swtpm's control-channel bytes: `engine::ctrl` owns that format.
 
-/// Encodes a control request payload.
-pub fn encode_control(op: ControlOp) -> Vec<u8> {
-    let mut out = op.code().to_be_bytes().to_vec();
-    match op {
-        ControlOp::Init { delete_volatile } => {
-            out.extend_from_slice(&u32::from(delete_volatile).to_be_bytes());
-        }
-        ControlOp::SetLocality(l) | ControlOp::ResetTpmEstablished(l) => {
-            out.extend_from_slice(&[l, 0, 0, 0]);
-        }
-        ControlOp::Shutdown
-        | ControlOp::Stop
-        | ControlOp::CancelCommand
-        | ControlOp::GetTpmEstablished => {}
-    }
-    out
+/// Encodes a control request payload (swtpm's control-channel request bytes).
+pub fn encode_control(op: &ControlOp) -> Vec<u8> {
+    ctrl::encode_request(op)
 }
 
 /// Decodes a control request payload.
 pub fn decode_control(payload: &[u8]) -> Result<ControlOp, FrameError> {
-    let code = be32(payload, 0)?;
-    let byte = || {
-        payload
-            .get(4)
-            .copied()
-            .ok_or(FrameError::Truncated(payload.len()))
-    };
-    Ok(match code {
-        2 => ControlOp::Init {
-            delete_volatile: be32(payload, 4)? & 1 != 0,
-        },
-        3 => ControlOp::Shutdown,
-        4 => ControlOp::GetTpmEstablished,
-        5 => ControlOp::SetLocality(byte()?),
-        9 => ControlOp::CancelCommand,
-        0xb => ControlOp::ResetTpmEstablished(byte()?),
-        0xe => ControlOp::Stop,
-        other => return Err(FrameError::UnknownControl(other)),
+    ctrl::decode_request(payload).map_err(|e| match e {
+        CtrlError::Unknown(cmd) | CtrlError::NotCarried(cmd) => FrameError::UnknownControl(cmd.0),
+        _ => FrameError::Truncated(payload.len()),
     })
 }
 
-/// Encodes a control reply payload (`result` 0 on success).
-pub fn encode_control_reply(reply: Result<ControlReply, EngineError>) -> Vec<u8> {
-    match reply {
-        Ok(ControlReply::Done) => 0u32.to_be_bytes().to_vec(),
-        Ok(ControlReply::TpmEstablished(b)) => {
-            let mut out = 0u32.to_be_bytes().to_vec();
-            out.extend_from_slice(&[u8::from(b), 0, 0, 0]);
-            out
-        }
-        // TPM_FAIL, as swtpm reports a failed control command.
-        Err(_) => TpmRc::FAILURE.0.to_be_bytes().to_vec(),
-    }
+/// Encodes the reply payload to control command `cmd` (swtpm's reply bytes: result first,
+/// then the reply's data; failures carry the engine's swtpm result code).
+pub fn encode_control_reply(cmd: CtrlCmd, reply: Result<ControlReply, EngineError>) -> Vec<u8> {
+    ctrl::encode_reply(cmd, &reply)
 }
 
 /// Decodes a control reply payload for `op`.
-pub fn decode_control_reply(op: ControlOp, payload: &[u8]) -> Result<ControlReply, FrameError> {
-    let result = be32(payload, 0)?;
-    if result != 0 {
-        return Err(FrameError::ControlFailed(result));
+pub fn decode_control_reply(op: &ControlOp, payload: &[u8]) -> Result<ControlReply, FrameError> {
+    match ctrl::decode_reply(op.cmd(), payload) {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(rc)) => Err(FrameError::ControlFailed(rc.0)),
+        Err(_) => Err(FrameError::Truncated(payload.len())),
     }
-    Ok(match op {
-        ControlOp::GetTpmEstablished => ControlReply::TpmEstablished(
-            payload
-                .get(4)
-                .copied()
-                .ok_or(FrameError::Truncated(payload.len()))?
-                & 1
-                != 0,
-        ),
-        _ => ControlReply::Done,
-    })
 }
 
 #[cfg(test)]
@@ -298,7 +248,7 @@ mod tests {
         let control = Frame::Control {
             instance: 7,
             tag: 1,
-            payload: encode_control(ControlOp::SetLocality(2)),
+            payload: encode_control(&ControlOp::SetLocality(2)),
         };
         assert_eq!(
             control.encode(),
@@ -336,7 +286,7 @@ mod tests {
             ControlOp::GetTpmEstablished,
             ControlOp::ResetTpmEstablished(4),
         ] {
-            assert_eq!(decode_control(&encode_control(op)).unwrap(), op);
+            assert_eq!(decode_control(&encode_control(&op)).unwrap(), op);
         }
         assert_eq!(
             decode_control(&[0, 0, 0, 0x42]).unwrap_err(),

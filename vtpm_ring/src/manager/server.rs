@@ -2,12 +2,13 @@
 
 use super::StreamEnd;
 use super::codec::Frame;
-use super::codec::decode_control;
 use super::codec::encode_control_reply;
 use crate::engine::EngineError;
 use crate::engine::TpmEngine;
 use crate::engine::TpmReply;
 use crate::engine::TpmRequest;
+use crate::engine::ctrl;
+use crate::engine::ctrl::CtrlCmd;
 use crate::tpm_header::TpmRc;
 use crate::tpm_header::error_response;
 use futures::StreamExt;
@@ -109,13 +110,18 @@ async fn handle_frame(
             tag,
             payload,
         } => {
-            let reply = match (decode_control(&payload), engines.get(&instance)) {
-                (Ok(op), Some(engine)) => encode_control_reply(engine.control(op).await),
+            // The reply's layout depends on the command, even for a request that failed to
+            // decode: swtpm answers an unknown or short request with its result code.
+            let cmd = payload
+                .first_chunk::<4>()
+                .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+            let reply = match (ctrl::decode_request(&payload), engines.get(&instance)) {
+                (Ok(op), Some(engine)) => encode_control_reply(cmd, engine.control(op).await),
                 (Err(e), _) => {
                     tracing::warn!(instance, error = %e, "bad control frame");
-                    encode_control_reply(Err(EngineError::Failed(e.to_string())))
+                    encode_control_reply(cmd, Err(EngineError::Refused(e.result_code())))
                 }
-                (_, None) => encode_control_reply(Err(EngineError::NotRunning)),
+                (_, None) => encode_control_reply(cmd, Err(EngineError::NotRunning)),
             };
             Frame::Control {
                 instance,

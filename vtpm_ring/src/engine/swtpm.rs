@@ -1,0 +1,738 @@
+//! The swtpm engine: one `swtpm socket --tpm2` process per vTPM instance.
+//!
+//! [`SwtpmEngine::start`] gives the instance its own state directory ([`StateDirs`] maps
+//! instance ids to directories, so a restarted manager hands every guest its own TPM back: NV
+//! indices, persistent keys and seeds live in swtpm's `tpm2-00.permall` there) and starts
+//! swtpm on two loopback TCP ports it picks (data, control). Port choice cannot be made
+//! race-free from outside swtpm, so a start only counts once swtpm has written its pid file,
+//! which it does after binding both ports; a swtpm that lost a port to another process exits,
+//! and the engine retries on fresh ports.
+//!
+//! Commands go over the data socket one at a time (raw TPM packets, as swtpm's `socket`
+//! interface takes them). Control operations go over the control socket exactly as QEMU's
+//! tpm-emulator drives it ([`super::ctrl`]), concurrently with a command so a cancel is not
+//! stuck behind it. The locality of each command is applied with SET_LOCALITY first when it
+//! changes.
+//!
+//! Faults: a data or control socket that fails or times out means the process is dead or
+//! wedged. The engine kills it, fails the request in flight with [`EngineError::Failed`]
+//! (which the manager answers as `TPM_RC_FAILURE`: a guest never waits on silence) and starts
+//! a new swtpm on the same state directory at the next request. Volatile state (PCRs, loaded
+//! objects, sessions) is lost in a crash, as on real hardware; permanent state is not.
+//!
+//! Lifecycle: swtpm starts powered on (`--flags not-need-init`). [`Startup::Clear`] (the
+//! default) also sends `TPM2_Startup(CLEAR)` after every power-on and every INIT, so clients
+//! such as tpm2-tools, which never send it, find a usable TPM; [`Startup::None`] leaves it to
+//! the guest (firmware and kernels send it themselves). SHUTDOWN ends the swtpm process, as
+//! swtpm defines it; the next INIT starts a new one on the same state.
+//! [`SwtpmEngine::save_and_shutdown`] is the planned stop: STORE_VOLATILE, then SHUTDOWN.
+
+use super::ControlOp;
+use super::ControlReply;
+use super::EngineError;
+use super::TpmEngine;
+use super::TpmReply;
+use super::TpmRequest;
+use super::ctrl;
+use super::ctrl::CtrlCmd;
+use super::ctrl::CtrlError;
+use super::ctrl::CtrlResult;
+use crate::tpm_header::TPM_HEADER_SIZE;
+use crate::tpm_header::TpmHeader;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::process::Child;
+use tokio::process::Command;
+use tokio::sync::Mutex;
+use tokio::sync::watch;
+use zerocopy::FromBytes;
+
+/// `TPM2_Startup(TPM_SU_CLEAR)`.
+const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
+/// Largest response accepted from swtpm (its buffer is at most 4 KiB; leave room).
+const MAX_RESPONSE: usize = 64 * 1024;
+/// Name of the pid file swtpm writes into the state directory once its ports are bound.
+const PID_FILE: &str = "swtpm.pid";
+/// Name of swtpm's log file in the state directory.
+const LOG_FILE: &str = "swtpm.log";
+
+/// What the engine sends after swtpm powers on or is re-initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Startup {
+    /// Nothing: the guest sends `TPM2_Startup` itself (firmware, kernels).
+    None,
+    /// `TPM2_Startup(CLEAR)`, as swtpm's `--flags startup-clear` does at process start.
+    #[default]
+    Clear,
+}
+
+/// swtpm engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwtpmConfig {
+    /// The swtpm binary.
+    pub binary: PathBuf,
+    /// What to send after power-on and INIT.
+    pub startup: Startup,
+    /// Longest wait for one command's response or one control reply; then swtpm is
+    /// considered wedged, killed and restarted.
+    pub io_timeout: Duration,
+    /// Longest wait for a new swtpm to bind its ports.
+    pub spawn_timeout: Duration,
+    /// Start attempts (fresh ports each) before giving up.
+    pub spawn_attempts: u32,
+}
+
+impl Default for SwtpmConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("swtpm"),
+            startup: Startup::Clear,
+            io_timeout: Duration::from_secs(30),
+            spawn_timeout: Duration::from_secs(10),
+            spawn_attempts: 5,
+        }
+    }
+}
+
+/// Maps vTPM instance ids to state directories under one root: instance `n` lives in
+/// `<root>/instance-<n>`. The mapping is a pure function of the id, so any manager started
+/// on the same root finds every instance's state again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDirs {
+    root: PathBuf,
+}
+
+impl StateDirs {
+    /// State directories under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of `instance`.
+    pub fn dir(&self, instance: u32) -> PathBuf {
+        self.root.join(format!("instance-{instance}"))
+    }
+
+    /// Creates the directory of `instance` (owner-only) and returns it.
+    pub fn create(&self, instance: u32) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir(instance);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+
+    /// Instances that have a state directory, sorted.
+    pub fn instances(&self) -> std::io::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("instance-"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// Failures starting or talking to swtpm.
+#[derive(Debug, Error)]
+pub enum SwtpmError {
+    /// swtpm could not be started.
+    #[error("cannot start swtpm: {0}")]
+    Spawn(String),
+    /// Socket or file I/O.
+    #[error("swtpm I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// No answer in time.
+    #[error("swtpm did not answer within {0:?}")]
+    Timeout(Duration),
+    /// swtpm sent something that does not parse.
+    #[error("malformed data from swtpm: {0}")]
+    Protocol(String),
+    /// A control reply that does not parse.
+    #[error("malformed control reply from swtpm: {0}")]
+    Ctrl(#[from] CtrlError),
+}
+
+/// One running swtpm process and the loopback ports it listens on. The process is killed
+/// when this is dropped.
+#[derive(Debug)]
+pub struct SwtpmProcess {
+    child: Child,
+    pid: u32,
+    data_port: u16,
+    ctrl_port: u16,
+}
+
+fn free_port_pair() -> std::io::Result<(u16, u16)> {
+    // Both listeners stay bound until both ports are known, so the two differ.
+    let a = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let b = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+fn log_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+impl SwtpmProcess {
+    /// Starts `swtpm socket --tpm2` on `state_dir` with fresh loopback ports, retrying on
+    /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports.
+    pub async fn spawn(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
+        let mut last = String::from("no attempt made");
+        for attempt in 0..config.spawn_attempts.max(1) {
+            match Self::spawn_once(config, state_dir).await {
+                Ok(p) => return Ok(p),
+                Err(SwtpmError::Spawn(why)) => {
+                    tracing::debug!(attempt, why, "swtpm start failed, retrying on other ports");
+                    last = why;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SwtpmError::Spawn(last))
+    }
+
+    async fn spawn_once(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
+        let (data_port, ctrl_port) = free_port_pair()?;
+        let pid_file = state_dir.join(PID_FILE);
+        match std::fs::remove_file(&pid_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut flags = String::from("not-need-init");
+        if config.startup == Startup::Clear {
+            flags.push_str(",startup-clear");
+        }
+        let mut child = Command::new(&config.binary)
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state_dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={data_port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl_port},bindaddr=127.0.0.1"))
+            .arg("--flags")
+            .arg(flags)
+            .arg("--pid")
+            .arg(format!("file={}", pid_file.display()))
+            .arg("--log")
+            .arg(format!("file={}", state_dir.join(LOG_FILE).display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SwtpmError::Spawn(format!("{}: {e}", config.binary.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| SwtpmError::Spawn("swtpm exited at once".into()))?;
+        let deadline = tokio::time::Instant::now() + config.spawn_timeout;
+        // swtpm writes its pid file only after binding both ports: until then nothing proves
+        // that whoever listens on them is this process. Polling is the only signal it gives.
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(SwtpmError::Spawn(format!(
+                    "swtpm exited with {status}: {}",
+                    log_tail(state_dir)
+                )));
+            }
+            let written = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if written.trim().parse::<u32>().ok() == Some(pid) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(SwtpmError::Timeout(config.spawn_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::debug!(pid, data_port, ctrl_port, dir = %state_dir.display(), "swtpm started");
+        Ok(Self {
+            child,
+            pid,
+            data_port,
+            ctrl_port,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The data socket's address (raw TPM commands).
+    pub fn data_addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.data_port).into()
+    }
+
+    /// The control socket's address.
+    pub fn ctrl_addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.ctrl_port).into()
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; kills it if it does not.
+    pub async fn finish(&mut self, timeout: Duration) {
+        if tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill().await;
+        }
+    }
+
+    /// Kills the process and reaps it.
+    pub async fn kill(&mut self) {
+        if let Err(e) = self.child.kill().await {
+            tracing::debug!(pid = self.pid, error = %e, "swtpm already gone");
+        }
+    }
+}
+
+/// Sends one raw TPM command on a swtpm data connection and reads its response.
+pub async fn data_round_trip(
+    stream: &mut TcpStream,
+    command: &[u8],
+) -> Result<Vec<u8>, SwtpmError> {
+    stream.write_all(command).await?;
+    read_response(stream).await
+}
+
+async fn read_response(stream: &mut TcpStream) -> Result<Vec<u8>, SwtpmError> {
+    let mut response = vec![0u8; TPM_HEADER_SIZE];
+    stream.read_exact(&mut response).await?;
+    let header = TpmHeader::read_from_bytes(&response)
+        .map_err(|_| SwtpmError::Protocol("short response header".into()))?;
+    let size = header.size.get() as usize;
+    if !(TPM_HEADER_SIZE..=MAX_RESPONSE).contains(&size) {
+        return Err(SwtpmError::Protocol(format!("response size {size}")));
+    }
+    response.resize(size, 0);
+    stream.read_exact(&mut response[TPM_HEADER_SIZE..]).await?;
+    Ok(response)
+}
+
+/// One control operation on a swtpm control connection. `Ok(Err(rc))` is swtpm's refusal;
+/// after one the connection must be dropped, since swtpm may or may not follow the result
+/// with the rest of a header.
+pub async fn ctrl_round_trip(
+    stream: &mut TcpStream,
+    op: &ControlOp,
+) -> Result<Result<ControlReply, CtrlResult>, SwtpmError> {
+    stream.write_all(&ctrl::encode_request(op)).await?;
+    let cmd = op.cmd();
+    let mut reply = vec![0u8; 4];
+    stream.read_exact(&mut reply).await?;
+    if cmd != CtrlCmd::GET_CAPABILITY {
+        let rc = CtrlResult(u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]));
+        if rc != CtrlResult::SUCCESS {
+            return Ok(Err(rc));
+        }
+    }
+    reply.resize(ctrl::reply_fixed_len(cmd), 0);
+    stream.read_exact(&mut reply[4..]).await?;
+    if cmd == CtrlCmd::GET_STATEBLOB {
+        let header = ctrl::GetStateHeader::read_from_bytes(&reply)
+            .map_err(|_| SwtpmError::Protocol("state blob header".into()))?;
+        let length = header.length.get() as usize;
+        if length > ctrl::MAX_STATE_BLOB {
+            return Err(CtrlError::BlobTooLarge(length).into());
+        }
+        let fixed = reply.len();
+        reply.resize(fixed + length, 0);
+        stream.read_exact(&mut reply[fixed..]).await?;
+    }
+    Ok(ctrl::decode_reply(cmd, &reply)?)
+}
+
+/// Lifecycle state of an instance's TPM, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EngineState {
+    /// swtpm runs and the TPM is powered on.
+    Running,
+    /// swtpm runs, the TPM is stopped (CMD_STOP); INIT powers it on.
+    Stopped,
+    /// swtpm ended on request (CMD_SHUTDOWN); INIT starts it again.
+    ShutDown,
+    /// swtpm died or was killed; the next request restarts it.
+    Dead,
+}
+
+/// A snapshot of an engine, for `vtpmctl list` and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineStatus {
+    /// The vTPM instance.
+    pub instance: u32,
+    /// Lifecycle state.
+    pub state: EngineState,
+    /// The swtpm process, when one runs.
+    pub pid: Option<u32>,
+    /// swtpm's data port, when one runs.
+    pub data_port: Option<u16>,
+    /// swtpm's control port, when one runs.
+    pub ctrl_port: Option<u16>,
+    /// Restarts after a failure.
+    pub restarts: u64,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// One swtpm process with its connections.
+#[derive(Debug)]
+struct Live {
+    process: Mutex<SwtpmProcess>,
+    pid: u32,
+    data_port: u16,
+    ctrl_port: u16,
+    data: Mutex<Option<TcpStream>>,
+    ctrl: Mutex<Option<TcpStream>>,
+    /// The locality swtpm applies to the next command.
+    locality: AtomicU8,
+}
+
+#[derive(Debug)]
+struct Slot {
+    live: Option<Arc<Live>>,
+    state: EngineState,
+    restarts: u64,
+}
+
+/// The engine of one vTPM instance: a supervised swtpm process (see the module docs).
+#[derive(Debug)]
+pub struct SwtpmEngine {
+    instance: u32,
+    state_dir: PathBuf,
+    config: SwtpmConfig,
+    slot: Mutex<Slot>,
+    sent: watch::Sender<u64>,
+}
+
+impl SwtpmEngine {
+    /// Starts the engine of `instance` with its state in `dirs` (created if new).
+    pub async fn start(
+        instance: u32,
+        dirs: &StateDirs,
+        config: SwtpmConfig,
+    ) -> Result<Self, SwtpmError> {
+        let state_dir = dirs.create(instance)?;
+        let engine = Self {
+            instance,
+            state_dir,
+            config,
+            slot: Mutex::new(Slot {
+                live: None,
+                state: EngineState::Dead,
+                restarts: 0,
+            }),
+            sent: watch::channel(0).0,
+        };
+        {
+            let mut slot = engine.slot.lock().await;
+            let live = engine.launch().await?;
+            slot.live = Some(live);
+            slot.state = EngineState::Running;
+        }
+        Ok(engine)
+    }
+
+    /// The instance id.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Counts commands written to swtpm so far; a test waits on it to know a command is in
+    /// flight.
+    pub fn commands_sent(&self) -> watch::Receiver<u64> {
+        self.sent.subscribe()
+    }
+
+    /// A snapshot of the engine.
+    pub async fn status(&self) -> EngineStatus {
+        let mut slot = self.slot.lock().await;
+        if let Some(live) = &slot.live
+            && live.process.lock().await.has_exited()
+            && slot.state != EngineState::ShutDown
+        {
+            slot.state = EngineState::Dead;
+        }
+        let live = slot
+            .live
+            .as_ref()
+            .filter(|_| matches!(slot.state, EngineState::Running | EngineState::Stopped));
+        EngineStatus {
+            instance: self.instance,
+            state: slot.state,
+            pid: live.map(|l| l.pid),
+            data_port: live.map(|l| l.data_port),
+            ctrl_port: live.map(|l| l.ctrl_port),
+            restarts: slot.restarts,
+            state_dir: self.state_dir.clone(),
+        }
+    }
+
+    /// The planned stop: STORE_VOLATILE (so the volatile state is on disk), then SHUTDOWN
+    /// (swtpm writes its state and exits). The next INIT starts swtpm again.
+    pub async fn save_and_shutdown(&self) -> Result<(), EngineError> {
+        match self.control_op(ControlOp::StoreVolatile).await {
+            // A stopped TPM has no volatile state to store.
+            Ok(_) | Err(EngineError::Refused(CtrlResult::BAD_ORDINAL)) => {}
+            Err(e) => return Err(e),
+        }
+        self.control_op(ControlOp::Shutdown).await.map(|_| ())
+    }
+
+    async fn launch(&self) -> Result<Arc<Live>, SwtpmError> {
+        let process = SwtpmProcess::spawn(&self.config, &self.state_dir).await?;
+        let data = TcpStream::connect(process.data_addr()).await?;
+        data.set_nodelay(true)?;
+        let ctrl = TcpStream::connect(process.ctrl_addr()).await?;
+        ctrl.set_nodelay(true)?;
+        tracing::info!(
+            instance = self.instance,
+            pid = process.pid(),
+            "swtpm running"
+        );
+        Ok(Arc::new(Live {
+            pid: process.pid(),
+            data_port: process.data_port,
+            ctrl_port: process.ctrl_port,
+            process: Mutex::new(process),
+            data: Mutex::new(Some(data)),
+            ctrl: Mutex::new(Some(ctrl)),
+            locality: AtomicU8::new(0),
+        }))
+    }
+
+    /// The live process, restarted first if it died. `None` after a requested shutdown.
+    async fn live(&self) -> Result<Arc<Live>, EngineError> {
+        let mut slot = self.slot.lock().await;
+        if slot.state == EngineState::ShutDown {
+            return Err(EngineError::NotRunning);
+        }
+        if let Some(live) = &slot.live
+            && !live.process.lock().await.has_exited()
+        {
+            return Ok(live.clone());
+        }
+        if let Some(old) = slot.live.take() {
+            old.process.lock().await.kill().await;
+        }
+        slot.restarts += 1;
+        tracing::warn!(
+            instance = self.instance,
+            "swtpm is gone; restarting on its state"
+        );
+        let live = self.launch().await.map_err(|e| {
+            slot.state = EngineState::Dead;
+            EngineError::Failed(e.to_string())
+        })?;
+        slot.live = Some(live.clone());
+        slot.state = EngineState::Running;
+        Ok(live)
+    }
+
+    /// Kills `live` after a failure (unless it was already replaced); the next request
+    /// restarts swtpm.
+    async fn retire(&self, live: &Arc<Live>, why: &SwtpmError) {
+        tracing::warn!(instance = self.instance, pid = live.pid, error = %why, "swtpm failed; killing it");
+        let mut slot = self.slot.lock().await;
+        if slot.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+            slot.live = None;
+            slot.state = EngineState::Dead;
+        }
+        drop(slot);
+        live.process.lock().await.kill().await;
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl Future<Output = Result<T, SwtpmError>>,
+    ) -> Result<T, SwtpmError> {
+        tokio::time::timeout(self.config.io_timeout, f)
+            .await
+            .map_err(|_| SwtpmError::Timeout(self.config.io_timeout))?
+    }
+
+    async fn send_command(&self, live: &Live, command: &[u8]) -> Result<Vec<u8>, SwtpmError> {
+        let mut data = live.data.lock().await;
+        let stream = match data.as_mut() {
+            Some(s) => s,
+            None => data.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
+        };
+        let result = self
+            .timed(async {
+                stream.write_all(command).await?;
+                self.sent.send_modify(|n| *n += 1);
+                read_response(stream).await
+            })
+            .await;
+        if result.is_err() {
+            *data = None;
+        }
+        result
+    }
+
+    async fn send_control(
+        &self,
+        live: &Live,
+        op: &ControlOp,
+    ) -> Result<Result<ControlReply, CtrlResult>, SwtpmError> {
+        let mut ctrl = live.ctrl.lock().await;
+        let stream = match ctrl.as_mut() {
+            Some(s) => s,
+            None => ctrl.insert(TcpStream::connect(("127.0.0.1", live.ctrl_port)).await?),
+        };
+        let result = self.timed(ctrl_round_trip(stream, op)).await;
+        if !matches!(result, Ok(Ok(_))) {
+            // After a refusal swtpm may or may not send more; start the next one afresh.
+            *ctrl = None;
+        }
+        result
+    }
+
+    async fn command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
+        let live = self.live().await?;
+        if live.locality.load(Ordering::Acquire) != locality {
+            self.control_on(&live, ControlOp::SetLocality(locality))
+                .await?;
+        }
+        match self.send_command(&live, &command).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                self.retire(&live, &e).await;
+                Err(EngineError::Failed(e.to_string()))
+            }
+        }
+    }
+
+    async fn startup(&self, live: &Live) {
+        if self.config.startup != Startup::Clear {
+            return;
+        }
+        match self.send_command(live, &STARTUP_CLEAR).await {
+            Ok(r) => tracing::debug!(
+                instance = self.instance,
+                rc = ?crate::tpm_header::response_code(&r),
+                "TPM2_Startup(CLEAR) after INIT"
+            ),
+            Err(e) => tracing::warn!(instance = self.instance, error = %e, "TPM2_Startup failed"),
+        }
+    }
+
+    async fn control_on(
+        &self,
+        live: &Arc<Live>,
+        op: ControlOp,
+    ) -> Result<ControlReply, EngineError> {
+        match self.send_control(live, &op).await {
+            Ok(Ok(reply)) => {
+                match op {
+                    ControlOp::SetLocality(l) => live.locality.store(l, Ordering::Release),
+                    ControlOp::Stop => self.slot.lock().await.state = EngineState::Stopped,
+                    ControlOp::Init { .. } => {
+                        self.slot.lock().await.state = EngineState::Running;
+                        self.startup(live).await;
+                    }
+                    _ => {}
+                }
+                Ok(reply)
+            }
+            Ok(Err(rc)) => Err(EngineError::Refused(rc)),
+            Err(e) => {
+                self.retire(live, &e).await;
+                Err(EngineError::Failed(e.to_string()))
+            }
+        }
+    }
+
+    async fn control_op(&self, op: ControlOp) -> Result<ControlReply, EngineError> {
+        match op {
+            ControlOp::Init { .. } => {
+                // INIT after SHUTDOWN powers on a new swtpm on the same state.
+                let mut slot = self.slot.lock().await;
+                if slot.state == EngineState::ShutDown {
+                    let live = self
+                        .launch()
+                        .await
+                        .map_err(|e| EngineError::Failed(e.to_string()))?;
+                    slot.live = Some(live);
+                    slot.state = EngineState::Running;
+                }
+                drop(slot);
+                let live = self.live().await?;
+                self.control_on(&live, op).await
+            }
+            ControlOp::Shutdown => {
+                let live = self.live().await?;
+                let reply = self.control_on(&live, op).await?;
+                let mut slot = self.slot.lock().await;
+                slot.state = EngineState::ShutDown;
+                slot.live = None;
+                drop(slot);
+                // swtpm exits after answering; reap it (or kill a straggler).
+                live.process
+                    .lock()
+                    .await
+                    .finish(self.config.io_timeout)
+                    .await;
+                tracing::info!(instance = self.instance, "swtpm shut down");
+                Ok(reply)
+            }
+            op => {
+                let live = self.live().await?;
+                self.control_on(&live, op).await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl TpmEngine for SwtpmEngine {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        match request {
+            TpmRequest::Command { command, locality } => self
+                .command(command, locality)
+                .await
+                .map(TpmReply::Response),
+            TpmRequest::Control(op) => self.control_op(op).await.map(TpmReply::Control),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! A guest's vTPM served as a TPM socket: what swtpm's `socket` interface offers, in front of
+//! a [`Frontend`], so stock TPM clients reach the guest's vTPM through the whole ring
+//! (frontend -> shared pages -> backend -> manager -> swtpm).
+//!
+//! The peer is tpm2-tss's `swtpm` TCTI (`TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=P`):
+//! - the **data port** `P` takes raw TPM commands and returns raw responses, each response in
+//!   one write. A client may send any number of commands per connection (tpm2-tss opens one
+//!   per command); connections are served concurrently and the frontend runs their commands
+//!   one at a time. A header whose size is below 10 or above what the shared pages hold gets
+//!   `TPM_RC_COMMAND_SIZE` and the connection is closed, since the stream can no longer be
+//!   framed; a command the ring fails to deliver gets `TPM_RC_FAILURE`.
+//! - the **control port** `P + 1` speaks swtpm's control channel ([`crate::engine::ctrl`]).
+//!   It carries what the frontend itself can do: GET_CAPABILITY (advertising exactly
+//!   SET_LOCALITY and CANCEL_TPM_CMD), SET_LOCALITY and CANCEL_TPM_CMD. Every other command is
+//!   answered with `TPM_BAD_ORDINAL`, as swtpm answers one it does not know: INIT, STOP and the
+//!   others would have to travel over the ring to the instance's swtpm, which the ring does
+//!   not carry yet.
+//!
+//! Not implemented: the MS simulator framing some swtpm versions also accept on the data port
+//! (clients use `swtpm:`, not `mssim:`).
+
+use crate::engine::ControlOp;
+use crate::engine::ControlReply;
+use crate::engine::EngineError;
+use crate::engine::ctrl;
+use crate::engine::ctrl::Capabilities;
+use crate::engine::ctrl::CtrlCmd;
+use crate::engine::ctrl::CtrlResult;
+use crate::frontend::Frontend;
+use crate::frontend::FrontendError;
+use crate::tpm_header::TPM_HEADER_SIZE;
+use crate::tpm_header::TpmHeader;
+use crate::tpm_header::TpmRc;
+use crate::tpm_header::error_response;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use zerocopy::FromBytes;
+
+/// How long a control request may take to arrive in full (swtpm allows 500 ms too).
+const CTRL_ASSEMBLY: Duration = Duration::from_millis(500);
+/// Largest control request read (a SET_STATEBLOB header and blob are refused anyway).
+const CTRL_BUFFER: usize = 4096;
+/// Tries to find two consecutive free ports.
+const PORT_ATTEMPTS: usize = 64;
+
+/// Binds the data port and the control port right after it on 127.0.0.1: at `base` and
+/// `base + 1`, or, with `None`, at a free pair the system picks (retrying when the port after
+/// a free one is taken).
+pub async fn bind_pair(base: Option<u16>) -> std::io::Result<(TcpListener, TcpListener)> {
+    if let Some(port) = base {
+        let next = port.checked_add(1).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no port after 65535")
+        })?;
+        let data = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let ctrl = TcpListener::bind((Ipv4Addr::LOCALHOST, next)).await?;
+        return Ok((data, ctrl));
+    }
+    let mut last = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let data = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let Some(next) = data.local_addr()?.port().checked_add(1) else {
+            continue;
+        };
+        match TcpListener::bind((Ipv4Addr::LOCALHOST, next)).await {
+            Ok(ctrl) => return Ok((data, ctrl)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no consecutive free ports")))
+}
+
+/// A running TPM socket in front of one frontend. Dropping it stops serving.
+#[derive(Debug)]
+pub struct TpmSocket {
+    data_addr: SocketAddr,
+    ctrl_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl TpmSocket {
+    /// Serves `frontend` on the two listeners (see [`bind_pair`]) on the current tokio
+    /// runtime.
+    pub fn serve(
+        frontend: Arc<Frontend>,
+        data: TcpListener,
+        ctrl: TcpListener,
+    ) -> std::io::Result<Self> {
+        let data_addr = data.local_addr()?;
+        let ctrl_addr = ctrl.local_addr()?;
+        let mut tasks = JoinSet::new();
+        let front = frontend.clone();
+        tasks.spawn(accept(data, move |s| serve_data(front.clone(), s)));
+        tasks.spawn(accept(ctrl, move |s| serve_ctrl(frontend.clone(), s)));
+        Ok(Self {
+            data_addr,
+            ctrl_addr,
+            tasks,
+        })
+    }
+
+    /// The data port's address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// The control port's address.
+    pub fn ctrl_addr(&self) -> SocketAddr {
+        self.ctrl_addr
+    }
+
+    /// Stops accepting and ends every connection.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn accept<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    // Connections end with the accept loop: aborting it drops the set.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tracing::debug!(%peer, "TPM socket connection");
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(handler(stream));
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Reads one command framed by its TPM header. `Ok(None)` at a clean end of stream.
+async fn read_command(
+    stream: &mut TcpStream,
+    max: usize,
+) -> std::io::Result<Option<Result<Vec<u8>, TpmRc>>> {
+    let mut command = vec![0u8; TPM_HEADER_SIZE];
+    let first = stream.read(&mut command).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut command[first..]).await?;
+    let Ok(header) = TpmHeader::read_from_bytes(&command) else {
+        return Ok(Some(Err(TpmRc::COMMAND_SIZE)));
+    };
+    let size = header.size.get() as usize;
+    if !(TPM_HEADER_SIZE..=max).contains(&size) {
+        tracing::debug!(size, max, "TPM socket command size out of range");
+        return Ok(Some(Err(TpmRc::COMMAND_SIZE)));
+    }
+    command.resize(size, 0);
+    stream.read_exact(&mut command[TPM_HEADER_SIZE..]).await?;
+    Ok(Some(Ok(command)))
+}
+
+async fn serve_data(frontend: Arc<Frontend>, mut stream: TcpStream) {
+    loop {
+        let command = match read_command(&mut stream, frontend.max_packet()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "TPM socket read failed");
+                return;
+            }
+        };
+        let (response, keep) = match command {
+            Ok(c) => match frontend.transmit(&c).await {
+                Ok(r) => (r, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "vTPM command through the ring failed");
+                    (error_response(TpmRc::FAILURE), true)
+                }
+            },
+            Err(rc) => (error_response(rc), false),
+        };
+        if let Err(e) = stream.write_all(&response).await {
+            tracing::debug!(error = %e, "TPM socket write failed");
+            return;
+        }
+        if !keep {
+            return;
+        }
+    }
+}
+
+/// What the control port advertises: exactly what `control` carries out.
+pub fn capabilities() -> Capabilities {
+    Capabilities::new()
+        .with_set_locality(true)
+        .with_cancel_tpm_cmd(true)
+}
+
+/// Carries out one control operation on the frontend.
+fn control(frontend: &Frontend, op: &ControlOp) -> Result<ControlReply, EngineError> {
+    match op {
+        ControlOp::GetCapability => Ok(ControlReply::Capabilities(capabilities())),
+        ControlOp::SetLocality(l) => match frontend.set_locality(*l) {
+            Ok(()) => Ok(ControlReply::Done),
+            Err(FrontendError::BadLocality(_)) => {
+                Err(EngineError::Refused(CtrlResult::BAD_LOCALITY))
+            }
+            Err(e) => Err(EngineError::Failed(e.to_string())),
+        },
+        ControlOp::CancelCommand => frontend
+            .cancel()
+            .map(|()| ControlReply::Done)
+            .map_err(|e| EngineError::Failed(e.to_string())),
+        other => Err(EngineError::Unsupported(other.cmd())),
+    }
+}
+
+/// Answers one control request received as `bytes`.
+fn answer(frontend: &Frontend, bytes: &[u8]) -> Vec<u8> {
+    let cmd = bytes
+        .first_chunk::<4>()
+        .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+    let reply = match ctrl::decode_request(bytes) {
+        Ok(op) => control(frontend, &op),
+        Err(e) => {
+            tracing::debug!(error = %e, "bad control request");
+            Err(EngineError::Refused(e.result_code()))
+        }
+    };
+    ctrl::encode_reply(cmd, &reply)
+}
+
+async fn serve_ctrl(frontend: Arc<Frontend>, mut stream: TcpStream) {
+    let mut buf = vec![0u8; CTRL_BUFFER];
+    loop {
+        // Like swtpm: what one read brings is the request, topped up until it is complete or
+        // the assembly time is over.
+        let mut got = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let deadline = tokio::time::Instant::now() + CTRL_ASSEMBLY;
+        while got < ctrl::request_len(&buf[..got]).min(CTRL_BUFFER) {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf[got..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => got += n,
+                Err(_) => break,
+            }
+        }
+        let reply = answer(&frontend, &buf[..got]);
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}

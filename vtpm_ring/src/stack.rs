@@ -1,0 +1,339 @@
+//! A whole vTPM host in one process, with real swtpm engines: the library entry point behind
+//! `vtpmctl run` (and for `cargo xtask demo`).
+//!
+//! [`VtpmStack::start`] creates a host, a backend domain (domain 1) and `guests` guest domains
+//! (domains 2, 3, ...). Guest `i` gets vTPM device 0 routed to instance `first_instance + i`,
+//! whose [`SwtpmEngine`] keeps its state in `<state_root>/instance-<n>`: the same root gives
+//! every guest its own TPM back after a restart. Each guest's frontend connects over the ring
+//! and is served as a TPM socket ([`crate::socket`]) on a data port and the control port after
+//! it; with a base port `P`, guest `i` gets `P + 2i` and `P + 2i + 1`.
+//!
+//! [`VtpmStack::shutdown`] closes every frontend, then stops every engine the planned way
+//! (STORE_VOLATILE, SHUTDOWN). It needs a tokio runtime (swtpm and the sockets are process
+//! edges); the backend and the manager run as one task on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vtpm_ring::stack::StackError> {
+//! use vtpm_ring::stack::{StackConfig, VtpmStack};
+//! let stack = VtpmStack::start(StackConfig::new("/tmp/vtpm-state", 1)).await?;
+//! let guest = &stack.guests()[0];
+//! println!("TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port={}", guest.data_addr().port());
+//! stack.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use crate::backend::Backend;
+use crate::backend::BackendConfig;
+use crate::domain::DomainError;
+use crate::domain::DomainId;
+use crate::domain::Host;
+use crate::engine::EngineError;
+use crate::engine::swtpm::EngineStatus;
+use crate::engine::swtpm::StateDirs;
+use crate::engine::swtpm::SwtpmConfig;
+use crate::engine::swtpm::SwtpmEngine;
+use crate::engine::swtpm::SwtpmError;
+use crate::frontend::Frontend;
+use crate::frontend::FrontendConfig;
+use crate::frontend::FrontendError;
+use crate::manager::VtpmManager;
+use crate::manager::stream_pair;
+use crate::socket::TpmSocket;
+use crate::socket::bind_pair;
+use crate::store::StoreError;
+use crate::xenbus::VtpmDevice;
+use crate::xenbus::create_device;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// The backend domain's id.
+pub const BACKEND_DOMAIN: DomainId = DomainId(1);
+/// Most guests one stack runs (domain ids stay below the store's limits).
+pub const MAX_GUESTS: u16 = 1000;
+/// How long a frontend may take to close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of a [`VtpmStack`].
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Guest domains.
+    pub guests: u16,
+    /// Where instance state directories live.
+    pub state_root: PathBuf,
+    /// The first guest's instance id; guest `i` uses `first_instance + i`.
+    pub first_instance: u32,
+    /// swtpm settings.
+    pub swtpm: SwtpmConfig,
+    /// Backend settings.
+    pub backend: BackendConfig,
+    /// Frontend settings (every guest).
+    pub frontend: FrontendConfig,
+    /// First data port; `None` picks free port pairs.
+    pub base_port: Option<u16>,
+}
+
+impl StackConfig {
+    /// `guests` guests with state under `state_root`, instances from 1, free ports.
+    pub fn new(state_root: impl Into<PathBuf>, guests: u16) -> Self {
+        Self {
+            guests,
+            state_root: state_root.into(),
+            first_instance: 1,
+            swtpm: SwtpmConfig::default(),
+            backend: BackendConfig::default(),
+            frontend: FrontendConfig::default(),
+            base_port: None,
+        }
+    }
+}
+
+/// Failures bringing a stack up or down.
+#[derive(Debug, Error)]
+pub enum StackError {
+    /// Bad settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A domain could not be created.
+    #[error("domain: {0}")]
+    Domain(#[from] DomainError),
+    /// The toolstack's store writes failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// swtpm could not be started.
+    #[error("swtpm: {0}")]
+    Swtpm(#[from] SwtpmError),
+    /// A frontend failed to connect or close.
+    #[error("frontend: {0}")]
+    Frontend(#[from] FrontendError),
+    /// An engine failed to stop.
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    /// Sockets.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One guest's vTPM: its frontend and the TPM socket serving it.
+#[derive(Debug)]
+pub struct GuestTpm {
+    domain: DomainId,
+    instance: u32,
+    frontend: Arc<Frontend>,
+    socket: TpmSocket,
+}
+
+impl GuestTpm {
+    /// The guest domain.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// Its vTPM instance.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// The connected frontend (what the guest's `/dev/tpm0` would use).
+    pub fn frontend(&self) -> &Arc<Frontend> {
+        &self.frontend
+    }
+
+    /// The TPM socket's data port.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.socket.data_addr()
+    }
+
+    /// The TPM socket's control port.
+    pub fn ctrl_addr(&self) -> SocketAddr {
+        self.socket.ctrl_addr()
+    }
+}
+
+/// A guest as `vtpmctl list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestStatus {
+    /// Guest domain id.
+    pub domain: u16,
+    /// Its instance's engine.
+    pub engine: EngineStatus,
+    /// Data port of its TPM socket.
+    pub data_port: u16,
+    /// Control port of its TPM socket.
+    pub ctrl_port: u16,
+    /// Protocol version its frontend negotiated.
+    pub protocol: String,
+}
+
+/// A running host with swtpm-backed vTPMs (see the module docs).
+pub struct VtpmStack {
+    host: Host,
+    guests: Vec<GuestTpm>,
+    engines: BTreeMap<u32, Arc<SwtpmEngine>>,
+    backend: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for VtpmStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VtpmStack")
+            .field("guests", &self.guests)
+            .field("instances", &self.engines.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl VtpmStack {
+    /// Brings the host up: engines, backend and manager, guests, frontends, sockets.
+    pub async fn start(config: StackConfig) -> Result<Self, StackError> {
+        if config.guests > MAX_GUESTS {
+            return Err(StackError::Config(format!("at most {MAX_GUESTS} guests")));
+        }
+        let instances: Vec<u32> = (0..u32::from(config.guests))
+            .map(|i| config.first_instance.checked_add(i))
+            .collect::<Option<_>>()
+            .filter(|v: &Vec<u32>| v.iter().all(|&i| i <= crate::manager::MAX_INSTANCE))
+            .ok_or_else(|| StackError::Config("instance ids out of range".into()))?;
+        std::fs::create_dir_all(&config.state_root)?;
+        let dirs = StateDirs::new(&config.state_root);
+        let started = futures::future::join_all(
+            instances
+                .iter()
+                .map(|&i| SwtpmEngine::start(i, &dirs, config.swtpm.clone())),
+        )
+        .await;
+        let mut engines = BTreeMap::new();
+        for (&instance, engine) in instances.iter().zip(started) {
+            engines.insert(instance, Arc::new(engine?));
+        }
+
+        let host = Host::new();
+        let backend_domain = host.create_domain(BACKEND_DOMAIN, 16)?;
+        let mut manager = VtpmManager::new();
+        for (&instance, engine) in &engines {
+            manager.add_instance(instance, engine.clone());
+        }
+        // The toolstack writes every device before the backend starts watching: a backend
+        // that sees a half-written device could announce InitWait before the toolstack's
+        // own write of the initial state lands on top of it.
+        let toolstack = host.toolstack();
+        let mut domains = Vec::with_capacity(instances.len());
+        for (i, &instance) in (0u16..).zip(&instances) {
+            let domain = DomainId(2 + i);
+            let guest = host.create_domain(domain, 64)?;
+            create_device(
+                &toolstack,
+                &VtpmDevice {
+                    backend: BACKEND_DOMAIN,
+                    frontend: domain,
+                    handle: 0,
+                    instance,
+                    uuid: Uuid::from_u128(u128::from(instance)),
+                },
+            )?;
+            domains.push((i, instance, domain, guest));
+        }
+        let (back_end, manager_end) = stream_pair();
+        let server = Backend::new(backend_domain, back_end, config.backend);
+        let backend = tokio::spawn(async move {
+            let backend = async {
+                if let Err(e) = server.run().await {
+                    tracing::error!(error = %e, "backend stopped");
+                }
+            };
+            futures::join!(backend, manager.serve(manager_end));
+        });
+        let mut stack = Self {
+            host,
+            guests: Vec::new(),
+            engines,
+            backend,
+        };
+        for (i, instance, domain, guest) in domains {
+            let frontend = Arc::new(Frontend::connect(&guest, config.frontend).await?);
+            let base = match config.base_port {
+                Some(p) => Some(
+                    p.checked_add(2 * i)
+                        .ok_or_else(|| StackError::Config("ports beyond 65535".into()))?,
+                ),
+                None => None,
+            };
+            let (data, ctrl) = bind_pair(base).await?;
+            let socket = TpmSocket::serve(frontend.clone(), data, ctrl)?;
+            tracing::info!(%domain, instance, data = %socket.data_addr(), "guest vTPM served");
+            stack.guests.push(GuestTpm {
+                domain,
+                instance,
+                frontend,
+                socket,
+            });
+        }
+        Ok(stack)
+    }
+
+    /// The host (domains, store, grant tables).
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The guests, in domain order.
+    pub fn guests(&self) -> &[GuestTpm] {
+        &self.guests
+    }
+
+    /// The engine of `instance`.
+    pub fn engine(&self, instance: u32) -> Option<&Arc<SwtpmEngine>> {
+        self.engines.get(&instance)
+    }
+
+    /// A snapshot of every guest.
+    pub async fn status(&self) -> Vec<GuestStatus> {
+        let mut out = Vec::with_capacity(self.guests.len());
+        for g in &self.guests {
+            let Some(engine) = self.engines.get(&g.instance) else {
+                continue;
+            };
+            out.push(GuestStatus {
+                domain: g.domain.0,
+                engine: engine.status().await,
+                data_port: g.data_addr().port(),
+                ctrl_port: g.ctrl_addr().port(),
+                protocol: format!("{:?}", g.frontend.protocol()),
+            });
+        }
+        out
+    }
+
+    /// Closes every frontend, then stops every engine the planned way (STORE_VOLATILE,
+    /// SHUTDOWN). Reports the first failure after trying everything.
+    pub async fn shutdown(self) -> Result<(), StackError> {
+        let mut first: Option<StackError> = None;
+        for guest in self.guests {
+            guest.socket.stop().await;
+            match Arc::try_unwrap(guest.frontend) {
+                Ok(frontend) => match tokio::time::timeout(CLOSE_TIMEOUT, frontend.close()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        first.get_or_insert(e.into());
+                    }
+                    Err(_) => tracing::warn!(domain = %guest.domain, "frontend close timed out"),
+                },
+                Err(_) => {
+                    tracing::warn!(domain = %guest.domain, "frontend still in use; not closed");
+                }
+            }
+        }
+        for (instance, engine) in &self.engines {
+            if let Err(e) = engine.save_and_shutdown().await {
+                tracing::warn!(instance, error = %e, "engine did not stop cleanly");
+                first.get_or_insert(e.into());
+            }
+        }
+        self.backend.abort();
+        first.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,85 @@
+//! A swtpm that dies mid-command: the command gets a TPM error, the next one succeeds on a
+//! restarted swtpm with the instance's state.
+
+use super::arg;
+use super::get_random;
+use super::rc;
+use super::stack;
+use super::tool;
+use vtpm_ring::engine::swtpm::EngineState;
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_swtpm_dies_gets_an_error_and_the_next_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(&dir.path().join("state"), 1).await;
+    let guest = &stack.guests()[0];
+    let engine = stack.engine(guest.instance()).unwrap().clone();
+    let data = arg(dir.path(), "data");
+    let back = arg(dir.path(), "back");
+    std::fs::write(&data, b"survives a crash").unwrap();
+    tool(
+        guest,
+        &[
+            "tpm2_nvdefine",
+            "0x1500019",
+            "-C",
+            "o",
+            "-s",
+            "16",
+            "-a",
+            "ownerread|ownerwrite",
+        ],
+    )
+    .await;
+    tool(
+        guest,
+        &["tpm2_nvwrite", "0x1500019", "-C", "o", "-i", &data],
+    )
+    .await;
+
+    let pid = engine.status().await.pid.unwrap();
+    let mut sent = engine.commands_sent();
+    let before = *sent.borrow_and_update();
+    // Frozen, swtpm holds the next command without answering: it is certainly in flight
+    // once the engine has written it.
+    signal(pid, "-STOP");
+    let tpm = guest.frontend().clone();
+    let in_flight = tokio::spawn(async move { tpm.transmit(&get_random(8)).await });
+    sent.wait_for(|n| *n > before).await.unwrap();
+    signal(pid, "-KILL");
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(rc(&response), 0x101, "TPM_RC_FAILURE, not silence");
+
+    let response = guest.frontend().transmit(&get_random(8)).await.unwrap();
+    assert_eq!(rc(&response), 0);
+    assert_eq!(response.len(), 20);
+    let status = engine.status().await;
+    assert_eq!(status.state, EngineState::Running);
+    assert_eq!(status.restarts, 1);
+    assert_ne!(status.pid, Some(pid));
+    // The restarted swtpm has the instance's permanent state.
+    tool(
+        guest,
+        &[
+            "tpm2_nvread",
+            "0x1500019",
+            "-C",
+            "o",
+            "-s",
+            "16",
+            "-o",
+            &back,
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(&back).unwrap(), b"survives a crash");
+    stack.shutdown().await.unwrap();
+}

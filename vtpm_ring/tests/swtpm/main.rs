@@ -1,0 +1,124 @@
+//! Integration tests with real swtpm processes and stock tpm2-tools: the whole path from a TPM
+//! client to swtpm (TPM socket -> frontend -> shared pages -> backend -> manager -> swtpm).
+//! They need `swtpm` and `tpm2-tools` (`cargo xtask deps` installs them) and fail, naming the
+//! missing tool, without them. Every stack uses its own temporary state directory and ports
+//! the system picks.
+
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
+mod fault;
+mod load;
+mod persistence;
+mod tools;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+use vtpm_ring::stack::GuestTpm;
+use vtpm_ring::stack::StackConfig;
+use vtpm_ring::stack::VtpmStack;
+
+/// A stack of `guests` guests on `state` (ports picked free).
+pub async fn stack(state: &Path, guests: u16) -> VtpmStack {
+    init_tracing();
+    let mut config = StackConfig::new(state, guests);
+    config.swtpm.io_timeout = Duration::from_secs(10);
+    VtpmStack::start(config)
+        .await
+        .expect("stack starts (is swtpm installed? `cargo xtask deps`)")
+}
+
+/// Runs a tpm2-tools command against `guest`'s TPM socket; panics with its stderr on failure.
+pub async fn tool(guest: &GuestTpm, args: &[&str]) -> Output {
+    let out = tool_status(guest, args).await;
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a tpm2-tools command against `guest`'s TPM socket and returns whatever it did.
+pub async fn tool_status(guest: &GuestTpm, args: &[&str]) -> Output {
+    let (program, rest) = args.split_first().expect("a program");
+    tokio::process::Command::new(program)
+        .args(rest)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={}", guest.data_addr().port()),
+        )
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program} (is tpm2-tools installed?): {e}"))
+}
+
+/// stdout as text.
+pub fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Logs to the test output (`RUST_LOG` filters).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+}
+
+/// TPM2_GetRandom(n).
+pub fn get_random(n: u16) -> Vec<u8> {
+    let mut c = vec![0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b];
+    c.extend_from_slice(&n.to_be_bytes());
+    c
+}
+
+/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
+pub fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
+    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
+    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
+    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
+    c.extend_from_slice(digest);
+    c
+}
+
+/// TPM2_PCR_Read of one sha256 PCR below 24.
+pub fn pcr_read(pcr: u8) -> Vec<u8> {
+    let mut select = [0u8; 3];
+    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
+    let mut c = vec![
+        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
+    ];
+    c.extend_from_slice(&select);
+    c
+}
+
+/// The sha256 value of a PCR after one extend of `digest` from zero.
+pub fn extended(digest: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::new()
+        .chain_update([0u8; 32])
+        .chain_update(digest)
+        .finalize()
+        .into()
+}
+
+/// The response code of a TPM response.
+pub fn rc(response: &[u8]) -> u32 {
+    u32::from_be_bytes(response[6..10].try_into().expect("a TPM header"))
+}
+
+/// A path inside `dir` as a tool argument.
+pub fn arg(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
