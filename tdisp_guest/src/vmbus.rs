@@ -220,7 +220,9 @@ pub struct CancelHandle {
 impl CancelHandle {
     /// Cancels the command in flight, if any: its call fails with
     /// [`TransportError::Cancelled`] and its answer, should it come, is dropped as stale.
-    /// Returns whether a command was cancelled.
+    /// Returns whether a command was in flight. A cancel that races with the answer loses:
+    /// if the answer reached the waiting call first, the call returns it (the host did run the
+    /// command) and the cancel changes nothing.
     pub fn cancel(&self) -> bool {
         let taken = self
             .in_flight

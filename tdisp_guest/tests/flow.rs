@@ -386,7 +386,7 @@ fn device_without_tdisp_is_not_locked() {
 }
 
 #[test]
-fn lock_refusal_stops_the_flow() {
+fn lock_refusal_stops_the_flow_and_unbinds_gracefully() {
     let mut device = Device::serving(report(assigned()).to_bytes());
     device
         .model
@@ -404,4 +404,7 @@ fn lock_refusal_stops_the_flow() {
         err,
         FlowError::Lock(TdispGuestOperationError::InvalidDeviceState)
     );
+    // A failed lock may have left the device locked (a lost answer): the flow unbinds.
+    assert_eq!(device.unbinds, [TdispGuestUnbindReason::Graceful]);
+    assert_eq!(device.model.state, TdispTdiState::Unlocked);
 }

@@ -220,14 +220,17 @@ impl TdispGuestOperationError {
 ///
 /// | call | allowed from | on success | in any other state |
 /// |---|---|---|---|
-/// | [`tdisp_negotiate_protocol`](Self::tdisp_negotiate_protocol) | any | `Uninitialized` becomes `Unlocked` | - |
+/// | [`tdisp_negotiate_protocol`](Self::tdisp_negotiate_protocol) | any | `Uninitialized` becomes `Unlocked` | another protocol than the negotiated one: `InvalidGuestProtocolRequest`, nothing changes |
 /// | [`request_lock_device_resources`](Self::request_lock_device_resources) | `Unlocked` | `Locked` | error, device unbound |
 /// | [`request_start_tdi`](Self::request_start_tdi) | `Locked` | `Run` | error, device unbound |
-/// | [`request_attestation_report`](Self::request_attestation_report) | `Locked`, `Run` | unchanged | error, device unbound |
+/// | [`request_attestation_report`](Self::request_attestation_report) | `Locked`, `Run` | unchanged | `InvalidGuestAttestationReportState`, device unbound |
 /// | [`request_unbind`](Self::request_unbind) | any negotiated state | `Unlocked` | - |
 ///
 /// Before negotiation every other call fails. "Unbound" means the device is back in
-/// `Unlocked`: a following start fails and a following lock succeeds.
+/// `Unlocked`: a following start fails and a following lock succeeds. A report of type
+/// [`TdispReportType::Invalid`] fails with `InvalidGuestAttestationReportType` and unbinds.
+/// An unbind fails only when the host cannot stop the device: the host then reports `Error`
+/// (never `Unlocked` for a device still locked) and a later unbind tries again.
 pub trait TdispGuestRequestInterface {
     /// Before a guest can communicate with the host it must negotiate a protocol, by calling
     /// this with its desired protocol type. The host answers with the protocol it will use
@@ -237,7 +240,9 @@ pub trait TdispGuestRequestInterface {
     /// [`TdispDeviceInterfaceInfo::guest_protocol_type`] is
     /// [`TdispGuestProtocolType::Invalid`]. Asking for
     /// [`TdispGuestProtocolType::Invalid`] fails with
-    /// [`TdispGuestOperationError::InvalidGuestProtocolRequest`].
+    /// [`TdispGuestOperationError::InvalidGuestProtocolRequest`], and so does asking for
+    /// another protocol once one is negotiated (nothing changes: switching after lock would
+    /// break the attestation chain).
     fn tdisp_negotiate_protocol(
         &mut self,
         requested_guest_protocol: TdispGuestProtocolType,
@@ -261,8 +266,9 @@ pub trait TdispGuestRequestInterface {
     /// `Run`. The state does not change.
     ///
     /// Calling this while the device is neither `Locked` nor `Run` fails and unbinds the
-    /// device. [`TdispReportType::Invalid`] fails with
-    /// [`TdispGuestOperationError::InvalidGuestAttestationReportType`].
+    /// device with [`TdispGuestOperationError::InvalidGuestAttestationReportState`].
+    /// [`TdispReportType::Invalid`] fails with
+    /// [`TdispGuestOperationError::InvalidGuestAttestationReportType`] and unbinds too.
     fn request_attestation_report(
         &mut self,
         report_type: TdispReportType,

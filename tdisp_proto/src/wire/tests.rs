@@ -87,6 +87,41 @@ fn unknown_fields_are_skipped() {
 }
 
 #[test]
+fn unknown_fields_inside_nested_messages_are_skipped() {
+    // GuestToHostCommand { device_id: 3, bind (field 3) { field 9: varint 1 } }: a newer peer's
+    // field inside the command's own message.
+    let command = [0x08, 3, 0x1a, 2, 0x48, 1];
+    assert_eq!(CommandPacket::decode(&command), Ok(lock()));
+    // GuestToHostResponse { result: SUCCESS, before: UNLOCKED, after: UNLOCKED,
+    // get_device_interface_info (field 4) { interface_info (field 1) { protocol 1, field 7:
+    // "zz" }, field 5: fixed32 } }.
+    let response = [
+        0x08, 1, 0x10, 1, 0x18, 1, // result, states
+        0x22, 13, // field 4, 13 bytes
+        0x0a, 6, 0x08, 1, 0x3a, 2, b'z', b'z', // interface_info with an unknown field 7
+        0x2d, 1, 2, 3, 4, // unknown field 5, fixed32
+    ];
+    let decoded = ResponsePacket::decode(&response).unwrap();
+    assert_eq!(
+        decoded.result,
+        Ok(GuestReply::NegotiateProtocol(TdispDeviceInterfaceInfo {
+            guest_protocol_type: TdispGuestProtocolType::AmdSevTioV1,
+            supported_features: 0,
+            tdisp_device_id: 0,
+        }))
+    );
+}
+
+#[test]
+fn a_known_field_with_the_wrong_wire_type_is_a_protobuf_error() {
+    // device_id (field 1) sent length-delimited.
+    assert!(matches!(
+        CommandPacket::decode(&[0x0a, 1, 7, 0x1a, 0]),
+        Err(WireError::Protobuf(_))
+    ));
+}
+
+#[test]
 fn garbage_is_a_protobuf_error_not_a_panic() {
     for garbage in [&[0xff; 7][..], &[0x0a][..], &[0x00][..]] {
         assert!(matches!(
