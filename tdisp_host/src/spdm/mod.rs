@@ -11,6 +11,7 @@ pub mod cert;
 pub mod channel;
 pub mod codes;
 pub mod crypto;
+pub mod emu_socket;
 pub mod messages;
 pub mod requester;
 pub mod responder;
