@@ -1,7 +1,9 @@
 //! Both SPDM endpoints facing a hostile peer: the responder gets arbitrary DOE objects (after
-//! a genuine handshake, so secured records reach it too), and the requester connects to a
-//! "device" that answers with fuzzer bytes. Nothing may panic; the responder always answers a
-//! DOE object; a requester that connects to garbage holds no session.
+//! a genuine session when bit 1 of the first byte is set, after a genuine version,
+//! capabilities and algorithms negotiation when bit 0 is, so the fuzzer reaches the
+//! negotiated and secured paths), and the requester connects to a "device" that answers with fuzzer
+//! bytes. Nothing may panic; the responder always answers a DOE object; a requester that fails
+//! to connect holds no session.
 
 #![no_main]
 
@@ -29,6 +31,31 @@ fn identity() -> DeviceIdentity {
     }
 }
 
+/// GET_VERSION, GET_CAPABILITIES and NEGOTIATE_ALGORITHMS as our requester sends them.
+fn negotiation() -> Vec<Vec<u8>> {
+    use tdisp_host::spdm::codes::*;
+    use tdisp_host::spdm::messages::*;
+    use tdisp_host::spdm::requester::*;
+    use tdisp_proto::framing::doe::DoeObjectType;
+    let get_version = vec![SPDM_VERSION_1_0, SpdmCode::GET_VERSION.0, 0, 0];
+    let get_capabilities = Capabilities {
+        version: SPDM_VERSION_1_2,
+        ct_exponent: CT_EXPONENT,
+        flags: requester_capabilities(),
+        data_transfer_size: REQUESTER_DATA_TRANSFER_SIZE,
+        max_spdm_msg_size: REQUESTER_DATA_TRANSFER_SIZE,
+    }
+    .encode(SpdmCode::GET_CAPABILITIES);
+    [get_version, get_capabilities, offered_algorithms().encode()]
+        .iter()
+        .map(|m| {
+            let mut out = Vec::new();
+            DoeObject::new(DoeObjectType::SPDM, m).encode(&mut out);
+            out
+        })
+        .collect()
+}
+
 struct Garbage<'a>(std::slice::Chunks<'a, u8>);
 
 impl DoeMailbox for Garbage<'_> {
@@ -45,8 +72,18 @@ fuzz_target!(|data: &[u8]| {
     let root = identity.root_der.clone();
     let handler = |request: &[u8]| request.to_vec();
     let mut responder = SpdmResponder::new(ResponderConfig::new(identity, Vec::new()), handler);
-    let mut requester = SpdmRequester::new(RequesterConfig::new(root.clone()));
-    requester.connect(&mut responder).expect("genuine handshake");
+    let first = data.first().copied().unwrap_or(0);
+    if first & 2 != 0 {
+        // A genuine session first (slow), so secured records reach the session code.
+        SpdmRequester::new(RequesterConfig::new(root.clone()))
+            .connect(&mut responder)
+            .expect("genuine handshake");
+    } else if first & 1 != 0 {
+        for request in negotiation() {
+            let answer = responder.exchange(&request).expect("negotiation answered");
+            DoeObject::decode(&answer).expect("a DOE object");
+        }
+    }
     for object in data.split(|&b| b == 0xa5) {
         if let Ok(answer) = responder.exchange(object) {
             DoeObject::decode(&answer).expect("the responder answers a DOE object");
