@@ -274,6 +274,24 @@ proptest! {
     }
 
     #[test]
+    fn a_sealed_record_opens_once_and_any_flipped_bit_is_refused(
+        message in proptest::collection::vec(any::<u8>(), 0..300),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        use tdisp_host::spdm::crypto::KeySchedule;
+        use tdisp_host::spdm::secured;
+        let schedule = KeySchedule::new(&[3; 48], &[4; 48]);
+        let (mut tx, mut rx) = (schedule.application_keys(&[5; 48]), schedule.application_keys(&[5; 48]));
+        let record = secured::seal(&mut tx.response, 0x1234_5678, &message).unwrap();
+        let mut tampered = record.clone();
+        tampered[flip.index(record.len())] ^= 1 << bit;
+        prop_assert!(secured::open(&mut rx.response, 0x1234_5678, &tampered).is_err());
+        prop_assert_eq!(secured::open(&mut rx.response, 0x1234_5678, &record).unwrap(), message);
+        prop_assert!(secured::open(&mut rx.response, 0x1234_5678, &record).is_err());
+    }
+
+    #[test]
     fn key_exchange_round_trips(session in any::<u16>(), random in any::<[u8; 32]>(), opaque in proptest::collection::vec(any::<u8>(), 0..64)) {
         let message = KeyExchange {
             measurement_summary_hash_type: 0,

@@ -9,6 +9,7 @@
 mod bench;
 mod deps;
 mod fuzz;
+mod interop;
 mod run;
 mod test;
 
@@ -37,6 +38,8 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Run the criterion benchmarks.
     Bench(bench::BenchArgs),
+    /// Run our SPDM stack against an external peer (opt-in; needs the peer's binaries).
+    Interop(interop::InteropArgs),
     /// Play one confidential guest's life: measured image, device attestation, vTPM quote.
     Demo(DemoArgs),
 }
@@ -100,6 +103,7 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Deps(args) => deps::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Interop(args) => interop::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo(&args),
     }

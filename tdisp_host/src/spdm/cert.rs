@@ -179,6 +179,7 @@ pub fn validate_slot(slot: &[u8], root_der: &[u8]) -> Result<ValidatedChain, Cer
 }
 
 /// A device identity: a root CA, a leaf certificate it issued, and the leaf's signing key.
+#[derive(Clone)]
 pub struct DeviceIdentity {
     /// The root certificate (DER), which verifiers configure as their trust anchor.
     pub root_der: Vec<u8>,

@@ -2,15 +2,59 @@
 //! over a PCIe DOE mailbox, with SHA-384, ECDSA P-384, ECDHE secp384r1, AES-256-GCM and the
 //! SPDM key schedule, from RustCrypto crates.
 //!
-//! - [`codes`] and [`messages`]: the code spaces and message codecs.
-//! - [`crypto`]: transcripts, signatures, ECDHE and the key schedule.
-//! - [`secured`]: secured messages (DOE object type 2).
-//! - [`cert`]: certificate chains in slot format, validated against a configured root.
+//! - [`codes`] and [`messages`]: the code spaces and message codecs (parse, then validate).
+//! - [`crypto`]: transcripts, the SPDM 1.2 signing prefix, ECDHE and the key schedule.
+//! - [`secured`]: secured messages (DOE object type 2), AES-256-GCM with per-direction
+//!   sequence numbers.
+//! - [`cert`]: certificate chains in slot format, validated against a configured root, and
+//!   generated device identities.
+//! - [`requester`] (the TSM's end) and [`responder`] (the device's end, a
+//!   [`crate::tsm::DoeMailbox`] around a [`responder::VendorHandler`] such as the emulated DSM).
+//! - [`channel`]: [`channel::SpdmChannel`], the TSM's [`crate::tsm::SecureChannel`].
+//! - [`transport`]: DOE object framing; [`emu_socket`]: DOE over TCP in spdm-emu's framing.
+//!
+//! Not implemented: CHALLENGE, mutual authentication, PSK, HEARTBEAT, KEY_UPDATE, chunking,
+//! multiple slots or sessions, and any algorithm outside the one suite above (a peer that
+//! selects another is refused).
+//!
+//! # What a guest can and cannot conclude
+//!
+//! The `CertificateChain` report is the device's chain in SPDM slot format, as the host's TSM
+//! validated it against the root the host configured. The `Measurements` report is the SPDM
+//! 1.2 L1 transcript (VCA, GET_MEASUREMENTS, MEASUREMENTS) followed by the 96-byte signature;
+//! it verifies with the chain's leaf key over SHA-384 of everything before the signature,
+//! under the context "responder-measurements signing".
+//!
+//! A guest that checks the chain against **its own** trust anchor and verifies the signature
+//! can conclude that a holder of that leaf key produced those measurement blocks for that
+//! transcript. It cannot conclude that the measurements are fresh (the nonce was chosen by
+//! the host, which can replay an old report), that the device it talks to through the host is
+//! the one that signed (the session keys stay with the host's TSM), or anything about the
+//! interface report, which is not yet bound to the session transcript.
+//!
+//! # Example
+//!
+//! ```
+//! use tdisp_host::dsm::{DsmConfig, EmulatedDsm};
+//! use tdisp_host::spdm::cert::DeviceIdentity;
+//! use tdisp_host::spdm::requester::{RequesterConfig, SpdmRequester};
+//! use tdisp_host::spdm::responder::{ResponderConfig, SpdmResponder};
+//!
+//! let identity = DeviceIdentity::generate("example device")?;
+//! let mut requester = SpdmRequester::new(RequesterConfig::new(identity.root_der.clone()));
+//! let dsm = EmulatedDsm::new(DsmConfig::single_function(0x0101))?;
+//! let mut device = SpdmResponder::new(ResponderConfig::new(identity, Vec::new()), dsm);
+//! let session_id = requester.connect(&mut device)?;
+//! assert_eq!(device.session_id(), Some(session_id));
+//! requester.end_session(&mut device)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cert;
 pub mod channel;
 pub mod codes;
 pub mod crypto;
+pub mod emu_socket;
 pub mod messages;
 pub mod requester;
 pub mod responder;

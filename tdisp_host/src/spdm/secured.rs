@@ -126,7 +126,7 @@ pub fn seal(
     plaintext.extend_from_slice(message);
     let sealed = cipher(keys)
         .encrypt(
-            Nonce::from_slice(&keys.nonce(sequence)),
+            &Nonce::from(keys.nonce(sequence)),
             Payload {
                 msg: &plaintext,
                 aad: header.as_bytes(),
@@ -161,7 +161,7 @@ pub fn open(
         .ok_or(SecuredError::SequenceExhausted)?;
     let plaintext = cipher(keys)
         .decrypt(
-            Nonce::from_slice(&keys.nonce(sequence)),
+            &Nonce::from(keys.nonce(sequence)),
             Payload {
                 msg: record.sealed,
                 aad: record.header.as_bytes(),
