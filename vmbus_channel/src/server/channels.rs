@@ -1201,9 +1201,16 @@ impl ControlState {
             ) || !c.gpadls.is_empty()
         });
         if !busy {
-            // Revoked channels the guest never released are gone with the connection.
+            // Revoked channels the guest never released are gone with the connection, and a
+            // channel reoffered while the guest unloaded waits for no release any more: it is
+            // simply offered to the next connection (as `unload` does for one reoffered before).
             self.channels
                 .retain(|_, c| !matches!(c.state, ChannelState::Revoked));
+            for c in self.channels.values_mut() {
+                if matches!(c.state, ChannelState::Reoffered) {
+                    c.state = ChannelState::Closed;
+                }
+            }
             self.connection = Connection::Disconnected;
             tracing::info!("guest unloaded");
             out.push(Output::Guest(Message::UnloadComplete.encode()));
