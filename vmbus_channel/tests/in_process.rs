@@ -391,3 +391,46 @@ mod save_restore {
         assert!(VmbusServer::restore(mem, None, &[]).is_err());
     }
 }
+
+mod lifetime {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_server_ends_the_runner_and_the_guest_sees_the_host_gone() {
+        let mem = memory();
+        let (server, runner) = VmbusServer::new(mem.clone(), None);
+        let runner = tokio::spawn(runner.run());
+        let device = spawn_device(&server, echo(40)).await;
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
+        let offer = client.find_offer(interface(40)).unwrap();
+        let mut ch = client.open(&offer, 1).await.unwrap();
+        ch.request(&framed(b"x")).await.unwrap();
+        drop(server);
+        // The runner returns on its own...
+        tokio::time::timeout(std::time::Duration::from_secs(5), runner)
+            .await
+            .expect("runner returns")
+            .unwrap();
+        // ...and so does the device runner (the bus dropped its channel); a control request
+        // fails instead of waiting forever.
+        let device = tokio::time::timeout(std::time::Duration::from_secs(5), device)
+            .await
+            .expect("device returns")
+            .unwrap();
+        assert!(device.is_open());
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.create_gpadl(offer.channel_id, &[100]),
+        )
+        .await
+        .expect("request fails");
+        assert!(matches!(
+            err,
+            Err(vmbus_channel::client::ClientError::Port(
+                vmbus_channel::port::PortError::Disconnected
+            ))
+        ));
+    }
+}
