@@ -434,3 +434,39 @@ mod lifetime {
         ));
     }
 }
+
+mod monitor_pages {
+    use super::*;
+
+    /// Monitor pages are not implemented, so no offer asks for monitored notification, even
+    /// when the device asks for a latency.
+    #[tokio::test]
+    async fn monitored_notification_is_never_advertised() {
+        struct Mnf;
+        #[async_trait]
+        impl SimpleVmbusDevice for Mnf {
+            fn offer(&self) -> OfferParams {
+                OfferParams {
+                    interface_id: interface(50),
+                    mnf_interrupt_latency: Some(std::time::Duration::from_micros(100)),
+                    ..Default::default()
+                }
+            }
+            async fn handle_packet(
+                &mut self,
+                _ctx: &DeviceContext<'_>,
+                _packet: &IncomingPacket,
+            ) -> Result<Option<Vec<u8>>, DeviceError> {
+                Ok(None)
+            }
+        }
+        let mem = memory();
+        let server = spawn_server(&mem, None);
+        let _runner = offer_device(&server, Mnf).await.unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
+        let offer = client.find_offer(interface(50)).unwrap();
+        assert!(!offer.flags.request_monitored_notification());
+    }
+}
