@@ -1,6 +1,10 @@
 //! A ring whose memory the fuzzer controls (control words and data bytes, changed between
 //! operations as a racing guest would): the host reader and writer never panic, never touch
 //! memory outside the ring, and keep returning errors once the ring is corrupt.
+//!
+//! Reads go through peek and commit as well as the one-call read: a peeked packet is lent in
+//! place and must stay the same (whatever the guest writes meanwhile) until it is committed,
+//! and a reader attached again (a restore) starts from the committed index.
 
 #![no_main]
 
@@ -23,8 +27,16 @@ enum Op {
     Poke { offset: u16, bytes: Vec<u8> },
     /// The guest sets a control word.
     SetControl { word: u8, value: u32 },
-    /// The host reads a packet.
+    /// The host reads a packet (peek and commit in one call).
     Read,
+    /// The host peeks at the next packet in place and checks it is the one peeked before.
+    Peek,
+    /// The host commits the peeked packet.
+    Commit,
+    /// The host attaches its reader again, as after a restore.
+    ReattachReader,
+    /// The host attaches its writer again with the host attach helper.
+    ReattachWriter,
     /// The host writes a packet.
     Write {
         len: u16,
@@ -56,6 +68,8 @@ fuzz_target!(|input: Input| {
 
     let mut reader = IncomingRing::new(ring.clone()).ok();
     let mut writer = OutgoingRing::new(ring.clone()).ok();
+    // The packet last peeked and not committed: (type, transaction id, header area, data).
+    let mut peeked: Option<(u16, u64, Vec<u8>, Vec<u8>)> = None;
     let payload = vec![0xcc; 8192];
     for op in input.ops.iter().take(64) {
         match op {
@@ -81,6 +95,45 @@ fuzz_target!(|input: Input| {
                         let _ = packet.data().len();
                     }
                 }
+                peeked = None;
+            }
+            Op::Peek => {
+                if let Some(r) = reader.as_mut() {
+                    match r.peek() {
+                        Ok(Some(view)) => {
+                            let _ = view.gpa_range_iter().count();
+                            let _ = view.transfer_pages();
+                            let now = (
+                                view.packet_type.0,
+                                view.transaction_id,
+                                view.header_area().to_vec(),
+                                view.data().to_vec(),
+                            );
+                            // Until commit, peeking again lends the very same packet.
+                            if let Some(before) = &peeked {
+                                assert_eq!(before, &now);
+                            }
+                            assert!(r.peeked().is_some());
+                            peeked = Some(now);
+                        }
+                        Ok(None) => assert!(peeked.is_none()),
+                        Err(_) => peeked = None,
+                    }
+                }
+            }
+            Op::Commit => {
+                if let Some(r) = reader.as_mut() {
+                    let _ = r.commit();
+                    assert!(r.peeked().is_none());
+                }
+                peeked = None;
+            }
+            Op::ReattachReader => {
+                reader = IncomingRing::new(ring.clone()).ok();
+                peeked = None;
+            }
+            Op::ReattachWriter => {
+                writer = OutgoingRing::attach_host(ring.clone()).ok();
             }
             Op::Write {
                 len,

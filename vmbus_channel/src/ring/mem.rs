@@ -176,6 +176,18 @@ impl PagedRingMem {
         )
     }
 
+    /// Checks that `[offset, offset + len)` lies in the data area.
+    fn check_access(&self, offset: usize, len: usize) -> Result<(), RingMemError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.data_len => Ok(()),
+            _ => Err(RingMemError::OutOfRange {
+                offset,
+                len,
+                size: self.data_len,
+            }),
+        }
+    }
+
     /// Calls `f(run, offset_in_mapping, range)` for each contiguous piece of
     /// `[offset, offset + len)`.
     fn for_each_piece(
@@ -234,6 +246,13 @@ impl RingMem for PagedRingMem {
     }
 
     fn read_data(&self, offset: usize, buf: &mut [u8]) -> Result<(), RingMemError> {
+        if let [run] = &*self.runs {
+            self.check_access(offset, buf.len())?;
+            run.mmap
+                .get_slice(run.offset + offset, buf.len())?
+                .copy_to(buf);
+            return Ok(());
+        }
         self.for_each_piece(offset, buf.len(), |mmap, at, range| {
             let piece = buf.get_mut(range).ok_or(RingMemError::OutOfRange {
                 offset,
@@ -246,6 +265,13 @@ impl RingMem for PagedRingMem {
     }
 
     fn write_data(&self, offset: usize, buf: &[u8]) -> Result<(), RingMemError> {
+        if let [run] = &*self.runs {
+            self.check_access(offset, buf.len())?;
+            run.mmap
+                .get_slice(run.offset + offset, buf.len())?
+                .copy_from(buf);
+            return Ok(());
+        }
         self.for_each_piece(offset, buf.len(), |mmap, at, range| {
             let piece = buf.get(range).ok_or(RingMemError::OutOfRange {
                 offset,

@@ -6,10 +6,10 @@
 //! per operation, validated, and then only that copy is used, so a peer that scribbles on the
 //! control page or the packets gets an error on this ring and nothing else.
 //!
-//! Reading is peek, then commit: [`IncomingRing::peek`] copies the next packet into the
-//! reader's own buffer, validates it and lends a [`PacketView`] of it; the read index moves
-//! only at [`IncomingRing::commit`]. A packet read but not yet answered therefore survives a
-//! save and restore of guest memory.
+//! Reading is peek, then commit: [`IncomingRing::peek`] copies what the writer published
+//! into the reader's own buffer, validates the next packet there and lends a [`PacketView`]
+//! of it; the read index moves only at [`IncomingRing::commit`]. A packet read but not yet
+//! answered therefore survives a save and restore of guest memory.
 //!
 //! The host attaches its writer with [`OutgoingRing::attach_host`], at open and again after
 //! every restore: it advertises pending-send-size support and clears a stale request.

@@ -1,10 +1,12 @@
 //! The consuming end of a ring: peek, then commit.
 //!
-//! [`IncomingRing::peek`] copies the next packet out of shared memory into a buffer the
-//! reader owns, validates the copy and hands out a borrowed [`PacketView`] of it. The read
-//! index in the control page does not move until [`IncomingRing::commit`]: a packet that was
-//! peeked but not answered is still in the ring, so a restore from saved guest memory reads it
-//! again. The buffer grows to the largest packet seen and is then reused, so the steady state
+//! [`IncomingRing::peek`] copies what the writer has published out of shared memory, in one
+//! go, into a buffer the reader owns; it then validates the next packet in that copy and hands
+//! out a borrowed [`PacketView`] of it. Later packets of the same copy are parsed without
+//! touching shared memory again. The read index in the control page does not move until
+//! [`IncomingRing::commit`]: a packet that was peeked but not answered is still in the ring,
+//! so a restore from saved guest memory reads it again. The buffer grows to the most bytes
+//! seen published at once (at most the ring's size) and is then reused, so the steady state
 //! neither allocates nor zero-fills.
 
 use super::RingCore;
@@ -22,8 +24,6 @@ use super::mem::RingMem;
 use crate::memory::PAGE_SIZE64;
 use crate::protocol::GpaRangeHeader;
 use zerocopy::FromBytes;
-use zerocopy::FromZeros;
-use zerocopy::IntoBytes;
 use zerocopy::little_endian::U64;
 
 /// Bytes between the descriptor and the payload that transfer-page and GPA-direct packets
@@ -89,7 +89,9 @@ pub(crate) struct Peeked {
     packet_type: PacketType,
     transaction_id: u64,
     completion_requested: bool,
-    /// Bytes after the descriptor (header area and payload) in the buffer.
+    /// Where the bytes after the descriptor start in the buffer.
+    body_start: usize,
+    /// Bytes after the descriptor (header area and payload).
     body_len: usize,
     /// Where the payload starts within the body.
     data_start: usize,
@@ -294,11 +296,14 @@ pub struct IncomingRing<M> {
     core: RingCore<M>,
     /// The committed read index; the copy in shared memory is only ever written.
     head: u32,
-    /// The packet copied into `buf` and not yet committed.
+    /// The packet at `head`, validated in `buf` and not yet committed.
     peeked: Option<Peeked>,
-    /// The peeked packet's bytes after its descriptor. Its length is the largest packet seen
-    /// so far; only the first `body_len` bytes belong to the current packet.
+    /// Ring bytes copied in one go: `buf[pos..filled]` holds the ring from `head` on, up to
+    /// the write index seen at the copy. Its length is the most ever copied at once; only
+    /// `..filled` is meaningful.
     buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
     poisoned: bool,
 }
 
@@ -314,6 +319,8 @@ impl<M: RingMem> IncomingRing<M> {
             head,
             peeked: None,
             buf: Vec::new(),
+            pos: 0,
+            filled: 0,
             poisoned: false,
         })
     }
@@ -338,9 +345,11 @@ impl<M: RingMem> IncomingRing<M> {
         Ok(self.core.load_index(ControlWord::WriteIndex, "write")? == self.head)
     }
 
-    /// Copies the next packet out of the ring and returns a view of it, without consuming it.
+    /// Returns a view of the next packet, without consuming it.
     ///
-    /// `Ok(None)` means the ring is empty. Until [`IncomingRing::commit`], every call returns
+    /// When the last copy is used up, everything the writer has published is copied out of
+    /// the ring in one go; the next packet is validated in that copy. `Ok(None)` means the
+    /// ring is empty. Until [`IncomingRing::commit`], every call returns
     /// the same packet again (from the copy; shared memory is not read twice). Any error
     /// leaves the ring unusable.
     pub fn peek(&mut self) -> Result<Option<PacketView<'_>>, RingError> {
@@ -420,7 +429,11 @@ impl<M: RingMem> IncomingRing<M> {
 
     /// The view of a packet `fill` returned.
     pub(crate) fn view(&self, peeked: Peeked) -> PacketView<'_> {
-        let body = self.buf.get(..peeked.body_len).unwrap_or_default();
+        let body = peeked
+            .body_start
+            .checked_add(peeked.body_len)
+            .and_then(|end| self.buf.get(peeked.body_start..end))
+            .unwrap_or_default();
         let (header_area, data) = body.split_at_checked(peeked.data_start).unwrap_or_default();
         PacketView {
             packet_type: peeked.packet_type,
@@ -431,26 +444,49 @@ impl<M: RingMem> IncomingRing<M> {
         }
     }
 
-    /// Copies and validates the packet at the read index.
-    fn read_next(&mut self) -> Result<Option<Peeked>, RingError> {
+    /// Copies everything published from the read index on, in one go.
+    fn refill(&mut self) -> Result<(), RingError> {
         let core = &self.core;
-        let head = self.head;
         let tail = core.load_index(ControlWord::WriteIndex, "write")?;
-        let available = core.distance(head, tail);
-        if available == 0 {
-            return Ok(None);
+        let available = core.distance(self.head, tail) as usize;
+        // The buffer only grows, so a steady stream of packets is not cleared each time.
+        if self.buf.len() < available {
+            self.buf.resize(available, 0);
         }
+        let copy = self
+            .buf
+            .get_mut(..available)
+            .ok_or(RingError::BadSize(available))?;
+        core.read_wrapped(self.head, copy)?;
+        self.pos = 0;
+        self.filled = available;
+        Ok(())
+    }
+
+    /// Validates the packet at the read index, copying from the ring first if the last copy
+    /// is used up.
+    fn read_next(&mut self) -> Result<Option<Peeked>, RingError> {
+        if self.pos >= self.filled {
+            self.refill()?;
+        }
+        let head = self.head;
         let corrupt = |source| RingError::CorruptPacket {
             offset: head,
             source,
         };
+        let pos = self.pos;
+        let bytes = self.buf.get(pos..self.filled).unwrap_or_default();
+        let available = bytes.len() as u32;
+        if available == 0 {
+            return Ok(None);
+        }
         if (available as usize) < DESCRIPTOR_SIZE + FOOTER_SIZE {
             return Err(corrupt(PacketError::Truncated { available }));
         }
 
-        // One copy of the descriptor; every decision below uses this copy.
-        let mut desc = PacketDescriptor::new_zeroed();
-        core.read_wrapped(head, desc.as_mut_bytes())?;
+        // Every decision below uses the copy.
+        let (desc, _) = PacketDescriptor::read_from_prefix(bytes)
+            .map_err(|_| corrupt(PacketError::Truncated { available }))?;
         let len = u32::from(desc.length8.get()) * 8;
         let data_offset = u32::from(desc.data_offset8.get()) * 8;
         if (len as usize) < DESCRIPTOR_SIZE || len + FOOTER_SIZE as u32 > available {
@@ -472,28 +508,18 @@ impl<M: RingMem> IncomingRing<M> {
             PacketType::TRANSFER_PAGES | PacketType::GPA_DIRECT => true,
             _ => return Err(corrupt(PacketError::UnknownType(packet_type.0))),
         };
-
-        // One copy of the rest; the buffer only grows, so same-size packets are not cleared.
-        let body_len = len as usize - DESCRIPTOR_SIZE;
-        if self.buf.len() < body_len {
-            self.buf.resize(body_len, 0);
-        }
-        let body = self
-            .buf
-            .get_mut(..body_len)
-            .ok_or(RingError::BadSize(body_len))?;
-        core.read_wrapped(core.advance(head, DESCRIPTOR_SIZE as u32), body)?;
-        let header_area = body
-            .get(..data_offset as usize - DESCRIPTOR_SIZE)
-            .unwrap_or_default();
         if has_ranges {
+            let header_area = bytes
+                .get(DESCRIPTOR_SIZE..data_offset as usize)
+                .unwrap_or_default();
             check_range_header(packet_type, data_offset, header_area).map_err(corrupt)?;
         }
         Ok(Some(Peeked {
             packet_type,
             transaction_id: desc.transaction_id.get(),
             completion_requested: flags & FLAG_COMPLETION_REQUESTED != 0,
-            body_len,
+            body_start: pos + DESCRIPTOR_SIZE,
+            body_len: len as usize - DESCRIPTOR_SIZE,
             data_start: data_offset as usize - DESCRIPTOR_SIZE,
             consumed: len + FOOTER_SIZE as u32,
         }))
@@ -504,6 +530,7 @@ impl<M: RingMem> IncomingRing<M> {
     fn publish(&mut self, consumed: u32) -> Result<bool, RingError> {
         let core = &self.core;
         self.head = core.advance(self.head, consumed);
+        self.pos += consumed as usize;
         core.mem.store_control(ControlWord::ReadIndex, self.head)?;
         // Read after publishing the index (both sequentially consistent): a writer that sets
         // its request after our store sees the freed space itself when it looks again.

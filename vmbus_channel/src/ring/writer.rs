@@ -19,9 +19,6 @@ use zerocopy::little_endian::U16;
 use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
 
-/// Packets up to this size are gathered in a scratch buffer and written with one copy.
-const GATHER_LIMIT: usize = 512;
-
 /// A range of guest pages named by a GPA-direct packet.
 #[derive(Debug, Clone, Copy)]
 pub struct PagedRange<'a> {
@@ -120,9 +117,14 @@ pub struct OutgoingRing<M> {
     core: RingCore<M>,
     /// Our write index; the copy in shared memory is only ever written.
     tail: u32,
+    /// The reader's index as last loaded and validated (`None` before the first load). The
+    /// reader only ever frees space, so a stale copy under-estimates the free space: it is
+    /// reloaded, and validated, only when it looks too small.
+    cached_head: Option<u32>,
     /// We set `pending_send_size` and have not cleared it yet.
     pending_set: bool,
     poisoned: bool,
+    /// The descriptor and range list of a GPA-direct packet, assembled before the copy.
     scratch: Vec<u8>,
 }
 
@@ -135,9 +137,10 @@ impl<M: RingMem> OutgoingRing<M> {
         Ok(Self {
             core,
             tail,
+            cached_head: None,
             pending_set: false,
             poisoned: false,
-            scratch: Vec::with_capacity(GATHER_LIMIT),
+            scratch: Vec::new(),
         })
     }
 
@@ -235,70 +238,61 @@ impl<M: RingMem> OutgoingRing<M> {
         };
         let padding = len - data_offset - payload_len;
 
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        scratch.extend_from_slice(desc.as_bytes());
-        if matches!(packet.kind, OutgoingPayload::GpaDirect(_)) {
-            let header = GpaDirectHeader {
-                reserved: U32::new(0),
-                range_count: U32::new(ranges.len() as u32),
-            };
-            scratch.extend_from_slice(header.as_bytes());
-            for r in ranges {
-                let h = GpaRangeHeader {
-                    byte_count: U32::new(r.byte_count),
-                    byte_offset: U32::new(r.byte_offset),
-                };
-                scratch.extend_from_slice(&h.to_word().to_le_bytes());
-                for pfn in r.pfns {
-                    scratch.extend_from_slice(&pfn.to_le_bytes());
-                }
-            }
-        }
-
         let core = &self.core;
         let mut at = self.tail;
-        if needed as usize <= GATHER_LIMIT {
-            // Small packets: one copy into the ring for the whole thing.
-            for piece in packet.payload {
-                scratch.extend_from_slice(piece);
-            }
-            scratch.resize(scratch.len() + padding, 0);
-            scratch.extend_from_slice(footer.as_bytes());
-            core.write_wrapped(at, scratch)?;
+        // Each part goes straight from where it is into the ring. Gathering a small packet
+        // into a scratch buffer first is slower: the copy out of the buffer reloads bytes
+        // just stored in pieces, which stalls store forwarding.
+        let head: &[u8] = if matches!(packet.kind, OutgoingPayload::GpaDirect(_)) {
+            let scratch = &mut self.scratch;
+            scratch.clear();
+            scratch.extend_from_slice(desc.as_bytes());
+            push_gpa_header(scratch, ranges);
+            scratch
         } else {
-            core.write_wrapped(at, scratch)?;
-            at = core.advance(at, scratch.len() as u32);
-            for piece in packet.payload {
-                core.write_wrapped(at, piece)?;
-                at = core.advance(at, piece.len() as u32);
-            }
-            let mut trailer = [0u8; 16];
-            let trailer_len = padding + FOOTER_SIZE;
-            trailer[padding..trailer_len].copy_from_slice(footer.as_bytes());
-            core.write_wrapped(at, &trailer[..trailer_len])?;
+            desc.as_bytes()
+        };
+        core.write_wrapped(at, head)?;
+        at = core.advance(at, head.len() as u32);
+        for piece in packet.payload {
+            core.write_wrapped(at, piece)?;
+            at = core.advance(at, piece.len() as u32);
         }
+        let mut trailer = [0u8; 16];
+        let trailer_len = padding + FOOTER_SIZE;
+        trailer[padding..trailer_len].copy_from_slice(footer.as_bytes());
+        core.write_wrapped(at, &trailer[..trailer_len])?;
 
         let old_tail = self.tail;
         self.tail = core.advance(old_tail, needed);
         // Publishing the index is the release point: the packet bytes are visible before it
-        // (the control store is sequentially consistent).
+        // (the control store is sequentially consistent, which also orders it before the
+        // loads below).
         core.mem.store_control(ControlWord::WriteIndex, self.tail)?;
 
         // The reader wants an interrupt only if it is not polling and had consumed everything
         // we wrote before this packet (it may be waiting).
-        let signal_peer = core.mem.load_control(ControlWord::InterruptMask)? == 0
-            && core.mem.load_control(ControlWord::ReadIndex)? == old_tail;
-        Ok(WriteOutcome { signal_peer })
+        let masked = core.mem.load_control(ControlWord::InterruptMask)? != 0;
+        let head = core.mem.load_control(ControlWord::ReadIndex)?;
+        if head < core.len && head % 8 == 0 {
+            self.cached_head = Some(head);
+        }
+        Ok(WriteOutcome {
+            signal_peer: !masked && head == old_tail,
+        })
     }
 
     /// Makes sure `needed` bytes are free, or arranges to be signalled when they are.
     fn reserve(&mut self, needed: u32) -> Result<(), TryWriteError> {
         let core = &self.core;
         let tail = self.tail;
-        let free = |head: u32| core.len - core.distance(head, tail);
-        let head = core.load_index(ControlWord::ReadIndex, "read")?;
-        if needed < free(head) {
+        let fits = |head: u32| needed < core.len - core.distance(head, tail);
+        let head = match self.cached_head {
+            Some(head) if fits(head) => head,
+            _ => core.load_index(ControlWord::ReadIndex, "read")?,
+        };
+        self.cached_head = Some(head);
+        if fits(head) {
             if self.pending_set {
                 core.mem.store_control(ControlWord::PendingSendSize, 0)?;
                 self.pending_set = false;
@@ -310,11 +304,31 @@ impl<M: RingMem> OutgoingRing<M> {
         self.pending_set = true;
         // The reader may have freed space before it could see the request: look again.
         let head = core.load_index(ControlWord::ReadIndex, "read")?;
-        if needed < free(head) {
+        self.cached_head = Some(head);
+        if fits(head) {
             core.mem.store_control(ControlWord::PendingSendSize, 0)?;
             self.pending_set = false;
             return Ok(());
         }
         Err(TryWriteError::Full { needed })
+    }
+}
+
+/// Appends the GPA-direct header and range list of a GPA-direct packet.
+fn push_gpa_header(scratch: &mut Vec<u8>, ranges: &[PagedRange<'_>]) {
+    let header = GpaDirectHeader {
+        reserved: U32::new(0),
+        range_count: U32::new(ranges.len() as u32),
+    };
+    scratch.extend_from_slice(header.as_bytes());
+    for r in ranges {
+        let h = GpaRangeHeader {
+            byte_count: U32::new(r.byte_count),
+            byte_offset: U32::new(r.byte_offset),
+        };
+        scratch.extend_from_slice(&h.to_word().to_le_bytes());
+        for pfn in r.pfns {
+            scratch.extend_from_slice(&pfn.to_le_bytes());
+        }
     }
 }
