@@ -150,6 +150,8 @@ struct Inbox {
     open_results: HashMap<u32, (u32, u32)>,
     modify_responses: HashMap<u32, i32>,
     unload_complete: bool,
+    /// UNLOAD was sent: the connection is going away and nothing is released any more.
+    unloading: bool,
 }
 
 impl Inbox {
@@ -181,6 +183,10 @@ impl Inbox {
                 let channel_id = r.channel_id.get();
                 self.offers.remove(&channel_id);
                 self.rescinded.insert(channel_id);
+                if self.unloading {
+                    // The unload releases everything; the host no longer takes a release.
+                    return;
+                }
                 // Nothing of this client keeps the id: release it at once.
                 let release = Message::RelIdReleased(ChannelIdBody {
                     channel_id: channel_id.into(),
@@ -621,7 +627,15 @@ impl VmbusClient {
     /// Disconnects: sends UNLOAD and waits for UNLOAD_COMPLETE (the host closes every
     /// channel and releases every GPADL first).
     pub async fn unload(&self) -> Result<(), ClientError> {
-        self.conn.post(&Message::Unload)?;
+        {
+            // Handle what the host already sent (a rescind is released now, while the
+            // connection stands) and send UNLOAD before anyone else files a message.
+            let port = self.conn.port();
+            let mut inbox = self.conn.inbox();
+            Connection::drain(&mut inbox, &*port);
+            inbox.unloading = true;
+            port.post_message(Message::Unload.encode().as_bytes())?;
+        }
         self.conn
             .wait_for(|i| std::mem::take(&mut i.unload_complete).then_some(()))
             .await

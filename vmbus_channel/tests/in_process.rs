@@ -470,3 +470,66 @@ mod monitor_pages {
         assert!(!offer.flags.request_monitored_notification());
     }
 }
+
+mod unload {
+    use super::*;
+    use std::sync::Mutex;
+    use vmbus_channel::control::MessageBuf;
+    use vmbus_channel::interrupt::Interrupt;
+    use vmbus_channel::port::MessagePort;
+    use vmbus_channel::port::PortError;
+
+    /// The guest's port, recording the type of every message the guest posts.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn MessagePort>,
+        sent: Mutex<Vec<u32>>,
+    }
+
+    impl MessagePort for Recording {
+        fn post_message(&self, message: &[u8]) -> Result<(), PortError> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(u32::from_le_bytes(message[..4].try_into().unwrap()));
+            self.inner.post_message(message)
+        }
+        fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+            self.inner.poll_ready(cx)
+        }
+        fn try_recv(&self) -> Option<MessageBuf> {
+            self.inner.try_recv()
+        }
+        fn signal_event(&self, id: u32) {
+            self.inner.signal_event(id);
+        }
+        fn set_event_handler(&self, id: u32, handler: Option<Interrupt>) {
+            self.inner.set_event_handler(id, handler);
+        }
+    }
+
+    /// A rescind that arrived while the guest was idle is released before UNLOAD goes out,
+    /// and nothing follows UNLOAD.
+    #[tokio::test]
+    async fn rescind_pending_at_unload_is_released_first() {
+        let mem = memory();
+        let server = spawn_server(&mem, None);
+        let runner = offer_device(&server, echo(60)).await.unwrap();
+        let port = Arc::new(Recording {
+            inner: server.guest_port().unwrap(),
+            sent: Mutex::new(Vec::new()),
+        });
+        let client =
+            VmbusClient::connect_port(port.clone(), mem, None, 16..128, FeatureFlags::all())
+                .await
+                .unwrap();
+        assert!(client.find_offer(interface(60)).is_some());
+        // The device leaves while the guest does nothing: the rescind waits in the port.
+        runner.revoke().await;
+        client.unload().await.unwrap();
+        let sent = port.sent.lock().unwrap().clone();
+        // ..., REL_ID_RELEASED (13), UNLOAD (16) and nothing after.
+        assert_eq!(&sent[sent.len() - 2..], &[13, 16], "{sent:?}");
+        assert_eq!(server.control_state().channel_count(), 0);
+    }
+}
