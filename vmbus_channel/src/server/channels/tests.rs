@@ -493,6 +493,24 @@ fn save_keeps_pending_requests_and_restore_asks_again() {
     let _ = offer;
 }
 
+#[test]
+fn hvsocket_connect_is_refused_with_the_protocol_status() {
+    let (mut sim, _, _) = connected_with_channel();
+    sim.guest(&Message::TlConnectRequest(control::TlConnectRequest {
+        endpoint_id: [1; 16],
+        service_id: [2; 16],
+    }));
+    let out = sim.take();
+    let [m] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    let Ok(Message::TlConnectResult(r)) = Message::parse(m) else {
+        panic!("{m:?}")
+    };
+    assert_eq!((r.endpoint_id, r.service_id), ([1; 16], [2; 16]));
+    assert_eq!(r.status.get(), control::STATUS_CONNECTION_REFUSED);
+}
+
 /// One step of a hostile guest or an unpredictable device.
 #[derive(Debug, Clone)]
 enum Step {
