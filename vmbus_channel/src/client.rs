@@ -730,8 +730,15 @@ impl ClientChannel {
         if conn.version < Version::IRON {
             return Ok(control::STATUS_SUCCESS);
         }
-        conn.wait_for(|i| i.modify_responses.remove(&channel_id))
-            .await
+        // A rescinded channel gets no answer any more.
+        conn.wait_for(|i| {
+            i.modify_responses.remove(&channel_id).or_else(|| {
+                i.rescinded
+                    .contains(&channel_id)
+                    .then_some(control::STATUS_UNSUCCESSFUL)
+            })
+        })
+        .await
     }
 
     /// Closes the channel and tears down its ring GPADL.
