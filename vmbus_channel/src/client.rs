@@ -77,9 +77,6 @@ pub enum ClientError {
     /// The port failed.
     #[error("port error")]
     Port(#[from] PortError),
-    /// The offer is gone (rescinded).
-    #[error("channel {0} was rescinded")]
-    Rescinded(u32),
     /// The channel failed.
     #[error("channel error")]
     Channel(#[from] ChannelError),
