@@ -77,9 +77,6 @@ pub enum ClientError {
     /// The port failed.
     #[error("port error")]
     Port(#[from] PortError),
-    /// The offer is gone (rescinded).
-    #[error("channel {0} was rescinded")]
-    Rescinded(u32),
     /// The channel failed.
     #[error("channel error")]
     Channel(#[from] ChannelError),
@@ -150,6 +147,8 @@ struct Inbox {
     open_results: HashMap<u32, (u32, u32)>,
     modify_responses: HashMap<u32, i32>,
     unload_complete: bool,
+    /// UNLOAD was sent: the connection is going away and nothing is released any more.
+    unloading: bool,
 }
 
 impl Inbox {
@@ -181,6 +180,10 @@ impl Inbox {
                 let channel_id = r.channel_id.get();
                 self.offers.remove(&channel_id);
                 self.rescinded.insert(channel_id);
+                if self.unloading {
+                    // The unload releases everything; the host no longer takes a release.
+                    return;
+                }
                 // Nothing of this client keeps the id: release it at once.
                 let release = Message::RelIdReleased(ChannelIdBody {
                     channel_id: channel_id.into(),
@@ -621,7 +624,15 @@ impl VmbusClient {
     /// Disconnects: sends UNLOAD and waits for UNLOAD_COMPLETE (the host closes every
     /// channel and releases every GPADL first).
     pub async fn unload(&self) -> Result<(), ClientError> {
-        self.conn.post(&Message::Unload)?;
+        {
+            // Handle what the host already sent (a rescind is released now, while the
+            // connection stands) and send UNLOAD before anyone else files a message.
+            let port = self.conn.port();
+            let mut inbox = self.conn.inbox();
+            Connection::drain(&mut inbox, &*port);
+            inbox.unloading = true;
+            port.post_message(Message::Unload.encode().as_bytes())?;
+        }
         self.conn
             .wait_for(|i| std::mem::take(&mut i.unload_complete).then_some(()))
             .await
@@ -716,8 +727,15 @@ impl ClientChannel {
         if conn.version < Version::IRON {
             return Ok(control::STATUS_SUCCESS);
         }
-        conn.wait_for(|i| i.modify_responses.remove(&channel_id))
-            .await
+        // A rescinded channel gets no answer any more.
+        conn.wait_for(|i| {
+            i.modify_responses.remove(&channel_id).or_else(|| {
+                i.rescinded
+                    .contains(&channel_id)
+                    .then_some(control::STATUS_UNSUCCESSFUL)
+            })
+        })
+        .await
     }
 
     /// Closes the channel and tears down its ring GPADL.

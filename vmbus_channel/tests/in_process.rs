@@ -391,3 +391,145 @@ mod save_restore {
         assert!(VmbusServer::restore(mem, None, &[]).is_err());
     }
 }
+
+mod lifetime {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_server_ends_the_runner_and_the_guest_sees_the_host_gone() {
+        let mem = memory();
+        let (server, runner) = VmbusServer::new(mem.clone(), None);
+        let runner = tokio::spawn(runner.run());
+        let device = spawn_device(&server, echo(40)).await;
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
+        let offer = client.find_offer(interface(40)).unwrap();
+        let mut ch = client.open(&offer, 1).await.unwrap();
+        ch.request(&framed(b"x")).await.unwrap();
+        drop(server);
+        // The runner returns on its own...
+        tokio::time::timeout(std::time::Duration::from_secs(5), runner)
+            .await
+            .expect("runner returns")
+            .unwrap();
+        // ...and so does the device runner (the bus dropped its channel); a control request
+        // fails instead of waiting forever.
+        let device = tokio::time::timeout(std::time::Duration::from_secs(5), device)
+            .await
+            .expect("device returns")
+            .unwrap();
+        assert!(device.is_open());
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.create_gpadl(offer.channel_id, &[100]),
+        )
+        .await
+        .expect("request fails");
+        assert!(matches!(
+            err,
+            Err(vmbus_channel::client::ClientError::Port(
+                vmbus_channel::port::PortError::Disconnected
+            ))
+        ));
+    }
+}
+
+mod monitor_pages {
+    use super::*;
+
+    /// Monitor pages are not implemented, so no offer asks for monitored notification, even
+    /// when the device asks for a latency.
+    #[tokio::test]
+    async fn monitored_notification_is_never_advertised() {
+        struct Mnf;
+        #[async_trait]
+        impl SimpleVmbusDevice for Mnf {
+            fn offer(&self) -> OfferParams {
+                OfferParams {
+                    interface_id: interface(50),
+                    mnf_interrupt_latency: Some(std::time::Duration::from_micros(100)),
+                    ..Default::default()
+                }
+            }
+            async fn handle_packet(
+                &mut self,
+                _ctx: &DeviceContext<'_>,
+                _packet: &IncomingPacket,
+            ) -> Result<Option<Vec<u8>>, DeviceError> {
+                Ok(None)
+            }
+        }
+        let mem = memory();
+        let server = spawn_server(&mem, None);
+        let _runner = offer_device(&server, Mnf).await.unwrap();
+        let client = VmbusClient::connect(&server, mem, None, 16..128, FeatureFlags::all())
+            .await
+            .unwrap();
+        let offer = client.find_offer(interface(50)).unwrap();
+        assert!(!offer.flags.request_monitored_notification());
+    }
+}
+
+mod unload {
+    use super::*;
+    use std::sync::Mutex;
+    use vmbus_channel::control::MessageBuf;
+    use vmbus_channel::interrupt::Interrupt;
+    use vmbus_channel::port::MessagePort;
+    use vmbus_channel::port::PortError;
+
+    /// The guest's port, recording the type of every message the guest posts.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn MessagePort>,
+        sent: Mutex<Vec<u32>>,
+    }
+
+    impl MessagePort for Recording {
+        fn post_message(&self, message: &[u8]) -> Result<(), PortError> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(u32::from_le_bytes(message[..4].try_into().unwrap()));
+            self.inner.post_message(message)
+        }
+        fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+            self.inner.poll_ready(cx)
+        }
+        fn try_recv(&self) -> Option<MessageBuf> {
+            self.inner.try_recv()
+        }
+        fn signal_event(&self, id: u32) {
+            self.inner.signal_event(id);
+        }
+        fn set_event_handler(&self, id: u32, handler: Option<Interrupt>) {
+            self.inner.set_event_handler(id, handler);
+        }
+    }
+
+    /// A rescind that arrived while the guest was idle is released before UNLOAD goes out,
+    /// and nothing follows UNLOAD.
+    #[tokio::test]
+    async fn rescind_pending_at_unload_is_released_first() {
+        let mem = memory();
+        let server = spawn_server(&mem, None);
+        let runner = offer_device(&server, echo(60)).await.unwrap();
+        let port = Arc::new(Recording {
+            inner: server.guest_port().unwrap(),
+            sent: Mutex::new(Vec::new()),
+        });
+        let client =
+            VmbusClient::connect_port(port.clone(), mem, None, 16..128, FeatureFlags::all())
+                .await
+                .unwrap();
+        assert!(client.find_offer(interface(60)).is_some());
+        // The device leaves while the guest does nothing: the rescind waits in the port.
+        runner.revoke().await;
+        client.unload().await.unwrap();
+        let sent = port.sent.lock().unwrap().clone();
+        // ..., REL_ID_RELEASED (13), UNLOAD (16) and nothing after.
+        assert_eq!(&sent[sent.len() - 2..], &[13, 16], "{sent:?}");
+        assert_eq!(server.control_state().channel_count(), 0);
+    }
+}

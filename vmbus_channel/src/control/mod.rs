@@ -738,6 +738,46 @@ mod tests {
     use zerocopy::FromZeros;
 
     #[test]
+    fn field_offsets_match_linux_structs() {
+        use std::mem::offset_of;
+        // Offsets in the Linux structs include the 8-byte header; these bodies start after it.
+        // vmbus_channel_offer_channel: child_relid at 184, monitorid 188, connection_id 192.
+        assert_eq!(HEADER_SIZE + offset_of!(OfferChannel, channel_id), 184);
+        assert_eq!(HEADER_SIZE + offset_of!(OfferChannel, monitor_id), 188);
+        assert_eq!(HEADER_SIZE + offset_of!(OfferChannel, connection_id), 192);
+        // vmbus_channel_open_channel: userdata at 28.
+        assert_eq!(HEADER_SIZE + offset_of!(OpenChannel, user_data), 28);
+        assert_eq!(
+            HEADER_SIZE + offset_of!(OpenChannel, downstream_ring_buffer_page_offset),
+            24
+        );
+        // vmbus_channel_gpadl_header: range_buflen at 16, rangecount 18, ranges at 20.
+        assert_eq!(HEADER_SIZE + offset_of!(GpadlHeader, len), 16);
+        assert_eq!(HEADER_SIZE + size_of::<GpadlHeader>(), 20);
+        // vmbus_channel_gpadl_body: pfn[] at 16.
+        assert_eq!(HEADER_SIZE + size_of::<GpadlBody>(), 16);
+        // vmbus_channel_initiate_contact: interrupt_page 16, monitor pages 24 and 32.
+        assert_eq!(
+            HEADER_SIZE + offset_of!(InitiateContact, interrupt_page_or_target_info),
+            16
+        );
+        assert_eq!(
+            HEADER_SIZE + offset_of!(InitiateContact, child_to_parent_monitor_page_gpa),
+            32
+        );
+        // vmbus_channel_version_response: msg_conn_id at 12.
+        assert_eq!(
+            HEADER_SIZE + offset_of!(VersionResponse, selected_version_or_connection_id),
+            12
+        );
+        // vmbus_channel_open_result: status at 16; gpadl_created: creation_status at 16.
+        assert_eq!(HEADER_SIZE + offset_of!(OpenResult, status), 16);
+        assert_eq!(HEADER_SIZE + offset_of!(GpadlCreated, status), 16);
+        // vmbus_channel_modifychannel_response: status at 12.
+        assert_eq!(HEADER_SIZE + offset_of!(ModifyChannelResponse, status), 12);
+    }
+
+    #[test]
     fn gpadl_word_limits_match_linux() {
         // Linux: (240 - sizeof(gpadl_header) = 20) / 8 words in the header, of which one is
         // the first range's header; (240 - 16) / 8 page numbers per body.

@@ -515,25 +515,19 @@ impl ControlState {
         };
         tracing::info!(channel_id = channel.channel_id, key = %channel.key, "revoked");
         channel.state = next;
-        // The device is gone: whatever it had not answered is answered here.
+        // The device is gone: whatever it had not answered is answered here (not to a guest
+        // that is unloading: it waits for UNLOAD_COMPLETE only).
+        let mut guest_out = Vec::new();
         match old {
             ChannelState::Opening(_) => {
-                out.push(Output::Guest(open_result(
-                    channel.channel_id,
-                    channel.open_id,
-                    false,
-                )));
+                guest_out.push(open_result(channel.channel_id, channel.open_id, false));
             }
             ChannelState::Open(..) | ChannelState::Closing(_) => {
                 out.push(Output::ClearHostEvent(channel.connection_id()));
             }
             ChannelState::ClosingReopen(..) => {
                 out.push(Output::ClearHostEvent(channel.connection_id()));
-                out.push(Output::Guest(open_result(
-                    channel.channel_id,
-                    channel.open_id,
-                    false,
-                )));
+                guest_out.push(open_result(channel.channel_id, channel.open_id, false));
             }
             _ => {}
         }
@@ -541,7 +535,7 @@ impl ControlState {
         let mut torndown = Vec::new();
         channel.gpadls.retain(|&id, g| match g.state {
             GpadlState::Offered => {
-                out.push(Output::Guest(gpadl_created(channel_id, id, false)));
+                guest_out.push(gpadl_created(channel_id, id, false));
                 false
             }
             GpadlState::OfferedTearingDown | GpadlState::TearingDown => {
@@ -550,8 +544,9 @@ impl ControlState {
             }
             GpadlState::Accepted => true,
         });
-        for id in torndown {
-            out.push(Output::Guest(gpadl_torndown(id)));
+        guest_out.extend(torndown.into_iter().map(gpadl_torndown));
+        if !unloading {
+            out.extend(guest_out.into_iter().map(Output::Guest));
         }
         if offers_sent && !unloading {
             out.push(Output::Guest(
@@ -1201,14 +1196,14 @@ impl ControlState {
             ) || !c.gpadls.is_empty()
         });
         if !busy {
-            // Revoked channels the guest never released are gone with the connection, and a
-            // channel reoffered while the guest unloaded waits for no release any more: it is
-            // simply offered to the next connection (as `unload` does for one reoffered before).
+            // Revoked channels the guest never released are gone with the connection; a
+            // device that came back meanwhile is a plain offer for the next guest.
             self.channels
                 .retain(|_, c| !matches!(c.state, ChannelState::Revoked));
             for c in self.channels.values_mut() {
-                if matches!(c.state, ChannelState::Reoffered) {
+                if c.state == ChannelState::Reoffered {
                     c.state = ChannelState::Closed;
+                    c.gpadls.clear();
                 }
             }
             self.connection = Connection::Disconnected;

@@ -115,6 +115,11 @@ impl std::fmt::Debug for Inner {
 }
 
 /// The VMBus server. Cheap to clone; all clones are the same server.
+///
+/// Dropping the last handle shuts the server down: its [`ServerRunner`] returns and, unless
+/// the host end of the port was handed on ([`VmbusServer::host_port`]), the guest's port
+/// reports the host gone (the in-process client's waiting calls fail with
+/// [`crate::port::PortError::Disconnected`]).
 #[derive(Debug, Clone)]
 pub struct VmbusServer {
     inner: Arc<Inner>,
@@ -287,10 +292,16 @@ impl Inner {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An interrupt that signals the guest's event `event_flag` through the port.
+    /// An interrupt that signals the guest's event `event_flag` through the port. It does
+    /// not keep the port alive: once the server is gone the guest sees its host gone,
+    /// whatever devices still hold.
     fn guest_interrupt(&self, event_flag: u16) -> Interrupt {
-        let port = self.port.clone();
-        Interrupt::from_fn(move || port.signal_event(u32::from(event_flag)))
+        let port = Arc::downgrade(&self.port);
+        Interrupt::from_fn(move || {
+            if let Some(port) = port.upgrade() {
+                port.signal_event(u32::from(event_flag));
+            }
+        })
     }
 
     /// Carries out the state machine's decisions.

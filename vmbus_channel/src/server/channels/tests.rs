@@ -493,6 +493,84 @@ fn save_keeps_pending_requests_and_restore_asks_again() {
     let _ = offer;
 }
 
+/// OPEN_CHANNEL's 6.0 form: the guest's connection id and event flag are used only when
+/// the guest negotiated `guest_specified_signal_parameters`.
+#[test]
+fn guest_signal_parameters_need_the_feature() {
+    for with_feature in [true, false] {
+        let mut sim = Sim::new();
+        let offer = sim.offer(1);
+        let features = if with_feature {
+            FeatureFlags::new().with_guest_specified_signal_parameters(true)
+        } else {
+            FeatureFlags::new()
+        };
+        sim.guest(&Message::InitiateContact2(control::InitiateContact2 {
+            base: InitiateContact {
+                version_requested: Version::COPPER.0.into(),
+                target_message_vp: 0.into(),
+                interrupt_page_or_target_info: control::TargetInfo::new()
+                    .with_sint(2)
+                    .with_feature_flags(features.into_bits())
+                    .into_bits()
+                    .into(),
+                parent_to_child_monitor_page_gpa: 0.into(),
+                child_to_parent_monitor_page_gpa: 0.into(),
+            },
+            client_id: [0; 16],
+        }));
+        sim.guest(&Message::RequestOffers);
+        let ch = sim.state.channel_id(offer).unwrap();
+        sim.gpadl(ch, 1, &[1, 2, 3, 4]);
+        sim.answer_all();
+        sim.take();
+        sim.guest(&Message::OpenChannel2(control::OpenChannel2 {
+            base: control::OpenChannel {
+                channel_id: ch.into(),
+                open_id: 1.into(),
+                ring_buffer_gpadl_id: 1.into(),
+                target_vp: 0.into(),
+                downstream_ring_buffer_page_offset: 2.into(),
+                user_data: UserDefinedDataZero::ZERO,
+            },
+            connection_id: 0x1234.into(),
+            event_flag: 77.into(),
+            flags: 0.into(),
+        }));
+        let Some((_, _, DeviceAction::Open { open_data, .. })) = sim.device_queue.pop_front()
+        else {
+            panic!("no open request")
+        };
+        if with_feature {
+            assert_eq!(
+                (open_data.connection_id, open_data.event_flag),
+                (0x1234, 77)
+            );
+        } else {
+            assert_eq!(open_data.event_flag, ch as u16);
+            assert_ne!(open_data.connection_id, 0x1234);
+        }
+    }
+}
+
+#[test]
+fn hvsocket_connect_is_refused_with_the_protocol_status() {
+    let (mut sim, _, _) = connected_with_channel();
+    sim.guest(&Message::TlConnectRequest(control::TlConnectRequest {
+        endpoint_id: [1; 16],
+        service_id: [2; 16],
+    }));
+    let out = sim.take();
+    let [m] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    let Ok(Message::TlConnectResult(r)) = Message::parse(m) else {
+        panic!("{m:?}")
+    };
+    assert_eq!((r.endpoint_id, r.service_id), ([1; 16], [2; 16]));
+    assert_eq!(r.status.get(), control::STATUS_CONNECTION_REFUSED);
+}
+
 /// One step of a hostile guest or an unpredictable device.
 #[derive(Debug, Clone)]
 enum Step {
