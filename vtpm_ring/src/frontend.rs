@@ -4,7 +4,9 @@
 //! then [`Frontend::transmit`] sends one command and returns its response, one at a time.
 //! [`Frontend::set_locality`] chooses the locality (v2 only: v1 has none on the wire) and
 //! [`Frontend::cancel`] asks to cancel the command under way. Unlike Linux's driver, an
-//! oversize or inconsistent response is an error, never silently truncated.
+//! oversize or inconsistent response is an error, never silently truncated. Every wait on the
+//! backend is bounded by [`FrontendConfig::timeout`]. By default v2 uses the single shared
+//! page of Linux xen-tpmfront and mini-os ([`FrontendConfig::extra_pages`] = 0).
 
 use crate::deadline;
 use crate::domain::Domain;

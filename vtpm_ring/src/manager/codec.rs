@@ -11,9 +11,8 @@
 //! body:
 //!   command  (backend -> manager)  locality u8, then the TPM command
 //!   response (manager -> backend)  the TPM response
-//!   control request                swtpm's control request bytes (`engine::ctrl`)
-//!   control reply                  swtpm's reply bytes: result u32 (0 = success), then the
-//!                                  reply body (GET_CAPABILITY: a bare u64 of capabilities)
+//!   control request                swtpm control command number u32, then its fixed body
+//!   control reply                  result u32 (0 = success), then the reply body
 //! ```
 //!
 //! The locality travels with its command, so nothing on either side tracks a "current"
@@ -191,10 +190,9 @@ impl Frame {
     }
 }
 
-// Control payloads are swtpm's control-channel bytes, which `engine::ctrl` owns; these wrap
-// it in the stream's error type.
+// The control payloads are swtpm's control-channel bytes: `engine::ctrl` owns that format.
 
-/// Encodes a control request payload (swtpm's request bytes for `op`).
+/// Encodes a control request payload (swtpm's control-channel request bytes).
 pub fn encode_control(op: &ControlOp) -> Vec<u8> {
     ctrl::encode_request(op)
 }
@@ -207,9 +205,8 @@ pub fn decode_control(payload: &[u8]) -> Result<ControlOp, FrameError> {
     })
 }
 
-/// Encodes the reply payload to control command `cmd`: swtpm's reply bytes (result first,
-/// then the reply's data; GET_CAPABILITY's bare `u64`); a failure carries the engine's swtpm
-/// result code.
+/// Encodes the reply payload to control command `cmd` (swtpm's reply bytes: result first,
+/// then the reply's data; failures carry the engine's swtpm result code).
 pub fn encode_control_reply(cmd: CtrlCmd, reply: Result<ControlReply, EngineError>) -> Vec<u8> {
     ctrl::encode_reply(cmd, &reply)
 }

@@ -1,13 +1,14 @@
 //! The stream between the backend and the vTPM manager, multiplexing every instance.
 //!
 //! - [`codec`]: the frames (seed 004's instance prefix, plus control frames);
-//! - [`client`]: the backend's side, [`MuxClient`], which sends requests and waits for replies;
-//! - [`router`]: [`MuxRouter`], which hands each reply to the request it answers;
-//! - [`server`]: [`VtpmManager`], which owns the engines and serves the manager's side.
+//! - `client`: the backend's side, [`MuxClient`], which sends requests and waits for replies;
+//! - `router`: [`MuxRouter`], which hands each reply to the request it answers;
+//! - `server`: [`VtpmManager`], which owns the engines and serves the manager's side.
 //!
-//! Ordering rule: replies are matched by tag, never by order ([`router`] enforces it); the
-//! manager runs requests concurrently ([`server`]); each device keeps its own order by having
-//! one request outstanding at a time (the backend), its posted cancel excepted.
+//! Ordering rule: replies are matched by tag, never by order ([`MuxRouter`] enforces it); the
+//! manager runs requests concurrently ([`VtpmManager::serve`]); each device keeps its own
+//! order by having one request outstanding at a time (the backend), its posted cancel
+//! excepted.
 
 pub mod codec;
 

@@ -110,6 +110,8 @@ async fn handle_frame(
             tag,
             payload,
         } => {
+            // The reply's layout depends on the command, even for a request that failed to
+            // decode: swtpm answers an unknown or short request with its result code.
             let cmd = payload
                 .first_chunk::<4>()
                 .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
