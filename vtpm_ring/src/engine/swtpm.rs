@@ -179,7 +179,8 @@ pub enum SwtpmError {
 }
 
 /// One running swtpm process and the loopback ports it listens on. The process is killed
-/// when this is dropped.
+/// when this is dropped, and exits by itself once its first data connection closes (swtpm's
+/// `--terminate`), so it never outlives its user.
 #[derive(Debug)]
 pub struct SwtpmProcess {
     child: Child,
@@ -234,6 +235,9 @@ impl SwtpmProcess {
         let mut child = Command::new(&config.binary)
             .arg("socket")
             .arg("--tpm2")
+            // Exit when the data connection goes: a manager that dies (even without running
+            // destructors) leaves no orphaned swtpm behind.
+            .arg("--terminate")
             .arg("--tpmstate")
             .arg(format!("dir={}", state_dir.display()))
             .arg("--server")
