@@ -25,7 +25,11 @@
 //! - [`stack`]: a whole host with swtpm engines and served guests (what `vtpmctl run` runs).
 //! - [`testbed`]: a ready host with a backend, for examples, tests, benches and fuzzing.
 //!
-//! Everything async is plain `futures`: no executor is required. Start here:
+//! - `vtpmctl` (a binary): `vtpmctl run --domains N` serves N guests' vTPMs as TPM sockets,
+//!   `vtpmctl list` shows them.
+//!
+//! For real TPMs (swtpm, tpm2-tools), start from [`stack::VtpmStack`] (tokio). The ring
+//! itself is plain `futures`: no executor is required, as this in-process example shows:
 //!
 //! ```
 //! use futures::future::Either;

@@ -197,7 +197,7 @@ async fn serve_data(frontend: Arc<Frontend>, mut stream: TcpStream) {
     }
 }
 
-/// What the control port advertises: exactly what `control` carries out.
+/// What the control port advertises: exactly what it carries out (SET_LOCALITY, CANCEL_TPM_CMD).
 pub fn capabilities() -> Capabilities {
     Capabilities::new()
         .with_set_locality(true)

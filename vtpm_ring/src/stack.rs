@@ -9,8 +9,16 @@
 //! it; with a base port `P`, guest `i` gets `P + 2i` and `P + 2i + 1`.
 //!
 //! [`VtpmStack::shutdown`] closes every frontend, then stops every engine the planned way
-//! (STORE_VOLATILE, SHUTDOWN). It needs a tokio runtime (swtpm and the sockets are process
-//! edges); the backend and the manager run as one task on it.
+//! (STORE_VOLATILE, SHUTDOWN). Permanent state (NV, persistent keys, seeds) is on disk
+//! whatever happens; volatile state is stored only for a TPM still running at that point, and
+//! under the backend's reset policy the TPM was already stopped when its frontend left (and the
+//! next connection starts with a fresh INIT that drops volatile state anyway). It needs a
+//! tokio runtime (swtpm and the sockets are process edges); the backend and the manager run as
+//! one task on it.
+//!
+//! The engines use [`Startup::Clear`](crate::engine::swtpm::Startup): a swtpm restarted after a
+//! crash is usable at once. The backend's own `TPM2_Startup` on connect is then answered
+//! `TPM_RC_INITIALIZE`, which its reset policy accepts.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vtpm_ring::stack::StackError> {

@@ -179,7 +179,8 @@ pub enum SwtpmError {
 }
 
 /// One running swtpm process and the loopback ports it listens on. The process is killed
-/// when this is dropped.
+/// when this is dropped, and exits by itself once its first data connection closes (swtpm's
+/// `--terminate`), so it never outlives its user.
 #[derive(Debug)]
 pub struct SwtpmProcess {
     child: Child,
@@ -234,6 +235,9 @@ impl SwtpmProcess {
         let mut child = Command::new(&config.binary)
             .arg("socket")
             .arg("--tpm2")
+            // Exit when the data connection goes: a manager that dies (even without running
+            // destructors) leaves no orphaned swtpm behind.
+            .arg("--terminate")
             .arg("--tpmstate")
             .arg(format!("dir={}", state_dir.display()))
             .arg("--server")
@@ -734,5 +738,44 @@ impl TpmEngine for SwtpmEngine {
                 .map(TpmReply::Response),
             TpmRequest::Control(op) => self.control_op(op).await.map(TpmReply::Control),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_map_to_their_own_directories_and_back() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = StateDirs::new(root.path());
+        assert_eq!(dirs.dir(7), root.path().join("instance-7"));
+        assert_ne!(dirs.dir(1), dirs.dir(11));
+        for id in [11, 2, 7] {
+            dirs.create(id).unwrap();
+        }
+        // Foreign entries are not instances.
+        std::fs::create_dir(root.path().join("instance-x")).unwrap();
+        std::fs::write(root.path().join("notes"), b"").unwrap();
+        assert_eq!(dirs.instances().unwrap(), [2, 7, 11]);
+        // A second mapping over the same root finds the same directories.
+        assert_eq!(StateDirs::new(root.path()).dir(7), dirs.dir(7));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dirs.dir(2)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_missing_swtpm_binary_is_a_spawn_error_not_a_hang() {
+        let root = tempfile::tempdir().unwrap();
+        let config = SwtpmConfig {
+            binary: root.path().join("no-such-swtpm"),
+            spawn_attempts: 2,
+            ..SwtpmConfig::default()
+        };
+        let err = SwtpmEngine::start(1, &StateDirs::new(root.path()), config)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SwtpmError::Spawn(_)), "{err}");
     }
 }

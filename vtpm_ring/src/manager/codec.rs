@@ -11,9 +11,8 @@
 //! body:
 //!   command  (backend -> manager)  locality u8, then the TPM command
 //!   response (manager -> backend)  the TPM response
-//!   control request                swtpm's control request bytes (`engine::ctrl`)
-//!   control reply                  swtpm's reply bytes: result u32 (0 = success), then the
-//!                                  reply body (GET_CAPABILITY: a bare u64 of capabilities)
+//!   control request                swtpm control command number u32, then its fixed body
+//!   control reply                  result u32 (0 = success), then the reply body
 //! ```
 //!
 //! The locality travels with its command, so nothing on either side tracks a "current"
