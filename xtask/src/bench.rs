@@ -71,9 +71,15 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         name: "vTPM GetRandom(32) ring vs direct swtpm",
-        measured: "getrandom_32/through_ring",
-        reference: "getrandom_32/direct_swtpm",
+        measured: "round_trip/v2/get_random_32",
+        reference: "round_trip/swtpm_direct/get_random_32",
         goal: Some(1.1),
+    },
+    Figure {
+        name: "TDISP command in the SPDM session vs plain channel",
+        measured: "spdm/tdisp_get_state/in_session",
+        reference: "spdm/tdisp_get_state/plain_channel",
+        goal: None,
     },
     Figure {
         name: "TDISP command over VMBus vs bare ring round trip",
