@@ -4,11 +4,7 @@
 //! answers to guest A (or the other way round); the lengths differ, so a crossing shows.
 //! The test holds and releases the engine itself, so the interleaving is explicit.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::expect_used, reason = "tests fail by panicking")]
 
 use async_trait::async_trait;
 use std::future::Future;
