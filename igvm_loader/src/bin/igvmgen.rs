@@ -90,10 +90,12 @@ impl FileError {
 
 /// Reads and parses `path`; errors name it.
 fn read_igvm(path: &Path) -> Result<(Vec<u8>, igvm::IgvmFile), FileError> {
-    let bytes = std::fs::read(path).map_err(|error| FileError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    // Any regular file, however big (measuring is bounded by --max-pages, not file size).
+    let bytes =
+        igvm_loader::build::read_regular_file(path, u64::MAX).map_err(|error| FileError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
     let parsed = igvm_loader::parse(&bytes).map_err(|error| FileError::Invalid {
         path: path.to_path_buf(),
         error,
