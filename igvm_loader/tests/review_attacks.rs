@@ -349,3 +349,157 @@ fn a_foreign_snp_file_measures_like_sev_snp_measure_under_both_presets() {
         assert_eq!(json[0]["vmm"], vmm);
     }
 }
+
+fn x86_recorder(
+    t: igvm_loader::importer::IsolationType,
+) -> igvm_loader::recording::RecordingImporter<igvm_loader::arch::X86Register> {
+    igvm_loader::recording::RecordingImporter::new(igvm_loader::importer::IsolationConfig::new(t))
+}
+
+/// Every field of the setup header set to each extreme, one at a time (and the ones a hostile
+/// file would pick together): the Linux loader refuses naming the file, or loads; never a
+/// panic, never an allocation the memory map does not bound.
+#[test]
+fn hostile_bzimage_setup_headers_are_refused_naming_the_file_or_loaded() {
+    use igvm_loader::importer::IsolationType;
+    use igvm_loader::loaders::Payload;
+    use igvm_loader::loaders::linux::LinuxConfig;
+    use igvm_loader::loaders::linux::load_linux;
+    use igvm_loader::loaders::x86::X86Layout;
+    let base = common::fake_bzimage(0x3000, 0x40_0000);
+    let initrd = vec![7u8; 0x1000];
+    let mut refused = 0;
+    for at in 0x1f1..0x270usize {
+        for value in [0x00u8, 0x01, 0x7f, 0x80, 0xff] {
+            for t in [IsolationType::None, IsolationType::Tdx] {
+                let mut bz = base.clone();
+                bz[at] = value;
+                // Neighbouring bytes too, so 16-, 32- and 64-bit fields reach their extremes.
+                if value == 0xff || value == 0x00 {
+                    for b in bz.iter_mut().skip(at).take(8) {
+                        *b = value;
+                    }
+                }
+                let mut config = LinuxConfig::new(
+                    Payload::new("hostile.bzImage", &bz),
+                    X86Layout::with_memory(64 << 20),
+                );
+                config.initrd = Some(Payload::new("i.cpio", &initrd));
+                config.cmdline = "console=ttyS0";
+                if let Err(e) = load_linux(&mut x86_recorder(t), &config) {
+                    assert!(
+                        e.file == "hostile.bzImage" || e.file == "i.cpio",
+                        "byte {at:#x}={value:#x}: {e}"
+                    );
+                    assert!(e.to_string().starts_with(&format!("{}: ", e.file)), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > 0);
+}
+
+/// Program headers with the extreme values a hostile ELF would pick (huge p_memsz, p_offset
+/// or p_filesz, addresses that wrap, the entry outside): refused naming the file, fast.
+#[test]
+fn hostile_elf_program_headers_are_refused_naming_the_file() {
+    use igvm_loader::importer::IsolationType;
+    use igvm_loader::loaders::Payload;
+    use igvm_loader::loaders::elf::ElfConfig;
+    use igvm_loader::loaders::elf::load_elf;
+    use igvm_loader::loaders::x86::X86Layout;
+    let good = (
+        0x100_0000u64,
+        0x100_0000u64,
+        vec![0xc3u8; 0x100],
+        0x1000u64,
+        5u32,
+    );
+    let start = Instant::now();
+    for (name, segments, entry) in [
+        (
+            "memsz",
+            vec![(0x100_0000, 0x100_0000, vec![0xc3; 16], u64::MAX, 5)],
+            0x100_0000,
+        ),
+        (
+            "memsz-wraps",
+            vec![(
+                0x100_0000,
+                0x100_0000,
+                vec![0xc3; 16],
+                u64::MAX - 0xff_ffff,
+                5,
+            )],
+            0x100_0000,
+        ),
+        (
+            "vaddr-wraps",
+            vec![(
+                u64::MAX - 0xfff,
+                u64::MAX - 0xfff,
+                vec![0xc3; 16],
+                0x2000,
+                5,
+            )],
+            u64::MAX - 0xfff,
+        ),
+        ("entry-outside", vec![good.clone()], 0x200_0000),
+        (
+            "not-in-ram",
+            vec![(0x8000_0000, 0x8000_0000, vec![0xc3; 16], 0x1000, 5)],
+            0x8000_0000,
+        ),
+        (
+            "two-huge",
+            vec![
+                good.clone(),
+                (0x200_0000, 0x200_0000, vec![], 0x3fff_ffff_f000, 6),
+            ],
+            0x100_0000,
+        ),
+    ] {
+        let elf = common::make_elf(2, entry, &segments);
+        for t in [IsolationType::None, IsolationType::Snp] {
+            let err = load_elf(
+                &mut x86_recorder(t),
+                &ElfConfig::new(
+                    Payload::new("hostile.elf", &elf),
+                    X86Layout::with_memory(64 << 20),
+                ),
+            )
+            .unwrap_err();
+            assert_eq!(err.file, "hostile.elf", "{name}");
+            assert!(
+                err.to_string().starts_with("hostile.elf: "),
+                "{name}: {err}"
+            );
+        }
+    }
+    // Offsets and file sizes past the file: patch the first program header in place.
+    let base = common::make_elf(2, 0x100_0000, &[good]);
+    for (field, value) in [
+        (8usize, u64::MAX),
+        (8, 0x7fff_ffff_ffff),
+        (32, u64::MAX),
+        (32, 0x1_0000_0000),
+    ] {
+        let mut elf = base.clone();
+        elf[64 + field..64 + field + 8].copy_from_slice(&value.to_le_bytes());
+        let err = load_elf(
+            &mut x86_recorder(IsolationType::None),
+            &ElfConfig::new(
+                Payload::new("hostile.elf", &elf),
+                X86Layout::with_memory(64 << 20),
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(err.file, "hostile.elf", "field {field} = {value:#x}: {err}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
