@@ -281,8 +281,16 @@ fn every_example_built_by_the_cli_is_reproducible_and_measure_agrees_with_its_js
             outputs.push(out);
         }
         let read = |p: PathBuf| std::fs::read(p).unwrap();
-        assert_eq!(read(dir.join("a.igvm")), read(dir.join("b.igvm")), "{example}");
-        assert_eq!(read(dir.join("a.map")), read(dir.join("b.map")), "{example}");
+        assert_eq!(
+            read(dir.join("a.igvm")),
+            read(dir.join("b.igvm")),
+            "{example}"
+        );
+        assert_eq!(
+            read(dir.join("a.map")),
+            read(dir.join("b.map")),
+            "{example}"
+        );
         let mut jsons = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -302,7 +310,7 @@ fn every_example_built_by_the_cli_is_reproducible_and_measure_agrees_with_its_js
             let written: Measurement = serde_json::from_str(&text).unwrap();
             let file = outputs[0].to_str().unwrap();
             let mut args = vec!["measure", file, "--platform", platform];
-            let vmm = written.vmm.map(|v| v.name());
+            let vmm = written.vmm.map(igvm_loader::measure::Vmm::name);
             if let Some(vmm) = vmm {
                 args.extend(["--vmm", vmm]);
             }
