@@ -503,3 +503,46 @@ fn hostile_elf_program_headers_are_refused_naming_the_file() {
         start.elapsed()
     );
 }
+
+/// Boot structures a manifest places on top of the payload or of each other: refused, naming
+/// the manifest or the payload, never a file where one import silently replaces another.
+#[test]
+fn overlapping_placements_in_a_manifest_are_refused() {
+    let d = dir("overlap-manifest");
+    let elf = common::make_elf(
+        2,
+        0x100_0000,
+        &[(0x100_0000, 0x100_0000, vec![0xf4; 0x100], 0x1000, 5)],
+    );
+    std::fs::write(d.join("k.elf"), elf).unwrap();
+    let head = "[payload]\nkind = \"elf\"\nkernel = \"k.elf\"\n";
+    for (i, memory) in [
+        "page_tables = 0x1000000",
+        "gdt = 0x1000000",
+        "vmsa = 0x1000000",
+        "gdt = 0x10000",
+        "vmsa = 0x10000",
+        "gdt = 0xe000\nvmsa = 0xe000",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let manifest = d.join(format!("o{i}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "{head}[memory]\nsize = \"256M\"\n{memory}\n[[platform]]\ntype = \"native\"\n\
+                 [[platform]]\ntype = \"snp\"\n"
+            ),
+        )
+        .unwrap();
+        let err = igvm_loader::build::build_file(&manifest)
+            .err()
+            .unwrap_or_else(|| panic!("o{i} ({memory}) built"));
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("o{i}.toml")) || text.contains("k.elf"),
+            "o{i}: {text}"
+        );
+    }
+}
