@@ -546,3 +546,38 @@ fn overlapping_placements_in_a_manifest_are_refused() {
         );
     }
 }
+
+/// A position-independent kernel sent to a load base at the top of the address space, or
+/// one whose linked addresses are there: refused naming the file, never a wrapped address.
+#[test]
+fn a_load_base_that_wraps_is_refused_naming_the_file() {
+    use igvm_loader::importer::IsolationType;
+    use igvm_loader::loaders::Payload;
+    use igvm_loader::loaders::elf::ElfConfig;
+    use igvm_loader::loaders::elf::load_elf;
+    use igvm_loader::loaders::x86::X86Layout;
+    let elf = common::make_elf(
+        3,
+        0x100_0000,
+        &[(0x100_0000, 0x100_0000, vec![0xc3; 0x100], 0x3000, 5)],
+    );
+    for base in [u64::MAX & !0xfff, 1 << 63, 0x3fff_f000, 0] {
+        let mut config = ElfConfig::new(
+            Payload::new("pie.elf", &elf),
+            X86Layout::with_memory(64 << 20),
+        );
+        config.load_base = Some(base);
+        for t in [IsolationType::None, IsolationType::Vbs] {
+            match load_elf(&mut x86_recorder(t), &config) {
+                Ok(k) => {
+                    assert!(
+                        k.segments.iter().all(|s| s.gpa + s.mem_size <= 64 << 20),
+                        "{base:#x}"
+                    );
+                    assert!(k.entry < 64 << 20, "{base:#x}");
+                }
+                Err(e) => assert_eq!(e.file, "pie.elf", "{base:#x}: {e}"),
+            }
+        }
+    }
+}
