@@ -581,3 +581,76 @@ fn a_load_base_that_wraps_is_refused_naming_the_file() {
         }
     }
 }
+
+/// KVM measures the VMSAs when the launch finishes, one per vCPU in vCPU order, and QEMU
+/// gives the file's VMSA for VP n to vCPU n: a file listing VP 1's VMSA before VP 0's is
+/// measured by the QEMU preset in VP order, as sev-snp-measure chains them.
+#[test]
+fn the_qemu_preset_measures_vmsas_in_vp_order_not_file_order() {
+    use igvm::IgvmDirectiveHeader as D;
+    use serde_json::json;
+    let vmsa = |rip| {
+        let mut v = <igvm::snp_defs::SevVmsa as zerocopy::FromZeros>::new_box_zeroed().unwrap();
+        v.rip = rip;
+        v.efer = 0x1000;
+        v
+    };
+    let (v0, v1) = (vmsa(0xfff0), vmsa(0x1234));
+    let hex_of = |v: &igvm::snp_defs::SevVmsa| hex::encode(zerocopy::IntoBytes::as_bytes(v));
+    let (h0, h1) = (hex_of(&v0), hex_of(&v1));
+    let file = igvm::IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![igvm::IgvmPlatformHeader::SupportedPlatform(
+            igvm_defs::IGVM_VHS_SUPPORTED_PLATFORM {
+                compatibility_mask: 1,
+                highest_vtl: 0,
+                platform_type: igvm_defs::IgvmPlatformType::SEV_SNP,
+                platform_version: 1,
+                shared_gpa_boundary: 0,
+            },
+        )],
+        vec![],
+        vec![
+            D::SnpVpContext {
+                gpa: 0x8000,
+                compatibility_mask: 1,
+                vp_index: 1,
+                vmsa: v1,
+            },
+            D::PageData {
+                gpa: 0x1000,
+                compatibility_mask: 1,
+                flags: igvm_defs::IgvmPageDataFlags::new(),
+                data_type: igvm_defs::IgvmPageDataType::NORMAL,
+                data: vec![5; 4096],
+            },
+            D::SnpVpContext {
+                gpa: 0x7000,
+                compatibility_mask: 1,
+                vp_index: 0,
+                vmsa: v0,
+            },
+        ],
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    file.serialize(&mut bytes).unwrap();
+    let path = dir("vmsa-order").join("order.igvm");
+    std::fs::write(&path, &bytes).unwrap();
+    let want = gctx(&[json!([
+        ["normal", 0x1000, hex::encode([5u8; 4096])],
+        ["vmsa", h0],
+        ["vmsa", h1],
+    ])]);
+    let out = Command::new(env!("CARGO_BIN_EXE_igvmgen"))
+        .args(["measure", path.to_str().unwrap(), "--vmm", "qemu"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["digest"], want[0].as_str());
+}

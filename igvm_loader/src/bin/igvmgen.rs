@@ -31,8 +31,8 @@ use std::process::ExitCode;
 /// Exit codes and conventions of `igvmgen measure` (also in the crate docs).
 const MEASURE_HELP: &str = "\
 SNP conventions: --vmm qemu (default) measures data-less pages as NORMAL zero pages and VMSAs
-at KVM's GPA 0xfffffffff000 after every page; --vmm hyperv measures data-less pages as NORMAL
-zero pages and VMSAs at the file's GPA in file order. --zero-pages and --vmsa-gpa override one
+at KVM's GPA 0xfffffffff000 after every page, in VP-index order; --vmm hyperv measures
+data-less pages as NORMAL zero pages and VMSAs at the file's GPA in file order. --zero-pages and --vmsa-gpa override one
 convention of the preset; the JSON records the conventions used.
 
 Exit codes:
