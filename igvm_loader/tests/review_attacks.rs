@@ -561,7 +561,7 @@ fn a_load_base_that_wraps_is_refused_naming_the_file() {
         0x100_0000,
         &[(0x100_0000, 0x100_0000, vec![0xc3; 0x100], 0x3000, 5)],
     );
-    for base in [u64::MAX & !0xfff, 1 << 63, 0x3fff_f000, 0] {
+    for base in [!0xfffu64, 1 << 63, 0x3fff_f000, 0] {
         let mut config = ElfConfig::new(
             Payload::new("pie.elf", &elf),
             X86Layout::with_memory(64 << 20),
