@@ -63,9 +63,15 @@ pub enum BuildError {
         /// The loader's error (names the file).
         error: LoadError,
     },
-    /// The builder refused the image (a manifest parameter area, or the merge).
-    #[error(transparent)]
-    Image(#[from] crate::Error),
+    /// The builder refused the image the manifest describes (a parameter area, the merge,
+    /// the measurement).
+    #[error("{manifest}: {error}")]
+    Image {
+        /// The manifest, as given to [`build`].
+        manifest: String,
+        /// The builder's error.
+        error: crate::Error,
+    },
     /// An output could not be written (or the manifest read).
     #[error("{path}: {error}")]
     Io {
@@ -314,6 +320,10 @@ pub fn build(
             })
             .transpose()
     };
+    let refused = |error| BuildError::Image {
+        manifest: manifest_name.to_string(),
+        error,
+    };
     let p = &manifest.payload;
     let kernel = load(&p.kernel)?;
     let initrd = load(&p.initrd)?;
@@ -342,7 +352,9 @@ pub fn build(
             let mut builder = IgvmBuilder::<AArch64Register>::new();
             for spec in &manifest.platforms {
                 let isolation = spec.kind.isolation();
-                let image = builder.add_platform(platform_config(spec))?;
+                let image = builder
+                    .add_platform(platform_config(spec))
+                    .map_err(refused)?;
                 let mut rec = MapRecorder::new(image);
                 crate::loaders::aarch64::load_aarch64_image(
                     &mut rec,
@@ -353,10 +365,10 @@ pub fn build(
                     platform: isolation.name(),
                     error,
                 })?;
-                add_parameter_areas(&mut rec, manifest)?;
+                add_parameter_areas(&mut rec, manifest).map_err(refused)?;
                 write_map(&mut map, isolation, rec.into_entries());
             }
-            builder.build_measured(&options)?
+            builder.build_measured(&options).map_err(refused)?
         }
         kind => {
             let mut layout = X86Layout::with_memory(0);
@@ -377,7 +389,9 @@ pub fn build(
             let mut builder = IgvmBuilder::<X86Register>::new();
             for spec in &manifest.platforms {
                 let isolation = spec.kind.isolation();
-                let image = builder.add_platform(platform_config(spec))?;
+                let image = builder
+                    .add_platform(platform_config(spec))
+                    .map_err(refused)?;
                 let mut rec = MapRecorder::new(image);
                 load_x86(
                     &mut rec, kind, manifest, &layout, &kernel, &initrd, &firmware,
@@ -386,10 +400,10 @@ pub fn build(
                     platform: isolation.name(),
                     error,
                 })?;
-                add_parameter_areas(&mut rec, manifest)?;
+                add_parameter_areas(&mut rec, manifest).map_err(refused)?;
                 write_map(&mut map, isolation, rec.into_entries());
             }
-            builder.build_measured(&options)?
+            builder.build_measured(&options).map_err(refused)?
         }
     };
     Ok(BuildOutput {
@@ -455,7 +469,7 @@ fn payload(f: &Option<(String, Vec<u8>)>) -> Option<Payload<'_>> {
 fn add_parameter_areas<R: GuestArch>(
     importer: &mut dyn ImageLoad<R>,
     manifest: &Manifest,
-) -> Result<(), BuildError> {
+) -> crate::Result<()> {
     for area in &manifest.parameter_areas {
         let index = importer.create_parameter_area(area.page, area.pages, &area.tag)?;
         for p in &area.parameters {
@@ -484,13 +498,49 @@ fn write_map(map: &mut String, isolation: IsolationType, entries: Vec<MapEntry>)
 /// folder, and returns the output.
 pub fn build_file(path: &Path) -> Result<BuildOutput, BuildError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| BuildError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let text = read_regular_file(path, crate::manifest::MAX_MANIFEST_SIZE as u64)
+        .and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+        .map_err(|error| BuildError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
     let manifest = Manifest::parse(&text, &name)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    build(&manifest, &name, &|file| std::fs::read(dir.join(file)))
+    build(&manifest, &name, &|file| {
+        read_regular_file(&dir.join(file), MAX_PAYLOAD_SIZE)
+    })
+}
+
+/// Largest payload file `build_file` reads: far more than any kernel, initrd or firmware.
+pub const MAX_PAYLOAD_SIZE: u64 = 1 << 30;
+
+/// Reads `path` if it is a regular file of at most `max` bytes. A device (`/dev/zero`), a
+/// FIFO or a directory is refused before it is opened, so it can neither block nor fill
+/// memory; a file that grows past `max` while read is refused too.
+pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!(
+            "{} bytes is more than the {max} accepted",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(format!("more than the {max} bytes accepted")));
+    }
+    Ok(bytes)
 }
 
 /// The files [`write_outputs`] writes for `output` at `igvm_path`: the IGVM file, the map

@@ -52,6 +52,11 @@
 //!   ([`measure::DEFAULT_MAX_PAGES`] by default) is refused before any page is hashed. A range
 //!   past 2^64, a parameter area declared twice, and a 2 MiB page carrying file data (the
 //!   `igvm` crate reads only 4 KiB of it) are errors, never a wrong digest.
+//! - Hostile inputs to a build: the manifest, payloads and files to measure must be regular
+//!   files (a device such as `/dev/zero`, a FIFO or a directory is refused before it is
+//!   opened; payloads at most [`build::MAX_PAYLOAD_SIZE`]), and an ELF kernel whose segments
+//!   span more than [`loaders::elf::MAX_KERNEL_SPAN`] is refused before its pages are
+//!   gathered.
 //! - A 2 MiB page directive is measured as 512 consecutive 4 KiB pages on every platform
 //!   (what a VMM issuing 4 KiB launch updates, such as KVM, produces). The builder emits
 //!   2 MiB directives only for data-less runs, and only when asked

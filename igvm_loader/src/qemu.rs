@@ -387,10 +387,11 @@ pub enum RunError {
 /// returns the QEMU command (not started) with the plan's warnings.
 pub fn prepare(options: &RunOptions) -> Result<(Command, Vec<String>), RunError> {
     let file = options.file.display().to_string();
-    let bytes = std::fs::read(&options.file).map_err(|e| RunError::File {
-        file: file.clone(),
-        problem: e.to_string(),
-    })?;
+    let bytes =
+        crate::build::read_regular_file(&options.file, u64::MAX).map_err(|e| RunError::File {
+            file: file.clone(),
+            problem: e.to_string(),
+        })?;
     let parsed = crate::parse(&bytes).map_err(|e| RunError::File {
         file: file.clone(),
         problem: e.to_string(),

@@ -31,8 +31,8 @@ use std::process::ExitCode;
 /// Exit codes and conventions of `igvmgen measure` (also in the crate docs).
 const MEASURE_HELP: &str = "\
 SNP conventions: --vmm qemu (default) measures data-less pages as NORMAL zero pages and VMSAs
-at KVM's GPA 0xfffffffff000 after every page; --vmm hyperv measures data-less pages as NORMAL
-zero pages and VMSAs at the file's GPA in file order. --zero-pages and --vmsa-gpa override one
+at KVM's GPA 0xfffffffff000 after every page, in VP-index order; --vmm hyperv measures
+data-less pages as NORMAL zero pages and VMSAs at the file's GPA in file order. --zero-pages and --vmsa-gpa override one
 convention of the preset; the JSON records the conventions used.
 
 Exit codes:
@@ -90,10 +90,12 @@ impl FileError {
 
 /// Reads and parses `path`; errors name it.
 fn read_igvm(path: &Path) -> Result<(Vec<u8>, igvm::IgvmFile), FileError> {
-    let bytes = std::fs::read(path).map_err(|error| FileError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    // Any regular file, however big (measuring is bounded by --max-pages, not file size).
+    let bytes =
+        igvm_loader::build::read_regular_file(path, u64::MAX).map_err(|error| FileError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
     let parsed = igvm_loader::parse(&bytes).map_err(|error| FileError::Invalid {
         path: path.to_path_buf(),
         error,

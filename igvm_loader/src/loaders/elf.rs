@@ -27,6 +27,10 @@ use object::read::elf::ProgramHeader;
 /// Relocation granularity: kernels are linked for 2 MiB alignment.
 const RELOCATION_ALIGNMENT: u64 = 2 << 20;
 
+/// Largest span of guest memory the segments of one kernel may cover (first byte to last):
+/// kernels load in tens of MiB.
+pub const MAX_KERNEL_SPAN: u64 = 1 << 30;
+
 /// What to load and how to start it.
 #[derive(Debug, Clone)]
 pub struct ElfConfig<'a> {
@@ -209,6 +213,16 @@ impl ElfKernel {
                 ))));
             }
             prev_end = end;
+        }
+        // The loader holds the segments' pages in memory and imports them page by page: a
+        // few hundred bytes of program headers must not claim gigabytes.
+        let span = prev_end - segments[0].gpa;
+        if span > MAX_KERNEL_SPAN {
+            return Err(bad(Problem::Invalid(format!(
+                "segments span {span:#x} bytes from {:#x}, more than the {MAX_KERNEL_SPAN:#x} \
+                 a kernel may",
+                segments[0].gpa
+            ))));
         }
         let entry = (entry_va - entry_vaddr)
             .wrapping_add(entry_paddr)

@@ -82,8 +82,9 @@ pub enum VmsaGpa {
     File,
     /// At KVM's fixed VMSA GPA [`KVM_VMSA_GPA`], after every page: KVM measures VMSAs when
     /// the launch is finished, not when QEMU reads them from the file. The file's VMSAs are
-    /// measured in file order; KVM measures one VMSA per vCPU, so a VM with more vCPUs than
-    /// the file has VMSAs measures more than this digest covers.
+    /// measured in VP-index order (KVM goes vCPU by vCPU, and QEMU gives VP n's VMSA to vCPU
+    /// n); KVM measures one VMSA per vCPU, so a VM with more vCPUs than the file has VMSAs
+    /// measures more than this digest covers.
     Kvm,
 }
 
@@ -374,7 +375,11 @@ fn snp_records<'a>(steps: &[Step<'a>], options: &MeasureOptions) -> Vec<snp::Snp
                     contents,
                 });
             }
-            Step::SnpVmsa { gpa, vmsa } => {
+            Step::SnpVmsa {
+                gpa,
+                vp_index,
+                vmsa,
+            } => {
                 let page = |gpa| SnpPage {
                     gpa,
                     pages: 1,
@@ -383,13 +388,17 @@ fn snp_records<'a>(steps: &[Step<'a>], options: &MeasureOptions) -> Vec<snp::Snp
                 };
                 match options.vmsa_gpa {
                     VmsaGpa::File => out.push(page(*gpa)),
-                    VmsaGpa::Kvm => vmsas.push(page(KVM_VMSA_GPA)),
+                    VmsaGpa::Kvm => vmsas.push((*vp_index, page(KVM_VMSA_GPA))),
                 }
             }
             Step::VbsRegisters(_) => {}
         }
     }
-    out.extend(vmsas);
+    // KVM measures the VMSAs at launch finish, vCPU by vCPU, and QEMU hands the file's VMSA
+    // for VP n to vCPU n: VP order, not file order (stable, so a repeated VP keeps file
+    // order).
+    vmsas.sort_by_key(|(vp, _)| *vp);
+    out.extend(vmsas.into_iter().map(|(_, page)| page));
     out
 }
 

@@ -59,6 +59,8 @@ pub(crate) enum Step<'a> {
     SnpVmsa {
         /// GPA the file gives for it.
         gpa: u64,
+        /// The VP it starts.
+        vp_index: u16,
         /// The VMSA bytes (shorter than a page; zero-padded when hashed).
         vmsa: &'a [u8],
     },
@@ -187,10 +189,16 @@ impl<'a> Walk<'a> {
                 }
                 self.run("error range", *gpa, pages, Source::ErrorRange, &[])?
             }
-            IgvmDirectiveHeader::SnpVpContext { gpa, vmsa, .. } => {
+            IgvmDirectiveHeader::SnpVpContext {
+                gpa,
+                vmsa,
+                vp_index,
+                ..
+            } => {
                 self.take(1)?;
                 Step::SnpVmsa {
                     gpa: *gpa,
+                    vp_index: *vp_index,
                     vmsa: zerocopy::IntoBytes::as_bytes(vmsa.as_ref()),
                 }
             }
