@@ -597,6 +597,16 @@ impl SwtpmEngine {
 
     async fn send_command(&self, live: &Live, command: &[u8]) -> Result<Vec<u8>, SwtpmError> {
         let mut data = live.data.lock().await;
+        self.send_on(live, &mut data, command).await
+    }
+
+    /// Sends `command` on the data connection the caller holds.
+    async fn send_on(
+        &self,
+        live: &Live,
+        data: &mut Option<TcpStream>,
+        command: &[u8],
+    ) -> Result<Vec<u8>, SwtpmError> {
         let stream = match data.as_mut() {
             Some(s) => s,
             None => data.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
@@ -634,11 +644,15 @@ impl SwtpmEngine {
 
     async fn run_command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
         let live = self.live().await?;
+        // Locality and command go out under one hold of the data lock: a command abandoned
+        // after a timeout may still be inside, and it must never run at the next one's
+        // locality (or the next one at its).
+        let mut data = live.data.lock().await;
         if live.locality.load(Ordering::Acquire) != locality {
             self.control_on(&live, ControlOp::SetLocality(locality))
                 .await?;
         }
-        match self.send_command(&live, &command).await {
+        match self.send_on(&live, &mut data, &command).await {
             Ok(response) => Ok(response),
             Err(e) => {
                 self.retire(&live, &e).await;
