@@ -126,9 +126,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         Some(p) => cmd.args(["--package", p]),
         None => cmd.arg("--workspace"),
     };
-    if let Some(b) = &args.bench {
-        cmd.args(["--bench", b]);
-    }
+    // Only the criterion targets: libtest's bench harness (lib and test targets) knows none of
+    // criterion's options.
+    match &args.bench {
+        Some(b) => cmd.args(["--bench", b]),
+        None => cmd.arg("--benches"),
+    };
     let mut criterion_args = args.criterion_args.clone();
     if args.quick {
         criterion_args.push("--quick".into());
