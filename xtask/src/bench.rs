@@ -126,12 +126,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         Some(p) => cmd.args(["--package", p]),
         None => cmd.arg("--workspace"),
     };
-    // Only the criterion targets: libtest's bench harness (lib and test targets) knows none of
-    // criterion's options.
-    match &args.bench {
-        Some(b) => cmd.args(["--bench", b]),
-        None => cmd.arg("--benches"),
-    };
+    // Only the `[[bench]]` targets (`--benches` would add every lib, whose libtest harness
+    // knows none of criterion's options).
+    cmd.args(["--bench", args.bench.as_deref().unwrap_or("*")]);
     let mut criterion_args = args.criterion_args.clone();
     if args.quick {
         criterion_args.push("--quick".into());
