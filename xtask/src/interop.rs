@@ -106,18 +106,22 @@ const COMMON_ARGS: &[&str] = &[
 const RESPONDER_CAPS: &[&str] = &["--cap", "CERT,MEAS_SIG,ENCRYPT,MAC,KEY_EX"];
 
 /// The requester emulator: no CHALLENGE, no measurements, no PSK, no heartbeat or key
-/// update (our responder implements none of them); a KEY_EXCHANGE session with the
-/// application (TDISP) calls, then SHUTDOWN.
+/// update (our responder implements none of them), then SHUTDOWN; `--exe_session` is chosen
+/// per run ([`HANDSHAKE_SESSION`], [`APP_SESSION`]).
 const REQUESTER_ARGS: &[&str] = &[
     "--cap",
     "CERT,ENCRYPT,MAC,KEY_EX",
     "--exe_conn",
     "DIGEST,CERT",
-    "--exe_session",
-    "KEY_EX,APP",
     "--exe_mode",
     "SHUTDOWN",
 ];
+
+/// A KEY_EXCHANGE session: KEY_EXCHANGE, FINISH, END_SESSION.
+const HANDSHAKE_SESSION: &str = "KEY_EX";
+/// The same with its application phase, which for PCI_DOE runs PCIe IDE_KM (query, key
+/// programming) before TDISP (version, capabilities, state, lock, report, start, stop).
+const APP_SESSION: &str = "KEY_EX,APP";
 
 /// Runs the interop checks.
 pub fn run(args: &InteropArgs) -> Result<()> {
@@ -263,8 +267,12 @@ struct Observed {
     object_types: Vec<u8>,
     /// Whether a session was established at some point (FINISH completed).
     established: bool,
+    /// Whether an established session was ended again (END_SESSION).
+    ended: bool,
     /// TDISP request codes the DSM received, in order.
     tdisp_codes: Vec<u8>,
+    /// PCI-SIG vendor protocol ids of the VENDOR_DEFINED requests (0 IDE_KM, 1 TDISP).
+    protocols: Vec<u8>,
 }
 
 /// Our responder, recording what it serves.
@@ -280,7 +288,9 @@ impl<H: VendorHandler> DoeMailbox for Watched<H> {
             observed
                 .object_types
                 .push(request.get(2).copied().unwrap_or(0xff));
-            observed.established |= self.responder.is_established();
+            let established = self.responder.is_established();
+            observed.ended |= observed.established && !established;
+            observed.established |= established;
         }
         response
     }
@@ -304,20 +314,76 @@ fn requester_emu_against_our_dsm(
         |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
     let identity = DeviceIdentity::load(&read(root)?, &read(chain)?, &read(key)?)
         .context("loading our DSM's identity (root, chain, key)")?;
+
+    // 1. The handshake alone: KEY_EXCHANGE, FINISH, END_SESSION, and a clean exit.
+    let handshake = run_requester_emu(&requester, bin_dir, port, &identity, HANDSHAKE_SESSION)?;
+    if !handshake.established {
+        bail!("spdm_requester_emu did not complete KEY_EXCHANGE and FINISH");
+    }
+    if !handshake.ended {
+        bail!("spdm_requester_emu did not end its session (END_SESSION)");
+    }
+    if !handshake.exit_ok {
+        bail!("spdm_requester_emu exited with an error after the handshake");
+    }
+    println!("  spdm_requester_emu: KEY_EXCHANGE, FINISH, END_SESSION: passed");
+
+    // 2. With its application phase: TDISP calls inside the session.
+    let app = run_requester_emu(&requester, bin_dir, port, &identity, APP_SESSION)?;
+    if !app.established {
+        bail!("spdm_requester_emu did not complete KEY_EXCHANGE and FINISH");
+    }
+    if app.tdisp_codes.is_empty() && app.protocols.first() == Some(&0) {
+        bail!(
+            "spdm_requester_emu made no TDISP call: its application phase starts with PCIe \
+             IDE_KM (vendor protocol 0), which our DSM does not implement and refuses"
+        );
+    }
+    if app.tdisp_codes.is_empty() {
+        bail!("spdm_requester_emu made no TDISP call inside the session");
+    }
+    if !app.exit_ok {
+        bail!("spdm_requester_emu exited with an error in its application phase");
+    }
+    Ok(())
+}
+
+/// What one run of spdm_requester_emu against our DSM showed.
+struct RequesterRun {
+    established: bool,
+    protocols: Vec<u8>,
+    ended: bool,
+    tdisp_codes: Vec<u8>,
+    exit_ok: bool,
+}
+
+/// Serves one fresh DSM with `identity` on `port` while spdm_requester_emu runs with
+/// `--exe_session exe_session`.
+fn run_requester_emu(
+    requester: &Path,
+    bin_dir: &Path,
+    port: u16,
+    identity: &DeviceIdentity,
+    exe_session: &str,
+) -> Result<RequesterRun> {
     let observed = Arc::new(Mutex::new(Observed::default()));
     let tdisp_log = observed.clone();
     let mut dsm = EmulatedDsm::new(DsmConfig::single_function(0x0101))
         .map_err(|e| anyhow::anyhow!("emulated DSM: {e:?}"))?;
-    // The DSM's TDISP request codes (VENDOR_DEFINED payload: PCI-SIG header, then TDISP's
-    // version and message type), recorded as they arrive.
+    // The DSM's TDISP request codes, recorded as they arrive.
     let handler = move |request: &[u8]| {
-        if let (Some(code), Ok(mut log)) = (tdisp_message_type(request), tdisp_log.lock()) {
-            log.tdisp_codes.push(code);
+        if let Ok(mut log) = tdisp_log.lock() {
+            if let Some(protocol) = request.get(VENDOR_PAYLOAD_OFFSET) {
+                log.protocols.push(*protocol);
+            }
+            if let Some(code) = tdisp_message_type(request) {
+                log.tdisp_codes.push(code);
+            }
         }
         dsm.handle_spdm(request)
     };
     let mut device = Watched {
-        responder: SpdmResponder::new(ResponderConfig::new(identity, Vec::new()), handler),
+        responder: SpdmResponder::new(ResponderConfig::new(identity.clone(), Vec::new()), handler),
         observed: observed.clone(),
     };
 
@@ -327,9 +393,10 @@ fn requester_emu_against_our_dsm(
     let started = Instant::now();
     let output = Command::new("stdbuf")
         .arg("-o0")
-        .arg(&requester)
+        .arg(requester)
         .args(COMMON_ARGS)
         .args(REQUESTER_ARGS)
+        .args(["--exe_session", exe_session])
         .current_dir(bin_dir)
         .stdin(Stdio::null())
         .output()
@@ -353,30 +420,34 @@ fn requester_emu_against_our_dsm(
         .map_err(|_| anyhow::anyhow!("observation lock poisoned"))?;
     let secured = observed.object_types.iter().filter(|&&t| t == 2).count();
     println!(
-        "  spdm_requester_emu ran {elapsed:?}: {} DOE objects ({secured} secured), session \
-         established: {}, TDISP request codes: {:02x?}",
+        "  spdm_requester_emu --exe_session {exe_session}: {elapsed:?}, exit {}, {} DOE \
+         objects ({secured} secured), session established: {}, ended: {}, vendor protocols \
+         asked: {:?}, TDISP request codes: {:02x?}",
+        output.status,
         observed.object_types.len(),
         observed.established,
+        observed.ended,
+        observed.protocols,
         observed.tdisp_codes
     );
-    if !observed.established {
-        bail!("spdm_requester_emu did not complete KEY_EXCHANGE and FINISH");
-    }
-    if observed.tdisp_codes.is_empty() {
-        bail!("spdm_requester_emu made no TDISP call inside the session");
-    }
-    if !output.status.success() {
-        bail!("spdm_requester_emu exited with {}", output.status);
-    }
-    Ok(())
+    Ok(RequesterRun {
+        established: observed.established,
+        protocols: observed.protocols.clone(),
+        ended: observed.ended,
+        tdisp_codes: observed.tdisp_codes.clone(),
+        exit_ok: output.status.success(),
+    })
 }
+
+/// Where a PCI-SIG VENDOR_DEFINED_REQUEST's payload starts: SPDM header (4), StandardID
+/// u16, Len u8, VendorID u16, ReqLength u16.
+const VENDOR_PAYLOAD_OFFSET: usize = 4 + 2 + 1 + 2 + 2;
 
 /// The TDISP message type of a VENDOR_DEFINED_REQUEST carrying TDISP (PCI-SIG standard id 3,
 /// vendor id 0x0001, protocol id 1), or `None`.
 fn tdisp_message_type(request: &[u8]) -> Option<u8> {
-    // SPDM header (4), StandardID u16, Len u8, VendorID u16, ReqLength u16, then the
-    // payload: ProtocolID u8, TDISP version u8, message type u8.
-    let payload = request.get(4 + 2 + 1 + 2 + 2..)?;
+    // The payload: ProtocolID u8, TDISP version u8, message type u8.
+    let payload = request.get(VENDOR_PAYLOAD_OFFSET..)?;
     match payload {
         [1, _, code, ..] => Some(*code),
         _ => None,
