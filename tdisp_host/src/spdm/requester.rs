@@ -85,7 +85,7 @@ fn codec(message: &'static str) -> impl Fn(CodecError) -> SpdmError {
 }
 
 /// What the requester requires of the responder and trusts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequesterConfig {
     /// The root certificate (DER) the device's chain must lead to.
     pub root_der: Vec<u8>,
@@ -98,6 +98,18 @@ pub struct RequesterConfig {
     /// can recompute: it removes forward secrecy, and every connect logs a warning. `None`
     /// (the default) draws a fresh key each time.
     pub fixed_ephemeral_key: Option<Zeroizing<[u8; 48]>>,
+}
+
+impl std::fmt::Debug for RequesterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the fixed ephemeral key.
+        f.debug_struct("RequesterConfig")
+            .field("root_der_len", &self.root_der.len())
+            .field("slot", &self.slot)
+            .field("max_not_ready", &self.max_not_ready)
+            .field("fixed_ephemeral_key", &self.fixed_ephemeral_key.is_some())
+            .finish()
+    }
 }
 
 impl RequesterConfig {
