@@ -279,3 +279,152 @@ impl DeviceIdentity {
         })
     }
 }
+
+/// Why a certificate or key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LoadError {
+    /// The PEM armour is malformed.
+    #[error("malformed PEM")]
+    Pem,
+    /// A PEM block has a label other than the one expected.
+    #[error("PEM label {found:?}, expected {expected:?}")]
+    Label {
+        /// The label found.
+        found: String,
+        /// The label expected.
+        expected: &'static str,
+    },
+    /// The bytes are not DER X.509 certificates.
+    #[error("not a DER X.509 certificate (certificate {0})")]
+    Certificate(usize),
+    /// No certificate at all.
+    #[error("no certificate")]
+    Empty,
+    /// The key is neither a PKCS#8 nor a SEC1 P-384 private key.
+    #[error("not a P-384 private key (PKCS#8 or SEC1, DER or PEM)")]
+    Key,
+    /// The key does not belong to the leaf certificate.
+    #[error("the private key is not the leaf certificate's key")]
+    KeyMismatch,
+    /// The chain does not validate against its root.
+    #[error("the chain does not validate against its root")]
+    Chain(#[from] CertError),
+}
+
+const PEM_CERTIFICATE: &str = "CERTIFICATE";
+
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|start| bytes[start..].starts_with(b"-----BEGIN "))
+}
+
+/// Splits certificates given as DER (one or several concatenated, as spdm-emu's
+/// `bundle_*.certchain.der`) or as PEM `CERTIFICATE` blocks, in order; each is checked to be
+/// X.509.
+pub fn load_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, LoadError> {
+    let mut out = Vec::new();
+    if is_pem(bytes) {
+        let text = std::str::from_utf8(bytes).map_err(|_| LoadError::Pem)?;
+        let mut rest = text;
+        while let Some(begin) = rest.find("-----BEGIN ") {
+            let block = &rest[begin..];
+            let end_marker = block.find("-----END ").ok_or(LoadError::Pem)?;
+            let end = block[end_marker + 9..]
+                .find("-----")
+                .map(|i| end_marker + 9 + i + 5)
+                .ok_or(LoadError::Pem)?;
+            let (label, der) =
+                der::pem::decode_vec(&block.as_bytes()[..end]).map_err(|_| LoadError::Pem)?;
+            if label != PEM_CERTIFICATE {
+                return Err(LoadError::Label {
+                    found: label.to_owned(),
+                    expected: PEM_CERTIFICATE,
+                });
+            }
+            Certificate::from_der(&der).map_err(|_| LoadError::Certificate(out.len()))?;
+            out.push(der);
+            rest = &block[end..];
+        }
+    } else {
+        let mut remaining = bytes;
+        while !remaining.is_empty() {
+            let index = out.len();
+            let mut reader =
+                der::SliceReader::new(remaining).map_err(|_| LoadError::Certificate(index))?;
+            Certificate::decode(&mut reader).map_err(|_| LoadError::Certificate(index))?;
+            let consumed =
+                usize::try_from(reader.position()).map_err(|_| LoadError::Certificate(index))?;
+            let (der, tail) = remaining
+                .split_at_checked(consumed)
+                .ok_or(LoadError::Certificate(index))?;
+            out.push(der.to_vec());
+            remaining = tail;
+        }
+    }
+    if out.is_empty() {
+        return Err(LoadError::Empty);
+    }
+    Ok(out)
+}
+
+/// Loads one certificate (DER or PEM), such as a root to trust.
+pub fn load_certificate(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    load_certificates(bytes)?
+        .into_iter()
+        .next()
+        .ok_or(LoadError::Empty)
+}
+
+/// Loads a P-384 private key: PKCS#8 or SEC1, DER or PEM.
+pub fn load_signing_key(bytes: &[u8]) -> Result<SigningKey, LoadError> {
+    use p384::pkcs8::DecodePrivateKey;
+    let der = if is_pem(bytes) {
+        let text = std::str::from_utf8(bytes).map_err(|_| LoadError::Pem)?;
+        let begin = text.find("-----BEGIN ").ok_or(LoadError::Pem)?;
+        Zeroizing::new(
+            der::pem::decode_vec(&text.as_bytes()[begin..])
+                .map_err(|_| LoadError::Pem)?
+                .1,
+        )
+    } else {
+        Zeroizing::new(bytes.to_vec())
+    };
+    let key = p384::SecretKey::from_pkcs8_der(&der)
+        .or_else(|_| p384::SecretKey::from_sec1_der(&der))
+        .map_err(|_| LoadError::Key)?;
+    Ok(SigningKey::from(key))
+}
+
+impl DeviceIdentity {
+    /// An identity from existing material: the root (DER), the chain from the first
+    /// certificate under the root (or the root itself) down to the leaf, and the leaf's key.
+    /// The chain must validate against the root and the key must be the leaf's.
+    pub fn from_parts(
+        root_der: Vec<u8>,
+        chain: &[Vec<u8>],
+        leaf_key: SigningKey,
+    ) -> Result<Self, LoadError> {
+        let slot = encode_slot(&root_der, chain)?;
+        let validated = validate_slot(&slot, &root_der)?;
+        if validated.leaf_key != *leaf_key.verifying_key() {
+            return Err(LoadError::KeyMismatch);
+        }
+        Ok(Self {
+            root_der,
+            slot,
+            leaf_key,
+        })
+    }
+
+    /// Loads an identity from files' bytes: the root certificate, the chain (concatenated
+    /// DER or PEM; it may start with the root) and the leaf's private key.
+    pub fn load(root: &[u8], chain: &[u8], leaf_key: &[u8]) -> Result<Self, LoadError> {
+        Self::from_parts(
+            load_certificate(root)?,
+            &load_certificates(chain)?,
+            load_signing_key(leaf_key)?,
+        )
+    }
+}

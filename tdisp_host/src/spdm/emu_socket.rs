@@ -13,6 +13,7 @@ use crate::tsm::doe::MAX_DOE_OBJECT_SIZE;
 use crate::tsm::doe::MailboxError;
 use std::io::Read;
 use std::io::Write;
+use std::net::TcpListener;
 use thiserror::Error;
 
 /// A DOE object to deliver.
@@ -130,6 +131,11 @@ impl<S: Read + Write + Send> EmuSocketMailbox<S> {
             .map(drop)
     }
 
+    /// Ends this connection with CONTINUE; the responder keeps listening for the next.
+    pub fn end_connection(&mut self) -> Result<(), EmuSocketError> {
+        self.call(COMMAND_CONTINUE, Vec::new()).map(drop)
+    }
+
     /// Asks the responder to stop.
     pub fn shutdown(&mut self) -> Result<(), EmuSocketError> {
         self.call(COMMAND_SHUTDOWN, Vec::new()).map(drop)
@@ -193,6 +199,23 @@ pub fn serve_connection<S: Read + Write>(
         Frame::new(command, payload).write_to(&mut stream)?;
         if let Some(outcome) = outcome {
             return Ok(outcome);
+        }
+    }
+}
+
+/// Serves spdm-emu's requester (`spdm_requester_emu`, which connects to port
+/// [`DEFAULT_PORT`]) on `listener` with `device`, one connection after another, until a client
+/// sends SHUTDOWN. A connection that breaks (the client vanished mid-message) is logged and
+/// the next one accepted; the device keeps its state across connections, as a real device
+/// would, and answers a client that starts over with GET_VERSION.
+pub fn serve(listener: &TcpListener, device: &mut dyn DoeMailbox) -> Result<(), EmuSocketError> {
+    loop {
+        let (stream, peer) = listener.accept()?;
+        tracing::debug!(%peer, "spdm-emu requester connected");
+        match serve_connection(stream, device) {
+            Ok(ServeOutcome::Shutdown) => return Ok(()),
+            Ok(ServeOutcome::Continue) => {}
+            Err(e) => tracing::warn!(error = %e, %peer, "spdm-emu connection ended"),
         }
     }
 }

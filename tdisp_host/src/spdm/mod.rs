@@ -11,7 +11,30 @@
 //! - [`requester`] (the TSM's end) and [`responder`] (the device's end, a
 //!   [`crate::tsm::DoeMailbox`] around a [`responder::VendorHandler`] such as the emulated DSM).
 //! - [`channel`]: [`channel::SpdmChannel`], the TSM's [`crate::tsm::SecureChannel`].
-//! - [`transport`]: DOE object framing; [`emu_socket`]: DOE over TCP in spdm-emu's framing.
+//! - [`transport`]: DOE object framing; [`emu_socket`]: DOE over TCP in spdm-emu's framing,
+//!   as a client ([`emu_socket::EmuSocketMailbox`]) and as a server
+//!   ([`emu_socket::serve`]).
+//! - [`cert`] also loads identities and roots from files (DER or PEM, PKCS#8 or SEC1 keys),
+//!   such as spdm-emu's sample keys.
+//!
+//! # Interoperability with DMTF spdm-emu
+//!
+//! `cargo xtask interop spdm-emu --bin-dir DIR` runs this stack against DMTF's
+//! `spdm_responder_emu` and `spdm_requester_emu` (libspdm), built by the user from DMTF's
+//! sources (see the README). Checked against DMTF spdm-emu `main` with its OpenSSL build:
+//! - our requester (the TSM) against `spdm_responder_emu`: the handshake, the chain validated
+//!   against the emulator's sample root, and a TDISP lock/report/start/stop cycle inside the
+//!   session all pass;
+//! - `spdm_requester_emu` against our responder (the emulated DSM, with the emulator's sample
+//!   responder key and chain loaded at run time): KEY_EXCHANGE, FINISH and END_SESSION pass;
+//!   its TDISP calls are never reached, because its PCI DOE application phase starts with
+//!   PCIe IDE_KM, which the emulated DSM does not implement (it answers ERROR).
+//!
+//! `tests/spdm_emu_capture.rs` replays a session captured from `spdm_responder_emu` as
+//! known answers: libspdm's KEY_EXCHANGE_RSP signature over our transcript, its
+//! ResponderVerifyData, and its records under our handshake and application keys.
+//! Interop found one bug: the requester refused any MeasurementHashAlgo but SHA-384, while
+//! that field is the responder's own choice (spdm-emu picks SHA-512).
 //!
 //! Not implemented: CHALLENGE, mutual authentication, PSK, HEARTBEAT, KEY_UPDATE, chunking,
 //! multiple slots or sessions, and any algorithm outside the one suite above (a peer that

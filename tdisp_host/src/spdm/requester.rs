@@ -29,6 +29,7 @@ use tdisp_proto::framing::doe::DoeError;
 use tdisp_proto::framing::doe::DoeObjectType;
 use thiserror::Error;
 use zerocopy::IntoBytes;
+use zeroize::Zeroizing;
 
 /// Why an SPDM operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -84,7 +85,7 @@ fn codec(message: &'static str) -> impl Fn(CodecError) -> SpdmError {
 }
 
 /// What the requester requires of the responder and trusts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequesterConfig {
     /// The root certificate (DER) the device's chain must lead to.
     pub root_der: Vec<u8>,
@@ -92,6 +93,23 @@ pub struct RequesterConfig {
     pub slot: u8,
     /// How many ResponseNotReady answers to accept for one request.
     pub max_not_ready: u32,
+    /// A fixed ECDHE private key (secp384r1 scalar, big-endian) instead of a fresh one per
+    /// KEY_EXCHANGE. Only for capturing a transcript whose key schedule a known-answer test
+    /// can recompute: it removes forward secrecy, and every connect logs a warning. `None`
+    /// (the default) draws a fresh key each time.
+    pub fixed_ephemeral_key: Option<Zeroizing<[u8; 48]>>,
+}
+
+impl std::fmt::Debug for RequesterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the fixed ephemeral key.
+        f.debug_struct("RequesterConfig")
+            .field("root_der_len", &self.root_der.len())
+            .field("slot", &self.slot)
+            .field("max_not_ready", &self.max_not_ready)
+            .field("fixed_ephemeral_key", &self.fixed_ephemeral_key.is_some())
+            .finish()
+    }
 }
 
 impl RequesterConfig {
@@ -101,6 +119,7 @@ impl RequesterConfig {
             root_der,
             slot: 0,
             max_not_ready: 8,
+            fixed_ephemeral_key: None,
         }
     }
 }
@@ -163,10 +182,12 @@ pub fn check_selection(selected: &Algorithms) -> Result<(), SpdmError> {
             selected.algs.req_base_asym & !REQ_ASYM_ECDSA_P384 == 0,
             "requester asymmetric algorithm not offered",
         ),
+        // MeasurementHashAlgo is the responder's own choice (the request offers none; spdm-emu
+        // picks SHA-512 by default): the decoder already holds it to one bit, and measurement
+        // blocks carry their own digest sizes.
         (
-            selected.measurement_hash & !MEAS_HASH_SHA_384 == 0
-                && selected.measurement_spec & !MEAS_SPEC_DMTF == 0,
-            "measurement algorithm not offered",
+            selected.measurement_spec & !MEAS_SPEC_DMTF == 0,
+            "measurement specification not offered",
         ),
         (
             selected.other_params & !OPAQUE_DATA_FMT1 == 0,
@@ -427,7 +448,13 @@ impl SpdmRequester {
         mailbox: &mut dyn DoeMailbox,
         chain: &ValidatedChain,
     ) -> Result<u32, SpdmError> {
-        let ephemeral = EphemeralKey::generate()?;
+        let ephemeral = match &self.config.fixed_ephemeral_key {
+            Some(bytes) => {
+                tracing::warn!("SPDM KEY_EXCHANGE with a fixed ephemeral key (capture mode)");
+                EphemeralKey::from_bytes(bytes)?
+            }
+            None => EphemeralKey::generate()?,
+        };
         let mut random = [0; NONCE_SIZE];
         crypto::random_bytes(&mut random)?;
         let mut session_half = [0; 2];
