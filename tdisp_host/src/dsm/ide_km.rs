@@ -458,6 +458,30 @@ mod tests {
         assert_eq!(ack, [0x06, 0, 0, 0, 0, 0x12, 1]);
         assert!(!dev.is_active(&slot));
         assert_eq!(dev.programmed(), 0);
+        // A retried teardown (the first ack lost) converges: the same ack, no slot.
+        let ack = dev.handle(&[0x05, 0, 0, 0, 0, 0x12, 1]).unwrap();
+        assert_eq!(ack, [0x06, 0, 0, 0, 0, 0x12, 1]);
+        assert_eq!(dev.programmed(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_sequence_is_answered_or_refused_without_losing_keys(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..56),
+                0..16,
+            )
+        ) {
+            let mut dev = IdeKmDevice::new();
+            dev.handle(&key_prog(3, 0x01, 0)).unwrap();
+            for request in &requests {
+                let before = dev.programmed();
+                match dev.handle(request) {
+                    Ok(response) => proptest::prop_assert!(response.len() >= 7),
+                    Err(_) => proptest::prop_assert_eq!(dev.programmed(), before),
+                }
+            }
+        }
     }
 
     #[test]
