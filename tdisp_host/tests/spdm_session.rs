@@ -23,6 +23,7 @@ use tdisp_host::spdm::responder::SpdmResponder;
 use tdisp_host::spdm::secured::SecuredError;
 use tdisp_host::tsm::DoeMailbox;
 use tdisp_host::tsm::MailboxError;
+use tdisp_host::tsm::doe::trim_vendor_defined_padding;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
@@ -426,4 +427,63 @@ fn requests_out_of_order_are_refused_without_changing_state() {
         responder.state(),
         tdisp_host::spdm::responder::ConnectionState::NotStarted
     );
+}
+
+/// PCI-SIG VENDOR_DEFINED_REQUEST (SPDM 1.2) carrying IDE_KM KEY_PROG (K0, RX, PR, stream 0,
+/// port 1) with a 32-byte key and an 8-byte IFV.
+fn ide_km_key_prog() -> Vec<u8> {
+    let mut out = vec![
+        0x12, 0xfe, 0, 0, 0x03, 0x00, 0x02, 0x01, 0x00, 48, 0x00, 0x00,
+    ];
+    out.extend([0x02, 0, 0, 0, 0, 0x00, 1]);
+    out.extend([0xa5; 32]);
+    out.extend([0, 0, 0, 0, 1, 0, 0, 0]);
+    out
+}
+
+#[test]
+fn ide_km_keys_are_programmed_inside_a_session() {
+    let (mut requester, mut responder) = pair();
+    requester.connect(&mut responder).unwrap();
+    let response = requester
+        .send_in_session(&mut responder, &ide_km_key_prog())
+        .unwrap();
+    // VENDOR_DEFINED_RESPONSE, RespLength 8: protocol 0, KP_ACK(SUCCESS) echoing the header.
+    assert_eq!(
+        response,
+        [
+            0x12, 0x7e, 0, 0, 0x03, 0x00, 0x02, 0x01, 0x00, 8, 0, 0x00, 0x03, 0, 0, 0, 0, 0, 1
+        ]
+    );
+    assert_eq!(responder.handler_mut().ide_km().programmed(), 1);
+}
+
+#[test]
+fn ide_km_in_the_clear_is_refused_even_when_vendor_requests_are_allowed_there() {
+    let identity = DeviceIdentity::generate("test device").unwrap();
+    let mut requester = SpdmRequester::new(RequesterConfig::new(identity.root_der.clone()));
+    let dsm = EmulatedDsm::new(DsmConfig::single_function(REQUESTER_ID)).unwrap();
+    let mut config = ResponderConfig::new(identity, measurements());
+    config.allow_vendor_in_clear = true;
+    let mut responder = SpdmResponder::new(config, dsm);
+    requester.connect(&mut responder).unwrap();
+    let response = responder
+        .exchange(&object(DoeObjectType::SPDM, &ide_km_key_prog()))
+        .unwrap();
+    let (object_type, payload) = parts(&response);
+    assert_eq!(object_type, DoeObjectType::SPDM);
+    let error = ErrorResponse::decode(&payload).unwrap();
+    assert_eq!(error.code, SpdmErrorCode::SESSION_REQUIRED);
+    assert_eq!(responder.handler_mut().ide_km().programmed(), 0);
+    // TDISP is still served in the clear, as configured.
+    let response = responder
+        .exchange(&object(
+            DoeObjectType::SPDM,
+            &tdisp(TdispRequest::GetVersion),
+        ))
+        .unwrap();
+    assert!(matches!(
+        tdisp_response(trim_vendor_defined_padding(&parts(&response).1)),
+        TdispResponse::Version { .. }
+    ));
 }

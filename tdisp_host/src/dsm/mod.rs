@@ -4,11 +4,13 @@
 //! information, and its TDISP capabilities); [`responder`] answers PCIe TDISP requests for it
 //! exactly as the PCIe 6.1 specification describes, at the TDISP, SPDM or DOE level;
 //! [`entropy`] supplies the START_INTERFACE nonces; [`doe_function`] is the DOE capability's
-//! register interface in front of it.
+//! register interface in front of it; [`ide_km`] is its PCIe IDE_KM responder (key slots),
+//! served only inside a secured SPDM session.
 
 pub mod config;
 pub mod doe_function;
 pub mod entropy;
+pub mod ide_km;
 pub mod responder;
 
 pub use config::ConfigChange;

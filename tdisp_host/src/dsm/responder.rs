@@ -35,6 +35,8 @@ use super::config::ConfigError;
 use super::config::DsmConfig;
 use super::entropy::EntropySource;
 use super::entropy::OsEntropy;
+use super::ide_km::IdeKmDevice;
+use super::ide_km::IdeKmError;
 use crate::tsm::doe::DiscoveryRequestWire;
 use crate::tsm::doe::DiscoveryResponseWire;
 use crate::tsm::doe::DoeMailbox;
@@ -152,6 +154,7 @@ pub struct EmulatedDsm {
     config: DsmConfig,
     tdis: Vec<Tdi>,
     entropy: Box<dyn EntropySource>,
+    ide_km: IdeKmDevice,
 }
 
 impl std::fmt::Debug for EmulatedDsm {
@@ -187,6 +190,7 @@ impl EmulatedDsm {
         Ok(Self {
             config,
             tdis,
+            ide_km: IdeKmDevice::new(),
             entropy,
         })
     }
@@ -515,6 +519,22 @@ impl EmulatedDsm {
     /// vendor-defined response; everything else gets an SPDM ERROR (this device implements no
     /// other SPDM request). Up to three bytes of DOE padding after the message are accepted.
     pub fn handle_spdm(&mut self, request: &[u8]) -> Vec<u8> {
+        self.handle_vendor(request, false)
+    }
+
+    /// Answers one SPDM request message received inside a secured SPDM session: as
+    /// [`Self::handle_spdm`], and PCIe IDE_KM (protocol id 0) too, which carries keys and so
+    /// is never served in the clear.
+    pub fn handle_session_vendor(&mut self, request: &[u8]) -> Vec<u8> {
+        self.handle_vendor(request, true)
+    }
+
+    /// The IDE_KM device (key slots), for the owner and tests.
+    pub fn ide_km(&self) -> &IdeKmDevice {
+        &self.ide_km
+    }
+
+    fn handle_vendor(&mut self, request: &[u8], secured: bool) -> Vec<u8> {
         let request = trim_vendor_defined_padding(request);
         let spdm_version = match request.first() {
             Some(&v) if v >> 4 == 1 => v,
@@ -528,14 +548,31 @@ impl EmulatedDsm {
             return spdm_error(spdm_version, SPDM_ERROR_UNSUPPORTED_REQUEST, code);
         }
         match SpdmVendorMessage::decode(request, Direction::Request) {
-            Ok(vendor) if vendor.protocol_id == PciProtocolId::TDISP => {
-                let tdisp = self.handle_tdisp(vendor.payload);
+            Ok(vendor)
+                if vendor.protocol_id == PciProtocolId::TDISP
+                    || (secured && vendor.protocol_id == PciProtocolId::IDE_KM) =>
+            {
+                let payload = if vendor.protocol_id == PciProtocolId::TDISP {
+                    self.handle_tdisp(vendor.payload)
+                } else {
+                    match self.ide_km.handle(vendor.payload) {
+                        Ok(response) => response,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "IDE_KM request refused");
+                            let code = match e {
+                                IdeKmError::UnsupportedObject(_) => SPDM_ERROR_UNSUPPORTED_REQUEST,
+                                _ => SPDM_ERROR_INVALID_REQUEST,
+                            };
+                            return spdm_error(spdm_version, code, 0);
+                        }
+                    }
+                };
                 let mut out = Vec::new();
                 let encoded = SpdmVendorMessage {
                     spdm_version: vendor.spdm_version,
                     direction: Direction::Response,
-                    protocol_id: PciProtocolId::TDISP,
-                    payload: &tdisp,
+                    protocol_id: vendor.protocol_id,
+                    payload: &payload,
                 }
                 .encode(&mut out);
                 match encoded {

@@ -27,8 +27,15 @@
 //!   session all pass;
 //! - `spdm_requester_emu` against our responder (the emulated DSM, with the emulator's sample
 //!   responder key and chain loaded at run time): KEY_EXCHANGE, FINISH and END_SESSION pass;
-//!   its TDISP calls are never reached, because its PCI DOE application phase starts with
-//!   PCIe IDE_KM, which the emulated DSM does not implement (it answers ERROR).
+//!   with `--exe_session KEY_EX,APP` its whole PCIe application phase passes inside the
+//!   session: IDE_KM QUERY, KEY_PROG/KP_ACK and K_SET_GO for six substreams
+//!   ([`crate::dsm::ide_km`]), TDISP version, capabilities, lock, report, start and stop (to
+//!   the interface 0xbeef it hard-codes), IDE_KM K_SET_STOP for the six. It then starts CXL
+//!   IDE_KM (VendorID 0x1e98), which the emulated PCIe DSM refuses (SPDM ERROR), and exits 1
+//!   (`do_app_session_via_spdm - 8001000a`); CXL IDE_KM and CXL TSP are not implemented.
+//!
+//! The responder never hands IDE_KM (it carries keys) to its vendor handler outside a
+//! session, even with `allow_vendor_in_clear`.
 //!
 //! `tests/spdm_emu_capture.rs` replays a session captured from `spdm_responder_emu` as
 //! known answers: libspdm's KEY_EXCHANGE_RSP signature over our transcript, its

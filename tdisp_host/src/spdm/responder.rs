@@ -42,10 +42,13 @@ impl<F: FnMut(&[u8]) -> Vec<u8> + Send> VendorHandler for F {
     }
 }
 
-/// The emulated DSM answers TDISP (and refuses other vendor protocols) as a device would.
+/// The emulated DSM answers TDISP and IDE_KM (and refuses other vendor protocols) as a device
+/// would; the responder hands it vendor requests only inside a session unless configured
+/// otherwise, and IDE_KM keys must never travel in the clear, so enable
+/// `allow_vendor_in_clear` only for tests.
 impl VendorHandler for crate::dsm::EmulatedDsm {
     fn handle_vendor(&mut self, request: &[u8]) -> Vec<u8> {
-        self.handle_spdm(request)
+        self.handle_session_vendor(request)
     }
 }
 
@@ -53,7 +56,7 @@ impl VendorHandler for crate::dsm::EmulatedDsm {
 impl VendorHandler for std::sync::Arc<std::sync::Mutex<crate::dsm::EmulatedDsm>> {
     fn handle_vendor(&mut self, request: &[u8]) -> Vec<u8> {
         match self.lock() {
-            Ok(mut dsm) => dsm.handle_spdm(request),
+            Ok(mut dsm) => dsm.handle_session_vendor(request),
             Err(_) => error(SpdmErrorCode::UNSPECIFIED, 0),
         }
     }
@@ -144,6 +147,12 @@ impl<H> std::fmt::Debug for SpdmResponder<H> {
     }
 }
 
+/// Whether a VENDOR_DEFINED_REQUEST is PCI-SIG's (standard id 3, vendor id len 2) with
+/// protocol id 0, PCIe IDE_KM.
+fn carries_ide_km(request: &[u8]) -> bool {
+    matches!(request.get(4..12), Some([3, 0, 2, _, _, _, _, 0]))
+}
+
 fn error(code: SpdmErrorCode, data: u8) -> Vec<u8> {
     ErrorResponse::new(SPDM_VERSION_1_2, code, data).encode()
 }
@@ -219,6 +228,10 @@ impl<H: VendorHandler> SpdmResponder<H> {
             SpdmCode::GET_CERTIFICATE => self.certificate(payload),
             SpdmCode::GET_MEASUREMENTS => self.measurements(payload),
             SpdmCode::KEY_EXCHANGE => self.key_exchange(payload),
+            // IDE_KM carries keys: never in the clear, whatever the configuration.
+            SpdmCode::VENDOR_DEFINED_REQUEST if carries_ide_km(payload) => {
+                Err(SpdmErrorCode::SESSION_REQUIRED)
+            }
             SpdmCode::VENDOR_DEFINED_REQUEST if self.config.allow_vendor_in_clear => {
                 Ok(self.handler.handle_vendor(payload))
             }

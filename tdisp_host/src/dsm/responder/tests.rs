@@ -308,6 +308,43 @@ mod wire {
         );
     }
 
+    /// A PCI-SIG VENDOR_DEFINED_REQUEST (SPDM 1.2) carrying IDE_KM QUERY for port 1.
+    const IDE_KM_QUERY: [u8; 15] = [
+        0x12, 0xfe, 0, 0, 0x03, 0x00, 0x02, 0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x01,
+    ];
+
+    #[test]
+    fn ide_km_is_refused_outside_a_session() {
+        let mut dsm = dsm();
+        assert_eq!(
+            dsm.handle_spdm(&IDE_KM_QUERY),
+            [0x12, 0x7f, SPDM_ERROR_UNSUPPORTED_REQUEST, 0]
+        );
+    }
+
+    #[test]
+    fn ide_km_in_a_session_gets_a_vendor_response() {
+        let mut dsm = dsm();
+        let response = dsm.handle_session_vendor(&IDE_KM_QUERY);
+        // Header, StandardID 3, Len 2, VendorID 1, RespLength 36, protocol 0, QUERY_RESP.
+        assert_eq!(
+            response[..19],
+            [
+                0x12, 0x7e, 0, 0, 0x03, 0x00, 0x02, 0x01, 0x00, 36, 0x00, 0x00, 0x01, 0x00, 0x01,
+                0, 0, 0, 0x01
+            ]
+        );
+        assert_eq!(response.len(), 11 + 36);
+        // A malformed IDE_KM object gets SPDM ERROR(InvalidRequest) and changes nothing.
+        let mut bad = IDE_KM_QUERY;
+        bad[14] = 9;
+        assert_eq!(
+            dsm.handle_session_vendor(&bad),
+            [0x12, 0x7f, SPDM_ERROR_INVALID_REQUEST, 0]
+        );
+        assert_eq!(dsm.ide_km().programmed(), 0);
+    }
+
     #[test]
     fn spdm_vendor_request_gets_a_vendor_response_even_when_padded() {
         let mut dsm = dsm();
