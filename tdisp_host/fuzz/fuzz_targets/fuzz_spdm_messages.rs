@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
             |b| Capabilities::decode(b, SPDM_VERSION_1_2, SpdmCode::CAPABILITIES),
             |m| m.encode(SpdmCode::CAPABILITIES),
         ),
-        2 => round_trip(bytes, NegotiateAlgorithms::decode, NegotiateAlgorithms::encode),
+        2 => round_trip(
+            bytes,
+            NegotiateAlgorithms::decode,
+            NegotiateAlgorithms::encode,
+        ),
         3 => round_trip(bytes, Algorithms::decode, Algorithms::encode),
         4 => round_trip(bytes, Digests::decode, Digests::encode),
         5 => round_trip(bytes, GetCertificate::decode, GetCertificate::encode),
@@ -54,14 +58,21 @@ fuzz_target!(|data: &[u8]| {
         13 => round_trip(
             bytes,
             |b| VendorDefined::decode(b, SpdmCode::VENDOR_DEFINED_REQUEST),
-            |m| m.encode().expect("a decoded message fits its length fields"),
+            |m| {
+                m.encode()
+                    .expect("a decoded message fits its length fields")
+            },
         ),
         14 => {
             let _ = MeasurementBlock::parse_record(bytes);
         }
         _ => {
             let _ = Header::peek(bytes);
-            for code in [SpdmCode::GET_VERSION, SpdmCode::END_SESSION, SpdmCode::FINISH_RSP] {
+            for code in [
+                SpdmCode::GET_VERSION,
+                SpdmCode::END_SESSION,
+                SpdmCode::FINISH_RSP,
+            ] {
                 let _ = decode_header_only(bytes, SPDM_VERSION_1_2, code);
             }
         }

@@ -24,11 +24,18 @@ use vmbus_channel::server::channels::Output;
 #[derive(Debug, Arbitrary)]
 enum Step {
     /// A message with this type code and body (the body is cut to fit 240 bytes).
-    Message { message_type: u8, body: Vec<u8> },
+    Message {
+        message_type: u8,
+        body: Vec<u8>,
+    },
     /// Raw bytes.
     Raw(Vec<u8>),
     /// The device answers its oldest (or newest) request.
-    Answer { newest: bool, accept: bool, status: i32 },
+    Answer {
+        newest: bool,
+        accept: bool,
+        status: i32,
+    },
     Revoke(u8),
     Reoffer(u8),
 }
@@ -64,7 +71,10 @@ impl Sim {
             ..Default::default()
         };
         let mut out = Vec::new();
-        if let Ok((id, _)) = self.state.offer(params.key(), host_offer(&params), &mut out) {
+        if let Ok((id, _)) = self
+            .state
+            .offer(params.key(), host_offer(&params), &mut out)
+        {
             self.offers[usize::from(i) % 4] = Some(id);
         }
         self.apply(out);
