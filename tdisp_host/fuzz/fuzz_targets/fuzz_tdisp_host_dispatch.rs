@@ -6,7 +6,11 @@
 
 #![no_main]
 
+#[path = "commands.rs"]
+mod commands;
+
 use arbitrary::Arbitrary;
+use commands::command;
 use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,9 +28,6 @@ use tdisp_host::tsm::MailboxError;
 use tdisp_host::tsm::PciDeviceInfo;
 use tdisp_host::tsm::PlainChannel;
 use tdisp_host::tsm::Tsm;
-use tdisp_proto::TdispGuestProtocolType;
-use tdisp_proto::TdispGuestUnbindReason;
-use tdisp_proto::TdispReportType;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
@@ -39,7 +40,6 @@ use tdisp_proto::pcie::TdispErrorCode;
 use tdisp_proto::pcie::TdispErrorResponse;
 use tdisp_proto::pcie::TdispResponse;
 use tdisp_proto::wire::CommandPacket;
-use tdisp_proto::wire::GuestCommand;
 use tdisp_proto::wire::ResponsePacket;
 use tdisp_proto::wire::state_to_wire;
 
@@ -79,33 +79,6 @@ enum Op {
     ForgeError(u32),
     /// A host configuration change.
     Change { kind: u8, value: u32 },
-}
-
-fn command(kind: u8, argument: u8) -> GuestCommand {
-    let protocol = match argument % 3 {
-        0 => TdispGuestProtocolType::Invalid,
-        1 => TdispGuestProtocolType::AmdSevTioV1,
-        _ => TdispGuestProtocolType::IntelTdxConnectV1,
-    };
-    let report = match argument % 6 {
-        0 => TdispReportType::Invalid,
-        1 => TdispReportType::GuestDeviceId,
-        2 => TdispReportType::InterfaceReport,
-        3 => TdispReportType::CertificateChain,
-        4 => TdispReportType::Measurements,
-        _ => TdispReportType::IsRegistered,
-    };
-    match kind % 5 {
-        0 => GuestCommand::NegotiateProtocol(protocol),
-        1 => GuestCommand::LockDeviceResources,
-        2 => GuestCommand::StartTdi,
-        3 => GuestCommand::GetAttestationReport(report),
-        _ => GuestCommand::Unbind(if argument % 2 == 0 {
-            TdispGuestUnbindReason::Unknown
-        } else {
-            TdispGuestUnbindReason::Graceful
-        }),
-    }
 }
 
 fn doe(object_type: DoeObjectType, payload: &[u8]) -> Vec<u8> {

@@ -6,18 +6,18 @@
 
 #![no_main]
 
+#[path = "commands.rs"]
+mod commands;
+
 use arbitrary::Arbitrary;
+use commands::command;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tdisp_host::dsm::ConfigChange;
 use tdisp_host::emulated::EmulatedAssignment;
 use tdisp_host::state_machine::MachineConfig;
 use tdisp_host::vmbus::TdispVmbusDevice;
-use tdisp_proto::TdispGuestProtocolType;
-use tdisp_proto::TdispGuestUnbindReason;
-use tdisp_proto::TdispReportType;
 use tdisp_proto::wire::CommandPacket;
-use tdisp_proto::wire::GuestCommand;
 use tdisp_proto::wire::ResponsePacket;
 use tdisp_proto::wire::frame;
 use tdisp_proto::wire::proto;
@@ -45,33 +45,6 @@ enum Op {
     Command { kind: u8, argument: u8 },
     /// A host configuration change.
     Change { kind: u8, value: u32 },
-}
-
-fn command(kind: u8, argument: u8) -> GuestCommand {
-    let protocol = match argument % 3 {
-        0 => TdispGuestProtocolType::Invalid,
-        1 => TdispGuestProtocolType::AmdSevTioV1,
-        _ => TdispGuestProtocolType::IntelTdxConnectV1,
-    };
-    let report = match argument % 6 {
-        0 => TdispReportType::Invalid,
-        1 => TdispReportType::GuestDeviceId,
-        2 => TdispReportType::InterfaceReport,
-        3 => TdispReportType::CertificateChain,
-        4 => TdispReportType::Measurements,
-        _ => TdispReportType::IsRegistered,
-    };
-    match kind % 5 {
-        0 => GuestCommand::NegotiateProtocol(protocol),
-        1 => GuestCommand::LockDeviceResources,
-        2 => GuestCommand::StartTdi,
-        3 => GuestCommand::GetAttestationReport(report),
-        _ => GuestCommand::Unbind(if argument % 2 == 0 {
-            TdispGuestUnbindReason::Unknown
-        } else {
-            TdispGuestUnbindReason::Graceful
-        }),
-    }
 }
 
 fn proto_command(variant: u8, value: i32, device_id: u64, unknown: Option<u8>) -> Vec<u8> {
