@@ -7,11 +7,22 @@
 //! oversize or inconsistent response is an error, never silently truncated. Every wait on the
 //! backend is bounded by [`FrontendConfig::timeout`]. By default v2 uses the single shared
 //! page of Linux xen-tpmfront and mini-os ([`FrontendConfig::extra_pages`] = 0).
+//!
+//! With [`FrontendConfig::control`] (and a backend that offers it), [`Frontend::control`]
+//! sends swtpm control operations over the ring (the TPM's power and its established flag),
+//! and v1 gets a locality: [`Frontend::set_locality`] then reaches the backend as a control
+//! request before the next command. This is what a frontend standing in for swtpm toward QEMU
+//! needs ([`crate::qemu`]).
 
 use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainError;
 use crate::domain::DomainId;
+use crate::engine::ControlOp;
+use crate::engine::ControlReply;
+use crate::engine::CtrlResult;
+use crate::engine::ctrl;
+use crate::engine::ctrl::CtrlError;
 use crate::event::EventChannel;
 use crate::event::EventError;
 use crate::event::Signal;
@@ -19,6 +30,7 @@ use crate::grant::GrantAccess;
 use crate::grant::GrantError;
 use crate::grant::GrantRef;
 use crate::page::OwnPage;
+use crate::protocol::PacketKind;
 use crate::protocol::ProtocolVersion;
 use crate::protocol::Protocols;
 use crate::protocol::RingError;
@@ -63,6 +75,8 @@ pub struct FrontendConfig {
     /// timeout by default, so a slow engine shows as the backend's TPM_RC_FAILURE and only a
     /// silent backend as a timeout. `None` waits forever.
     pub timeout: Option<Duration>,
+    /// Ask for `feature-vtpm-control`: control operations on the ring.
+    pub control: bool,
 }
 
 /// Default [`FrontendConfig::timeout`].
@@ -75,6 +89,7 @@ impl Default for FrontendConfig {
             protocols: Protocols::default(),
             extra_pages: 0,
             timeout: Some(DEFAULT_TIMEOUT),
+            control: false,
         }
     }
 }
@@ -127,6 +142,12 @@ pub enum FrontendError {
     /// Locality out of range (0..=4).
     #[error("locality {0} out of range")]
     BadLocality(u8),
+    /// Control operations need `feature-vtpm-control` on both sides.
+    #[error("control operations were not negotiated with the backend")]
+    NoControl,
+    /// The backend's reply to a control operation does not parse.
+    #[error("malformed control reply from the backend: {0}")]
+    BadControlReply(#[from] CtrlError),
 }
 
 enum Transport {
@@ -142,6 +163,10 @@ enum Transport {
 struct IoState {
     /// v1: a canceled (or abandoned) command's response has not arrived yet.
     v1_outstanding: bool,
+    /// v1 with control: the locality the backend last acknowledged (it starts at 0).
+    v1_locality: u8,
+    /// v1 with control: the last request's number.
+    v1_number: u8,
 }
 
 /// A connected vTPM frontend.
@@ -151,6 +176,7 @@ pub struct Frontend {
     dir: String,
     backend_dir: String,
     version: ProtocolVersion,
+    control: bool,
     event: EventChannel,
     transport: Transport,
     pages: Vec<OwnPage>,
@@ -226,6 +252,10 @@ impl Frontend {
         let peer_v2 = store
             .try_read(&format!("{backend_dir}/{}", keys::FEATURE_V2))?
             .is_some_and(|v| v.trim() == "1");
+        let control = config.control
+            && store
+                .try_read(&format!("{backend_dir}/{}", keys::FEATURE_CONTROL))?
+                .is_some_and(|v| v.trim() == "1");
         let version = config
             .protocols
             .negotiate(peer_v2)
@@ -286,6 +316,7 @@ impl Frontend {
             dir: dir.clone(),
             backend_dir: backend_dir.clone(),
             version,
+            control,
             event,
             transport,
             pages,
@@ -305,13 +336,15 @@ impl Frontend {
                 &format!("{dir}/{}", keys::EVENT_CHANNEL),
                 &frontend.event.port().0.to_string(),
             )?;
-            let feature = format!("{dir}/{}", keys::FEATURE_V2);
-            match version {
-                ProtocolVersion::V2 => store.write(&feature, "1")?,
-                ProtocolVersion::V1 => {
-                    if store.try_read(&feature)?.is_some() {
-                        store.rm(&feature)?;
-                    }
+            for (key, on) in [
+                (keys::FEATURE_V2, version == ProtocolVersion::V2),
+                (keys::FEATURE_CONTROL, control),
+            ] {
+                let feature = format!("{dir}/{key}");
+                if on {
+                    store.write(&feature, "1")?;
+                } else if store.try_read(&feature)?.is_some() {
+                    store.rm(&feature)?;
                 }
             }
             write_state(&store, &dir, XenbusState::INITIALISED)
@@ -351,7 +384,14 @@ impl Frontend {
         }
     }
 
-    /// Sets the locality of the following commands (0..=4; not carried by v1).
+    /// Whether control operations were negotiated ([`FrontendConfig::control`]).
+    pub fn has_control(&self) -> bool {
+        self.control
+    }
+
+    /// Sets the locality of the following commands (0..=4). v2 carries it with each command;
+    /// v1 carries it only with control negotiated (as a SET_LOCALITY control request before
+    /// the next command), and otherwise not at all.
     pub fn set_locality(&self, locality: u8) -> Result<(), FrontendError> {
         if locality > 4 {
             return Err(FrontendError::BadLocality(locality));
@@ -379,22 +419,78 @@ impl Frontend {
     /// Sends one command and returns its response. Calls are serialized.
     pub async fn transmit(&self, command: &[u8]) -> Result<Vec<u8>, FrontendError> {
         let mut io = self.io.lock().await;
-        if command.len() > self.max_packet() {
+        if self.control && self.version == ProtocolVersion::V1 {
+            let wanted = self.locality.load(Ordering::Relaxed);
+            if wanted != io.v1_locality {
+                match self
+                    .control_locked(&mut io, &ControlOp::SetLocality(wanted))
+                    .await?
+                {
+                    Ok(_) => io.v1_locality = wanted,
+                    Err(rc) => {
+                        tracing::warn!(?rc, wanted, "backend refused the locality");
+                        return Err(FrontendError::BadLocality(wanted));
+                    }
+                }
+            }
+        }
+        let response = self
+            .exchange(&mut io, PacketKind::TPM_COMMAND, command)
+            .await?;
+        if !TpmHeader::read_from_prefix_checked(&response) {
+            return Err(FrontendError::BadResponse);
+        }
+        Ok(response)
+    }
+
+    /// Sends one swtpm control operation over the ring (needs `feature-vtpm-control`) and
+    /// returns its reply: `Ok(Err(rc))` is the engine's (or the backend's) own refusal, with
+    /// swtpm's result code. Serialized with [`Self::transmit`].
+    pub async fn control(
+        &self,
+        op: &ControlOp,
+    ) -> Result<Result<ControlReply, CtrlResult>, FrontendError> {
+        let mut io = self.io.lock().await;
+        self.control_locked(&mut io, op).await
+    }
+
+    async fn control_locked(
+        &self,
+        io: &mut IoState,
+        op: &ControlOp,
+    ) -> Result<Result<ControlReply, CtrlResult>, FrontendError> {
+        if !self.control {
+            return Err(FrontendError::NoControl);
+        }
+        let reply = self
+            .exchange(io, PacketKind::CONTROL, &ctrl::encode_request(op))
+            .await?;
+        Ok(ctrl::decode_reply(op.cmd(), &reply)?)
+    }
+
+    /// One request/response exchange on the ring, within the timeout.
+    async fn exchange(
+        &self,
+        io: &mut IoState,
+        kind: PacketKind,
+        packet: &[u8],
+    ) -> Result<Vec<u8>, FrontendError> {
+        if packet.len() > self.max_packet() {
             return Err(FrontendError::CommandTooLarge {
-                len: command.len(),
+                len: packet.len(),
                 capacity: self.max_packet(),
             });
         }
         self.cancel.reset();
         let exchange = async {
             match &self.transport {
-                Transport::V2(page) => self.transmit_v2(page, command).await,
+                Transport::V2(page) => self.transmit_v2(page, kind, packet).await,
                 Transport::V1 {
                     ring,
                     data,
                     entries,
                 } => {
-                    self.transmit_v1(&mut io, ring, data, entries, command)
+                    self.transmit_v1(io, ring, data, entries, kind, packet)
                         .await
                 }
             }
@@ -410,11 +506,7 @@ impl Frontend {
             }
         };
         self.in_flight.store(false, Ordering::Release);
-        let response = result?;
-        if !TpmHeader::read_from_prefix_checked(&response) {
-            return Err(FrontendError::BadResponse);
-        }
-        Ok(response)
+        result
     }
 
     /// Gives up on the command under way after a timeout. v2 asks the backend to cancel it;
@@ -435,13 +527,14 @@ impl Frontend {
     async fn transmit_v2(
         &self,
         page: &V2Page<OwnPage>,
+        kind: PacketKind,
         command: &[u8],
     ) -> Result<Vec<u8>, FrontendError> {
         // An earlier, abandoned command may still be under way: let it end first.
         while matches!(page.state()?, V2State::SUBMIT | V2State::CANCEL) {
             self.event.wait().await?;
         }
-        page.write_command(command, self.locality.load(Ordering::Relaxed))?;
+        page.write_request(command, self.locality.load(Ordering::Relaxed), kind)?;
         self.in_flight.store(true, Ordering::Release);
         page.set_state(V2State::SUBMIT)?;
         self.event.notify()?;
@@ -465,6 +558,7 @@ impl Frontend {
         ring: &OwnPage,
         data: &[OwnPage],
         entries: &v1::Ring,
+        kind: PacketKind,
         command: &[u8],
     ) -> Result<Vec<u8>, FrontendError> {
         if io.v1_outstanding {
@@ -479,6 +573,10 @@ impl Frontend {
                 .and_then(|i| data.get(i).cloned())
                 .ok_or(RingError::Inconsistent("unknown reference"))
         };
+        if self.control {
+            io.v1_number = v1::next_request_number(io.v1_number);
+            v1::write_tag(ring, kind, io.v1_number)?;
+        }
         v1::write_packet(ring, entries, command, by_ref)?;
         io.v1_outstanding = true;
         self.in_flight.store(true, Ordering::Release);

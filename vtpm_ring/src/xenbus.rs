@@ -46,6 +46,9 @@ pub mod keys {
     pub const EVENT_CHANNEL: &str = "event-channel";
     /// Protocol v2 support, "1" when present.
     pub const FEATURE_V2: &str = "feature-protocol-v2";
+    /// `1`: this side carries swtpm control operations on the ring (this crate's extension,
+    /// see [`crate::protocol::PacketKind`]); both sides must write it.
+    pub const FEATURE_CONTROL: &str = "feature-vtpm-control";
     /// Frontend's domain id (backend side).
     pub const FRONTEND_ID: &str = "frontend-id";
     /// Path of the frontend directory (backend side).

@@ -14,9 +14,17 @@
 //! a second device on a connected instance is refused (Closed, with the reason under
 //! `error`), and every refusal clears once the frontend tries again.
 //!
-//! Each protocol's shared-memory side is its own module (`v1`, `v2`); this module holds the
-//! one state machine that drives either.
+//! With `feature-vtpm-control` negotiated (offered when [`BackendConfig::control`] is set), a
+//! frontend may also send swtpm control operations on the ring: the TPM's power (INIT, STOP,
+//! SHUTDOWN) and its established flag reach the instance's engine, everything else is refused
+//! (`control` says which and why). Such a frontend owns its TPM's power: the backend still
+//! sends `Init` before Connected and `Stop` after, but never `TPM2_Startup`, which the guest's
+//! firmware sends after the VMM's INIT.
+//!
+//! Each protocol's shared-memory side is its own module (`v1`, `v2`); `control` decides what
+//! a control request does; this module holds the one state machine that drives them.
 
+mod control;
 mod power;
 mod v1;
 mod v2;
@@ -27,6 +35,11 @@ use crate::deadline;
 use crate::domain::Domain;
 use crate::domain::DomainId;
 use crate::engine::ControlOp;
+use crate::engine::ControlReply;
+use crate::engine::CtrlCmd;
+use crate::engine::CtrlResult;
+use crate::engine::EngineError;
+use crate::engine::ctrl;
 use crate::event::EventChannel;
 use crate::event::EventError;
 use crate::event::Port;
@@ -37,6 +50,7 @@ use crate::manager::MuxClient;
 use crate::manager::MuxRouter;
 use crate::manager::StreamEnd;
 use crate::manager::mux;
+use crate::protocol::PacketKind;
 use crate::protocol::ProtocolVersion;
 use crate::protocol::Protocols;
 use crate::protocol::RingError;
@@ -86,6 +100,8 @@ pub struct BackendConfig {
     /// Most v2 extra pages a frontend may bring. Frontends default to none (as Linux and
     /// mini-os do); accepting some lets a frontend that opts into multi-page packets connect.
     pub max_extra_pages: u8,
+    /// Offer `feature-vtpm-control`: control operations on the ring (see the module docs).
+    pub control: bool,
 }
 
 impl Default for BackendConfig {
@@ -95,6 +111,7 @@ impl Default for BackendConfig {
             reset: ResetPolicy::default(),
             processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
             max_extra_pages: crate::protocol::v2::MAX_EXTRA_PAGES,
+            control: true,
         }
     }
 }
@@ -144,6 +161,7 @@ pub struct BackendStats {
     dropped: AtomicU64,
     cancels: AtomicU64,
     cancel_acks: AtomicU64,
+    controls: AtomicU64,
 }
 
 /// A copy of [`BackendStats`].
@@ -167,6 +185,8 @@ pub struct StatsSnapshot {
     pub cancels: u64,
     /// Cancels acknowledged with IDLE.
     pub cancel_acks: u64,
+    /// Control requests received on the ring (forwarded or answered by the backend).
+    pub controls: u64,
 }
 
 impl BackendStats {
@@ -183,6 +203,7 @@ impl BackendStats {
             dropped: g(&self.dropped),
             cancels: g(&self.cancels),
             cancel_acks: g(&self.cancel_acks),
+            controls: g(&self.controls),
         }
     }
 
@@ -305,8 +326,13 @@ enum Transport {
 enum Doorbell {
     /// Nothing to act on.
     Nothing,
-    /// A command, copied out of shared memory (not validated yet).
-    Request { packet: Vec<u8>, locality: u8 },
+    /// A request, copied out of shared memory (not validated yet). v1 has no locality on
+    /// the wire (`None`): the connection's applies.
+    Request {
+        packet: Vec<u8>,
+        locality: Option<u8>,
+        kind: PacketKind,
+    },
     /// The shared layout does not describe a packet.
     Malformed(RingError),
     /// v2: cancel the command under way.
@@ -341,6 +367,17 @@ impl Transport {
 struct Connection {
     event: EventChannel,
     transport: Transport,
+    version: ProtocolVersion,
+    /// `feature-vtpm-control` negotiated.
+    control: bool,
+    /// v1's locality, set by the frontend's SET_LOCALITY (v2's travels with each command).
+    locality: u8,
+}
+
+/// A validated request on its way to the engine.
+enum Forward {
+    Command { command: Vec<u8>, locality: u8 },
+    Control { cmd: CtrlCmd, op: ControlOp },
 }
 
 /// Why serving stopped.
@@ -430,6 +467,9 @@ async fn serve_device(
     if shared.config.protocols.v2 {
         store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
     }
+    if shared.config.control {
+        store.write(&format!("{dir}/{}", keys::FEATURE_CONTROL), "1")?;
+    }
     write_state(store, dir, XenbusState::INIT_WAIT)?;
     loop {
         // Wait for the frontend to publish its ring.
@@ -448,7 +488,13 @@ async fn serve_device(
         let connected = async {
             let claim = Claim::take(shared, config.instance)?;
             let conn = connect(shared, config)?;
-            power::power_on(&shared.client, config.instance, &shared.config).await?;
+            // A frontend with control owns the power: its VMM's INIT comes next, then the
+            // guest firmware's TPM2_Startup.
+            let reset = match conn.control {
+                true => ResetPolicy::PowerCycleGuestStartup,
+                false => shared.config.reset,
+            };
+            power::power_on(&shared.client, config.instance, &shared.config, reset).await?;
             Ok::<_, BackendError>((claim, conn))
         }
         .await;
@@ -507,6 +553,10 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
     let peer_v2 = store
         .try_read(&format!("{fdir}/{}", keys::FEATURE_V2))?
         .is_some_and(|v| v.trim() == "1");
+    let control = shared.config.control
+        && store
+            .try_read(&format!("{fdir}/{}", keys::FEATURE_CONTROL))?
+            .is_some_and(|v| v.trim() == "1");
     let version = shared
         .config
         .protocols
@@ -524,11 +574,18 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
             domain,
             config.frontend,
             ring_ref,
+            control,
         )?)),
     };
     let event = domain.bind_interdomain(config.frontend, Port(port))?;
-    tracing::debug!(?version, "protocol negotiated");
-    Ok(Connection { event, transport })
+    tracing::debug!(?version, control, "protocol negotiated");
+    Ok(Connection {
+        event,
+        transport,
+        version,
+        control,
+        locality: 0,
+    })
 }
 
 enum Action {
@@ -568,15 +625,17 @@ async fn serve(
                 if let Some(req) =
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
                 {
-                    let (cmd, locality) = req;
                     BackendStats::bump(&shared.stats.requests);
-                    inflight = Some(forward(
-                        shared.client.clone(),
-                        config.instance,
-                        cmd,
-                        locality,
-                        shared.config.processing_timeout,
-                    ));
+                    let timeout = shared.config.processing_timeout;
+                    let client = shared.client.clone();
+                    inflight = Some(match req {
+                        Forward::Command { command, locality } => {
+                            forward(client, config.instance, command, locality, timeout)
+                        }
+                        Forward::Control { cmd, op } => {
+                            forward_control(client, config.instance, cmd, op, timeout)
+                        }
+                    });
                 }
             }
             Action::OwnChanged(alive) => {
@@ -663,6 +722,38 @@ fn forward(
     })
 }
 
+/// Sends a control operation to the manager; the reply (a failure included) goes back as
+/// swtpm's reply bytes.
+fn forward_control(
+    client: MuxClient,
+    instance: u32,
+    cmd: CtrlCmd,
+    op: ControlOp,
+    timeout: Option<Duration>,
+) -> BoxFuture<'static, Vec<u8>> {
+    Box::pin(async move {
+        let reply = match deadline::within(timeout, client.control(instance, op)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                tracing::debug!(instance, error = %e, "control operation failed");
+                Err(match e {
+                    FrameError::ControlFailed(rc) => EngineError::Refused(CtrlResult(rc)),
+                    other => EngineError::Failed(other.to_string()),
+                })
+            }
+            Err(deadline::Elapsed) => {
+                tracing::warn!(
+                    instance,
+                    ?timeout,
+                    "engine did not answer a control in time"
+                );
+                Err(EngineError::Failed("timeout".into()))
+            }
+        };
+        ctrl::encode_reply(cmd, &reply)
+    })
+}
+
 fn validate_response(r: &[u8]) -> bool {
     crate::tpm_header::TpmHeader::read_from_prefix_checked(r)
 }
@@ -674,11 +765,29 @@ fn on_event(
     conn: &mut Connection,
     busy: bool,
     cancel_sent: &mut bool,
-) -> Option<(Vec<u8>, u8)> {
+) -> Option<Forward> {
     let stats = &shared.stats;
     match conn.transport.doorbell(busy) {
         Doorbell::Nothing => None,
-        Doorbell::Request { packet, locality } => check_request(shared, conn, packet, locality),
+        Doorbell::Request {
+            packet,
+            locality,
+            kind,
+        } => {
+            let locality = locality.unwrap_or(conn.locality);
+            match (conn.control, kind) {
+                (false, _) | (true, PacketKind::TPM_COMMAND) => {
+                    check_request(shared, conn, packet, locality)
+                }
+                (true, PacketKind::CONTROL) => check_control(shared, conn, &packet),
+                (true, kind) => {
+                    tracing::debug!(?kind, "request of unknown kind");
+                    BackendStats::bump(&stats.malformed);
+                    respond(shared, conn, &error_response(TpmRc::BAD_TAG));
+                    None
+                }
+            }
+        }
         Doorbell::Malformed(e) => {
             tracing::debug!(error = %e, "request does not fit the shared pages");
             BackendStats::bump(&stats.malformed);
@@ -710,13 +819,30 @@ fn on_event(
     }
 }
 
+/// Decides a control request copied out of shared memory; answers it here unless it goes to
+/// the engine.
+fn check_control(shared: &Shared, conn: &mut Connection, packet: &[u8]) -> Option<Forward> {
+    BackendStats::bump(&shared.stats.controls);
+    let (cmd, decision) = control::decide(packet, conn.version);
+    let reply = match decision {
+        control::Decision::Forward(op) => return Some(Forward::Control { cmd, op }),
+        control::Decision::SetLocality(l) => {
+            conn.locality = l;
+            Ok(ControlReply::Done)
+        }
+        control::Decision::Reply(r) => r,
+    };
+    respond(shared, conn, &ctrl::encode_reply(cmd, &reply));
+    None
+}
+
 /// Validates a request copied out of shared memory; answers it here if malformed.
 fn check_request(
     shared: &Shared,
     conn: &mut Connection,
     packet: Vec<u8>,
     locality: u8,
-) -> Option<(Vec<u8>, u8)> {
+) -> Option<Forward> {
     let rc = if locality > 4 {
         Some(TpmRc::LOCALITY)
     } else {
@@ -725,7 +851,10 @@ fn check_request(
             .map(crate::tpm_header::HeaderError::response_code)
     };
     match rc {
-        None => Some((packet, locality)),
+        None => Some(Forward::Command {
+            command: packet,
+            locality,
+        }),
         Some(rc) => {
             tracing::debug!(
                 ?rc,

@@ -42,6 +42,7 @@ pub(super) async fn power_on(
     client: &MuxClient,
     instance: u32,
     config: &BackendConfig,
+    reset: ResetPolicy,
 ) -> Result<(), BackendError> {
     let timeout = config.processing_timeout;
     let init = ControlOp::Init {
@@ -51,7 +52,7 @@ pub(super) async fn power_on(
         .await
         .map_err(|_| BackendError::ResetTimeout)?
         .map_err(BackendError::Reset)?;
-    if config.reset == ResetPolicy::PowerCycle {
+    if reset == ResetPolicy::PowerCycle {
         let response =
             deadline::within(timeout, client.command(instance, STARTUP_CLEAR.to_vec(), 0))
                 .await
@@ -63,7 +64,7 @@ pub(super) async fn power_on(
             rc => return Err(BackendError::Startup(rc)),
         }
     }
-    tracing::debug!(instance, policy = ?config.reset, "vTPM powered on");
+    tracing::debug!(instance, policy = ?reset, "vTPM powered on");
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 //! doorbell that finds exactly that response there announces nothing: the frontend rang
 //! without writing a command. (A frontend never sends a command byte-identical to the
 //! response it just received: a response's third field is a response code, not a command
-//! code.) Every packet page is mapped only for the copy, by reference, from the
+//! code.) With `feature-vtpm-control` that no longer holds (a control request can equal the
+//! previous control reply), so requests are numbered instead and a doorbell whose number was
+//! already taken announces nothing. Every packet page is mapped only for the copy, by reference, from the
 //! frontend's own grant table, so an entry can never name another domain's page.
 
 use super::Doorbell;
@@ -28,6 +30,10 @@ pub(super) struct V1Transport {
     snapshot: Option<v1::Ring>,
     /// The response last written, while the pages may still hold it.
     last_response: Option<Vec<u8>>,
+    /// `feature-vtpm-control`: requests are numbered (see [`v1`]).
+    numbered: bool,
+    /// The number of the request last taken.
+    last_number: Option<u8>,
 }
 
 impl V1Transport {
@@ -36,8 +42,11 @@ impl V1Transport {
         domain: &Domain,
         frontend: DomainId,
         ring_ref: GrantRef,
+        numbered: bool,
     ) -> Result<Self, super::BackendError> {
         Ok(Self {
+            numbered,
+            last_number: None,
             domain: domain.clone(),
             frontend,
             ring: domain.map_grant(frontend, ring_ref, GrantAccess::ReadWrite)?,
@@ -59,6 +68,17 @@ impl V1Transport {
                 return Doorbell::Nothing;
             }
         };
+        if self.numbered {
+            let number = v1::request_number(&entries);
+            if self.last_number == Some(number) {
+                tracing::debug!(
+                    number,
+                    "v1 doorbell for a request already answered; ignored"
+                );
+                return Doorbell::Nothing;
+            }
+            self.last_number = Some(number);
+        }
         self.snapshot = Some(entries);
         let (domain, frontend) = (&self.domain, self.frontend);
         let packet = v1::packet_len(&entries).and_then(|len| {
@@ -67,16 +87,17 @@ impl V1Transport {
             })
         });
         match packet {
-            Ok(packet) if self.last_response.as_ref() == Some(&packet) => {
+            Ok(packet) if !self.numbered && self.last_response.as_ref() == Some(&packet) => {
                 tracing::debug!("v1 doorbell with our own response in the pages; ignored");
                 Doorbell::Nothing
             }
-            // v1 carries no locality: everything is locality 0.
+            // v1 carries no locality: the connection's applies.
             Ok(packet) => {
                 self.last_response = None;
                 Doorbell::Request {
                     packet,
-                    locality: 0,
+                    locality: None,
+                    kind: v1::packet_kind(&entries),
                 }
             }
             Err(e) => {

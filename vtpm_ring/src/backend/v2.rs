@@ -48,8 +48,12 @@ impl V2Transport {
             }
         };
         match (state, busy) {
-            (V2State::SUBMIT, false) => match self.page.read_packet() {
-                Ok((packet, locality)) => Doorbell::Request { packet, locality },
+            (V2State::SUBMIT, false) => match self.page.read_request() {
+                Ok(r) => Doorbell::Request {
+                    packet: r.packet,
+                    locality: Some(r.locality),
+                    kind: r.kind,
+                },
                 Err(e) => Doorbell::Malformed(e),
             },
             (V2State::CANCEL, true) => Doorbell::Cancel,

@@ -7,9 +7,27 @@
 pub mod v1;
 pub mod v2;
 
+use open_enum::open_enum;
+
 use crate::grant::GrantError;
 use crate::page::PageError;
 use thiserror::Error;
+
+/// What a request on either ring carries. Without `feature-vtpm-control` negotiated every
+/// packet is a TPM command (and the field is ignored, as Linux and mini-os leave it zero);
+/// with it, the frontend marks each request. The field lives outside the packet (v2: the
+/// shared page's padding byte; v1: entry 0's `unused` field), so no packet content, whatever
+/// a guest writes to its TPM, can ever be taken for a control operation.
+#[open_enum]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketKind {
+    /// A TPM command; the response is a TPM response.
+    TPM_COMMAND = 0,
+    /// An swtpm control-channel request, byte for byte as QEMU writes it to swtpm
+    /// ([`crate::engine::ctrl`]); the response is swtpm's reply to it.
+    CONTROL = 1,
+}
 
 /// A protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

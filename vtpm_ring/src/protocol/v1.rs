@@ -5,7 +5,13 @@
 //! unused entries have size 0. Requests and responses travel the same ring, strictly
 //! alternating: the frontend writes a request and notifies, the backend writes the response
 //! into the same pages and notifies back. There is no locality and no cancel on the wire.
-//! `addr` is informational (the frame's address); the backend trusts only `ref`.
+//! `addr` is informational (the frame's address); the backend trusts only `ref`. With
+//! `feature-vtpm-control` negotiated, entry 0's `unused` field tags each request: its low
+//! byte is the [`PacketKind`](super::PacketKind), its high byte a request number (1..=255,
+//! never 0) that changes with every request, so a doorbell that finds the number already
+//! answered is spurious whatever the pages hold (a control request can be byte-identical to
+//! the previous control reply: `STORE_VOLATILE` is `0000000a`, `TPM_BAD_ORDINAL` too). The
+//! backend never writes the field.
 
 use super::RingError;
 use crate::page::PAGE_SIZE;
@@ -25,6 +31,7 @@ pub const ENTRY_SIZE: usize = 16;
 /// Largest packet: every entry's page full.
 pub const MAX_PACKET: usize = RING_SIZE * PAGE_SIZE;
 const SIZE_FIELD_OFFSET: usize = 14;
+const UNUSED_FIELD_OFFSET: usize = 12;
 
 /// `tpmif_tx_request` (x86_64 layout).
 #[repr(C)]
@@ -85,6 +92,27 @@ pub fn write_sizes(ring: &impl PageIo, len: usize) -> Result<(), RingError> {
         ring.write(i * ENTRY_SIZE + SIZE_FIELD_OFFSET, &s.to_le_bytes())?;
     }
     Ok(())
+}
+
+/// Frontend: tags the next request with its kind and number in entry 0's `unused` field.
+pub fn write_tag(ring: &impl PageIo, kind: super::PacketKind, number: u8) -> Result<(), RingError> {
+    let tag = u16::from_le_bytes([kind.0, number]);
+    Ok(ring.write(UNUSED_FIELD_OFFSET, &tag.to_le_bytes())?)
+}
+
+/// The request kind of a ring snapshot (low byte of entry 0's `unused` field).
+pub fn packet_kind(ring: &Ring) -> super::PacketKind {
+    super::PacketKind(ring[0].unused.get().to_le_bytes()[0])
+}
+
+/// The request number of a ring snapshot (high byte of entry 0's `unused` field; 0 = none).
+pub fn request_number(ring: &Ring) -> u8 {
+    ring[0].unused.get().to_le_bytes()[1]
+}
+
+/// The request number after `n`: 1..=255, never 0.
+pub fn next_request_number(n: u8) -> u8 {
+    n.checked_add(1).unwrap_or(1)
 }
 
 /// Checks that the sizes of a ring snapshot describe one packet and returns its length.
@@ -174,6 +202,21 @@ mod tests {
         assert_eq!(packet_len(&ring).unwrap(), 5000);
         ring[5].size = U16::new(1);
         assert!(packet_len(&ring).is_err());
+    }
+
+    #[test]
+    fn the_kind_travels_in_entry_zero_unused_field() {
+        let (ring_page, _pages, _ring) = ring_with_pages();
+        write_tag(&ring_page, crate::protocol::PacketKind::CONTROL, 7).unwrap();
+        let mut raw = [0u8; ENTRY_SIZE];
+        ring_page.read(0, &mut raw).unwrap();
+        // Golden: addr (8), ref 0 (4), unused = kind 1 | number 7 << 8 (LE), size untouched.
+        assert_eq!(&raw[12..14], &[1, 7]);
+        let snap = read_ring(&ring_page).unwrap();
+        assert_eq!(packet_kind(&snap), crate::protocol::PacketKind::CONTROL);
+        assert_eq!(request_number(&snap), 7);
+        assert_eq!(next_request_number(255), 1);
+        assert_eq!(next_request_number(0), 1);
     }
 
     proptest! {

@@ -25,6 +25,9 @@ pub const HEADER_SIZE: usize = 8;
 pub const STATE_OFFSET: usize = 4;
 /// Offset of the `locality` byte.
 pub const LOCALITY_OFFSET: usize = 5;
+/// Offset of the byte Xen's `tpmif.h` leaves as padding: the request's
+/// [`PacketKind`](super::PacketKind) once `feature-vtpm-control` is negotiated.
+pub const KIND_OFFSET: usize = 6;
 /// Most extra pages this implementation accepts (16 pages hold any 64 KiB packet).
 pub const MAX_EXTRA_PAGES: u8 = 16;
 
@@ -53,8 +56,9 @@ pub struct SharedHeader {
     pub state: V2State,
     /// Locality of the command.
     pub locality: u8,
-    /// Padding.
-    pub pad: u8,
+    /// Padding in Xen's `tpmif.h` (Linux leaves it zero); with `feature-vtpm-control`
+    /// negotiated, the frontend's [`PacketKind`](super::PacketKind) of the request.
+    pub kind: u8,
     /// Number of extra pages whose grant references follow.
     pub nr_extra_pages: u8,
 }
@@ -121,7 +125,7 @@ impl<P: PageIo> V2Page<P> {
             length: U32::new(0),
             state: V2State::IDLE,
             locality: 0,
-            pad: 0,
+            kind: 0,
             nr_extra_pages: self.nr_extra,
         };
         let shared = self.shared()?;
@@ -142,10 +146,21 @@ impl<P: PageIo> V2Page<P> {
         Ok(self.shared()?.store_u8(STATE_OFFSET, state.0)?)
     }
 
-    /// Frontend: writes a command, its length and its locality (not the state).
+    /// Frontend: writes a command, its length and its locality (not the state), marked as a
+    /// TPM command.
     pub fn write_command(&self, packet: &[u8], locality: u8) -> Result<(), RingError> {
+        self.write_request(packet, locality, super::PacketKind::TPM_COMMAND)
+    }
+
+    /// Frontend: writes a request of `kind`, its length and its locality (not the state).
+    pub fn write_request(
+        &self,
+        packet: &[u8],
+        locality: u8,
+        kind: super::PacketKind,
+    ) -> Result<(), RingError> {
         self.write_body(packet)?;
-        self.shared()?.write(LOCALITY_OFFSET, &[locality])?;
+        self.shared()?.write(LOCALITY_OFFSET, &[locality, kind.0])?;
         Ok(())
     }
 
@@ -172,6 +187,12 @@ impl<P: PageIo> V2Page<P> {
     /// Copies the packet out: the header is read once, the length checked against the
     /// capacity fixed at setup, then the packet copied once into private memory.
     pub fn read_packet(&self) -> Result<(Vec<u8>, u8), RingError> {
+        self.read_request().map(|r| (r.packet, r.locality))
+    }
+
+    /// [`Self::read_packet`] with the request's kind byte, from the same single read of the
+    /// header.
+    pub fn read_request(&self) -> Result<V2Request, RingError> {
         let mut raw = [0u8; HEADER_SIZE];
         self.shared()?.read(0, &mut raw)?;
         let header = SharedHeader::read_from_bytes(&raw)
@@ -185,8 +206,23 @@ impl<P: PageIo> V2Page<P> {
         }
         let mut packet = vec![0u8; len];
         PageSpan::new(&self.pages).read(packet_offset(self.nr_extra), &mut packet)?;
-        Ok((packet, header.locality))
+        Ok(V2Request {
+            packet,
+            locality: header.locality,
+            kind: super::PacketKind(header.kind),
+        })
     }
+}
+
+/// A request as copied out of the shared page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Request {
+    /// The packet.
+    pub packet: Vec<u8>,
+    /// The locality byte.
+    pub locality: u8,
+    /// The kind byte (meaningful only with `feature-vtpm-control`).
+    pub kind: super::PacketKind,
 }
 
 /// Reads `nr_extra_pages` and the extra grant references from a freshly mapped shared page
@@ -257,6 +293,26 @@ mod tests {
         p.write(7, &[3]).unwrap();
         assert!(read_extra_refs(&p, 2).is_err());
         assert_eq!(read_extra_refs(&p, 3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_kind_travels_in_the_padding_byte_beside_the_locality() {
+        let v = page_set(0);
+        v.write_request(&[7; 12], 3, crate::protocol::PacketKind::CONTROL)
+            .unwrap();
+        let mut raw = [0u8; HEADER_SIZE];
+        v.pages()[0].read(0, &mut raw).unwrap();
+        // Golden: length 12 (LE), state untouched (IDLE), locality 3, kind 1, no extra pages.
+        assert_eq!(raw, [12, 0, 0, 0, 0, 3, 1, 0]);
+        let r = v.read_request().unwrap();
+        assert_eq!(r.kind, crate::protocol::PacketKind::CONTROL);
+        assert_eq!((r.packet, r.locality), (vec![7; 12], 3));
+        // A response rewrites neither.
+        v.write_response(&[1; 20]).unwrap();
+        assert_eq!(
+            v.read_request().unwrap().kind,
+            crate::protocol::PacketKind::CONTROL
+        );
     }
 
     proptest! {
