@@ -73,6 +73,7 @@ pub mod grant;
 pub mod manager;
 pub mod page;
 pub mod protocol;
+pub mod qemu;
 pub mod socket;
 pub mod stack;
 pub mod store;

@@ -143,9 +143,11 @@ where
     }
 }
 
-/// Reads one command framed by its TPM header. `Ok(None)` at a clean end of stream.
-async fn read_command(
-    stream: &mut TcpStream,
+/// Reads one command framed by its TPM header. `Ok(None)` at a clean end of stream;
+/// `Ok(Some(Err(rc)))` for a header whose size is out of range (the stream can no longer be
+/// framed).
+pub(crate) async fn read_command(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     max: usize,
 ) -> std::io::Result<Option<Result<Vec<u8>, TpmRc>>> {
     let mut command = vec![0u8; TPM_HEADER_SIZE];

@@ -20,6 +20,11 @@
 //! crash is usable at once. The backend's own `TPM2_Startup` on connect is then answered
 //! `TPM_RC_INITIALIZE`, which its reset policy accepts.
 //!
+//! Guests for QEMU ([`StackConfig::qemu_sockets`], after the TCP guests) are different: each
+//! frontend negotiates control operations and is served on a unix socket for QEMU's
+//! `-tpmdev emulator` ([`crate::qemu`]); their engines send no `TPM2_Startup` (the guest's
+//! firmware does, after QEMU's INIT), and v2 uses one extra page so a 4096-byte command fits.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), vtpm_ring::stack::StackError> {
 //! use vtpm_ring::stack::{StackConfig, VtpmStack};
@@ -46,6 +51,8 @@ use crate::frontend::FrontendConfig;
 use crate::frontend::FrontendError;
 use crate::manager::VtpmManager;
 use crate::manager::stream_pair;
+use crate::engine::swtpm::Startup;
+use crate::qemu::QemuSocket;
 use crate::socket::TpmSocket;
 use crate::socket::bind_pair;
 use crate::store::StoreError;
@@ -84,6 +91,8 @@ pub struct StackConfig {
     pub frontend: FrontendConfig,
     /// First data port; `None` picks free port pairs.
     pub base_port: Option<u16>,
+    /// One more guest per path, served to QEMU on a unix socket there.
+    pub qemu_sockets: Vec<PathBuf>,
 }
 
 impl StackConfig {
@@ -97,6 +106,7 @@ impl StackConfig {
             backend: BackendConfig::default(),
             frontend: FrontendConfig::default(),
             base_port: None,
+            qemu_sockets: Vec::new(),
         }
     }
 }
@@ -136,6 +146,37 @@ pub struct GuestTpm {
     socket: TpmSocket,
 }
 
+/// One QEMU guest's vTPM: its frontend and the control socket QEMU connects to.
+#[derive(Debug)]
+pub struct QemuGuest {
+    domain: DomainId,
+    instance: u32,
+    frontend: Arc<Frontend>,
+    socket: QemuSocket,
+}
+
+impl QemuGuest {
+    /// The guest domain.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// Its vTPM instance.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// The connected frontend.
+    pub fn frontend(&self) -> &Arc<Frontend> {
+        &self.frontend
+    }
+
+    /// The unix socket for `-chardev socket,path=...`.
+    pub fn path(&self) -> &std::path::Path {
+        self.socket.path()
+    }
+}
+
 impl GuestTpm {
     /// The guest domain.
     pub fn domain(&self) -> DomainId {
@@ -170,10 +211,12 @@ pub struct GuestStatus {
     pub domain: u16,
     /// Its instance's engine.
     pub engine: EngineStatus,
-    /// Data port of its TPM socket.
-    pub data_port: u16,
-    /// Control port of its TPM socket.
-    pub ctrl_port: u16,
+    /// Data port of its TPM socket (none for a QEMU guest).
+    pub data_port: Option<u16>,
+    /// Control port of its TPM socket (none for a QEMU guest).
+    pub ctrl_port: Option<u16>,
+    /// The QEMU control socket of a QEMU guest.
+    pub qemu_socket: Option<PathBuf>,
     /// Protocol version its frontend negotiated.
     pub protocol: String,
 }
@@ -182,6 +225,7 @@ pub struct GuestStatus {
 pub struct VtpmStack {
     host: Host,
     guests: Vec<GuestTpm>,
+    qemu_guests: Vec<QemuGuest>,
     engines: BTreeMap<u32, Arc<SwtpmEngine>>,
     backend: tokio::task::JoinHandle<()>,
 }
@@ -198,20 +242,31 @@ impl std::fmt::Debug for VtpmStack {
 impl VtpmStack {
     /// Brings the host up: engines, backend and manager, guests, frontends, sockets.
     pub async fn start(config: StackConfig) -> Result<Self, StackError> {
-        if config.guests > MAX_GUESTS {
+        let total = usize::from(config.guests) + config.qemu_sockets.len();
+        if total > usize::from(MAX_GUESTS) {
             return Err(StackError::Config(format!("at most {MAX_GUESTS} guests")));
         }
-        let instances: Vec<u32> = (0..u32::from(config.guests))
+        let tcp_guests = usize::from(config.guests);
+        // Checked above: fits in u32.
+        let instances: Vec<u32> = (0..total as u32)
             .map(|i| config.first_instance.checked_add(i))
             .collect::<Option<_>>()
             .filter(|v: &Vec<u32>| v.iter().all(|&i| i <= crate::manager::MAX_INSTANCE))
             .ok_or_else(|| StackError::Config("instance ids out of range".into()))?;
         std::fs::create_dir_all(&config.state_root)?;
         let dirs = StateDirs::new(&config.state_root);
+        let engine_config = |index: usize| {
+            let mut c = config.swtpm.clone();
+            if index >= tcp_guests {
+                c.startup = Startup::None;
+            }
+            c
+        };
         let started = futures::future::join_all(
             instances
                 .iter()
-                .map(|&i| SwtpmEngine::start(i, &dirs, config.swtpm.clone())),
+                .enumerate()
+                .map(|(n, &i)| SwtpmEngine::start(i, &dirs, engine_config(n))),
         )
         .await;
         let mut engines = BTreeMap::new();
@@ -258,9 +313,28 @@ impl VtpmStack {
         let mut stack = Self {
             host,
             guests: Vec::new(),
+            qemu_guests: Vec::new(),
             engines,
             backend,
         };
+        let qemu_domains = domains.split_off(tcp_guests);
+        for ((_, instance, domain, guest), path) in qemu_domains.into_iter().zip(&config.qemu_sockets)
+        {
+            let front_config = FrontendConfig {
+                control: true,
+                extra_pages: config.frontend.extra_pages.max(1),
+                ..config.frontend
+            };
+            let frontend = Arc::new(Frontend::connect(&guest, front_config).await?);
+            let socket = QemuSocket::serve(frontend.clone(), QemuSocket::bind(path)?)?;
+            tracing::info!(%domain, instance, path = %path.display(), "QEMU guest vTPM served");
+            stack.qemu_guests.push(QemuGuest {
+                domain,
+                instance,
+                frontend,
+                socket,
+            });
+        }
         for (i, instance, domain, guest) in domains {
             let frontend = Arc::new(Frontend::connect(&guest, config.frontend).await?);
             let base = match config.base_port {
@@ -293,6 +367,11 @@ impl VtpmStack {
         &self.guests
     }
 
+    /// The QEMU guests, in domain order (after the TCP guests).
+    pub fn qemu_guests(&self) -> &[QemuGuest] {
+        &self.qemu_guests
+    }
+
     /// The engine of `instance`.
     pub fn engine(&self, instance: u32) -> Option<&Arc<SwtpmEngine>> {
         self.engines.get(&instance)
@@ -308,8 +387,22 @@ impl VtpmStack {
             out.push(GuestStatus {
                 domain: g.domain.0,
                 engine: engine.status().await,
-                data_port: g.data_addr().port(),
-                ctrl_port: g.ctrl_addr().port(),
+                data_port: Some(g.data_addr().port()),
+                ctrl_port: Some(g.ctrl_addr().port()),
+                qemu_socket: None,
+                protocol: format!("{:?}", g.frontend.protocol()),
+            });
+        }
+        for g in &self.qemu_guests {
+            let Some(engine) = self.engines.get(&g.instance) else {
+                continue;
+            };
+            out.push(GuestStatus {
+                domain: g.domain.0,
+                engine: engine.status().await,
+                data_port: None,
+                ctrl_port: None,
+                qemu_socket: Some(g.path().to_path_buf()),
                 protocol: format!("{:?}", g.frontend.protocol()),
             });
         }
@@ -320,18 +413,26 @@ impl VtpmStack {
     /// SHUTDOWN). Reports the first failure after trying everything.
     pub async fn shutdown(self) -> Result<(), StackError> {
         let mut first: Option<StackError> = None;
+        let mut leaving = Vec::new();
         for guest in self.guests {
             guest.socket.stop().await;
-            match Arc::try_unwrap(guest.frontend) {
+            leaving.push((guest.domain, guest.frontend));
+        }
+        for guest in self.qemu_guests {
+            guest.socket.stop().await;
+            leaving.push((guest.domain, guest.frontend));
+        }
+        for (domain, frontend) in leaving {
+            match Arc::try_unwrap(frontend) {
                 Ok(frontend) => match tokio::time::timeout(CLOSE_TIMEOUT, frontend.close()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         first.get_or_insert(e.into());
                     }
-                    Err(_) => tracing::warn!(domain = %guest.domain, "frontend close timed out"),
+                    Err(_) => tracing::warn!(%domain, "frontend close timed out"),
                 },
                 Err(_) => {
-                    tracing::warn!(domain = %guest.domain, "frontend still in use; not closed");
+                    tracing::warn!(%domain, "frontend still in use; not closed");
                 }
             }
         }

@@ -7,6 +7,11 @@
 //!   port). It prints each guest's ports, then serves until Ctrl-C (or SIGTERM), when it
 //!   closes the frontends and stops every swtpm the planned way (STORE_VOLATILE, SHUTDOWN),
 //!   so the next `run` on the same state directory gives each guest its TPM back.
+//! - `vtpmctl run --qemu-socket PATH` (repeatable) adds one guest per PATH, after the TCP
+//!   guests (`--domains` defaults to 0 then), whose frontend is served to QEMU as swtpm on a
+//!   unix socket there: `qemu-system-x86_64 ... -chardev socket,id=chrtpm,path=PATH -tpmdev
+//!   emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0`. The guest's power
+//!   operations and TPM commands go through the ring to that instance's swtpm.
 //! - `vtpmctl list` asks the `run` serving a state directory for its guests, instances, engine
 //!   states and ports. `run` answers on a unix socket, `<state-dir>/vtpmctl.sock`: a client
 //!   connects and reads one JSON document until end of stream. With no `run` serving, `list`
@@ -66,9 +71,14 @@ enum Protocol {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Guest domains to create, each with its own vTPM instance.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    domains: u16,
+    /// Guest domains served as TPM sockets, each with its own vTPM instance (default 1, or 0
+    /// with --qemu-socket).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    domains: Option<u16>,
+    /// Serve one more guest to QEMU's `-tpmdev emulator` on a unix socket at PATH
+    /// (repeatable: one guest and instance per socket).
+    #[arg(long, value_name = "PATH")]
+    qemu_socket: Vec<PathBuf>,
     /// Directory of the instances' state (created if missing).
     #[arg(long, default_value = "vtpm-state")]
     state_dir: PathBuf,
@@ -134,7 +144,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&socket_path)
         .with_context(|| format!("binding {}", socket_path.display()))?;
 
-    let mut config = StackConfig::new(&args.state_dir, args.domains);
+    let domains = args
+        .domains
+        .unwrap_or(if args.qemu_socket.is_empty() { 1 } else { 0 });
+    if domains == 0 && args.qemu_socket.is_empty() {
+        bail!("nothing to serve: give --domains 1 or more, or --qemu-socket");
+    }
+    let mut config = StackConfig::new(&args.state_dir, domains);
+    config.qemu_sockets = args.qemu_socket;
     config.base_port = (args.base_port != 0).then_some(args.base_port);
     config.swtpm.binary = args.swtpm;
     config.swtpm.startup = if args.no_startup {
@@ -162,6 +179,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             g.data_addr(),
             g.ctrl_addr(),
             g.data_addr().port()
+        );
+    }
+    for g in stack.qemu_guests() {
+        println!(
+            "domain {} instance {} qemu {}  -chardev socket,id=chrtpm,path={} -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0",
+            g.domain(),
+            g.instance(),
+            g.path().display(),
+            g.path().display()
         );
     }
     println!("ready; Ctrl-C stops and saves state");
