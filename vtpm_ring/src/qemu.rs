@@ -217,7 +217,10 @@ impl Session {
     /// Answers one request; `fds` are the descriptors that came with it (closed unless it is
     /// SET_DATAFD and they are what it needs).
     async fn answer(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> (Vec<u8>, After) {
-        let Some(cmd) = bytes.first_chunk::<4>().map(|c| CtrlCmd(u32::from_be_bytes(*c))) else {
+        let Some(cmd) = bytes
+            .first_chunk::<4>()
+            .map(|c| CtrlCmd(u32::from_be_bytes(*c)))
+        else {
             tracing::debug!(len = bytes.len(), "control request shorter than a command");
             let reply = Err(EngineError::Refused(CtrlResult::BAD_PARAMETER));
             return (ctrl::encode_reply(CtrlCmd(0), &reply), After::Continue);
@@ -391,7 +394,11 @@ fn data_socket(fd: OwnedFd) -> Result<UnixStream, &'static str> {
 }
 
 /// Receives once, keeping any descriptors that came along.
-async fn recv(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
+async fn recv(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
     loop {
         stream.readable().await?;
         let received = stream.try_io(Interest::READABLE, || {

@@ -42,6 +42,7 @@ use crate::domain::DomainId;
 use crate::domain::Host;
 use crate::engine::EngineError;
 use crate::engine::swtpm::EngineStatus;
+use crate::engine::swtpm::Startup;
 use crate::engine::swtpm::StateDirs;
 use crate::engine::swtpm::SwtpmConfig;
 use crate::engine::swtpm::SwtpmEngine;
@@ -51,7 +52,6 @@ use crate::frontend::FrontendConfig;
 use crate::frontend::FrontendError;
 use crate::manager::VtpmManager;
 use crate::manager::stream_pair;
-use crate::engine::swtpm::Startup;
 use crate::qemu::QemuSocket;
 use crate::socket::TpmSocket;
 use crate::socket::bind_pair;
@@ -318,7 +318,8 @@ impl VtpmStack {
             backend,
         };
         let qemu_domains = domains.split_off(tcp_guests);
-        for ((_, instance, domain, guest), path) in qemu_domains.into_iter().zip(&config.qemu_sockets)
+        for ((_, instance, domain, guest), path) in
+            qemu_domains.into_iter().zip(&config.qemu_sockets)
         {
             let front_config = FrontendConfig {
                 control: true,

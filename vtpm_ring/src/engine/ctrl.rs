@@ -16,7 +16,8 @@
 //! blob. The same encoding is the payload of the manager stream's control frames.
 //!
 //! Not carried (swtpm has them, this crate neither sends nor serves them): HASH_START/DATA/END
-//! (the D-RTM hash interface), SET_DATAFD (a unix-socket fd pass) and GET_INFO.
+//! (the D-RTM hash interface) and GET_INFO. SET_DATAFD passes a descriptor, so it never
+//! decodes as a request: only [`crate::qemu`] serves it, with the descriptor in hand.
 
 use super::ControlOp;
 use super::ControlReply;
@@ -672,7 +673,8 @@ pub fn encode_reply(cmd: CtrlCmd, reply: &Result<ControlReply, EngineError>) -> 
             | CtrlCmd::STORE_VOLATILE
             | CtrlCmd::RESET_TPMESTABLISHED
             | CtrlCmd::SET_STATEBLOB
-            | CtrlCmd::STOP,
+            | CtrlCmd::STOP
+            | CtrlCmd::SET_DATAFD,
             Ok(ControlReply::Done),
         ) => ResultReply { result: ok }.as_bytes().to_vec(),
         (_, Ok(other)) => {

@@ -513,8 +513,13 @@ impl SwtpmEngine {
     }
 
     /// The planned stop: STORE_VOLATILE (so the volatile state is on disk), then SHUTDOWN
-    /// (swtpm writes its state and exits). The next INIT starts swtpm again.
+    /// (swtpm writes its state and exits). The next INIT starts swtpm again. An engine already
+    /// shut down the orderly way (a VMM's SHUTDOWN) has nothing left to do.
     pub async fn save_and_shutdown(&self) -> Result<(), EngineError> {
+        // Already shut down the orderly way (a VMM's SHUTDOWN through the ring): done.
+        if self.slot.lock().await.state == EngineState::ShutDown {
+            return Ok(());
+        }
         match self.control_op(ControlOp::StoreVolatile).await {
             // A stopped TPM has no volatile state to store.
             Ok(_) | Err(EngineError::Refused(CtrlResult::BAD_ORDINAL)) => {}
