@@ -90,6 +90,13 @@ const APT_TOOLS: &[AptTool] = &[
     },
 ];
 
+/// Packages taken from Debian bookworm's backports: bookworm's own QEMU is 7.2; the
+/// references (`qemu_tpm.md`, `igvm.md`) were checked with bookworm-backports' QEMU 10.
+const BOOKWORM_BACKPORTS: &[&str] = &["qemu-system-x86"];
+const BACKPORTS_SUITE: &str = "bookworm-backports";
+/// Where `deps` adds the backports suite when apt does not know it yet.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/xtask-bookworm-backports.sources";
+
 /// A PyPI package and the module that shows it is importable.
 struct PipPackage {
     package: &'static str,
@@ -117,6 +124,24 @@ pub(crate) fn run(args: &DepsArgs) -> Result<()> {
             missing.extend(packages.iter().map(|p| format!("apt:{p}")));
         } else {
             apt_install(&packages)?;
+        }
+    }
+
+    if os_codename().as_deref() == Some("bookworm") {
+        for package in BOOKWORM_BACKPORTS {
+            let backported = installed_version(package).is_some_and(|v| v.contains("~bpo"));
+            println!(
+                "deps: {:<14} {:<8} (from {BACKPORTS_SUITE})",
+                package,
+                if backported { "ok" } else { "missing" }
+            );
+            if !backported {
+                if args.check {
+                    missing.push(format!("apt:{package}/{BACKPORTS_SUITE}"));
+                } else {
+                    backports_install(package)?;
+                }
+            }
         }
     }
 
@@ -174,6 +199,98 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Installs `package` from bookworm-backports, first adding that suite (on the same mirror as
+/// the system's bookworm source) when apt does not know it.
+fn backports_install(package: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{package} should come from {BACKPORTS_SUITE}; rerun as root, or install it with \
+             `apt-get install -t {BACKPORTS_SUITE} {package}`"
+        );
+    }
+    let known = Command::new("apt-cache")
+        .arg("policy")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BACKPORTS_SUITE));
+    if !known {
+        let (uri, signed_by) = bookworm_source()?;
+        let mut source =
+            format!("Types: deb\nURIs: {uri}\nSuites: {BACKPORTS_SUITE}\nComponents: main\n");
+        if let Some(key) = signed_by {
+            source.push_str(&format!("Signed-By: {key}\n"));
+        }
+        println!("deps: adding {BACKPORTS_SUITE} from {uri} as {BACKPORTS_SOURCE}");
+        std::fs::write(BACKPORTS_SOURCE, source)?;
+    }
+    println!("deps: installing {package} from {BACKPORTS_SUITE}");
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "-t"])
+            .arg(BACKPORTS_SUITE)
+            .arg(package)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The mirror (and signing key) of the system's own bookworm source, from deb822 files or the
+/// one-line `sources.list`.
+fn bookworm_source() -> Result<(String, Option<String>)> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "sources"))
+    {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| {
+                stanza.lines().find_map(|l| {
+                    l.strip_prefix(name)
+                        .and_then(|r| r.strip_prefix(':'))
+                        .map(|v| v.trim().to_owned())
+                })
+            };
+            let suites = field("Suites").unwrap_or_default();
+            if suites.split_whitespace().any(|s| s == "bookworm")
+                && let Some(uri) = field("URIs")
+            {
+                let uri = uri.split_whitespace().next().unwrap_or_default().to_owned();
+                return Ok((uri, field("Signed-By")));
+            }
+        }
+    }
+    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    for line in list.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["deb", uri, "bookworm", ..] = words.as_slice() {
+            return Ok(((*uri).to_owned(), None));
+        }
+    }
+    bail!("no apt source for bookworm found to add {BACKPORTS_SUITE} beside")
+}
+
+fn os_codename() -> Option<String> {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn pip_install(package: &str) -> Result<()> {
