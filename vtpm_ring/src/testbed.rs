@@ -156,6 +156,15 @@ impl RawFrontend {
     /// Lays out `version`'s pages for device 0 of `guest` and publishes them (state
     /// Initialised); the backend connects once it runs.
     pub fn publish(guest: &Domain, version: ProtocolVersion) -> Result<Self, RawError> {
+        Self::publish_with(guest, version, false)
+    }
+
+    /// [`Self::publish`], asking for `feature-vtpm-control` when `control` is set.
+    pub fn publish_with(
+        guest: &Domain,
+        version: ProtocolVersion,
+        control: bool,
+    ) -> Result<Self, RawError> {
         let n = match version {
             ProtocolVersion::V1 => 1 + v1::RING_SIZE,
             ProtocolVersion::V2 => 2,
@@ -206,6 +215,9 @@ impl RawFrontend {
         )?;
         if version == ProtocolVersion::V2 {
             store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
+        }
+        if control {
+            store.write(&format!("{dir}/{}", keys::FEATURE_CONTROL), "1")?;
         }
         write_state(&store, &dir, XenbusState::INITIALISED)?;
         Ok(Self {

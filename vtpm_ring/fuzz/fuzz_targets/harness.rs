@@ -8,6 +8,7 @@ use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::page::PAGE_SIZE;
 use vtpm_ring::page::PageIo;
+use vtpm_ring::protocol::PacketKind;
 use vtpm_ring::protocol::ProtocolVersion;
 use vtpm_ring::testbed::BACKEND_DOMAIN;
 use vtpm_ring::testbed::RawFrontend;
@@ -16,6 +17,8 @@ use vtpm_ring::xenbus::XenbusState;
 use vtpm_ring::xenbus::backend_dir;
 use vtpm_ring::xenbus::read_state;
 
+/// TPM2_Startup(CLEAR).
+const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
 /// TPM2_GetRandom(8).
 pub const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 
@@ -38,6 +41,9 @@ pub enum Op {
     Run,
     /// Submit a well-formed GetRandom the protocol's way and notify.
     Valid,
+    /// Submit these bytes as a control request, tagged the protocol's way, and notify (a
+    /// shortcut to the control path; raw writes can tag requests too).
+    Control(Vec<u8>),
 }
 
 /// The running system.
@@ -46,15 +52,19 @@ pub struct Harness {
     bed: Testbed,
     pub raw: RawFrontend,
     pub version: ProtocolVersion,
+    /// `feature-vtpm-control` negotiated.
+    pub control: bool,
+    /// v1 with control: the last request number used.
+    number: u8,
     state_of_backend: Box<dyn Fn() -> XenbusState>,
 }
 
 impl Harness {
-    pub fn new(version: ProtocolVersion) -> Harness {
+    pub fn new(version: ProtocolVersion, control: bool) -> Harness {
         let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
         let guest = bed.add_guest(DomainId(2)).unwrap();
         bed.add_device(guest.id(), 0, 1).unwrap();
-        let raw = RawFrontend::publish(&guest, version).unwrap();
+        let raw = RawFrontend::publish_with(&guest, version, control).unwrap();
         let mut pool = LocalPool::new();
         pool.spawner().spawn_local(run).unwrap();
         pool.run_until_stalled();
@@ -67,6 +77,8 @@ impl Harness {
             bed,
             raw,
             version,
+            control,
+            number: 0,
             state_of_backend,
         }
     }
@@ -102,29 +114,44 @@ impl Harness {
             }
             Op::Run => self.run(),
             Op::Valid => {
-                self.submit_valid();
+                self.submit(PacketKind::TPM_COMMAND, &GET_RANDOM_8);
+            }
+            Op::Control(bytes) => {
+                let len = bytes.len().min(PAGE_SIZE - 12);
+                self.submit(PacketKind::CONTROL, &bytes[..len]);
             }
         }
     }
 
-    /// Writes a well-formed GetRandom (restoring the layout it needs) and notifies.
-    fn submit_valid(&self) {
+    /// Writes a request of `kind` (restoring the layout it needs) and notifies. `packet` fits
+    /// one page.
+    fn submit(&mut self, kind: PacketKind, packet: &[u8]) {
         let shared = &self.raw.pages[0];
         match self.version {
             ProtocolVersion::V2 => {
                 // Packet offset is fixed at connect time: 8 + 4 * 1 extra page.
-                shared.write(12, &GET_RANDOM_8).unwrap();
-                shared.write(0, &12u32.to_le_bytes()).unwrap();
-                shared.write(5, &[0]).unwrap();
+                shared.write(12, packet).unwrap();
+                shared
+                    .write(0, &(packet.len() as u32).to_le_bytes())
+                    .unwrap();
+                shared.write(5, &[0, kind.0]).unwrap();
                 shared.store_u8(4, 1).unwrap();
             }
             ProtocolVersion::V1 => {
                 for (i, g) in self.raw.grants.iter().skip(1).enumerate() {
                     shared.write(i * 16 + 8, &g.0.to_le_bytes()).unwrap();
-                    let size: u16 = if i == 0 { 12 } else { 0 };
+                    let size = if i == 0 { packet.len() as u16 } else { 0 };
                     shared.write(i * 16 + 14, &size.to_le_bytes()).unwrap();
                 }
-                self.raw.pages[1].write(0, &GET_RANDOM_8).unwrap();
+                if self.control {
+                    // A number the backend has not taken: whatever the fuzzer wrote there,
+                    // the next one differs from the field's current value.
+                    let mut tag = [0u8; 2];
+                    shared.read(12, &mut tag).unwrap();
+                    self.number = vtpm_ring::protocol::v1::next_request_number(tag[1]);
+                    shared.write(12, &[kind.0, self.number]).unwrap();
+                }
+                self.raw.pages[1].write(0, packet).unwrap();
             }
         }
         let _ = self.raw.event.notify();
@@ -159,7 +186,20 @@ impl Harness {
     pub fn check_still_serves(&mut self) {
         self.run();
         assert_eq!((self.state_of_backend)(), XenbusState::CONNECTED);
-        self.submit_valid();
+        if self.control {
+            // The fuzzer may have stopped or shut the TPM down through the ring: power it on
+            // again the same way, as a VMM would after a reset.
+            self.submit(PacketKind::CONTROL, &[0, 0, 0, 2, 0, 0, 0, 1]);
+            self.run();
+            assert_eq!(
+                self.packet_in_pages(),
+                [0, 0, 0, 0],
+                "INIT through the ring failed"
+            );
+            self.submit(PacketKind::TPM_COMMAND, &STARTUP_CLEAR);
+            self.run();
+        }
+        self.submit(PacketKind::TPM_COMMAND, &GET_RANDOM_8);
         self.run();
         if self.version == ProtocolVersion::V2 {
             let state = self.raw.pages[0].load_u8(4).unwrap();
