@@ -22,11 +22,13 @@
 //!   on disk, control channel as QEMU drives it) and [`SimTpm`](engine::SimTpm), an in-process
 //!   TPM 2.0 subset for unit tests and fuzzing.
 //! - [`socket`]: a guest's frontend served as a TPM socket for tpm2-tools' `swtpm:` TCTI.
+//! - [`qemu`]: a guest's frontend served to QEMU's `-tpmdev emulator` as if it were swtpm,
+//!   with the TPM's power carried over the ring (`feature-vtpm-control`).
 //! - [`stack`]: a whole host with swtpm engines and served guests (what `vtpmctl run` runs).
 //! - [`testbed`]: a ready host with a backend, for examples, tests, benches and fuzzing.
 //!
 //! - `vtpmctl` (a binary): `vtpmctl run --domains N` serves N guests' vTPMs as TPM sockets,
-//!   `vtpmctl list` shows them.
+//!   `--qemu-socket PATH` serves one more to QEMU, `vtpmctl list` shows them.
 //!
 //! For real TPMs (swtpm, tpm2-tools), start from [`stack::VtpmStack`] (tokio). The ring
 //! itself is plain `futures`: no executor is required, as this in-process example shows:
