@@ -105,6 +105,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 exec 0</dev/console 1>/dev/console 2>&1
+echo "VTPM-GUEST driver $(dmesg | grep -m1 'tpm_tis.*TPM')"
 echo "VTPM-GUEST version $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none)"
 printf '\200\001\000\000\000\014\000\000\001\173\000\020' > /tmp/cmd
 exec 3<>/dev/tpm0
@@ -176,7 +177,7 @@ impl Guest {
             .arg(&tools.kernel)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=6"])
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
             .arg("-smbios")
             .arg(format!("type=1,serial={name}"))
             .arg("-chardev")
@@ -262,6 +263,9 @@ impl Guest {
 
     /// Checks what one boot printed: a TPM 2.0 and a successful GetRandom(16).
     async fn booted_with_tpm(&mut self) {
+        // The driver's own line, e.g. `tpm_tis MSFT0101:00: 2.0 TPM (device-id 0x1, rev-id 1)`.
+        let driver = self.expect("driver").await;
+        assert!(driver.contains("tpm_tis") && driver.contains("2.0 TPM"), "{driver}");
         assert_eq!(self.expect("version").await, "2", "kernel's TPM version");
         let reply = self.expect("getrandom").await;
         // tag 8001, size 0x1c, TPM_RC_SUCCESS, 16 random bytes.
