@@ -30,7 +30,8 @@
 //! A malformed request gets swtpm's code (`TPM_BAD_PARAMETER` for a wrong size, after waiting
 //! at most 500 ms for the rest, as swtpm waits); a command the ring fails to deliver gets
 //! `TPM_RC_FAILURE` on the data channel, a control operation `TPM_FAIL`. One QEMU is served
-//! at a time, like swtpm; the next may connect when it has gone.
+//! at a time: a connection made while another is served is closed at once (it sees end of
+//! stream, never a silent wait); the next may connect when the first has gone.
 
 use crate::engine::Capabilities;
 use crate::engine::ControlOp;
@@ -144,9 +145,23 @@ async fn accept(
         };
         tracing::info!("QEMU connected to the vTPM control socket");
         let mut session = Session::new(frontend.clone());
-        let stopping = tokio::select! {
-            () = session.serve(stream) => false,
-            _ = stop.changed() => true,
+        let stopping = {
+            let serving = session.serve(stream);
+            tokio::pin!(serving);
+            loop {
+                tokio::select! {
+                    () = &mut serving => break false,
+                    _ = stop.changed() => break true,
+                    // One VMM at a time, like swtpm: a second connection is closed at once
+                    // rather than left waiting.
+                    other = listener.accept() => {
+                        if let Ok((extra, _)) = other {
+                            tracing::warn!("a second control connection refused while one is served");
+                            drop(extra);
+                        }
+                    }
+                }
+            }
         };
         session.close().await;
         tracing::info!("QEMU control connection ended");

@@ -265,7 +265,10 @@ impl Guest {
     async fn booted_with_tpm(&mut self) {
         // The driver's own line, e.g. `tpm_tis MSFT0101:00: 2.0 TPM (device-id 0x1, rev-id 1)`.
         let driver = self.expect("driver").await;
-        assert!(driver.contains("tpm_tis") && driver.contains("2.0 TPM"), "{driver}");
+        assert!(
+            driver.contains("tpm_tis") && driver.contains("2.0 TPM"),
+            "{driver}"
+        );
         assert_eq!(self.expect("version").await, "2", "kernel's TPM version");
         let reply = self.expect("getrandom").await;
         // tag 8001, size 0x1c, TPM_RC_SUCCESS, 16 random bytes.

@@ -188,6 +188,17 @@ async fn a_hostile_peer_gets_swtpm_codes_and_never_a_hang() {
     let path = stack.qemu_guests()[0].path().to_path_buf();
     let mut peer = Peer::connect(&path);
 
+    // A second connection while this one is served is closed at once.
+    let mut second = Peer::connect(&path);
+    // The write may already find the connection closed.
+    let _ = second.0.write_all(&GET_CAPABILITY.to_be_bytes());
+    let mut byte = [0u8; 1];
+    let refused = match second.0.read(&mut byte) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(refused, "second control connection was served");
+
     // Unknown, not carried, and not advertised commands: TPM_BAD_ORDINAL.
     for cmd in [0x77, HASH_START, 0x12] {
         peer.request(cmd, &[]);
