@@ -43,9 +43,7 @@ use crate::engine::ctrl;
 use crate::engine::ctrl::BufferSizes;
 use crate::frontend::Frontend;
 use crate::protocol::ProtocolVersion;
-use crate::socket::read_command;
-use crate::tpm_header::TpmRc;
-use crate::tpm_header::error_response;
+use crate::socket::serve_commands;
 use rustix::fs::FileType;
 use rustix::net::AddressFamily;
 use rustix::net::RecvAncillaryBuffer;
@@ -466,35 +464,13 @@ async fn read_request(
     Ok(got)
 }
 
-/// The data channel: one TPM command at a time through the frontend, each response in one
-/// write.
-async fn serve_data(frontend: Arc<Frontend>, mut stream: UnixStream, buffer: Arc<AtomicU32>) {
-    loop {
-        let max = usize::try_from(buffer.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-        let command = match read_command(&mut stream, max.min(frontend.max_packet())).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "data channel read failed");
-                return;
-            }
-        };
-        let (response, keep) = match command {
-            Ok(c) => match frontend.transmit(&c).await {
-                Ok(r) => (r, true),
-                Err(e) => {
-                    tracing::warn!(error = %e, "vTPM command through the ring failed");
-                    (error_response(TpmRc::FAILURE), true)
-                }
-            },
-            Err(rc) => (error_response(rc), false),
-        };
-        if let Err(e) = stream.write_all(&response).await {
-            tracing::debug!(error = %e, "data channel write failed");
-            return;
-        }
-        if !keep {
-            return;
-        }
-    }
+/// The data channel: one TPM command at a time through the frontend, at most the buffer size
+/// QEMU set, each response in one write.
+async fn serve_data(frontend: Arc<Frontend>, stream: UnixStream, buffer: Arc<AtomicU32>) {
+    let max = || {
+        usize::try_from(buffer.load(Ordering::Relaxed))
+            .unwrap_or(usize::MAX)
+            .min(frontend.max_packet())
+    };
+    serve_commands(&frontend, stream, max).await;
 }

@@ -146,7 +146,7 @@ where
 /// Reads one command framed by its TPM header. `Ok(None)` at a clean end of stream;
 /// `Ok(Some(Err(rc)))` for a header whose size is out of range (the stream can no longer be
 /// framed).
-pub(crate) async fn read_command(
+async fn read_command(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     max: usize,
 ) -> std::io::Result<Option<Result<Vec<u8>, TpmRc>>> {
@@ -169,9 +169,21 @@ pub(crate) async fn read_command(
     Ok(Some(Ok(command)))
 }
 
-async fn serve_data(frontend: Arc<Frontend>, mut stream: TcpStream) {
+async fn serve_data(frontend: Arc<Frontend>, stream: TcpStream) {
+    serve_commands(&frontend, stream, || frontend.max_packet()).await;
+}
+
+/// Serves raw TPM commands on `stream` through `frontend` until the peer leaves: each
+/// command framed by its header (at most `max()` bytes), each response in one write. A
+/// command the ring fails to deliver gets `TPM_RC_FAILURE`; an unframeable one
+/// `TPM_RC_COMMAND_SIZE`, and the stream ends.
+pub(crate) async fn serve_commands(
+    frontend: &Frontend,
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    max: impl Fn() -> usize,
+) {
     loop {
-        let command = match read_command(&mut stream, frontend.max_packet()).await {
+        let command = match read_command(&mut stream, max()).await {
             Ok(Some(c)) => c,
             Ok(None) => return,
             Err(e) => {

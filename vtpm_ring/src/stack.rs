@@ -380,31 +380,27 @@ impl VtpmStack {
 
     /// A snapshot of every guest.
     pub async fn status(&self) -> Vec<GuestStatus> {
-        let mut out = Vec::with_capacity(self.guests.len());
-        for g in &self.guests {
-            let Some(engine) = self.engines.get(&g.instance) else {
+        // (domain, instance, frontend, data and control ports, QEMU socket)
+        let tcp = self.guests.iter().map(|g| {
+            let ports = (Some(g.data_addr().port()), Some(g.ctrl_addr().port()));
+            (g.domain, g.instance, &g.frontend, ports, None)
+        });
+        let qemu = self.qemu_guests.iter().map(|g| {
+            let socket = Some(g.path().to_path_buf());
+            (g.domain, g.instance, &g.frontend, (None, None), socket)
+        });
+        let mut out = Vec::with_capacity(self.guests.len() + self.qemu_guests.len());
+        for (domain, instance, frontend, (data_port, ctrl_port), qemu_socket) in tcp.chain(qemu) {
+            let Some(engine) = self.engines.get(&instance) else {
                 continue;
             };
             out.push(GuestStatus {
-                domain: g.domain.0,
+                domain: domain.0,
                 engine: engine.status().await,
-                data_port: Some(g.data_addr().port()),
-                ctrl_port: Some(g.ctrl_addr().port()),
-                qemu_socket: None,
-                protocol: format!("{:?}", g.frontend.protocol()),
-            });
-        }
-        for g in &self.qemu_guests {
-            let Some(engine) = self.engines.get(&g.instance) else {
-                continue;
-            };
-            out.push(GuestStatus {
-                domain: g.domain.0,
-                engine: engine.status().await,
-                data_port: None,
-                ctrl_port: None,
-                qemu_socket: Some(g.path().to_path_buf()),
-                protocol: format!("{:?}", g.frontend.protocol()),
+                data_port,
+                ctrl_port,
+                qemu_socket,
+                protocol: format!("{:?}", frontend.protocol()),
             });
         }
         out
