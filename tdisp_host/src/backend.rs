@@ -35,6 +35,12 @@ pub enum BackendError {
 pub trait TdiBackend: Send {
     /// Whether the device speaks TDISP (decides the negotiated protocol).
     fn is_tdisp_capable(&self) -> bool;
+    /// Whether the device is reached through an SPDM secured session, so that the
+    /// `Measurements` report is session evidence (advertised to the guest as
+    /// [`tdisp_proto::FEATURE_SESSION_EVIDENCE`]). None by default.
+    fn serves_session_evidence(&self) -> bool {
+        false
+    }
     /// Locks the TDI (CONFIG_UNLOCKED -> CONFIG_LOCKED).
     fn lock(&mut self) -> Result<(), BackendError>;
     /// Starts the TDI (CONFIG_LOCKED -> RUN).
@@ -48,6 +54,9 @@ pub trait TdiBackend: Send {
 impl<T: TdiBackend + ?Sized> TdiBackend for Box<T> {
     fn is_tdisp_capable(&self) -> bool {
         (**self).is_tdisp_capable()
+    }
+    fn serves_session_evidence(&self) -> bool {
+        (**self).serves_session_evidence()
     }
     fn lock(&mut self) -> Result<(), BackendError> {
         (**self).lock()
@@ -71,8 +80,12 @@ pub type SharedTsm = Arc<Mutex<Tsm>>;
 /// Report types: [`TdispReportType::InterfaceReport`] is the TDISP DEVICE_INTERFACE_REPORT read
 /// in portions; [`TdispReportType::GuestDeviceId`] is the TDI's 12-byte TDISP interface id as on
 /// the wire; [`TdispReportType::IsRegistered`] is one byte, 1 while the TDI is bound through the
-/// TSM. The certificate chain and measurements need an SPDM session, which this crate does not
-/// have yet: they are not supported. Every report is answered from the device, never from what
+/// TSM. [`TdispReportType::CertificateChain`] is the device's chain in SPDM slot format as the
+/// TSM's session validated it; [`TdispReportType::Measurements`] is session evidence
+/// ([`tdisp_proto::evidence::bundle`]): the session's signed key exchange and measurements the
+/// device signs inside that session, asked afresh for each report, whose TDI binding blocks
+/// carry SHA-384 of each locked TDI's interface report. Both need an SPDM session: over a plain
+/// channel they are not supported. Every report is answered from the device, never from what
 /// the host remembers: the interface report is read from it, and the other types ask it the
 /// TDI's state first, so a TDI in ERROR has no report of any type.
 #[derive(Debug, Clone)]
@@ -115,6 +128,11 @@ impl TdiBackend for TsmBackend {
     fn is_tdisp_capable(&self) -> bool {
         let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
         tsm.binding(self.address).is_some()
+    }
+
+    fn serves_session_evidence(&self) -> bool {
+        let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+        tsm.is_channel_secure(self.address) == Some(true)
     }
 
     fn lock(&mut self) -> Result<(), BackendError> {

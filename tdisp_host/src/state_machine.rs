@@ -342,9 +342,14 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
             let refused = Err(TdispGuestOperationError::InvalidGuestProtocolRequest);
             return self.finish(call, from, refused, None);
         }
+        let evidence = if self.backend.serves_session_evidence() {
+            tdisp_proto::FEATURE_SESSION_EVIDENCE
+        } else {
+            0
+        };
         let mut info = TdispDeviceInterfaceInfo {
             guest_protocol_type: requested_guest_protocol,
-            supported_features: self.config.supported_features,
+            supported_features: self.config.supported_features | evidence,
             tdisp_device_id: self.config.device_id,
         };
         if !self.backend.is_tdisp_capable() {

@@ -70,6 +70,13 @@ pub struct TdispDeviceInterfaceInfo {
     pub tdisp_device_id: u64,
 }
 
+/// Bit of [`TdispDeviceInterfaceInfo::supported_features`] by which this stack's host says
+/// that its TSM reaches the device through an SPDM secured session and serves session evidence
+/// (the `Measurements` report, see [`crate::evidence::bundle`]). The schema leaves feature bits
+/// to the host; this one is this project's. It is the host's claim, not proof: a guest that
+/// needs the evidence requires it by policy whatever the host says.
+pub const FEATURE_SESSION_EVIDENCE: u64 = 1 << 0;
+
 /// Which attestation report the guest asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TdispReportType {
