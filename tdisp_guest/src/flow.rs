@@ -1,5 +1,15 @@
 //! The guest's acceptance flow: negotiate -> lock -> report -> verify -> start.
+//!
+//! "Verify" is the policy's checks of the report ([`InterfacePolicy::check`]) and then, when
+//! the policy requires it of this host ([`crate::BindingPolicy::is_required`]), the binding of
+//! the report to the SPDM session: the flow fetches the `CertificateChain`, `Measurements`
+//! (session evidence) and `GuestDeviceId` reports, in that order, and
+//! [`crate::verify_binding`] decides.
 
+use crate::binding::BindingInputs;
+use crate::binding::BindingViolation;
+use crate::binding::VerifiedBinding;
+use crate::binding::verify_binding;
 use crate::policy::InterfacePolicy;
 use crate::policy::PolicyViolation;
 use tdisp_proto::TdispDeviceInterfaceInfo;
@@ -21,6 +31,8 @@ pub struct AcceptedDevice {
     pub report: DeviceInterfaceReport,
     /// The report exactly as received, for the guest's own attestation evidence.
     pub report_bytes: Vec<u8>,
+    /// The verified binding of the report to the SPDM session, when the policy required it.
+    pub binding: Option<VerifiedBinding>,
 }
 
 /// Why the flow stopped. Every failure after a successful negotiation, a failed lock included,
@@ -46,6 +58,10 @@ pub enum FlowError {
     /// The interface report does not satisfy the guest's policy.
     #[error("interface report rejected: {0}")]
     Policy(#[source] PolicyViolation),
+    /// The interface report is not bound to the SPDM session as the policy requires; the
+    /// violation names the check ([`BindingViolation::check`]).
+    #[error("interface report not bound to the SPDM session: {0}")]
+    Binding(#[source] BindingViolation),
     /// Starting failed.
     #[error("start failed: {0}")]
     Start(#[source] TdispGuestOperationError),
@@ -74,18 +90,23 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     let verified = device
         .request_lock_device_resources()
         .map_err(FlowError::Lock)
-        .and_then(|()| fetch_and_verify(device, policy))
-        .and_then(|(report, report_bytes)| {
+        .and_then(|()| fetch_and_verify(device, policy, info.supported_features))
+        .and_then(|verified| {
             device.request_start_tdi().map_err(FlowError::Start)?;
-            Ok((report, report_bytes))
+            Ok(verified)
         });
     match verified {
-        Ok((report, report_bytes)) => {
-            tracing::info!(device = info.tdisp_device_id, "device verified and running");
+        Ok((report, report_bytes, binding)) => {
+            tracing::info!(
+                device = info.tdisp_device_id,
+                bound = binding.is_some(),
+                "device verified and running"
+            );
             Ok(AcceptedDevice {
                 info,
                 report,
                 report_bytes,
+                binding,
             })
         }
         Err(error) => {
@@ -98,14 +119,39 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     }
 }
 
+/// What the verify step yields: the decoded report, its bytes, and the binding if required.
+type Verified = (DeviceInterfaceReport, Vec<u8>, Option<VerifiedBinding>);
+
 fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
     device: &mut I,
     policy: &InterfacePolicy,
-) -> Result<(DeviceInterfaceReport, Vec<u8>), FlowError> {
+    supported_features: u64,
+) -> Result<Verified, FlowError> {
     let bytes = device
         .request_attestation_report(TdispReportType::InterfaceReport)
         .map_err(FlowError::Report)?;
     let report = DeviceInterfaceReport::decode(&bytes).map_err(FlowError::ReportDecode)?;
     policy.check(&report).map_err(FlowError::Policy)?;
-    Ok((report, bytes))
+    if !policy.binding.is_required(supported_features) {
+        return Ok((report, bytes, None));
+    }
+    let mut fetch = |report_type| {
+        device
+            .request_attestation_report(report_type)
+            .map_err(|error| FlowError::Binding(BindingViolation::Missing { report_type, error }))
+    };
+    let chain = fetch(TdispReportType::CertificateChain)?;
+    let evidence = fetch(TdispReportType::Measurements)?;
+    let guest_device_id = fetch(TdispReportType::GuestDeviceId)?;
+    let binding = verify_binding(
+        &policy.binding,
+        BindingInputs {
+            report: &bytes,
+            chain: &chain,
+            evidence: &evidence,
+            guest_device_id: &guest_device_id,
+        },
+    )
+    .map_err(FlowError::Binding)?;
+    Ok((report, bytes, Some(binding)))
 }

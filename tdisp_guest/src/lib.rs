@@ -41,12 +41,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod binding;
 mod client;
 mod flow;
 mod policy;
 mod transport;
 pub mod vmbus;
 
+pub use binding::BindingCheck;
+pub use binding::BindingInputs;
+pub use binding::BindingPolicy;
+pub use binding::BindingRequirement;
+pub use binding::BindingViolation;
+pub use binding::VerifiedBinding;
+pub use binding::decode_guest_device_id;
+pub use binding::verify_binding;
 pub use client::TdispGuestClient;
 pub use flow::AcceptedDevice;
 pub use flow::FlowError;

@@ -1,0 +1,304 @@
+//! The binding between the interface report a guest receives and the SPDM session it
+//! travelled in: the guest's policy for it ([`BindingPolicy`]) and the one place that decides
+//! whether a piece of session evidence vouches for a report ([`verify_binding`]).
+//!
+//! The evidence is what the host serves as the `Measurements` report
+//! ([`tdisp_proto::evidence::bundle`]), checked against the `CertificateChain` report and the
+//! `GuestDeviceId` report. [`verify_binding`] runs these checks in this order and answers with
+//! the first [`BindingViolation`], whose [`BindingViolation::check`] names the
+//! [`BindingCheck`] that failed:
+//!
+//! 1. the policy names at least one trusted root;
+//! 2. the chain (SPDM slot format) leads to one of those roots, each certificate signed by
+//!    the one before, every issuer a CA, the leaf key P-384 (no validity dates, no revocation);
+//! 3. the evidence parses (every length checked);
+//! 4. the leaf key signed the session's key exchange: `VCA || SHA-384(chain) || KEY_EXCHANGE ||
+//!    KEY_EXCHANGE_RSP`, which names the session (its hash with the signature is TH1, the
+//!    value every session key is derived from);
+//! 5. the leaf key signed the measurements: `VCA || GET_MEASUREMENTS || MEASUREMENTS` (the
+//!    same VCA: one connection);
+//! 6. among the measurement blocks is exactly one TDI binding block for the guest's interface;
+//! 7. that block names the session of step 4 (its TH1): evidence from another or an older
+//!    session is refused;
+//! 8. that block holds SHA-384 of exactly the interface report bytes the guest received;
+//! 9. that block says the TDI is CONFIG_LOCKED (the guest verifies before it starts the TDI).
+
+use tdisp_proto::FEATURE_SESSION_EVIDENCE;
+use tdisp_proto::TdispGuestOperationError;
+use tdisp_proto::TdispReportType;
+use tdisp_proto::evidence::bundle::EvidenceError;
+use tdisp_proto::evidence::bundle::SessionEvidence;
+use tdisp_proto::evidence::cert::CertError;
+use tdisp_proto::evidence::cert::validate_slot;
+use tdisp_proto::evidence::signature::HASH_SIZE;
+use tdisp_proto::evidence::signature::context;
+use tdisp_proto::evidence::signature::hash;
+use tdisp_proto::evidence::signature::verify;
+use tdisp_proto::pcie::InterfaceId;
+use tdisp_proto::pcie::TdiState;
+use tdisp_proto::pcie::header::FunctionId;
+use thiserror::Error;
+
+/// When the guest requires the session binding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BindingRequirement {
+    /// Always: a host that serves no evidence is refused.
+    Always,
+    /// When the host advertises [`FEATURE_SESSION_EVIDENCE`] at negotiation (the default). A
+    /// host that does not advertise it, honestly (a plain channel) or not, is not asked: a
+    /// guest that must not depend on the host's word sets [`Self::Always`].
+    #[default]
+    WhenAdvertised,
+    /// Never: the guest accepts the report on the host's word.
+    Never,
+}
+
+/// What the guest requires of the binding and whom it trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindingPolicy {
+    /// When the binding is required.
+    pub requirement: BindingRequirement,
+    /// Root certificates (DER) a device chain may lead to: the device vendors' roots, known to
+    /// the guest by its own means (never taken from the host). Empty refuses every device
+    /// whose binding is required.
+    pub trusted_roots: Vec<Vec<u8>>,
+}
+
+impl BindingPolicy {
+    /// Requires the binding always, trusting `roots`.
+    pub fn require(roots: Vec<Vec<u8>>) -> Self {
+        Self {
+            requirement: BindingRequirement::Always,
+            trusted_roots: roots,
+        }
+    }
+
+    /// Whether the binding is required of a host advertising `supported_features`.
+    pub fn is_required(&self, supported_features: u64) -> bool {
+        match self.requirement {
+            BindingRequirement::Always => true,
+            BindingRequirement::WhenAdvertised => {
+                supported_features & FEATURE_SESSION_EVIDENCE != 0
+            }
+            BindingRequirement::Never => false,
+        }
+    }
+}
+
+/// The checks of [`verify_binding`] (and the fetches before it), in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindingCheck {
+    /// The host served every report the binding needs.
+    Evidence,
+    /// The policy names a trusted root.
+    TrustedRoot,
+    /// The chain leads to a trusted root.
+    Chain,
+    /// The evidence and the guest device id parse.
+    Format,
+    /// The device signed the session's key exchange.
+    SessionSignature,
+    /// The device signed the measurements.
+    MeasurementSignature,
+    /// One binding block names the guest's interface.
+    BindingBlock,
+    /// The binding block names the session the evidence shows.
+    Session,
+    /// The binding block holds the digest of the report received.
+    ReportDigest,
+    /// The binding block says the TDI is CONFIG_LOCKED.
+    TdiState,
+}
+
+/// Why the binding was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BindingViolation {
+    /// The host did not serve a report the binding needs.
+    #[error("host did not serve the {report_type:?} report: {error}")]
+    Missing {
+        /// The report.
+        report_type: TdispReportType,
+        /// The host's answer.
+        #[source]
+        error: TdispGuestOperationError,
+    },
+    /// The policy trusts no root.
+    #[error("the binding is required but the policy trusts no root")]
+    NoTrustedRoot,
+    /// The chain leads to none of the trusted roots (the error for the first root).
+    #[error("certificate chain refused")]
+    Chain(#[source] CertError),
+    /// The evidence is malformed.
+    #[error("session evidence malformed")]
+    Evidence(#[source] EvidenceError),
+    /// The guest device id is not a TDISP interface id.
+    #[error("guest device id of {0} bytes is not a TDISP interface id")]
+    DeviceId(usize),
+    /// The key-exchange signature does not verify under the chain's leaf key.
+    #[error("the session's key exchange is not signed by the device's leaf key")]
+    SessionSignature,
+    /// The measurements signature does not verify under the chain's leaf key.
+    #[error("the measurements are not signed by the device's leaf key")]
+    MeasurementSignature,
+    /// No (or more than one) binding block names the interface.
+    #[error("{found} binding blocks name interface {interface:?}, expected one")]
+    BindingBlock {
+        /// The guest's interface.
+        interface: InterfaceId,
+        /// How many name it.
+        found: usize,
+    },
+    /// The binding block names another session than the evidence's.
+    #[error("the binding names another session than the one the evidence shows (replay?)")]
+    OtherSession,
+    /// The binding block's digest is not the digest of the report received.
+    #[error("the interface report received is not the one the device bound")]
+    ReportDigest,
+    /// The binding block's TDI state is not CONFIG_LOCKED.
+    #[error("the device bound the report in state {0:?}, not CONFIG_LOCKED")]
+    TdiState(TdiState),
+}
+
+impl BindingViolation {
+    /// The check that failed.
+    pub fn check(&self) -> BindingCheck {
+        match self {
+            Self::Missing { .. } => BindingCheck::Evidence,
+            Self::NoTrustedRoot => BindingCheck::TrustedRoot,
+            Self::Chain(_) => BindingCheck::Chain,
+            Self::Evidence(_) | Self::DeviceId(_) => BindingCheck::Format,
+            Self::SessionSignature => BindingCheck::SessionSignature,
+            Self::MeasurementSignature => BindingCheck::MeasurementSignature,
+            Self::BindingBlock { .. } => BindingCheck::BindingBlock,
+            Self::OtherSession => BindingCheck::Session,
+            Self::ReportDigest => BindingCheck::ReportDigest,
+            Self::TdiState(_) => BindingCheck::TdiState,
+        }
+    }
+}
+
+/// The reports the binding is checked on, exactly as the host served them.
+#[derive(Debug, Clone, Copy)]
+pub struct BindingInputs<'a> {
+    /// The interface report.
+    pub report: &'a [u8],
+    /// The `CertificateChain` report (SPDM slot format).
+    pub chain: &'a [u8],
+    /// The `Measurements` report (session evidence).
+    pub evidence: &'a [u8],
+    /// The `GuestDeviceId` report (the TDISP interface id, 12 bytes).
+    pub guest_device_id: &'a [u8],
+}
+
+/// A binding that passed every check: what the guest may keep as evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBinding {
+    /// Which trusted root the chain leads to (index into [`BindingPolicy::trusted_roots`]).
+    pub root_index: usize,
+    /// The device's chain, slot format.
+    pub chain: Vec<u8>,
+    /// The session evidence, as served.
+    pub evidence: Vec<u8>,
+    /// The SPDM session id (as the key exchange carried it).
+    pub session_id: u32,
+    /// The session's TH1.
+    pub session_th1: [u8; HASH_SIZE],
+    /// The interface the device bound the report to.
+    pub interface: InterfaceId,
+    /// SHA-384 of the interface report.
+    pub report_digest: [u8; HASH_SIZE],
+    /// The GET_MEASUREMENTS nonce (chosen by the host's TSM, so it proves no freshness to the
+    /// guest).
+    pub requester_nonce: [u8; 32],
+}
+
+/// Decodes a `GuestDeviceId` report: the 12-byte TDISP interface id (function id u32 LE,
+/// 8 reserved zero bytes).
+pub fn decode_guest_device_id(bytes: &[u8]) -> Result<InterfaceId, BindingViolation> {
+    let bad = || BindingViolation::DeviceId(bytes.len());
+    let (function, reserved) = bytes.split_at_checked(4).ok_or_else(bad)?;
+    let function = u32::from_le_bytes(function.try_into().map_err(|_| bad())?);
+    if reserved != [0; 8] || function & !FunctionId::DEFINED_BITS != 0 {
+        return Err(bad());
+    }
+    Ok(InterfaceId {
+        function_id: FunctionId::from_bits(function),
+    })
+}
+
+/// Decides whether `inputs` bind the interface report to an SPDM session with a device whose
+/// chain leads to one of `policy`'s roots (the checks of the module docs, in order).
+pub fn verify_binding(
+    policy: &BindingPolicy,
+    inputs: BindingInputs<'_>,
+) -> Result<VerifiedBinding, BindingViolation> {
+    if policy.trusted_roots.is_empty() {
+        return Err(BindingViolation::NoTrustedRoot);
+    }
+    let mut first_error = None;
+    let mut validated = None;
+    for (index, root) in policy.trusted_roots.iter().enumerate() {
+        match validate_slot(inputs.chain, root) {
+            Ok(chain) => {
+                validated = Some((index, chain));
+                break;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some((root_index, chain)) = validated else {
+        return Err(BindingViolation::Chain(
+            first_error.unwrap_or(CertError::RootMismatch),
+        ));
+    };
+    let evidence = SessionEvidence::decode(inputs.evidence).map_err(BindingViolation::Evidence)?;
+    let interface = decode_guest_device_id(inputs.guest_device_id)?;
+    verify(
+        &chain.leaf_key,
+        context::KEY_EXCHANGE_RSP,
+        &hash(&evidence.key_exchange_transcript(inputs.chain)),
+        &evidence.key_exchange_signature,
+    )
+    .map_err(|_| BindingViolation::SessionSignature)?;
+    verify(
+        &chain.leaf_key,
+        context::MEASUREMENTS,
+        &hash(&evidence.measurements_transcript()),
+        &evidence.measurements_signature,
+    )
+    .map_err(|_| BindingViolation::MeasurementSignature)?;
+    let requester_nonce = evidence
+        .requester_nonce()
+        .map_err(BindingViolation::Evidence)?;
+    let bindings = evidence.bindings().map_err(BindingViolation::Evidence)?;
+    let mut ours = bindings.iter().filter(|b| b.interface == interface);
+    let (Some(binding), None) = (ours.next(), ours.next()) else {
+        return Err(BindingViolation::BindingBlock {
+            interface,
+            found: bindings.iter().filter(|b| b.interface == interface).count(),
+        });
+    };
+    let th1 = evidence.th1(inputs.chain);
+    if binding.session_th1 != th1 {
+        return Err(BindingViolation::OtherSession);
+    }
+    let report_digest = hash(inputs.report);
+    if binding.report_digest != report_digest {
+        return Err(BindingViolation::ReportDigest);
+    }
+    if binding.state != TdiState::ConfigLocked {
+        return Err(BindingViolation::TdiState(binding.state));
+    }
+    Ok(VerifiedBinding {
+        root_index,
+        chain: inputs.chain.to_vec(),
+        evidence: inputs.evidence.to_vec(),
+        session_id: evidence.session_id(),
+        session_th1: th1,
+        interface,
+        report_digest,
+        requester_nonce,
+    })
+}
