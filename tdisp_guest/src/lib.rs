@@ -9,7 +9,8 @@
 //!   guest believes it. The host is not trusted: a
 //!   malformed, mismatched or state-inconsistent reply is an error, never a panic.
 //! - [`accept_device`] runs the guest's flow, negotiate -> lock -> report -> verify -> start,
-//!   against an [`InterfacePolicy`] and unbinds the device when any step fails.
+//!   against an [`InterfacePolicy`] and unbinds the device when any step fails; "verify"
+//!   includes the report's binding to the SPDM session ([`binding`]).
 //!
 //! ```
 //! use tdisp_guest::{GuestTransport, TdispGuestClient, TransportError};
@@ -34,10 +35,66 @@
 //! [`vmbus::tdisp_offers`], open each with [`vmbus::open_tdisp_client`], run the returned
 //! worker on an executor thread, and use the client from another thread.
 //!
-//! Scope today: the interface report is checked against the guest's expectations (ranges,
-//! attributes, interface flags), but its authenticity rests on the host path delivering it; the
-//! SPDM-session binding that lets a guest verify the device's signature arrives with the
-//! secured-session work and is not claimed here.
+//! # The report's binding to the SPDM session
+//!
+//! The host's TSM talks to the device inside an SPDM 1.2 secured session; the guest cannot see
+//! into it (the session keys stay with the host). What the guest can check itself is
+//! device-signed: the flow fetches the `CertificateChain` report (the device's chain), the
+//! `Measurements` report (session evidence: the session's signed key exchange and
+//! measurements the device signed inside that session, one of them a *TDI binding block*
+//! holding SHA-384 of the interface report and the session's TH1) and the `GuestDeviceId`
+//! report, and [`verify_binding`] decides ([`binding`] lists the checks; each refusal names
+//! its [`BindingCheck`] and the flow unbinds with `Graceful`). [`BindingPolicy`] says when the
+//! binding is required (by default: when the host advertises
+//! [`tdisp_proto::FEATURE_SESSION_EVIDENCE`]) and which roots the guest trusts (none by default,
+//! so a required binding is refused until the guest configures them).
+//!
+//! ## What a guest can and cannot conclude
+//!
+//! When [`accept_device`] returns a [`VerifiedBinding`], the guest **can** conclude that the
+//! holder of the private key of a leaf certificate, whose chain leads to one of its trusted
+//! roots R:
+//!
+//! - signed the key exchange of an SPDM 1.2 session S (S is named by its TH1,
+//!   [`VerifiedBinding::session_th1`], a hash over the negotiation, the chain, both key
+//!   exchange messages and that signature), and
+//! - inside a connection with the same negotiation, signed measurements containing a TDI
+//!   binding block that names S, the interface [`VerifiedBinding::interface`], the state
+//!   CONFIG_LOCKED and SHA-384 of exactly the interface report bytes the guest received and
+//!   checked against its [`InterfacePolicy`].
+//!
+//! So, if the device keeps its key secret and reports binding blocks truthfully, the device,
+//! in session S and with that TDI CONFIG_LOCKED, was serving exactly these report bytes. Mixing
+//! evidence is refused: measurements from another session, a report other than the bound one,
+//! a signature by another key, a chain to another root, a binding for another interface or
+//! for a TDI already RUN.
+//!
+//! The guest **cannot** conclude:
+//!
+//! - **freshness**: the guest gives the device no nonce (`tdisp.proto` asks for a report by
+//!   type only; the GET_MEASUREMENTS nonce is chosen by the host's TSM), so a host can replay
+//!   a whole older session's evidence together with that session's report, and the guest
+//!   accepts it while the report bytes are identical (`tests/binding.rs` states this as a
+//!   test). It learns that S existed, not that S is the session in use now;
+//! - that the device the host starts is the one that signed, or that the host relays
+//!   anything faithfully: the host holds the session keys and drives START itself;
+//! - which interface is the guest's: the `GuestDeviceId` report is the host's word; the device
+//!   vouches for the (interface, report) pair only;
+//! - anything from TDISP 1.0 itself: it does not sign the interface report, and SPDM 1.2
+//!   measurement signatures do not cover the session's key exchange. The binding block is this
+//!   project's own measurement format (see [`tdisp_proto::evidence::binding`]), produced by the
+//!   emulated DSM; a device without it (DMTF spdm-emu, real devices today) cannot satisfy a
+//!   required binding;
+//! - that the certificates are within their validity dates or unrevoked (neither is checked),
+//!   or that the leaf names any particular device model: any key under R passes;
+//! - anything about the other measurement blocks: they are signed and returned in the evidence
+//!   for the guest's own appraisal, but the flow compares them with nothing;
+//! - anything about the host's VMM beyond that (its MMIO and DMA mappings, IOMMU, IDE link
+//!   protection, which this stack does not have);
+//! - under the default [`BindingRequirement::WhenAdvertised`], anything from a host that does
+//!   not advertise the feature: hiding it opts the guest out. A guest that must not depend on
+//!   the host's word sets [`BindingRequirement::Always`]. A host over a plain channel cannot
+//!   produce the evidence at all.
 
 #![forbid(unsafe_code)]
 

@@ -117,7 +117,9 @@ pub struct MachineConfig {
     pub device_id: u64,
     /// Guest protocols this host offers.
     pub supported_protocols: Vec<TdispGuestProtocolType>,
-    /// Feature bits reported at negotiation.
+    /// Feature bits reported at negotiation; [`tdisp_proto::FEATURE_SESSION_EVIDENCE`] is added
+    /// to them when the backend serves session evidence
+    /// ([`crate::backend::TdiBackend::serves_session_evidence`]).
     pub supported_features: u64,
     /// History entries kept.
     pub history_capacity: usize,

@@ -196,8 +196,9 @@ impl Tsm {
             .and_then(|d| d.channel.certificate_chain())
     }
 
-    /// Fresh measurements signed by the device, asked over the secure channel (see
-    /// [`super::SecureChannel::signed_measurements`]); `Ok(None)` when the channel cannot ask.
+    /// Session evidence with fresh measurements signed by the device, asked over the secure
+    /// channel (see [`super::SecureChannel::signed_measurements`]); `Ok(None)` when the channel
+    /// cannot produce it.
     pub fn signed_measurements(
         &mut self,
         address: PciAddress,
