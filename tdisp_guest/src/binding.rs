@@ -10,7 +10,9 @@
 //!
 //! 1. the policy names at least one trusted root;
 //! 2. the chain (SPDM slot format) leads to one of those roots, each certificate signed by
-//!    the one before, every issuer a CA, the leaf key P-384 (no validity dates, no revocation);
+//!    the one before, every issuer a CA, the leaf key P-384, and, when the policy gives a
+//!    [`BindingPolicy::validity_time`], the root and each certificate valid at that time (no
+//!    revocation);
 //! 3. the evidence parses (every length checked);
 //! 4. the leaf key signed the session's key exchange: `VCA || SHA-384(chain) || KEY_EXCHANGE ||
 //!    KEY_EXCHANGE_RSP`, which names the session (its hash with the signature is TH1, the
@@ -23,13 +25,14 @@
 //! 8. that block holds SHA-384 of exactly the interface report bytes the guest received;
 //! 9. that block says the TDI is CONFIG_LOCKED (the guest verifies before it starts the TDI).
 
+use std::time::SystemTime;
 use tdisp_proto::FEATURE_SESSION_EVIDENCE;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::evidence::bundle::EvidenceError;
 use tdisp_proto::evidence::bundle::SessionEvidence;
 use tdisp_proto::evidence::cert::CertError;
-use tdisp_proto::evidence::cert::validate_slot;
+use tdisp_proto::evidence::cert::validate_slot_at;
 use tdisp_proto::evidence::signature::HASH_SIZE;
 use tdisp_proto::evidence::signature::context;
 use tdisp_proto::evidence::signature::hash;
@@ -62,6 +65,12 @@ pub struct BindingPolicy {
     /// the guest by its own means (never taken from the host). Empty refuses every device
     /// whose binding is required.
     pub trusted_roots: Vec<Vec<u8>>,
+    /// The time at which the root and every certificate of the chain must be within their
+    /// validity period (notBefore ..= notAfter), read by the guest from a clock it trusts
+    /// before it runs the flow. In a confidential VM the ordinary wall clock is the host's:
+    /// a time from it proves nothing against the host. `None` (the default): dates are not
+    /// checked.
+    pub validity_time: Option<SystemTime>,
 }
 
 impl BindingPolicy {
@@ -70,6 +79,7 @@ impl BindingPolicy {
         Self {
             requirement: BindingRequirement::Always,
             trusted_roots: roots,
+            validity_time: None,
         }
     }
 
@@ -125,7 +135,8 @@ pub enum BindingViolation {
     /// The policy trusts no root.
     #[error("the binding is required but the policy trusts no root")]
     NoTrustedRoot,
-    /// The chain leads to none of the trusted roots (the error for the first root).
+    /// The chain leads to none of the trusted roots, or is outside its validity period at the
+    /// policy's time (the error for the root the chain names, if it names a trusted one).
     #[error("certificate chain refused")]
     Chain(#[source] CertError),
     /// The evidence is malformed.
@@ -238,13 +249,16 @@ pub fn verify_binding(
     let mut first_error = None;
     let mut validated = None;
     for (index, root) in policy.trusted_roots.iter().enumerate() {
-        match validate_slot(inputs.chain, root) {
+        match validate_slot_at(inputs.chain, root, policy.validity_time) {
             Ok(chain) => {
                 validated = Some((index, chain));
                 break;
             }
+            // Report the root the chain names (its hash matched) over the ones it does not.
             Err(e) => {
-                first_error.get_or_insert(e);
+                if matches!(first_error, None | Some(CertError::RootMismatch)) {
+                    first_error = Some(e);
+                }
             }
         }
     }

@@ -85,8 +85,11 @@
 //!   project's own measurement format (see [`tdisp_proto::evidence::binding`]), produced by the
 //!   emulated DSM; a device without it (DMTF spdm-emu, real devices today) cannot satisfy a
 //!   required binding;
-//! - that the certificates are within their validity dates or unrevoked (neither is checked),
-//!   or that the leaf names any particular device model: any key under R passes;
+//! - that the certificates are unrevoked (never checked), or within their validity dates
+//!   unless the policy gives a [`BindingPolicy::validity_time`] (then the root and every
+//!   certificate must be valid at that time, which is only as trustworthy as the guest's
+//!   clock: in a confidential VM the ordinary wall clock is the host's), or that the leaf
+//!   names any particular device model: any key under R passes;
 //! - anything about the other measurement blocks: they are signed and returned in the evidence
 //!   for the guest's own appraisal, but the flow compares them with nothing;
 //! - anything about the host's VMM beyond that (its MMIO and DMA mappings, IOMMU, IDE link

@@ -517,6 +517,48 @@ fn a_binding_made_after_the_tdi_left_config_locked_is_refused() {
     assert_eq!(host.machine.state(), TdispTdiState::Unlocked);
 }
 
+#[test]
+fn certificates_outside_their_validity_at_the_policys_time_are_refused() {
+    use std::time::Duration;
+    use std::time::SystemTime;
+    use tdisp_proto::evidence::cert::CertError;
+    let (captured, root) = &*CAPTURED;
+    let with_time = |time| BindingPolicy {
+        validity_time: Some(time),
+        ..BindingPolicy::require(vec![root.clone()])
+    };
+    // The emulated identity is valid from its creation for ten years.
+    let now = SystemTime::now();
+    assert!(
+        verify_binding(
+            &with_time(now + Duration::from_secs(3600)),
+            captured.inputs()
+        )
+        .is_ok()
+    );
+    let later = now + Duration::from_secs(11 * 365 * 24 * 3600);
+    assert_eq!(
+        verify_binding(&with_time(later), captured.inputs()),
+        Err(BindingViolation::Chain(CertError::RootNotValid))
+    );
+    let earlier = now - Duration::from_secs(24 * 3600);
+    assert_eq!(
+        verify_binding(&with_time(earlier), captured.inputs()).map_err(|v| v.check()),
+        Err(BindingCheck::Chain)
+    );
+
+    // In the flow: refused by the chain check, unbound gracefully.
+    let assignment = assignment();
+    let policy = InterfacePolicy {
+        binding: BindingPolicy {
+            validity_time: Some(later),
+            ..BindingPolicy::require(vec![assignment.root_der().to_vec()])
+        },
+        ..policy(Vec::new())
+    };
+    refused_by(&assignment, &policy, honest(), BindingCheck::Chain);
+}
+
 /// The limit of the binding, stated as a test: the guest has no way to give the device a
 /// nonce (the guest<->host protocol carries only a report type), so a host that replays a
 /// whole older session's evidence together with that session's report is not detected

@@ -5,13 +5,15 @@
 //!
 //! Validation checks: the RootHash is the hash of the configured root; each certificate is
 //! issued and ECDSA-P384/SHA-384 signed by the one before it (the first by the root); every
-//! certificate but the leaf is a CA; the leaf key is a P-384 key. It does **not** check validity
-//! periods (the host has no trusted clock here) or revocation.
+//! certificate but the leaf is a CA; the leaf key is a P-384 key. The requester does **not**
+//! check validity periods (the host has no trusted clock here) or revocation; a guest may check
+//! dates with [`validate_slot_at`] and a time it trusts.
 
 pub use tdisp_proto::evidence::cert::CertError;
 pub use tdisp_proto::evidence::cert::ValidatedChain;
 pub use tdisp_proto::evidence::cert::encode_slot;
 pub use tdisp_proto::evidence::cert::validate_slot;
+pub use tdisp_proto::evidence::cert::validate_slot_at;
 
 use der::Decode;
 use der::Encode;

@@ -66,7 +66,8 @@
 //! and its interface while CONFIG_LOCKED. It cannot conclude freshness (the nonce is the
 //! TSM's, and the guest has no way to send one: a host can replay a whole older session's
 //! evidence with that session's report), that the host relays or starts faithfully (the
-//! session keys stay with the TSM), that certificate dates or revocation hold (not checked),
+//! session keys stay with the TSM), that certificates are unrevoked (never checked) or in
+//! date (checked only against a time the guest's policy supplies),
 //! or anything from a device that does not report binding blocks: TDISP 1.0 does not sign
 //! its report, SPDM 1.2 measurement signatures do not cover the key exchange, and the
 //! binding block is this project's format, which DMTF spdm-emu does not produce. The full

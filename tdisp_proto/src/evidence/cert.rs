@@ -1,6 +1,8 @@
 //! SPDM certificate chains: the slot format (DSP0274 1.2 table 28) and their validation against
 //! a configured root. One implementation for both ends: the host's SPDM requester validates the
 //! chain it reads from the device, and a guest validates the chain the host serves it.
+//! [`validate_slot_at`] also checks validity dates against a time the caller trusts;
+//! revocation is never checked.
 //!
 //! Slot format: `Length u16 LE (whole chain) | Reserved u16 | RootHash [48] | Certificates`,
 //! the certificates DER-encoded and concatenated from the one the root issued (or the root
@@ -8,8 +10,9 @@
 //!
 //! Validation checks: the RootHash is the hash of the configured root; each certificate is
 //! issued and ECDSA-P384/SHA-384 signed by the one before it (the first by the root); every
-//! certificate but the leaf is a CA; the leaf key is a P-384 key. It does **not** check validity
-//! periods (the host has no trusted clock here) or revocation.
+//! certificate but the leaf is a CA; the leaf key is a P-384 key; with [`validate_slot_at`] and
+//! a time, the root and every certificate are within their validity periods. Revocation is
+//! never checked. The host's requester checks no dates (it has no trusted clock).
 
 use super::signature::HASH_SIZE;
 use super::signature::hash;
@@ -19,6 +22,9 @@ use der::Reader;
 use p384::ecdsa::DerSignature;
 use p384::ecdsa::VerifyingKey;
 use p384::ecdsa::signature::Verifier;
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 use thiserror::Error;
 use x509_cert::Certificate;
 use x509_cert::ext::pkix::BasicConstraints;
@@ -47,6 +53,15 @@ pub enum CertError {
     /// A key is not a P-384 key.
     #[error("certificate {0} does not hold a P-384 key")]
     UnsupportedKey(usize),
+    /// A certificate of the chain is not yet valid at the time checked.
+    #[error("certificate {0} is not yet valid at the time checked")]
+    NotYetValid(usize),
+    /// A certificate of the chain has expired at the time checked.
+    #[error("certificate {0} has expired at the time checked")]
+    Expired(usize),
+    /// The configured root is outside its validity period at the time checked.
+    #[error("the configured root is not valid at the time checked")]
+    RootNotValid,
     /// Certificate generation failed (generation lives in `tdisp_host`).
     #[error("certificate generation failed: {0}")]
     Generate(String),
@@ -128,8 +143,34 @@ pub struct ValidatedChain {
     pub leaf_key: VerifyingKey,
 }
 
-/// Validates a chain in slot format against the configured root certificate (DER).
+/// Where `at` falls in `certificate`'s validity period: `Ok` inside (bounds included),
+/// `Err(true)` after it, `Err(false)` before it.
+fn within_validity(certificate: &Certificate, at: Duration) -> Result<(), bool> {
+    let validity = &certificate.tbs_certificate.validity;
+    if at < validity.not_before.to_unix_duration() {
+        Err(false)
+    } else if at > validity.not_after.to_unix_duration() {
+        Err(true)
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates a chain in slot format against the configured root certificate (DER), without
+/// looking at validity dates (see [`validate_slot_at`]).
 pub fn validate_slot(slot: &[u8], root_der: &[u8]) -> Result<ValidatedChain, CertError> {
+    validate_slot_at(slot, root_der, None)
+}
+
+/// Validates a chain in slot format against the configured root certificate (DER) and, when
+/// `at` is given, requires the root and every certificate of the chain to be within their
+/// validity period (notBefore ..= notAfter) at that time. `at` must come from a clock the
+/// caller trusts; a time before the Unix epoch is refused as before every notBefore.
+pub fn validate_slot_at(
+    slot: &[u8],
+    root_der: &[u8],
+    at: Option<SystemTime>,
+) -> Result<ValidatedChain, CertError> {
     let (header, rest) = slot
         .split_at_checked(SLOT_HEADER_SIZE)
         .ok_or(CertError::Malformed("shorter than its header"))?;
@@ -169,6 +210,19 @@ pub fn validate_slot(slot: &[u8], root_der: &[u8]) -> Result<ValidatedChain, Cer
         }
         check_issued(issuer, certificate, index)?;
         issuer = certificate;
+    }
+    if let Some(at) = at {
+        let at = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        within_validity(&root, at).map_err(|_| CertError::RootNotValid)?;
+        for (index, certificate) in parsed.iter().enumerate() {
+            within_validity(certificate, at).map_err(|expired| {
+                if expired {
+                    CertError::Expired(index)
+                } else {
+                    CertError::NotYetValid(index)
+                }
+            })?;
+        }
     }
     let leaf_key = public_key(leaf, parsed.len() - 1)?;
     Ok(ValidatedChain {
