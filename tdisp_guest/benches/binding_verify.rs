@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
         chain: &chain,
         evidence: &evidence,
         guest_device_id: &guest_device_id,
+        nonce: None,
     };
 
     // The floor's inputs, prepared outside the loop.

@@ -18,7 +18,9 @@
 //!    KEY_EXCHANGE_RSP`, which names the session (its hash with the signature is TH1, the
 //!    value every session key is derived from);
 //! 5. the leaf key signed the measurements: `VCA || GET_MEASUREMENTS || MEASUREMENTS` (the
-//!    same VCA: one connection);
+//!    same VCA: one connection), and, when the guest sent a nonce
+//!    ([`BindingPolicy::guest_nonce`], the default), over exactly that nonce: the device signed
+//!    after the guest asked, so no older evidence passes;
 //! 6. among the measurement blocks is exactly one TDI binding block for the guest's interface;
 //! 7. that block names the session of step 4 (its TH1): evidence from another or an older
 //!    session is refused;
@@ -27,6 +29,7 @@
 
 use std::time::SystemTime;
 use tdisp_proto::FEATURE_SESSION_EVIDENCE;
+use tdisp_proto::REPORT_NONCE_SIZE;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::evidence::bundle::EvidenceError;
@@ -57,7 +60,7 @@ pub enum BindingRequirement {
 }
 
 /// What the guest requires of the binding and whom it trusts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingPolicy {
     /// When the binding is required.
     pub requirement: BindingRequirement,
@@ -71,6 +74,23 @@ pub struct BindingPolicy {
     /// a time from it proves nothing against the host. `None` (the default): dates are not
     /// checked.
     pub validity_time: Option<SystemTime>,
+    /// Send a fresh nonce of the guest's own with the `Measurements` request and require the
+    /// device-signed evidence to carry it (the default): evidence older than the request is
+    /// refused. Needs a host that takes the nonce (this project's extension of the protocol);
+    /// `false` accepts the host's nonce, and with it replays of whole older sessions.
+    pub guest_nonce: bool,
+}
+
+impl Default for BindingPolicy {
+    /// Required when advertised, no trusted root, no date check, a guest nonce.
+    fn default() -> Self {
+        Self {
+            requirement: BindingRequirement::default(),
+            trusted_roots: Vec::new(),
+            validity_time: None,
+            guest_nonce: true,
+        }
+    }
 }
 
 impl BindingPolicy {
@@ -79,7 +99,7 @@ impl BindingPolicy {
         Self {
             requirement: BindingRequirement::Always,
             trusted_roots: roots,
-            validity_time: None,
+            ..Self::default()
         }
     }
 
@@ -110,6 +130,8 @@ pub enum BindingCheck {
     SessionSignature,
     /// The device signed the measurements.
     MeasurementSignature,
+    /// The measurements were signed over the guest's nonce.
+    Freshness,
     /// One binding block names the guest's interface.
     BindingBlock,
     /// The binding block names the session the evidence shows.
@@ -151,6 +173,12 @@ pub enum BindingViolation {
     /// The measurements signature does not verify under the chain's leaf key.
     #[error("the measurements are not signed by the device's leaf key")]
     MeasurementSignature,
+    /// The signed measurements carry another nonce than the one the guest sent.
+    #[error("the measurements were not signed over the guest's nonce (stale or replayed)")]
+    StaleEvidence,
+    /// The guest could not draw a nonce.
+    #[error("no randomness for the guest's nonce")]
+    NoRandomness,
     /// No (or more than one) binding block names the interface.
     #[error("{found} binding blocks name interface {interface:?}, expected one")]
     BindingBlock {
@@ -180,6 +208,7 @@ impl BindingViolation {
             Self::Evidence(_) | Self::DeviceId(_) => BindingCheck::Format,
             Self::SessionSignature => BindingCheck::SessionSignature,
             Self::MeasurementSignature => BindingCheck::MeasurementSignature,
+            Self::StaleEvidence | Self::NoRandomness => BindingCheck::Freshness,
             Self::BindingBlock { .. } => BindingCheck::BindingBlock,
             Self::OtherSession => BindingCheck::Session,
             Self::ReportDigest => BindingCheck::ReportDigest,
@@ -199,6 +228,9 @@ pub struct BindingInputs<'a> {
     pub evidence: &'a [u8],
     /// The `GuestDeviceId` report (the TDISP interface id, 12 bytes).
     pub guest_device_id: &'a [u8],
+    /// The nonce the guest sent with its `Measurements` request, which the signed
+    /// measurements must carry; `None` when it sent none.
+    pub nonce: Option<[u8; REPORT_NONCE_SIZE]>,
 }
 
 /// A binding that passed every check: what the guest may keep as evidence.
@@ -218,9 +250,12 @@ pub struct VerifiedBinding {
     pub interface: InterfaceId,
     /// SHA-384 of the interface report.
     pub report_digest: [u8; HASH_SIZE],
-    /// The GET_MEASUREMENTS nonce (chosen by the host's TSM, so it proves no freshness to the
-    /// guest).
+    /// The GET_MEASUREMENTS nonce the device signed: the guest's own when it sent one (then
+    /// the measurements are younger than the request), else the host TSM's (which proves no
+    /// freshness to the guest).
     pub requester_nonce: [u8; 32],
+    /// Whether the nonce is the guest's.
+    pub fresh: bool,
 }
 
 /// Decodes a `GuestDeviceId` report: the 12-byte TDISP interface id (function id u32 LE,
@@ -286,6 +321,9 @@ pub fn verify_binding(
     let requester_nonce = evidence
         .requester_nonce()
         .map_err(BindingViolation::Evidence)?;
+    if inputs.nonce.is_some_and(|sent| sent != requester_nonce) {
+        return Err(BindingViolation::StaleEvidence);
+    }
     let bindings = evidence.bindings().map_err(BindingViolation::Evidence)?;
     let mut ours = bindings.iter().filter(|b| b.interface == interface);
     let (Some(binding), None) = (ours.next(), ours.next()) else {
@@ -314,5 +352,6 @@ pub fn verify_binding(
         interface,
         report_digest,
         requester_nonce,
+        fresh: inputs.nonce.is_some(),
     })
 }

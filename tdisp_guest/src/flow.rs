@@ -3,8 +3,9 @@
 //! "Verify" is the policy's checks of the report ([`InterfacePolicy::check`]) and then, when
 //! the policy requires it of this host ([`crate::BindingPolicy::is_required`]), the binding of
 //! the report to the SPDM session: the flow fetches the `CertificateChain`, `Measurements`
-//! (session evidence) and `GuestDeviceId` reports, in that order, and
-//! [`crate::verify_binding`] decides.
+//! (session evidence, asked with a fresh nonce of the guest's unless the policy says
+//! otherwise) and `GuestDeviceId` reports, in that order, and [`crate::verify_binding`]
+//! decides.
 
 use crate::binding::BindingInputs;
 use crate::binding::BindingViolation;
@@ -12,6 +13,7 @@ use crate::binding::VerifiedBinding;
 use crate::binding::verify_binding;
 use crate::policy::InterfacePolicy;
 use crate::policy::PolicyViolation;
+use tdisp_proto::REPORT_NONCE_SIZE;
 use tdisp_proto::TdispDeviceInterfaceInfo;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispGuestProtocolType;
@@ -141,7 +143,37 @@ fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
             .map_err(|error| FlowError::Binding(BindingViolation::Missing { report_type, error }))
     };
     let chain = fetch(TdispReportType::CertificateChain)?;
-    let evidence = fetch(TdispReportType::Measurements)?;
+    let (evidence, nonce) = if policy.binding.guest_nonce {
+        let mut nonce = [0; REPORT_NONCE_SIZE];
+        getrandom::fill(&mut nonce)
+            .map_err(|_| FlowError::Binding(BindingViolation::NoRandomness))?;
+        let evidence = device
+            .request_attestation_report_with_nonce(TdispReportType::Measurements, nonce)
+            .map_err(|error| {
+                FlowError::Binding(BindingViolation::Missing {
+                    report_type: TdispReportType::Measurements,
+                    error,
+                })
+            })?;
+        (evidence, Some(nonce))
+    } else {
+        (
+            device
+                .request_attestation_report(TdispReportType::Measurements)
+                .map_err(|error| {
+                    FlowError::Binding(BindingViolation::Missing {
+                        report_type: TdispReportType::Measurements,
+                        error,
+                    })
+                })?,
+            None,
+        )
+    };
+    let mut fetch = |report_type| {
+        device
+            .request_attestation_report(report_type)
+            .map_err(|error| FlowError::Binding(BindingViolation::Missing { report_type, error }))
+    };
     let guest_device_id = fetch(TdispReportType::GuestDeviceId)?;
     let binding = verify_binding(
         &policy.binding,
@@ -150,6 +182,7 @@ fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
             chain: &chain,
             evidence: &evidence,
             guest_device_id: &guest_device_id,
+            nonce,
         },
     )
     .map_err(FlowError::Binding)?;

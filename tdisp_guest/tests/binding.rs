@@ -62,6 +62,8 @@ struct Tampering {
     hide_features: bool,
     /// Start the TDI behind the guest's back before serving the measurements.
     start_before_measurements: bool,
+    /// Serve evidence asked with the TSM's own nonce instead of the guest's.
+    ignore_nonce: bool,
 }
 
 impl Tampering {
@@ -72,6 +74,7 @@ impl Tampering {
             unbinds: Vec::new(),
             hide_features: false,
             start_before_measurements: false,
+            ignore_nonce: false,
         }
     }
 }
@@ -101,6 +104,22 @@ impl TdispGuestRequestInterface for Tampering {
             self.machine.request_start_tdi()?;
         }
         let honest = self.machine.request_attestation_report(report_type)?;
+        (self.edit)(report_type, honest)
+    }
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; 32],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        if self.ignore_nonce {
+            return self.request_attestation_report(report_type);
+        }
+        if self.start_before_measurements && report_type == TdispReportType::Measurements {
+            self.machine.request_start_tdi()?;
+        }
+        let honest = self
+            .machine
+            .request_attestation_report_with_nonce(report_type, nonce)?;
         (self.edit)(report_type, honest)
     }
     fn request_unbind(
@@ -174,6 +193,7 @@ impl Captured {
             chain: &self.chain,
             evidence: &self.evidence,
             guest_device_id: &self.guest_device_id,
+            nonce: None,
         }
     }
 }
@@ -214,6 +234,7 @@ fn the_emulated_device_binds_the_report_to_the_session_and_the_guest_accepts_it(
     );
     assert_eq!(machine.state(), TdispTdiState::Run);
     let binding = accepted.binding.unwrap();
+    assert!(binding.fresh, "the device signed the guest's nonce");
     assert_eq!(binding.report_digest, crypto::hash(&accepted.report_bytes));
     assert_eq!(binding.interface, assignment.interface());
     let evidence = SessionEvidence::decode(&binding.evidence).unwrap();
@@ -352,11 +373,9 @@ fn a_required_binding_without_a_trusted_root_is_refused() {
     refused_by(&assignment, &default, honest(), BindingCheck::TrustedRoot);
 }
 
-#[test]
-fn measurements_from_an_older_session_are_refused() {
-    let assignment = assignment();
-    let policy = policy(vec![assignment.root_der().to_vec()]);
-    // Session 1: the host keeps the evidence it served while the TDI was locked.
+/// Evidence captured in one session, then a new session with the same device (the same
+/// report once locked again).
+fn older_session(assignment: &EmulatedAssignment) -> SessionEvidence {
     let old = {
         let mut machine = assignment.machine(MachineConfig::new(DEVICE_ID));
         let captured = capture(&mut machine);
@@ -365,23 +384,71 @@ fn measurements_from_an_older_session_are_refused() {
             .unwrap();
         SessionEvidence::decode(&captured.evidence).unwrap()
     };
-    // A new session with the same device (the same report, once locked again).
-    {
-        let mut tsm = assignment.tsm().lock().unwrap();
-        let params = tsm.binding(ADDRESS).unwrap();
-        tsm.disconnect(ADDRESS).unwrap();
-        tsm.connect(ADDRESS).unwrap();
-        tsm.bind(ADDRESS, params).unwrap();
-    }
+    let mut tsm = assignment.tsm().lock().unwrap();
+    let params = tsm.binding(ADDRESS).unwrap();
+    tsm.disconnect(ADDRESS).unwrap();
+    tsm.connect(ADDRESS).unwrap();
+    tsm.bind(ADDRESS, params).unwrap();
+    old
+}
+
+#[test]
+fn measurements_from_an_older_session_are_refused() {
+    let assignment = assignment();
+    let old = older_session(&assignment);
     // The host splices the old measurements into this session's evidence.
+    let splice = move || {
+        let old = old.clone();
+        edit_evidence(move |evidence| {
+            assert_ne!(evidence.key_exchange, old.key_exchange, "a new session");
+            evidence.get_measurements = old.get_measurements.clone();
+            evidence.measurements = old.measurements.clone();
+            evidence.measurements_signature = old.measurements_signature;
+        })
+    };
+    // They were not signed over the guest's nonce.
+    let policy = policy(vec![assignment.root_der().to_vec()]);
+    let violation = refused_by(&assignment, &policy, splice(), BindingCheck::Freshness);
+    assert_eq!(violation, BindingViolation::StaleEvidence);
+    // Without a guest nonce, the binding block still names the old session.
+    let mut no_guest_nonce = policy.clone();
+    no_guest_nonce.binding.guest_nonce = false;
+    let violation = refused_by(
+        &assignment,
+        &no_guest_nonce,
+        splice(),
+        BindingCheck::Session,
+    );
+    assert_eq!(violation, BindingViolation::OtherSession);
+}
+
+#[test]
+fn a_current_binding_shown_under_an_older_key_exchange_is_refused() {
+    let assignment = assignment();
+    let old = older_session(&assignment);
+    // Fresh measurements (over the guest's nonce, in the current session) presented as if
+    // they came from the older session.
     let splice = edit_evidence(move |evidence| {
-        assert_ne!(evidence.key_exchange, old.key_exchange, "a new session");
-        evidence.get_measurements = old.get_measurements.clone();
-        evidence.measurements = old.measurements.clone();
-        evidence.measurements_signature = old.measurements_signature;
+        assert_eq!(evidence.vca, old.vca, "the same negotiation");
+        evidence.key_exchange = old.key_exchange.clone();
+        evidence.key_exchange_rsp = old.key_exchange_rsp.clone();
+        evidence.key_exchange_signature = old.key_exchange_signature;
     });
+    let policy = policy(vec![assignment.root_der().to_vec()]);
     let violation = refused_by(&assignment, &policy, splice, BindingCheck::Session);
     assert_eq!(violation, BindingViolation::OtherSession);
+}
+
+#[test]
+fn evidence_without_the_guests_nonce_is_refused() {
+    let assignment = assignment();
+    let mut host = Tampering::new(assignment.machine(MachineConfig::new(DEVICE_ID)), honest());
+    host.ignore_nonce = true;
+    let policy = policy(vec![assignment.root_der().to_vec()]);
+    let error = accept_device(&mut host, PROTOCOL, &policy).unwrap_err();
+    assert_eq!(error, FlowError::Binding(BindingViolation::StaleEvidence));
+    assert_eq!(host.unbinds, vec![TdispGuestUnbindReason::Graceful]);
+    assert_eq!(host.machine.state(), TdispTdiState::Unlocked);
 }
 
 #[test]
@@ -559,15 +626,12 @@ fn certificates_outside_their_validity_at_the_policys_time_are_refused() {
     refused_by(&assignment, &policy, honest(), BindingCheck::Chain);
 }
 
-/// The limit of the binding, stated as a test: the guest has no way to give the device a
-/// nonce (the guest<->host protocol carries only a report type), so a host that replays a
-/// whole older session's evidence together with that session's report is not detected
-/// while the report is byte-identical. What the guest then holds is still true of that older
-/// session; it is not proof the device is configured so now. See `docs/security.md`.
+/// A host replaying a whole older session's evidence together with that session's report
+/// (byte-identical to today's): the guest's nonce refuses it; a guest that does without the
+/// nonce cannot tell (the limit `BindingPolicy::guest_nonce` documents).
 #[test]
-fn a_whole_older_session_replayed_with_its_own_report_is_not_detected() {
+fn a_whole_older_session_replayed_is_refused_only_with_the_guests_nonce() {
     let assignment = assignment();
-    let policy = policy(vec![assignment.root_der().to_vec()]);
     let old = {
         let mut machine = assignment.machine(MachineConfig::new(DEVICE_ID));
         let captured = capture(&mut machine);
@@ -583,17 +647,27 @@ fn a_whole_older_session_replayed_with_its_own_report_is_not_detected() {
         tsm.connect(ADDRESS).unwrap();
         tsm.bind(ADDRESS, params).unwrap();
     }
-    let (old_report, old_evidence) = (old.report.clone(), old.evidence.clone());
-    let replay: Edit = Box::new(move |report_type, report| {
-        Ok(match report_type {
-            TdispReportType::InterfaceReport => old_report.clone(),
-            TdispReportType::Measurements => old_evidence.clone(),
-            _ => report,
-        })
-    });
-    let mut host = Tampering::new(assignment.machine(MachineConfig::new(DEVICE_ID)), replay);
-    let accepted = accept_device(&mut host, PROTOCOL, &policy).unwrap();
+    let replay = || {
+        let (report, evidence) = (old.report.clone(), old.evidence.clone());
+        let edit: Edit = Box::new(move |report_type, honest| {
+            Ok(match report_type {
+                TdispReportType::InterfaceReport => report.clone(),
+                TdispReportType::Measurements => evidence.clone(),
+                _ => honest,
+            })
+        });
+        edit
+    };
+    let policy = policy(vec![assignment.root_der().to_vec()]);
+    let violation = refused_by(&assignment, &policy, replay(), BindingCheck::Freshness);
+    assert_eq!(violation, BindingViolation::StaleEvidence);
+
+    let mut without_nonce = policy;
+    without_nonce.binding.guest_nonce = false;
+    let mut host = Tampering::new(assignment.machine(MachineConfig::new(DEVICE_ID)), replay());
+    let accepted = accept_device(&mut host, PROTOCOL, &without_nonce).unwrap();
     let binding = accepted.binding.unwrap();
+    assert!(!binding.fresh);
     let current = assignment
         .tsm()
         .lock()
@@ -627,7 +701,7 @@ proptest! {
         };
         let at = position.index(target.len());
         target[at] ^= flip;
-        let inputs = BindingInputs { report: &report, chain: &chain, evidence: &evidence, guest_device_id: &captured.guest_device_id };
+        let inputs = BindingInputs { report: &report, chain: &chain, evidence: &evidence, guest_device_id: &captured.guest_device_id, nonce: None };
         prop_assert!(verify_binding(&policy, inputs).is_err());
     }
 }

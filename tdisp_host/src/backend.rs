@@ -12,6 +12,7 @@ use crate::tsm::TsmError;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use tdisp_proto::REPORT_NONCE_SIZE;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::pcie::TdiState;
 use thiserror::Error;
@@ -47,6 +48,23 @@ pub trait TdiBackend: Send {
     fn start(&mut self) -> Result<(), BackendError>;
     /// Produces a report of `report_type` (never [`TdispReportType::Invalid`]).
     fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError>;
+    /// As [`Self::report`], with the guest's nonce: `Measurements` evidence must carry it as
+    /// the device-signed requester nonce. Other types ignore it. By default a backend cannot
+    /// take a nonce and refuses `Measurements` (never serving evidence without the nonce the
+    /// guest asked for).
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        let _ = nonce;
+        match report_type {
+            TdispReportType::Measurements => Err(BackendError::NotSupported(
+                "this backend cannot put a guest nonce into measurements",
+            )),
+            other => self.report(other),
+        }
+    }
     /// Stops the TDI (back to CONFIG_UNLOCKED, TVM data scrubbed).
     fn stop(&mut self) -> Result<(), BackendError>;
 }
@@ -66,6 +84,13 @@ impl<T: TdiBackend + ?Sized> TdiBackend for Box<T> {
     }
     fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
         (**self).report(report_type)
+    }
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        (**self).fresh_report(report_type, nonce)
     }
     fn stop(&mut self) -> Result<(), BackendError> {
         (**self).stop()
@@ -181,18 +206,38 @@ impl TdiBackend for TsmBackend {
                         "certificates need an SPDM session",
                     ))
             }
-            TdispReportType::Measurements => {
-                self.with_tsm(Tsm::signed_measurements)?
-                    .ok_or(BackendError::NotSupported(
-                        "measurements need an SPDM session",
-                    ))
-            }
+            TdispReportType::Measurements => self.measurements(None),
             TdispReportType::Invalid => Err(BackendError::NotSupported("invalid report type")),
+        }
+    }
+
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        match report_type {
+            TdispReportType::Measurements => self.measurements(Some(nonce)),
+            other => self.report(other),
         }
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
         self.with_tsm(Tsm::stop)
+    }
+}
+
+impl TsmBackend {
+    /// Session evidence with measurements the device signs over `nonce` (the guest's) or a
+    /// fresh one of the TSM's.
+    fn measurements(
+        &mut self,
+        nonce: Option<[u8; REPORT_NONCE_SIZE]>,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.with_tsm(|tsm, address| tsm.signed_measurements_with_nonce(address, nonce))?
+            .ok_or(BackendError::NotSupported(
+                "measurements need an SPDM session",
+            ))
     }
 }
 

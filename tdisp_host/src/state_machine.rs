@@ -321,6 +321,30 @@ impl<B: TdiBackend> TdiStateMachine<B> {
     }
 }
 
+impl<B: TdiBackend> TdiStateMachine<B> {
+    /// A report of `report_type`, with the guest's nonce when it sent one.
+    fn report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: Option<[u8; tdisp_proto::REPORT_NONCE_SIZE]>,
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        let call = GuestCall::Report(report_type);
+        let from = self.state;
+        if report_type == TdispReportType::Invalid
+            && let Transition::Allowed { .. } = transition(from, CallKind::Report)
+        {
+            // As OpenVMM: a report of no type is a guest error that costs it the device.
+            self.unbind_device();
+            let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
+            return self.finish(call, from, refused, Some(UnbindCause::InvalidReportType));
+        }
+        self.execute(call, |backend| match nonce {
+            Some(nonce) => backend.fresh_report(report_type, nonce),
+            None => backend.report(report_type),
+        })
+    }
+}
+
 impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
     fn tdisp_negotiate_protocol(
         &mut self,
@@ -388,17 +412,17 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
         &mut self,
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        let call = GuestCall::Report(report_type);
-        let from = self.state;
-        if report_type == TdispReportType::Invalid
-            && let Transition::Allowed { .. } = transition(from, CallKind::Report)
-        {
-            // As OpenVMM: a report of no type is a guest error that costs it the device.
-            self.unbind_device();
-            let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
-            return self.finish(call, from, refused, Some(UnbindCause::InvalidReportType));
-        }
-        self.execute(call, |backend| backend.report(report_type))
+        self.report(report_type, None)
+    }
+
+    /// As a report without a nonce; the backend puts the nonce into the evidence it serves
+    /// as `Measurements` ([`TdiBackend::fresh_report`]).
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; tdisp_proto::REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        self.report(report_type, Some(nonce))
     }
 
     /// Unbinds: the TDI goes back to CONFIG_UNLOCKED and the machine to `Unlocked`.

@@ -77,6 +77,10 @@ pub struct TdispDeviceInterfaceInfo {
 /// needs the evidence requires it by policy whatever the host says.
 pub const FEATURE_SESSION_EVIDENCE: u64 = 1 << 0;
 
+/// Size of the nonce a guest may send with a report request
+/// ([`TdispGuestRequestInterface::request_attestation_report_with_nonce`]).
+pub const REPORT_NONCE_SIZE: usize = 32;
+
 /// Which attestation report the guest asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TdispReportType {
@@ -281,6 +285,23 @@ pub trait TdispGuestRequestInterface {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError>;
 
+    /// As [`Self::request_attestation_report`] (same states, same effects), with a nonce the
+    /// guest chose: a host that supports it has the device sign it into the evidence it serves
+    /// as [`TdispReportType::Measurements`] (the GET_MEASUREMENTS requester nonce), so the
+    /// guest can tell the evidence is fresh. Other report types carry no nonce and ignore it.
+    ///
+    /// This project's extension of OpenVMM's protocol (field 2 of
+    /// `TdispCommandRequestGetTdiReport`, which an OpenVMM host skips as unknown). The default
+    /// refuses with [`TdispGuestOperationError::NotImplemented`] and changes nothing.
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        let _ = (report_type, nonce);
+        Err(TdispGuestOperationError::NotImplemented)
+    }
+
     /// Gracefully unbinds the device, for example because it is detached, deactivated,
     /// powering down or being reset. The device returns to `Unlocked`. The guest may call this
     /// at any time after negotiation, in any state.
@@ -313,6 +334,14 @@ impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for &mut
         (**self).request_attestation_report(report_type)
     }
 
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        (**self).request_attestation_report_with_nonce(report_type, nonce)
+    }
+
     fn request_unbind(
         &mut self,
         reason: TdispGuestUnbindReason,
@@ -342,6 +371,14 @@ impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for Box<
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         (**self).request_attestation_report(report_type)
+    }
+
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        (**self).request_attestation_report_with_nonce(report_type, nonce)
     }
 
     fn request_unbind(

@@ -93,6 +93,7 @@ pub mod testing;
 pub mod wire;
 
 pub use interface::FEATURE_SESSION_EVIDENCE;
+pub use interface::REPORT_NONCE_SIZE;
 pub use interface::TdispDeviceInterfaceInfo;
 pub use interface::TdispGuestOperationError;
 pub use interface::TdispGuestProtocolType;

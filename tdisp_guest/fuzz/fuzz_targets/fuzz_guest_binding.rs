@@ -77,6 +77,7 @@ fuzz_target!(|edits: Vec<Edit>| {
             chain,
             evidence,
             guest_device_id,
+            nonce: None,
         },
     );
     if result.is_ok() {

@@ -85,10 +85,11 @@ impl SecureChannel for SpdmChannel {
     fn signed_measurements(
         &mut self,
         mailbox: &mut dyn DoeMailbox,
+        nonce: Option<[u8; 32]>,
     ) -> Result<Option<Vec<u8>>, ChannelError> {
         let signed = self
             .requester
-            .get_signed_measurements(mailbox)
+            .get_signed_measurements_with_nonce(mailbox, nonce)
             .map_err(channel_error)?;
         let key_exchange = self
             .requester

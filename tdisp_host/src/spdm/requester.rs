@@ -589,13 +589,29 @@ impl SpdmRequester {
         &mut self,
         mailbox: &mut dyn DoeMailbox,
     ) -> Result<SignedMeasurements, SpdmError> {
+        self.get_signed_measurements_with_nonce(mailbox, None)
+    }
+
+    /// As [`Self::get_signed_measurements`], with `nonce` as the requester nonce when given
+    /// (a verifier's own, so that it can tell the signature is fresh).
+    pub fn get_signed_measurements_with_nonce(
+        &mut self,
+        mailbox: &mut dyn DoeMailbox,
+        nonce: Option<[u8; NONCE_SIZE]>,
+    ) -> Result<SignedMeasurements, SpdmError> {
         let leaf_key = self
             .chain
             .as_ref()
             .map(|c| c.leaf_key)
             .ok_or(SpdmError::NoSession)?;
-        let mut nonce = [0; NONCE_SIZE];
-        crypto::random_bytes(&mut nonce)?;
+        let nonce = match nonce {
+            Some(nonce) => nonce,
+            None => {
+                let mut nonce = [0; NONCE_SIZE];
+                crypto::random_bytes(&mut nonce)?;
+                nonce
+            }
+        };
         let request = GetMeasurements {
             operation: MEASUREMENT_OPERATION_ALL,
             signed: Some((nonce, self.config.slot)),

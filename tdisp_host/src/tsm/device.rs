@@ -203,6 +203,16 @@ impl Tsm {
         &mut self,
         address: PciAddress,
     ) -> Result<Option<Vec<u8>>, TsmError> {
+        self.signed_measurements_with_nonce(address, None)
+    }
+
+    /// As [`Self::signed_measurements`], with `nonce` as the GET_MEASUREMENTS requester nonce
+    /// (a guest's, for evidence it can tell is fresh) instead of a random one when given.
+    pub fn signed_measurements_with_nonce(
+        &mut self,
+        address: PciAddress,
+        nonce: Option<[u8; 32]>,
+    ) -> Result<Option<Vec<u8>>, TsmError> {
         let device = self.device_mut(address)?;
         if device.pending.is_some() {
             return Err(TsmError::Busy);
@@ -212,7 +222,7 @@ impl Tsm {
         }
         Ok(device
             .channel
-            .signed_measurements(device.mailbox.as_mut())?)
+            .signed_measurements(device.mailbox.as_mut(), nonce)?)
     }
 
     pub(super) fn device_mut(&mut self, address: PciAddress) -> Result<&mut TsmDevice, TsmError> {
