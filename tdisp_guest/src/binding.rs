@@ -26,6 +26,11 @@
 //!    session is refused;
 //! 8. that block holds SHA-384 of exactly the interface report bytes the guest received;
 //! 9. that block says the TDI is CONFIG_LOCKED (the guest verifies before it starts the TDI).
+//!
+//! After its start succeeds the flow asks once more, with a new nonce, and
+//! [`verify_running`] requires the same checks with the TDI in RUN, in the same session, over
+//! the same report: a host that stopped, reconfigured and re-locked the TDI between the
+//! guest's check and its start is caught there.
 
 use std::time::SystemTime;
 use tdisp_proto::FEATURE_SESSION_EVIDENCE;
@@ -193,8 +198,9 @@ pub enum BindingViolation {
     /// The binding block's digest is not the digest of the report received.
     #[error("the interface report received is not the one the device bound")]
     ReportDigest,
-    /// The binding block's TDI state is not CONFIG_LOCKED.
-    #[error("the device bound the report in state {0:?}, not CONFIG_LOCKED")]
+    /// The binding block's TDI state is not the one expected (CONFIG_LOCKED before the
+    /// guest's start, RUN after it).
+    #[error("the device bound the report in state {0:?}, not the one expected")]
     TdiState(TdiState),
 }
 
@@ -278,6 +284,33 @@ pub fn verify_binding(
     policy: &BindingPolicy,
     inputs: BindingInputs<'_>,
 ) -> Result<VerifiedBinding, BindingViolation> {
+    verify_in_state(policy, inputs, TdiState::ConfigLocked)
+}
+
+/// The check after the guest's start: `inputs` (fresh evidence, the same report, chain and
+/// guest device id) must pass every check of [`verify_binding`] with the TDI in RUN, in the
+/// same session as `before`, over the same report: the TDI the host started is the one the
+/// guest verified, not one stopped, reconfigured and locked again in between.
+pub fn verify_running(
+    policy: &BindingPolicy,
+    before: &VerifiedBinding,
+    inputs: BindingInputs<'_>,
+) -> Result<VerifiedBinding, BindingViolation> {
+    let after = verify_in_state(policy, inputs, TdiState::Run)?;
+    if after.session_th1 != before.session_th1 {
+        return Err(BindingViolation::OtherSession);
+    }
+    if after.report_digest != before.report_digest || after.interface != before.interface {
+        return Err(BindingViolation::ReportDigest);
+    }
+    Ok(after)
+}
+
+fn verify_in_state(
+    policy: &BindingPolicy,
+    inputs: BindingInputs<'_>,
+    expected_state: TdiState,
+) -> Result<VerifiedBinding, BindingViolation> {
     if policy.trusted_roots.is_empty() {
         return Err(BindingViolation::NoTrustedRoot);
     }
@@ -340,7 +373,7 @@ pub fn verify_binding(
     if binding.report_digest != report_digest {
         return Err(BindingViolation::ReportDigest);
     }
-    if binding.state != TdiState::ConfigLocked {
+    if binding.state != expected_state {
         return Err(BindingViolation::TdiState(binding.state));
     }
     Ok(VerifiedBinding {

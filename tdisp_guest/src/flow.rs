@@ -5,12 +5,15 @@
 //! the report to the SPDM session: the flow fetches the `CertificateChain`, `Measurements`
 //! (session evidence, asked with a fresh nonce of the guest's unless the policy says
 //! otherwise) and `GuestDeviceId` reports, in that order, and [`crate::verify_binding`]
-//! decides.
+//! decides. After the start succeeds it asks for the evidence once more and
+//! [`crate::verify_running`] requires the same TDI RUN in the same session with the same
+//! report; a refusal there unbinds too.
 
 use crate::binding::BindingInputs;
 use crate::binding::BindingViolation;
 use crate::binding::VerifiedBinding;
 use crate::binding::verify_binding;
+use crate::binding::verify_running;
 use crate::policy::InterfacePolicy;
 use crate::policy::PolicyViolation;
 use tdisp_proto::REPORT_NONCE_SIZE;
@@ -33,7 +36,9 @@ pub struct AcceptedDevice {
     pub report: DeviceInterfaceReport,
     /// The report exactly as received, for the guest's own attestation evidence.
     pub report_bytes: Vec<u8>,
-    /// The verified binding of the report to the SPDM session, when the policy required it.
+    /// The verified binding of the report to the SPDM session, when the policy required it:
+    /// the check after the start (TDI in RUN, same session and report as the check before it,
+    /// which also passed).
     pub binding: Option<VerifiedBinding>,
 }
 
@@ -93,9 +98,19 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
         .request_lock_device_resources()
         .map_err(FlowError::Lock)
         .and_then(|()| fetch_and_verify(device, policy, info.supported_features))
-        .and_then(|verified| {
+        .and_then(|(report, report_bytes, locked)| {
             device.request_start_tdi().map_err(FlowError::Start)?;
-            Ok(verified)
+            let running = match locked {
+                Some((locked, guest_device_id)) => Some(verify_after_start(
+                    device,
+                    policy,
+                    &locked,
+                    &report_bytes,
+                    &guest_device_id,
+                )?),
+                None => None,
+            };
+            Ok((report, report_bytes, running))
         });
     match verified {
         Ok((report, report_bytes, binding)) => {
@@ -121,8 +136,38 @@ pub fn accept_device<I: TdispGuestRequestInterface + ?Sized>(
     }
 }
 
-/// What the verify step yields: the decoded report, its bytes, and the binding if required.
-type Verified = (DeviceInterfaceReport, Vec<u8>, Option<VerifiedBinding>);
+/// What the verify step yields: the decoded report, its bytes, and, if the binding is
+/// required, the binding verified before the start with the guest device id it named.
+type Verified = (
+    DeviceInterfaceReport,
+    Vec<u8>,
+    Option<(VerifiedBinding, Vec<u8>)>,
+);
+
+/// Fetches the session evidence, with a fresh nonce of the guest's when the policy says so.
+fn fetch_evidence<I: TdispGuestRequestInterface + ?Sized>(
+    device: &mut I,
+    policy: &InterfacePolicy,
+) -> Result<(Vec<u8>, Option<[u8; REPORT_NONCE_SIZE]>), FlowError> {
+    let missing = |error| {
+        FlowError::Binding(BindingViolation::Missing {
+            report_type: TdispReportType::Measurements,
+            error,
+        })
+    };
+    if !policy.binding.guest_nonce {
+        let evidence = device
+            .request_attestation_report(TdispReportType::Measurements)
+            .map_err(missing)?;
+        return Ok((evidence, None));
+    }
+    let mut nonce = [0; REPORT_NONCE_SIZE];
+    getrandom::fill(&mut nonce).map_err(|_| FlowError::Binding(BindingViolation::NoRandomness))?;
+    let evidence = device
+        .request_attestation_report_with_nonce(TdispReportType::Measurements, nonce)
+        .map_err(missing)?;
+    Ok((evidence, Some(nonce)))
+}
 
 fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
     device: &mut I,
@@ -143,38 +188,15 @@ fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
             .map_err(|error| FlowError::Binding(BindingViolation::Missing { report_type, error }))
     };
     let chain = fetch(TdispReportType::CertificateChain)?;
-    let (evidence, nonce) = if policy.binding.guest_nonce {
-        let mut nonce = [0; REPORT_NONCE_SIZE];
-        getrandom::fill(&mut nonce)
-            .map_err(|_| FlowError::Binding(BindingViolation::NoRandomness))?;
-        let evidence = device
-            .request_attestation_report_with_nonce(TdispReportType::Measurements, nonce)
-            .map_err(|error| {
-                FlowError::Binding(BindingViolation::Missing {
-                    report_type: TdispReportType::Measurements,
-                    error,
-                })
-            })?;
-        (evidence, Some(nonce))
-    } else {
-        (
-            device
-                .request_attestation_report(TdispReportType::Measurements)
-                .map_err(|error| {
-                    FlowError::Binding(BindingViolation::Missing {
-                        report_type: TdispReportType::Measurements,
-                        error,
-                    })
-                })?,
-            None,
-        )
-    };
-    let mut fetch = |report_type| {
-        device
-            .request_attestation_report(report_type)
-            .map_err(|error| FlowError::Binding(BindingViolation::Missing { report_type, error }))
-    };
-    let guest_device_id = fetch(TdispReportType::GuestDeviceId)?;
+    let (evidence, nonce) = fetch_evidence(device, policy)?;
+    let guest_device_id = device
+        .request_attestation_report(TdispReportType::GuestDeviceId)
+        .map_err(|error| {
+            FlowError::Binding(BindingViolation::Missing {
+                report_type: TdispReportType::GuestDeviceId,
+                error,
+            })
+        })?;
     let binding = verify_binding(
         &policy.binding,
         BindingInputs {
@@ -186,5 +208,29 @@ fn fetch_and_verify<I: TdispGuestRequestInterface + ?Sized>(
         },
     )
     .map_err(FlowError::Binding)?;
-    Ok((report, bytes, Some(binding)))
+    Ok((report, bytes, Some((binding, guest_device_id))))
+}
+
+/// After the start: fresh evidence must show the same TDI RUN in the same session with the
+/// same report ([`verify_running`]).
+fn verify_after_start<I: TdispGuestRequestInterface + ?Sized>(
+    device: &mut I,
+    policy: &InterfacePolicy,
+    locked: &VerifiedBinding,
+    report: &[u8],
+    guest_device_id: &[u8],
+) -> Result<VerifiedBinding, FlowError> {
+    let (evidence, nonce) = fetch_evidence(device, policy)?;
+    verify_running(
+        &policy.binding,
+        locked,
+        BindingInputs {
+            report,
+            chain: &locked.chain,
+            evidence: &evidence,
+            guest_device_id,
+            nonce,
+        },
+    )
+    .map_err(FlowError::Binding)
 }

@@ -61,23 +61,34 @@
 //! - inside a connection with the same negotiation, signed measurements containing a TDI
 //!   binding block that names S, the interface [`VerifiedBinding::interface`], the state
 //!   CONFIG_LOCKED and SHA-384 of exactly the interface report bytes the guest received and
-//!   checked against its [`InterfacePolicy`].
+//!   checked against its [`InterfacePolicy`];
+//! - with [`BindingPolicy::guest_nonce`] (the default; [`VerifiedBinding::fresh`]), signed
+//!   those measurements over the nonce the guest drew for this request, so **after** the
+//!   guest asked: the device was then in session S, with that TDI CONFIG_LOCKED and serving
+//!   exactly these report bytes. The nonce travels in this project's extension of
+//!   `tdisp.proto` ([`tdisp_proto::TdispGuestRequestInterface::request_attestation_report_with_nonce`]).
 //!
 //! So, if the device keeps its key secret and reports binding blocks truthfully, the device,
-//! in session S and with that TDI CONFIG_LOCKED, was serving exactly these report bytes. Mixing
-//! evidence is refused: measurements from another session, a report other than the bound one,
-//! a signature by another key, a chain to another root, a binding for another interface or
-//! for a TDI already RUN.
+//! in session S and with that TDI CONFIG_LOCKED, was serving exactly these report bytes at a
+//! time after the guest's request. Mixing or replaying evidence is refused: measurements not
+//! signed over the guest's nonce (older evidence, a whole older session), measurements bound
+//! to another session than the key exchange shown, a report other than the bound one, a
+//! signature by another key, a chain to another root, a binding for another interface or for
+//! a TDI already RUN.
 //!
 //! The guest **cannot** conclude:
 //!
-//! - **freshness**: the guest gives the device no nonce (`tdisp.proto` asks for a report by
-//!   type only; the GET_MEASUREMENTS nonce is chosen by the host's TSM), so a host can replay
-//!   a whole older session's evidence together with that session's report, and the guest
-//!   accepts it while the report bytes are identical (`tests/binding.rs` states this as a
-//!   test). It learns that S existed, not that S is the session in use now;
-//! - that the device the host starts is the one that signed, or that the host relays
-//!   anything faithfully: the host holds the session keys and drives START itself;
+//! - anything after the last evidence was signed. The flow narrows the gap around its start:
+//!   after the start succeeds it asks again with a new nonce and requires the same TDI RUN in
+//!   the same session with the same report ([`verify_running`]), so a host that stopped,
+//!   reconfigured and re-locked the TDI behind the start is refused (tested). What the device
+//!   does later is the device's to enforce (TDISP moves a TDI whose locked configuration
+//!   changes to ERROR); the host holds the session keys and could, for one, stop the TDI at
+//!   any time;
+//! - freshness when [`BindingPolicy::guest_nonce`] is off: the GET_MEASUREMENTS nonce is then
+//!   the host's, and a host can replay a whole older session's evidence with that session's
+//!   report while the bytes are identical (`tests/binding.rs` shows both cases);
+//! - that the host relays anything else faithfully;
 //! - which interface is the guest's: the `GuestDeviceId` report is the host's word; the device
 //!   vouches for the (interface, report) pair only;
 //! - anything from TDISP 1.0 itself: it does not sign the interface report, and SPDM 1.2
@@ -116,6 +127,7 @@ pub use binding::BindingViolation;
 pub use binding::VerifiedBinding;
 pub use binding::decode_guest_device_id;
 pub use binding::verify_binding;
+pub use binding::verify_running;
 pub use client::TdispGuestClient;
 pub use flow::AcceptedDevice;
 pub use flow::FlowError;

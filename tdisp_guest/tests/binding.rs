@@ -64,6 +64,8 @@ struct Tampering {
     start_before_measurements: bool,
     /// Serve evidence asked with the TSM's own nonce instead of the guest's.
     ignore_nonce: bool,
+    /// On the guest's start: stop the TDI, run this (a configuration change), lock and start.
+    relock_on_start: Option<Box<dyn FnMut()>>,
 }
 
 impl Tampering {
@@ -75,6 +77,7 @@ impl Tampering {
             hide_features: false,
             start_before_measurements: false,
             ignore_nonce: false,
+            relock_on_start: None,
         }
     }
 }
@@ -94,6 +97,12 @@ impl TdispGuestRequestInterface for Tampering {
         self.machine.request_lock_device_resources()
     }
     fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
+        if let Some(reconfigure) = &mut self.relock_on_start {
+            self.machine
+                .request_unbind(TdispGuestUnbindReason::Graceful)?;
+            reconfigure();
+            self.machine.request_lock_device_resources()?;
+        }
         self.machine.request_start_tdi()
     }
     fn request_attestation_report(
@@ -626,19 +635,24 @@ fn certificates_outside_their_validity_at_the_policys_time_are_refused() {
     refused_by(&assignment, &policy, honest(), BindingCheck::Chain);
 }
 
-/// A host replaying a whole older session's evidence together with that session's report
-/// (byte-identical to today's): the guest's nonce refuses it; a guest that does without the
+/// A host replaying a whole older session together with that session's report
+/// (byte-identical to today's): the evidence it served while the TDI was locked, then the
+/// evidence it served once it ran. The guest's nonce refuses it; a guest that does without the
 /// nonce cannot tell (the limit `BindingPolicy::guest_nonce` documents).
 #[test]
 fn a_whole_older_session_replayed_is_refused_only_with_the_guests_nonce() {
     let assignment = assignment();
-    let old = {
+    let (old, old_running) = {
         let mut machine = assignment.machine(MachineConfig::new(DEVICE_ID));
         let captured = capture(&mut machine);
+        machine.request_start_tdi().unwrap();
+        let running = machine
+            .request_attestation_report(TdispReportType::Measurements)
+            .unwrap();
         machine
             .request_unbind(TdispGuestUnbindReason::Graceful)
             .unwrap();
-        captured
+        (captured, running)
     };
     {
         let mut tsm = assignment.tsm().lock().unwrap();
@@ -648,11 +662,12 @@ fn a_whole_older_session_replayed_is_refused_only_with_the_guests_nonce() {
         tsm.bind(ADDRESS, params).unwrap();
     }
     let replay = || {
-        let (report, evidence) = (old.report.clone(), old.evidence.clone());
+        let report = old.report.clone();
+        let mut evidence = vec![old.evidence.clone(), old_running.clone()].into_iter();
         let edit: Edit = Box::new(move |report_type, honest| {
             Ok(match report_type {
                 TdispReportType::InterfaceReport => report.clone(),
-                TdispReportType::Measurements => evidence.clone(),
+                TdispReportType::Measurements => evidence.next().unwrap_or(honest),
                 _ => honest,
             })
         });
@@ -679,6 +694,30 @@ fn a_whole_older_session_replayed_is_refused_only_with_the_guests_nonce() {
         current.th1(&binding.chain),
         "accepted on an older session's evidence"
     );
+}
+
+/// A host that, asked to start the TDI, stops it, moves a BAR, locks it again and starts
+/// it: the guest's start succeeds, and the check after it refuses the device.
+#[test]
+fn a_tdi_reconfigured_and_relocked_behind_the_guests_start_is_refused_after_it() {
+    let assignment = assignment();
+    let dsm = assignment.dsm().clone();
+    let mut host = Tampering::new(assignment.machine(MachineConfig::new(DEVICE_ID)), honest());
+    host.relock_on_start = Some(Box::new(move || {
+        dsm.lock()
+            .unwrap()
+            .apply_config_change(tdisp_host::dsm::config::ConfigChange::MoveBar {
+                requester_id: REQUESTER_ID,
+                bar: 0,
+                new_address: 0x2_0000_0000,
+            })
+            .unwrap();
+    }));
+    let policy = policy(vec![assignment.root_der().to_vec()]);
+    let error = accept_device(&mut host, PROTOCOL, &policy).unwrap_err();
+    assert_eq!(error, FlowError::Binding(BindingViolation::ReportDigest));
+    assert_eq!(host.unbinds, vec![TdispGuestUnbindReason::Graceful]);
+    assert_eq!(host.machine.state(), TdispTdiState::Unlocked);
 }
 
 proptest! {
