@@ -52,8 +52,8 @@
 //! The `CertificateChain` report is the device's chain in SPDM slot format, as the TSM's
 //! session validated it against the root the host configured. The `Measurements` report is
 //! session evidence ([`tdisp_proto::evidence::bundle`]): VCA, this session's KEY_EXCHANGE and
-//! KEY_EXCHANGE_RSP with its signature, then a GET_MEASUREMENTS (all blocks, signed, fresh
-//! TSM nonce) sent inside the session and the MEASUREMENTS answer with its signature. The
+//! KEY_EXCHANGE_RSP with its signature, then a GET_MEASUREMENTS (all blocks, signed, over the
+//! guest's nonce when it sent one, else a fresh TSM nonce) sent inside the session and the MEASUREMENTS answer with its signature. The
 //! responder adds to the answer, only inside a session, the blocks its
 //! [`responder::VendorHandler::session_measurements`] gives for the session's TH1; the emulated
 //! DSM gives one TDI binding block per CONFIG_LOCKED or RUN TDI
@@ -63,10 +63,10 @@
 //! A guest that validates the chain against **its own** root and checks the evidence
 //! (`tdisp_guest::verify_binding`) can conclude that the device's key signed session S and,
 //! in a connection with the same negotiation, bound exactly the report bytes it received to S
-//! and its interface while CONFIG_LOCKED. It cannot conclude freshness (the nonce is the
-//! TSM's, and the guest has no way to send one: a host can replay a whole older session's
-//! evidence with that session's report), that the host relays or starts faithfully (the
-//! session keys stay with the TSM), that certificates are unrevoked (never checked) or in
+//! and its interface while CONFIG_LOCKED, after its own nonce was drawn when it sent one. It
+//! cannot conclude freshness without its nonce (a host can then replay a whole older
+//! session's evidence with that session's report), what happens after the signature, or that
+//! the host relays or starts faithfully (the session keys stay with the TSM), that certificates are unrevoked (never checked) or in
 //! date (checked only against a time the guest's policy supplies),
 //! or anything from a device that does not report binding blocks: TDISP 1.0 does not sign
 //! its report, SPDM 1.2 measurement signatures do not cover the key exchange, and the
