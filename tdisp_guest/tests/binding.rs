@@ -720,6 +720,30 @@ fn a_tdi_reconfigured_and_relocked_behind_the_guests_start_is_refused_after_it()
     assert_eq!(host.machine.state(), TdispTdiState::Unlocked);
 }
 
+#[test]
+fn a_report_with_a_nonce_follows_the_state_rules_of_any_report() {
+    let assignment = assignment();
+    let mut machine = assignment.machine(MachineConfig::new(DEVICE_ID));
+    machine.tdisp_negotiate_protocol(PROTOCOL).unwrap();
+    // Before the lock: refused, as any report.
+    assert_eq!(
+        machine.request_attestation_report_with_nonce(TdispReportType::Measurements, [7; 32]),
+        Err(TdispGuestOperationError::InvalidGuestAttestationReportState)
+    );
+    machine.request_lock_device_resources().unwrap();
+    // Locked: the evidence carries the nonce; other types ignore it.
+    let evidence = machine
+        .request_attestation_report_with_nonce(TdispReportType::Measurements, [7; 32])
+        .unwrap();
+    let evidence = SessionEvidence::decode(&evidence).unwrap();
+    assert_eq!(evidence.requester_nonce().unwrap(), [7; 32]);
+    assert_eq!(
+        machine.request_attestation_report_with_nonce(TdispReportType::GuestDeviceId, [7; 32]),
+        machine.request_attestation_report(TdispReportType::GuestDeviceId)
+    );
+    assert_eq!(machine.state(), TdispTdiState::Locked);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 

@@ -235,6 +235,7 @@ impl TdispGuestOperationError {
 /// | [`request_lock_device_resources`](Self::request_lock_device_resources) | `Unlocked` | `Locked` | error, device unbound |
 /// | [`request_start_tdi`](Self::request_start_tdi) | `Locked` | `Run` | error, device unbound |
 /// | [`request_attestation_report`](Self::request_attestation_report) | `Locked`, `Run` | unchanged | `InvalidGuestAttestationReportState`, device unbound |
+/// | [`request_attestation_report_with_nonce`](Self::request_attestation_report_with_nonce) | as above (by default `NotImplemented`, nothing changes) | unchanged | as above |
 /// | [`request_unbind`](Self::request_unbind) | any negotiated state | `Unlocked` | - |
 ///
 /// Before negotiation every other call fails. "Unbound" means the device is back in
