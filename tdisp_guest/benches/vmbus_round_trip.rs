@@ -13,6 +13,7 @@ use criterion::Throughput;
 use criterion::criterion_group;
 use criterion::criterion_main;
 use std::time::Duration;
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::TdispGuestClient;
 use tdisp_guest::accept_device;
@@ -115,7 +116,7 @@ impl Bus {
         });
     }
 
-    fn tdisp(&self, device_id: u64) -> TdispGuestClient<VmbusTransport> {
+    fn tdisp(&self, device_id: u64) -> (TdispGuestClient<VmbusTransport>, Vec<u8>) {
         let assignment = EmulatedAssignment::single(
             u32::try_from(device_id).unwrap() * 0x100,
             0x0100 + u16::try_from(device_id).unwrap(),
@@ -139,7 +140,7 @@ impl Bus {
             ))
             .unwrap();
         self.runtime.spawn(worker.run());
-        client
+        (client, assignment.root_der().to_vec())
     }
 
     fn echo(&self) -> ClientChannel {
@@ -153,7 +154,7 @@ impl Bus {
 
 fn round_trips(c: &mut Criterion) {
     let bus = Bus::new();
-    let mut tdisp = bus.tdisp(1);
+    let (mut tdisp, _root) = bus.tdisp(1);
     tdisp
         .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
         .unwrap();
@@ -191,9 +192,10 @@ fn round_trips(c: &mut Criterion) {
 
 fn whole_flows(c: &mut Criterion) {
     let bus = Bus::new();
-    let mut tdisp = bus.tdisp(2);
+    let (mut tdisp, root) = bus.tdisp(2);
     let policy = InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
+        binding: BindingPolicy::require(vec![root]),
         ..Default::default()
     };
     let mut group = c.benchmark_group("vmbus_flow");

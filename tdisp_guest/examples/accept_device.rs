@@ -4,6 +4,7 @@
 //! state machine, TSM, DOE mailbox, emulated DSM), and every reply is checked by the client
 //! before the guest believes it.
 
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::GuestTransport;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::TdispGuestClient;
@@ -34,12 +35,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut client = TdispGuestClient::new(Direct(dispatcher), device_id);
+    // The guest trusts the device vendor's root (here the emulation's, handed over in-process;
+    // a real guest has it from its own configuration, never from the host).
     let policy = InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
+        binding: BindingPolicy::require(vec![assignment.root_der().to_vec()]),
         ..Default::default()
     };
     let accepted = accept_device(&mut client, TdispGuestProtocolType::AmdSevTioV1, &policy)?;
     assert_eq!(client.state(), TdispTdiState::Run);
+    if let Some(binding) = &accepted.binding {
+        println!(
+            "report bound by the device to SPDM session {:#010x} (interface {:#x})",
+            binding.session_id,
+            binding.interface.function_id.into_bits()
+        );
+    }
     for range in &accepted.report.mmio_ranges {
         println!(
             "  BAR {} at {:#x}, {} pages, attributes {:#06x}",

@@ -7,6 +7,7 @@
 
 use std::error::Error;
 use std::time::Duration;
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::accept_device;
 use tdisp_guest::vmbus::open_tdisp_client;
@@ -55,8 +56,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         8..512,
         FeatureFlags::all(),
     ))?;
+    // The guest trusts both devices' vendor roots (here handed over in-process).
     let policy = InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
+        binding: BindingPolicy::require(
+            assignments.iter().map(|a| a.root_der().to_vec()).collect(),
+        ),
         ..Default::default()
     };
     for offer in tdisp_offers(&guest) {

@@ -1,6 +1,7 @@
 //! The guest request client: the seed trait carried over a [`GuestTransport`].
 
 use crate::transport::GuestTransport;
+use tdisp_proto::REPORT_NONCE_SIZE;
 use tdisp_proto::TdispDeviceInterfaceInfo;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispGuestProtocolType;
@@ -160,9 +161,10 @@ fn check_success(
         }
         (GuestCommand::LockDeviceResources, _) => before == Unlocked && after == Locked,
         (GuestCommand::StartTdi, _) => before == Locked && after == Run,
-        (GuestCommand::GetAttestationReport(_), _) => {
-            before == after && matches!(after, Locked | Run)
-        }
+        (
+            GuestCommand::GetAttestationReport(_) | GuestCommand::GetFreshAttestationReport { .. },
+            _,
+        ) => before == after && matches!(after, Locked | Run),
         (GuestCommand::Unbind(_), _) => after == Unlocked,
         _ => false,
     };
@@ -197,6 +199,17 @@ impl<T: GuestTransport> TdispGuestRequestInterface for TdispGuestClient<T> {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         match self.call(GuestCommand::GetAttestationReport(report_type))? {
+            GuestReply::GetAttestationReport { report, .. } => Ok(report),
+            _ => Err(TdispGuestOperationError::HostFailedToProcessCommand),
+        }
+    }
+
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        match self.call(GuestCommand::GetFreshAttestationReport { report_type, nonce })? {
             GuestReply::GetAttestationReport { report, .. } => Ok(report),
             _ => Err(TdispGuestOperationError::HostFailedToProcessCommand),
         }

@@ -13,6 +13,9 @@
 //!    locked with LOCK_MSIX, and a range is never both table and PBA;
 //! 6. non-TEE ranges appear only where the guest expects them;
 //! 7. the ranges and device-specific information equal what the guest expects, when it says.
+//!
+//! Whether the report bytes are the device's own is a separate decision, the binding's
+//! ([`crate::binding`]), made by the acceptance flow after these checks.
 
 use tdisp_proto::pcie::LockInterfaceFlags;
 use tdisp_proto::pcie::report::DeviceInterfaceReport;
@@ -58,6 +61,12 @@ pub struct InterfacePolicy {
     pub allow_non_tee_ranges: bool,
     /// If set, the device-specific information must equal these bytes.
     pub expected_device_specific_info: Option<Vec<u8>>,
+    /// Whether the report must be bound to the SPDM session by device-signed evidence, and
+    /// the roots the device's chain may lead to (checked by [`crate::verify_binding`] in the
+    /// acceptance flow, after the checks here). By default the binding is required when the
+    /// host advertises session evidence, and no root is trusted, so such a host's devices are
+    /// refused until the guest configures its roots.
+    pub binding: crate::binding::BindingPolicy,
 }
 
 /// The checks of [`InterfacePolicy::check`], in the order they run.

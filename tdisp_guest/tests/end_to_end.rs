@@ -6,6 +6,7 @@
     reason = "test setup helpers outside #[test] fns unwrap"
 )]
 
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::FlowError;
 use tdisp_guest::GuestTransport;
 use tdisp_guest::InterfacePolicy;
@@ -50,9 +51,12 @@ fn host() -> (EmulatedAssignment, TdispGuestClient<Direct>) {
     )
 }
 
-fn emulated_policy() -> InterfacePolicy {
+/// What the guest knows of the emulated device: its device-specific bytes, and the root its
+/// vendor (here, the emulation) issued its identity under.
+fn emulated_policy(assignment: &EmulatedAssignment) -> InterfacePolicy {
     InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
+        binding: BindingPolicy::require(vec![assignment.root_der().to_vec()]),
         ..Default::default()
     }
 }
@@ -82,11 +86,14 @@ fn guest_accepts_the_emulated_device_and_sees_its_bars() {
     let accepted = accept_device(
         &mut client,
         TdispGuestProtocolType::AmdSevTioV1,
-        &emulated_policy(),
+        &emulated_policy(&assignment),
     )
     .unwrap();
     assert_eq!(client.state(), TdispTdiState::Run);
     assert_eq!(client.faults(), 0);
+    let binding = accepted.binding.as_ref().unwrap();
+    assert_eq!(binding.interface, assignment.interface());
+    assert_eq!(binding.root_index, 0);
     let dsm = assignment.dsm().lock().unwrap();
     let bar0 = dsm.config().function(REQUESTER_ID).unwrap().bars[0];
     let reported_bytes: u64 = accepted
@@ -133,7 +140,7 @@ fn bar_move_while_running_breaks_the_device_until_the_guest_unbinds() {
     let first = accept_device(
         &mut client,
         TdispGuestProtocolType::AmdSevTioV1,
-        &emulated_policy(),
+        &emulated_policy(&assignment),
     )
     .unwrap();
     let old_bar = first.report.mmio_ranges[0].first_page;
@@ -165,7 +172,7 @@ fn bar_move_while_running_breaks_the_device_until_the_guest_unbinds() {
     let again = accept_device(
         &mut client,
         TdispGuestProtocolType::AmdSevTioV1,
-        &emulated_policy(),
+        &emulated_policy(&assignment),
     )
     .unwrap();
     assert_ne!(again.report.mmio_ranges[0].first_page, old_bar);

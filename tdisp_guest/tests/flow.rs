@@ -1,6 +1,7 @@
 //! The lock -> report -> verify -> start flow against a host serving a real interface report.
 
 use tdisp_guest::AssignedBar;
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::FlowError;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::PolicyCheck;
@@ -125,6 +126,7 @@ fn strict_policy() -> InterfacePolicy {
         expected_ranges: assigned(),
         allow_non_tee_ranges: false,
         expected_device_specific_info: Some(vec![0xde, 0xad]),
+        binding: Default::default(),
     }
 }
 
@@ -250,6 +252,7 @@ fn strict_policy_accepts_the_emulated_host_device_and_refuses_unrequested_msix()
         assigned_bars: Some(bars),
         lock_flags: Some(EmulatedAssignment::default_lock().flags),
         expected_device_specific_info: Some(function.device_specific_info.clone()),
+        binding: BindingPolicy::require(vec![assignment.root_der().to_vec()]),
         ..Default::default()
     };
     let mut machine = assignment.machine(MachineConfig::new(3));

@@ -7,10 +7,12 @@ mod common;
 use common::Bus;
 use std::sync::Arc;
 use std::sync::Barrier;
+use tdisp_guest::BindingPolicy;
 use tdisp_guest::InterfacePolicy;
 use tdisp_guest::accept_device;
 use tdisp_guest::vmbus::tdisp_offers;
 use tdisp_host::dsm::config::ConfigChange;
+use tdisp_host::emulated::EmulatedAssignment;
 use tdisp_proto::TdispGuestOperationError;
 use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispGuestRequestInterface;
@@ -20,9 +22,11 @@ use tdisp_proto::TdispTdiState;
 use tdisp_proto::testing::ConformanceConfig;
 use tdisp_proto::testing::run_conformance;
 
-fn emulated_policy() -> InterfacePolicy {
+/// What the guest knows of the emulated device: its device-specific bytes and its root.
+fn emulated_policy(assignment: &EmulatedAssignment) -> InterfacePolicy {
     InterfacePolicy {
         expected_device_specific_info: Some(b"emulated-dsm".to_vec()),
+        binding: BindingPolicy::require(vec![assignment.root_der().to_vec()]),
         ..Default::default()
     }
 }
@@ -59,10 +63,11 @@ fn two_devices_run_the_whole_flow_concurrently_and_both_sides_agree() {
             let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
+                let policy = emulated_policy(&device.assignment);
                 let accepted = accept_device(
                     &mut device.client,
                     TdispGuestProtocolType::AmdSevTioV1,
-                    &emulated_policy(),
+                    &policy,
                 )
                 .unwrap();
                 let running = (
@@ -105,10 +110,11 @@ fn two_devices_run_the_whole_flow_concurrently_and_both_sides_agree() {
 fn host_error_state_reaches_the_guest_as_error_and_unbind_recovers_both_sides() {
     let bus = Bus::new();
     let mut device = bus.attach(3);
+    let policy = emulated_policy(&device.assignment);
     let first = accept_device(
         &mut device.client,
         TdispGuestProtocolType::IntelTdxConnectV1,
-        &emulated_policy(),
+        &policy,
     )
     .unwrap();
     device
@@ -148,7 +154,7 @@ fn host_error_state_reaches_the_guest_as_error_and_unbind_recovers_both_sides() 
     let again = accept_device(
         &mut device.client,
         TdispGuestProtocolType::IntelTdxConnectV1,
-        &emulated_policy(),
+        &policy,
     )
     .unwrap();
     assert_ne!(

@@ -12,6 +12,7 @@ use crate::tsm::TsmError;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use tdisp_proto::REPORT_NONCE_SIZE;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::pcie::TdiState;
 use thiserror::Error;
@@ -35,12 +36,35 @@ pub enum BackendError {
 pub trait TdiBackend: Send {
     /// Whether the device speaks TDISP (decides the negotiated protocol).
     fn is_tdisp_capable(&self) -> bool;
+    /// Whether the device is reached through an SPDM secured session, so that the
+    /// `Measurements` report is session evidence (advertised to the guest as
+    /// [`tdisp_proto::FEATURE_SESSION_EVIDENCE`]). None by default.
+    fn serves_session_evidence(&self) -> bool {
+        false
+    }
     /// Locks the TDI (CONFIG_UNLOCKED -> CONFIG_LOCKED).
     fn lock(&mut self) -> Result<(), BackendError>;
     /// Starts the TDI (CONFIG_LOCKED -> RUN).
     fn start(&mut self) -> Result<(), BackendError>;
     /// Produces a report of `report_type` (never [`TdispReportType::Invalid`]).
     fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError>;
+    /// As [`Self::report`], with the guest's nonce: `Measurements` evidence must carry it as
+    /// the device-signed requester nonce. Other types ignore it. By default a backend cannot
+    /// take a nonce and refuses `Measurements` (never serving evidence without the nonce the
+    /// guest asked for).
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        let _ = nonce;
+        match report_type {
+            TdispReportType::Measurements => Err(BackendError::NotSupported(
+                "this backend cannot put a guest nonce into measurements",
+            )),
+            other => self.report(other),
+        }
+    }
     /// Stops the TDI (back to CONFIG_UNLOCKED, TVM data scrubbed).
     fn stop(&mut self) -> Result<(), BackendError>;
 }
@@ -48,6 +72,9 @@ pub trait TdiBackend: Send {
 impl<T: TdiBackend + ?Sized> TdiBackend for Box<T> {
     fn is_tdisp_capable(&self) -> bool {
         (**self).is_tdisp_capable()
+    }
+    fn serves_session_evidence(&self) -> bool {
+        (**self).serves_session_evidence()
     }
     fn lock(&mut self) -> Result<(), BackendError> {
         (**self).lock()
@@ -57,6 +84,13 @@ impl<T: TdiBackend + ?Sized> TdiBackend for Box<T> {
     }
     fn report(&mut self, report_type: TdispReportType) -> Result<Vec<u8>, BackendError> {
         (**self).report(report_type)
+    }
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        (**self).fresh_report(report_type, nonce)
     }
     fn stop(&mut self) -> Result<(), BackendError> {
         (**self).stop()
@@ -71,8 +105,12 @@ pub type SharedTsm = Arc<Mutex<Tsm>>;
 /// Report types: [`TdispReportType::InterfaceReport`] is the TDISP DEVICE_INTERFACE_REPORT read
 /// in portions; [`TdispReportType::GuestDeviceId`] is the TDI's 12-byte TDISP interface id as on
 /// the wire; [`TdispReportType::IsRegistered`] is one byte, 1 while the TDI is bound through the
-/// TSM. The certificate chain and measurements need an SPDM session, which this crate does not
-/// have yet: they are not supported. Every report is answered from the device, never from what
+/// TSM. [`TdispReportType::CertificateChain`] is the device's chain in SPDM slot format as the
+/// TSM's session validated it; [`TdispReportType::Measurements`] is session evidence
+/// ([`tdisp_proto::evidence::bundle`]): the session's signed key exchange and measurements the
+/// device signs inside that session, asked afresh for each report, whose TDI binding blocks
+/// carry SHA-384 of each locked TDI's interface report. Both need an SPDM session: over a plain
+/// channel they are not supported. Every report is answered from the device, never from what
 /// the host remembers: the interface report is read from it, and the other types ask it the
 /// TDI's state first, so a TDI in ERROR has no report of any type.
 #[derive(Debug, Clone)]
@@ -115,6 +153,11 @@ impl TdiBackend for TsmBackend {
     fn is_tdisp_capable(&self) -> bool {
         let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
         tsm.binding(self.address).is_some()
+    }
+
+    fn serves_session_evidence(&self) -> bool {
+        let tsm = self.tsm.lock().unwrap_or_else(PoisonError::into_inner);
+        tsm.is_channel_secure(self.address) == Some(true)
     }
 
     fn lock(&mut self) -> Result<(), BackendError> {
@@ -163,18 +206,38 @@ impl TdiBackend for TsmBackend {
                         "certificates need an SPDM session",
                     ))
             }
-            TdispReportType::Measurements => {
-                self.with_tsm(Tsm::signed_measurements)?
-                    .ok_or(BackendError::NotSupported(
-                        "measurements need an SPDM session",
-                    ))
-            }
+            TdispReportType::Measurements => self.measurements(None),
             TdispReportType::Invalid => Err(BackendError::NotSupported("invalid report type")),
+        }
+    }
+
+    fn fresh_report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, BackendError> {
+        match report_type {
+            TdispReportType::Measurements => self.measurements(Some(nonce)),
+            other => self.report(other),
         }
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
         self.with_tsm(Tsm::stop)
+    }
+}
+
+impl TsmBackend {
+    /// Session evidence with measurements the device signs over `nonce` (the guest's) or a
+    /// fresh one of the TSM's.
+    fn measurements(
+        &mut self,
+        nonce: Option<[u8; REPORT_NONCE_SIZE]>,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.with_tsm(|tsm, address| tsm.signed_measurements_with_nonce(address, nonce))?
+            .ok_or(BackendError::NotSupported(
+                "measurements need an SPDM session",
+            ))
     }
 }
 

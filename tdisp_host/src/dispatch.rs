@@ -241,7 +241,10 @@ mod tests {
             (raw(None), TdispGuestOperationError::InvalidGuestCommandId),
             (
                 raw(Some(Command::GetTdiReport(
-                    proto::TdispCommandRequestGetTdiReport { report_type: 99 },
+                    proto::TdispCommandRequestGetTdiReport {
+                        report_type: 99,
+                        nonce: Vec::new(),
+                    },
                 ))),
                 TdispGuestOperationError::InvalidGuestAttestationReportType,
             ),

@@ -57,6 +57,7 @@ pub struct EmulatedAssignment {
     dsm: Arc<Mutex<EmulatedDsm>>,
     address: PciAddress,
     interface: InterfaceId,
+    root_der: Vec<u8>,
 }
 
 impl EmulatedAssignment {
@@ -78,11 +79,12 @@ impl EmulatedAssignment {
             .ok_or(ConfigError::NoFunctions)?;
         let dsm = Arc::new(Mutex::new(EmulatedDsm::new(config)?));
         let interface = InterfaceId::from_requester_id(requester_id);
+        // The TSM reaches the device through its DOE registers, as it would real hardware.
+        let identity = DeviceIdentity::generate("emulated TDISP device")
+            .map_err(|e| SetupError::Identity(e.to_string()))?;
+        let root_der = identity.root_der.clone();
         {
             let mut guard = tsm.lock().unwrap_or_else(PoisonError::into_inner);
-            // The TSM reaches the device through its DOE registers, as it would real hardware.
-            let identity = DeviceIdentity::generate("emulated TDISP device")
-                .map_err(|e| SetupError::Identity(e.to_string()))?;
             let channel = SpdmChannel::new(RequesterConfig::new(identity.root_der.clone()));
             let responder = SpdmResponder::new(
                 ResponderConfig::new(identity, Self::measurements()),
@@ -114,6 +116,7 @@ impl EmulatedAssignment {
             dsm,
             address,
             interface,
+            root_der,
         })
     }
 
@@ -170,5 +173,12 @@ impl EmulatedAssignment {
     /// The bound TDI.
     pub fn interface(&self) -> InterfaceId {
         self.interface
+    }
+
+    /// The root certificate (DER) of the device's freshly generated identity: the trust anchor
+    /// a guest configures to verify the device's session evidence (in a real deployment it
+    /// comes from the device vendor, never from the host).
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
     }
 }

@@ -25,6 +25,10 @@
 //!
 //! The channel between TSM and device is an SPDM 1.2 secured session ([`spdm`], behind the
 //! [`tsm::SecureChannel`] seam); the insecure [`tsm::PlainChannel`] is refused unless opted in.
+//! Over a session the guest is served the device's certificate chain and session evidence
+//! (the `Measurements` report) that binds the interface report to the session, and the host
+//! advertises [`tdisp_proto::FEATURE_SESSION_EVIDENCE`]; what a guest can and cannot conclude
+//! from it is in [`spdm`]'s docs.
 //!
 //! A guest's whole cycle, as `tdisp.proto` messages:
 //!

@@ -117,7 +117,9 @@ pub struct MachineConfig {
     pub device_id: u64,
     /// Guest protocols this host offers.
     pub supported_protocols: Vec<TdispGuestProtocolType>,
-    /// Feature bits reported at negotiation.
+    /// Feature bits reported at negotiation; [`tdisp_proto::FEATURE_SESSION_EVIDENCE`] is added
+    /// to them when the backend serves session evidence
+    /// ([`crate::backend::TdiBackend::serves_session_evidence`]).
     pub supported_features: u64,
     /// History entries kept.
     pub history_capacity: usize,
@@ -319,6 +321,30 @@ impl<B: TdiBackend> TdiStateMachine<B> {
     }
 }
 
+impl<B: TdiBackend> TdiStateMachine<B> {
+    /// A report of `report_type`, with the guest's nonce when it sent one.
+    fn report(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: Option<[u8; tdisp_proto::REPORT_NONCE_SIZE]>,
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        let call = GuestCall::Report(report_type);
+        let from = self.state;
+        if report_type == TdispReportType::Invalid
+            && let Transition::Allowed { .. } = transition(from, CallKind::Report)
+        {
+            // As OpenVMM: a report of no type is a guest error that costs it the device.
+            self.unbind_device();
+            let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
+            return self.finish(call, from, refused, Some(UnbindCause::InvalidReportType));
+        }
+        self.execute(call, |backend| match nonce {
+            Some(nonce) => backend.fresh_report(report_type, nonce),
+            None => backend.report(report_type),
+        })
+    }
+}
+
 impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
     fn tdisp_negotiate_protocol(
         &mut self,
@@ -342,9 +368,14 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
             let refused = Err(TdispGuestOperationError::InvalidGuestProtocolRequest);
             return self.finish(call, from, refused, None);
         }
+        let evidence = if self.backend.serves_session_evidence() {
+            tdisp_proto::FEATURE_SESSION_EVIDENCE
+        } else {
+            0
+        };
         let mut info = TdispDeviceInterfaceInfo {
             guest_protocol_type: requested_guest_protocol,
-            supported_features: self.config.supported_features,
+            supported_features: self.config.supported_features | evidence,
             tdisp_device_id: self.config.device_id,
         };
         if !self.backend.is_tdisp_capable() {
@@ -381,17 +412,17 @@ impl<B: TdiBackend> TdispGuestRequestInterface for TdiStateMachine<B> {
         &mut self,
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        let call = GuestCall::Report(report_type);
-        let from = self.state;
-        if report_type == TdispReportType::Invalid
-            && let Transition::Allowed { .. } = transition(from, CallKind::Report)
-        {
-            // As OpenVMM: a report of no type is a guest error that costs it the device.
-            self.unbind_device();
-            let refused = Err(TdispGuestOperationError::InvalidGuestAttestationReportType);
-            return self.finish(call, from, refused, Some(UnbindCause::InvalidReportType));
-        }
-        self.execute(call, |backend| backend.report(report_type))
+        self.report(report_type, None)
+    }
+
+    /// As a report without a nonce; the backend puts the nonce into the evidence it serves
+    /// as `Measurements` ([`TdiBackend::fresh_report`]).
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; tdisp_proto::REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        self.report(report_type, Some(nonce))
     }
 
     /// Unbinds: the TDI goes back to CONFIG_UNLOCKED and the machine to `Unlocked`.

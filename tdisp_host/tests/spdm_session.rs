@@ -487,3 +487,69 @@ fn ide_km_in_the_clear_is_refused_even_when_vendor_requests_are_allowed_there() 
         TdispResponse::Version { .. }
     ));
 }
+
+#[test]
+fn binding_blocks_are_reported_inside_the_session_only_and_name_its_th1() {
+    use tdisp_host::spdm::messages::GetMeasurements;
+    use tdisp_host::spdm::messages::MEASUREMENT_OPERATION_ALL;
+    use tdisp_host::spdm::messages::Measurements;
+    use tdisp_proto::evidence::binding::BINDING_INDEX_FIRST;
+    use tdisp_proto::evidence::binding::TdiBinding;
+    use tdisp_proto::pcie::LockInterfaceParams;
+    use tdisp_proto::pcie::TdiState;
+
+    let (mut requester, mut responder) = pair();
+    requester.connect(&mut responder).unwrap();
+    // Unlocked: nothing to bind.
+    let signed = requester.get_signed_measurements(&mut responder).unwrap();
+    assert_eq!(signed.blocks, measurements());
+
+    let locked = requester
+        .send_in_session(
+            &mut responder,
+            &tdisp(TdispRequest::LockInterface(LockInterfaceParams::default())),
+        )
+        .unwrap();
+    assert!(matches!(
+        tdisp_response(&locked),
+        TdispResponse::LockInterface { .. }
+    ));
+    let signed = requester.get_signed_measurements(&mut responder).unwrap();
+    let [firmware, binding] = signed.blocks.as_slice() else {
+        panic!(
+            "expected the firmware block and one binding block: {:?}",
+            signed.blocks
+        );
+    };
+    assert_eq!(*firmware, measurements()[0]);
+    assert_eq!(binding.index, BINDING_INDEX_FIRST);
+    let binding = TdiBinding::decode(&binding.value).unwrap();
+    assert_eq!(
+        binding.session_th1,
+        requester.key_exchange_record().unwrap().th1
+    );
+    assert_eq!(binding.state, TdiState::ConfigLocked);
+    assert_eq!(
+        binding.interface,
+        InterfaceId::from_requester_id(REQUESTER_ID)
+    );
+
+    // The same request in the clear gets the configured blocks only.
+    let request = GetMeasurements {
+        operation: MEASUREMENT_OPERATION_ALL,
+        signed: None,
+    }
+    .encode();
+    let answer = responder
+        .exchange(&object(DoeObjectType::SPDM, &request))
+        .unwrap();
+    let (object_type, payload) = parts(&answer);
+    assert_eq!(object_type, DoeObjectType::SPDM);
+    let ((clear, _), _) =
+        tdisp_host::spdm::transport::decode_padded(&payload, |m| Measurements::decode(m, false))
+            .unwrap();
+    assert_eq!(
+        MeasurementBlock::parse_record(&clear.record).unwrap(),
+        measurements()
+    );
+}

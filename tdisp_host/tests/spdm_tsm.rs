@@ -11,7 +11,6 @@ use tdisp_host::dsm::config::DsmConfig;
 use tdisp_host::spdm::cert;
 use tdisp_host::spdm::cert::DeviceIdentity;
 use tdisp_host::spdm::channel::SpdmChannel;
-use tdisp_host::spdm::codes::SIGNATURE_SIZE;
 use tdisp_host::spdm::crypto;
 use tdisp_host::spdm::requester::RequesterConfig;
 use tdisp_host::spdm::responder::ResponderConfig;
@@ -23,6 +22,7 @@ use tdisp_host::tsm::ProbeOutcome;
 use tdisp_host::tsm::Tsm;
 use tdisp_host::tsm::TsmDeviceState;
 use tdisp_host::tsm::TsmError;
+use tdisp_proto::evidence::bundle::SessionEvidence;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::TdiState;
 
@@ -69,6 +69,41 @@ fn the_tdisp_cycle_runs_inside_the_session_and_the_device_attests() {
     tsm.lock(ADDRESS).unwrap();
     let report = tsm.read_interface_report(ADDRESS).unwrap();
     assert!(!report.is_empty());
+
+    // Session evidence while locked: the device signed this session's key exchange and,
+    // inside it, measurements whose binding block holds this report's digest and the TH1.
+    let chain = tsm.certificate_chain(ADDRESS).unwrap();
+    let leaf = cert::validate_slot(&chain, &root).unwrap().leaf_key;
+    let evidence =
+        SessionEvidence::decode(&tsm.signed_measurements(ADDRESS).unwrap().unwrap()).unwrap();
+    crypto::verify(
+        &leaf,
+        crypto::context::KEY_EXCHANGE_RSP,
+        &crypto::hash(&evidence.key_exchange_transcript(&chain)),
+        &evidence.key_exchange_signature,
+    )
+    .unwrap();
+    crypto::verify(
+        &leaf,
+        crypto::context::MEASUREMENTS,
+        &crypto::hash(&evidence.measurements_transcript()),
+        &evidence.measurements_signature,
+    )
+    .unwrap();
+    assert_eq!(
+        Some(evidence.session_id()),
+        responder.lock().unwrap().session_id()
+    );
+    let bindings = evidence.bindings().unwrap();
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].report_digest, crypto::hash(&report));
+    assert_eq!(bindings[0].session_th1, evidence.th1(&chain));
+    assert_eq!(
+        bindings[0].interface,
+        InterfaceId::from_requester_id(REQUESTER_ID)
+    );
+    assert_eq!(bindings[0].state, TdiState::ConfigLocked);
+
     tsm.start(ADDRESS).unwrap();
     assert_eq!(tsm.interface_state(ADDRESS).unwrap(), TdiState::Run);
     tsm.stop(ADDRESS).unwrap();
@@ -77,16 +112,16 @@ fn the_tdisp_cycle_runs_inside_the_session_and_the_device_attests() {
         TdiState::ConfigUnlocked
     );
 
-    // The chain validates against the root; the measurements verify under its leaf key.
-    let chain = tsm.certificate_chain(ADDRESS).unwrap();
-    let leaf = cert::validate_slot(&chain, &root).unwrap().leaf_key;
-    let measurements = tsm.signed_measurements(ADDRESS).unwrap().unwrap();
-    let (signed, signature) = measurements.split_at(measurements.len() - SIGNATURE_SIZE);
+    // Unlocked, the TDI has no report and the device binds none; the rest still verifies.
+    let evidence =
+        SessionEvidence::decode(&tsm.signed_measurements(ADDRESS).unwrap().unwrap()).unwrap();
+    assert_eq!(evidence.bindings().unwrap(), Vec::new());
+    assert_eq!(evidence.blocks().unwrap().len(), 1);
     crypto::verify(
         &leaf,
         crypto::context::MEASUREMENTS,
-        &crypto::hash(signed),
-        signature.try_into().unwrap(),
+        &crypto::hash(&evidence.measurements_transcript()),
+        &evidence.measurements_signature,
     )
     .unwrap();
 

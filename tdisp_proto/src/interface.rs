@@ -70,6 +70,17 @@ pub struct TdispDeviceInterfaceInfo {
     pub tdisp_device_id: u64,
 }
 
+/// Bit of [`TdispDeviceInterfaceInfo::supported_features`] by which this stack's host says
+/// that its TSM reaches the device through an SPDM secured session and serves session evidence
+/// (the `Measurements` report, see [`crate::evidence::bundle`]). The schema leaves feature bits
+/// to the host; this one is this project's. It is the host's claim, not proof: a guest that
+/// needs the evidence requires it by policy whatever the host says.
+pub const FEATURE_SESSION_EVIDENCE: u64 = 1 << 0;
+
+/// Size of the nonce a guest may send with a report request
+/// ([`TdispGuestRequestInterface::request_attestation_report_with_nonce`]).
+pub const REPORT_NONCE_SIZE: usize = 32;
+
 /// Which attestation report the guest asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TdispReportType {
@@ -224,6 +235,7 @@ impl TdispGuestOperationError {
 /// | [`request_lock_device_resources`](Self::request_lock_device_resources) | `Unlocked` | `Locked` | error, device unbound |
 /// | [`request_start_tdi`](Self::request_start_tdi) | `Locked` | `Run` | error, device unbound |
 /// | [`request_attestation_report`](Self::request_attestation_report) | `Locked`, `Run` | unchanged | `InvalidGuestAttestationReportState`, device unbound |
+/// | [`request_attestation_report_with_nonce`](Self::request_attestation_report_with_nonce) | as above (by default `NotImplemented`, nothing changes) | unchanged | as above |
 /// | [`request_unbind`](Self::request_unbind) | any negotiated state | `Unlocked` | - |
 ///
 /// Before negotiation every other call fails. "Unbound" means the device is back in
@@ -274,6 +286,23 @@ pub trait TdispGuestRequestInterface {
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError>;
 
+    /// As [`Self::request_attestation_report`] (same states, same effects), with a nonce the
+    /// guest chose: a host that supports it has the device sign it into the evidence it serves
+    /// as [`TdispReportType::Measurements`] (the GET_MEASUREMENTS requester nonce), so the
+    /// guest can tell the evidence is fresh. Other report types carry no nonce and ignore it.
+    ///
+    /// This project's extension of OpenVMM's protocol (field 2 of
+    /// `TdispCommandRequestGetTdiReport`, which an OpenVMM host skips as unknown). The default
+    /// refuses with [`TdispGuestOperationError::NotImplemented`] and changes nothing.
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        let _ = (report_type, nonce);
+        Err(TdispGuestOperationError::NotImplemented)
+    }
+
     /// Gracefully unbinds the device, for example because it is detached, deactivated,
     /// powering down or being reset. The device returns to `Unlocked`. The guest may call this
     /// at any time after negotiation, in any state.
@@ -306,6 +335,14 @@ impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for &mut
         (**self).request_attestation_report(report_type)
     }
 
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        (**self).request_attestation_report_with_nonce(report_type, nonce)
+    }
+
     fn request_unbind(
         &mut self,
         reason: TdispGuestUnbindReason,
@@ -335,6 +372,14 @@ impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for Box<
         report_type: TdispReportType,
     ) -> Result<Vec<u8>, TdispGuestOperationError> {
         (**self).request_attestation_report(report_type)
+    }
+
+    fn request_attestation_report_with_nonce(
+        &mut self,
+        report_type: TdispReportType,
+        nonce: [u8; REPORT_NONCE_SIZE],
+    ) -> Result<Vec<u8>, TdispGuestOperationError> {
+        (**self).request_attestation_report_with_nonce(report_type, nonce)
     }
 
     fn request_unbind(

@@ -12,6 +12,9 @@
 //!   through TDISP, and its types.
 //! - [`wire`]: OpenVMM's `tdisp.proto` guest<->host messages (`prost`), each trait call and its
 //!   reply, and the frame that carries them on a VMBus channel.
+//! - [`evidence`]: what a guest needs to check device-signed evidence itself: SPDM certificate
+//!   chains and signatures, the session evidence container served as the `Measurements`
+//!   report, and the TDI binding block that ties an interface report to an SPDM session.
 //! - `testing` (feature `test-suite`): a conformance suite every implementation of the trait
 //!   runs.
 //!
@@ -75,10 +78,13 @@
 //!   succeeds only from `Unlocked`, a report only in `Locked`/`Run`), so the host state machine
 //!   and the guest client run it unchanged; no extra state-query trait is required.
 //! - **Not here**: the SPDM session itself (secured messages, key schedule) and any I/O; the
-//!   secured-SPDM DOE type is only a code point in [`framing::doe`].
+//!   secured-SPDM DOE type is only a code point in [`framing::doe`]. [`evidence`] verifies
+//!   signatures and certificate chains (RustCrypto `p384`, `sha2`, `x509-cert`) but holds no
+//!   keys and opens no session.
 
 #![forbid(unsafe_code)]
 
+pub mod evidence;
 pub mod framing;
 pub mod interface;
 pub mod pcie;
@@ -86,6 +92,8 @@ pub mod pcie;
 pub mod testing;
 pub mod wire;
 
+pub use interface::FEATURE_SESSION_EVIDENCE;
+pub use interface::REPORT_NONCE_SIZE;
 pub use interface::TdispDeviceInterfaceInfo;
 pub use interface::TdispGuestOperationError;
 pub use interface::TdispGuestProtocolType;

@@ -202,7 +202,12 @@ fn guest_command() -> impl Strategy<Value = CommandPacket> {
         protocol.prop_map(GuestCommand::NegotiateProtocol),
         Just(GuestCommand::LockDeviceResources),
         Just(GuestCommand::StartTdi),
-        report_type.prop_map(GuestCommand::GetAttestationReport),
+        report_type
+            .clone()
+            .prop_map(GuestCommand::GetAttestationReport),
+        (report_type, any::<[u8; 32]>()).prop_map(|(report_type, nonce)| {
+            GuestCommand::GetFreshAttestationReport { report_type, nonce }
+        }),
         reason.prop_map(GuestCommand::Unbind),
     ];
     (any::<u64>(), command).prop_map(|(device_id, command)| CommandPacket { device_id, command })

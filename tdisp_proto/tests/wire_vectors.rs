@@ -42,6 +42,13 @@ fn commands() -> Vec<(&'static str, GuestCommand)> {
             "command_get_tdi_report",
             GuestCommand::GetAttestationReport(TdispReportType::InterfaceReport),
         ),
+        (
+            "command_get_tdi_report_nonce",
+            GuestCommand::GetFreshAttestationReport {
+                report_type: TdispReportType::Measurements,
+                nonce: std::array::from_fn(|i| i as u8),
+            },
+        ),
         ("command_start_tdi", GuestCommand::StartTdi),
         (
             "command_unbind",
@@ -259,6 +266,42 @@ fn protoc_encodes_every_text_source_to_its_vector_and_sees_no_unknown_field() {
                 .lines()
                 .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
             "{name}: protoc sees a field the schema does not name\n{decoded}"
+        );
+    }
+}
+
+/// `GetTdiReport` as OpenVMM's schema has it: no field 2.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OpenVmmGetTdiReport {
+    #[prost(int32, tag = "1")]
+    report_type: i32,
+}
+
+#[test]
+fn the_nonce_extension_is_skipped_by_a_decoder_without_it_and_refused_at_other_lengths() {
+    use prost::Message;
+    // The command vector's get_tdi_report body: tag 4 (0x22), length, then the request.
+    let bytes = read("command_get_tdi_report_nonce");
+    let body = &bytes[4..];
+    assert_eq!(usize::from(bytes[3]), body.len());
+    let openvmm = OpenVmmGetTdiReport::decode(body).expect("unknown field skipped");
+    assert_eq!(openvmm.report_type, 4);
+
+    for length in [1, 31, 33, 64] {
+        let mut message = CommandPacket {
+            device_id: 7,
+            command: GuestCommand::GetAttestationReport(TdispReportType::Measurements),
+        }
+        .to_proto();
+        if let Some(tdisp_proto::wire::proto::guest_to_host_command::Command::GetTdiReport(r)) =
+            &mut message.command
+        {
+            r.nonce = vec![0xa5; length];
+        }
+        assert_eq!(
+            CommandPacket::decode(&message.encode_to_vec()),
+            Err(tdisp_proto::wire::WireError::NonceLength(length)),
+            "{length}"
         );
     }
 }

@@ -2,7 +2,8 @@
 //! raw bytes, or a `GuestToHostResponse` with fuzzed field values (so most answers get past
 //! protobuf parsing into validation). Decoding never panics and re-decodes to the same value;
 //! the client never panics, never returns `Err(Success)`, and whatever it accepts agrees with
-//! the state rules; a flow that accepts a device has verified its report.
+//! the state rules; a flow that accepts a device has verified its report, and never accepts
+//! one whose binding it requires but cannot verify.
 
 #![no_main]
 
@@ -175,6 +176,13 @@ fuzz_target!(|input: Input| {
         {
             assert_eq!(client.state(), TdispTdiState::Run);
             assert!(policy.check(&accepted.report).is_ok());
+            // The default policy trusts no root: a host advertising session evidence, whose
+            // binding is then required, is never accepted.
+            assert_eq!(accepted.binding, None);
+            assert_eq!(
+                accepted.info.supported_features & tdisp_proto::FEATURE_SESSION_EVIDENCE,
+                0
+            );
         }
     }
     for which in input.calls.into_iter().take(32) {

@@ -1,5 +1,6 @@
 //! Shared by the host fuzz targets: a guest command from two fuzzer bytes, covering every
-//! command, protocol, report type (`Invalid` included) and unbind reason.
+//! command, protocol, report type (`Invalid` included), report with a guest nonce, and unbind
+//! reason.
 
 use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispGuestUnbindReason;
@@ -21,11 +22,15 @@ pub fn command(kind: u8, argument: u8) -> GuestCommand {
         4 => TdispReportType::Measurements,
         _ => TdispReportType::IsRegistered,
     };
-    match kind % 5 {
+    match kind % 6 {
         0 => GuestCommand::NegotiateProtocol(protocol),
         1 => GuestCommand::LockDeviceResources,
         2 => GuestCommand::StartTdi,
         3 => GuestCommand::GetAttestationReport(report),
+        4 => GuestCommand::GetFreshAttestationReport {
+            report_type: report,
+            nonce: [argument; 32],
+        },
         _ => GuestCommand::Unbind(if argument % 2 == 0 {
             TdispGuestUnbindReason::Unknown
         } else {

@@ -57,7 +57,10 @@ fn proto_command(variant: u8, value: i32, device_id: u64, unknown: Option<u8>) -
         )),
         1 => Some(Command::Bind(proto::TdispCommandRequestBind {})),
         2 => Some(Command::GetTdiReport(
-            proto::TdispCommandRequestGetTdiReport { report_type: value },
+            proto::TdispCommandRequestGetTdiReport {
+                report_type: value,
+                nonce: Vec::new(),
+            },
         )),
         3 => Some(Command::StartTdi(proto::TdispCommandRequestStartTdi {})),
         4 => Some(Command::Unbind(proto::TdispCommandRequestUnbind {

@@ -37,6 +37,8 @@ use super::entropy::EntropySource;
 use super::entropy::OsEntropy;
 use super::ide_km::IdeKmDevice;
 use super::ide_km::IdeKmError;
+use crate::spdm::codes::HASH_SIZE;
+use crate::spdm::messages::MeasurementBlock;
 use crate::tsm::doe::DiscoveryRequestWire;
 use crate::tsm::doe::DiscoveryResponseWire;
 use crate::tsm::doe::DoeMailbox;
@@ -45,6 +47,11 @@ use crate::tsm::doe::MailboxError;
 use crate::tsm::doe::trim_vendor_defined_padding;
 use std::collections::BTreeSet;
 use subtle::ConstantTimeEq;
+use tdisp_proto::evidence::binding::BINDING_INDEX_FIRST;
+use tdisp_proto::evidence::binding::BINDING_INDEX_LAST;
+use tdisp_proto::evidence::binding::BINDING_VALUE_TYPE;
+use tdisp_proto::evidence::binding::TdiBinding;
+use tdisp_proto::evidence::signature::hash as evidence_hash;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::doe::PCI_SIG_VENDOR_ID;
@@ -527,6 +534,33 @@ impl EmulatedDsm {
     /// is never served in the clear.
     pub fn handle_session_vendor(&mut self, request: &[u8]) -> Vec<u8> {
         self.handle_vendor(request, true)
+    }
+
+    /// The TDI binding measurement blocks this device reports inside the SPDM session whose
+    /// TH1 is `session_th1`: one per TDI in CONFIG_LOCKED or RUN, in configuration order, at
+    /// index [`BINDING_INDEX_FIRST`] + n (a TDI past the sixteenth gets none), each holding
+    /// SHA-384 of the report that TDI serves now (see [`tdisp_proto::evidence::binding`]).
+    pub fn binding_blocks(&self, session_th1: &[u8; HASH_SIZE]) -> Vec<MeasurementBlock> {
+        let slots = BINDING_INDEX_FIRST..=BINDING_INDEX_LAST;
+        self.tdis
+            .iter()
+            .filter_map(|tdi| match (&tdi.report, tdi.state) {
+                (Some(report), TdiState::ConfigLocked | TdiState::Run) => Some((tdi, report)),
+                _ => None,
+            })
+            .zip(slots)
+            .map(|((tdi, report), index)| MeasurementBlock {
+                index,
+                value_type: BINDING_VALUE_TYPE,
+                value: TdiBinding {
+                    interface: InterfaceId::from_requester_id(tdi.requester_id),
+                    state: tdi.state,
+                    report_digest: evidence_hash(&report.to_bytes()),
+                    session_th1: *session_th1,
+                }
+                .encode(),
+            })
+            .collect()
     }
 
     /// The IDE_KM device (key slots), for the owner and tests.

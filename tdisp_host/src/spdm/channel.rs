@@ -2,6 +2,7 @@
 //! every TDISP message travels encrypted and authenticated (DOE object type 2), with the
 //! device authenticated by its certificate chain against a configured root.
 
+use super::codes::SIGNATURE_SIZE;
 use super::requester::RequesterConfig;
 use super::requester::SpdmError;
 use super::requester::SpdmRequester;
@@ -9,6 +10,7 @@ use crate::tsm::ChannelError;
 use crate::tsm::DoeMailbox;
 use crate::tsm::SecureChannel;
 use crate::tsm::doe::trim_vendor_defined_padding;
+use tdisp_proto::evidence::bundle::SessionEvidence;
 
 /// A secure channel: an SPDM session with the device.
 #[derive(Debug)]
@@ -77,21 +79,39 @@ impl SecureChannel for SpdmChannel {
         self.requester.certificate_chain().map(<[u8]>::to_vec)
     }
 
+    /// The session evidence container ([`tdisp_proto::evidence::bundle`]): this session's
+    /// signed key exchange and fresh measurements signed inside it over a fresh nonce, both
+    /// verified here against the chain first.
     fn signed_measurements(
         &mut self,
         mailbox: &mut dyn DoeMailbox,
+        nonce: Option<[u8; 32]>,
     ) -> Result<Option<Vec<u8>>, ChannelError> {
         let signed = self
             .requester
-            .get_signed_measurements(mailbox)
+            .get_signed_measurements_with_nonce(mailbox, nonce)
             .map_err(channel_error)?;
-        // The signed transcript followed by the signature: the whole SPDM 1.2 L1 as sent.
-        let mut report = signed.signed_transcript;
-        let signature_at = signed
+        let key_exchange = self
+            .requester
+            .key_exchange_record()
+            .ok_or(ChannelError::NotEstablished)?;
+        let (measurements, signature) = signed
             .response
-            .len()
-            .saturating_sub(super::codes::SIGNATURE_SIZE);
-        report.extend_from_slice(&signed.response[signature_at..]);
-        Ok(Some(report))
+            .split_at_checked(signed.signed_length)
+            .ok_or_else(|| {
+                ChannelError::Session("MEASUREMENTS shorter than its signed part".into())
+            })?;
+        let measurements_signature = <[u8; SIGNATURE_SIZE]>::try_from(signature)
+            .map_err(|_| ChannelError::Session("MEASUREMENTS signature size".into()))?;
+        let evidence = SessionEvidence {
+            vca: self.requester.vca().to_vec(),
+            key_exchange: key_exchange.request.clone(),
+            key_exchange_rsp: key_exchange.response_unsigned.clone(),
+            key_exchange_signature: key_exchange.signature,
+            get_measurements: signed.request,
+            measurements: measurements.to_vec(),
+            measurements_signature,
+        };
+        Ok(Some(evidence.encode()))
     }
 }

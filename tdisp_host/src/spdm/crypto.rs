@@ -13,9 +13,7 @@ use p384::ecdsa::Signature;
 use p384::ecdsa::SigningKey;
 use p384::ecdsa::VerifyingKey;
 use p384::ecdsa::signature::Signer;
-use p384::ecdsa::signature::Verifier;
 use p384::elliptic_curve::sec1::ToEncodedPoint;
-use sha2::Digest;
 use sha2::Sha384;
 use thiserror::Error;
 use zeroize::Zeroize;
@@ -44,7 +42,7 @@ pub enum CryptoError {
 
 /// SHA-384 of `data`.
 pub fn hash(data: &[u8]) -> [u8; HASH_SIZE] {
-    Sha384::digest(data).into()
+    tdisp_proto::evidence::signature::hash(data)
 }
 
 /// Fills `out` from the operating system's random source.
@@ -52,34 +50,10 @@ pub fn random_bytes(out: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(out).map_err(|_| CryptoError::Random)
 }
 
-/// The SPDM 1.2 signing prefix: "dmtf-spdm-v1.2.*" four times.
-const SIGNING_PREFIX: &[u8; 16] = b"dmtf-spdm-v1.2.*";
-/// Bytes reserved for the context string after the prefix.
-const SIGNING_CONTEXT_SIZE: usize = 36;
-
-/// Signing contexts of DSP0274 1.2 table 52 used here.
-pub mod context {
-    /// KEY_EXCHANGE_RSP, signed by the responder.
-    pub const KEY_EXCHANGE_RSP: &str = "responder-key_exchange_rsp signing";
-    /// MEASUREMENTS, signed by the responder.
-    pub const MEASUREMENTS: &str = "responder-measurements signing";
-}
-
-/// The message an SPDM 1.2 signature covers: the 64-byte prefix, zero padding, the context
-/// string (right-aligned in 36 bytes), then the transcript hash. ECDSA then hashes it with
-/// SHA-384.
-pub fn signing_message(context: &str, transcript_hash: &[u8; HASH_SIZE]) -> Vec<u8> {
-    let context = context.as_bytes();
-    let context = &context[..context.len().min(SIGNING_CONTEXT_SIZE)];
-    let mut out = Vec::with_capacity(4 * SIGNING_PREFIX.len() + SIGNING_CONTEXT_SIZE + HASH_SIZE);
-    for _ in 0..4 {
-        out.extend_from_slice(SIGNING_PREFIX);
-    }
-    out.resize(out.len() + SIGNING_CONTEXT_SIZE - context.len(), 0);
-    out.extend_from_slice(context);
-    out.extend_from_slice(transcript_hash);
-    out
-}
+/// Signing contexts of DSP0274 1.2 table 52 used here (shared with the guest's verifier).
+pub use tdisp_proto::evidence::signature::context;
+/// The message an SPDM 1.2 signature covers (shared with the guest's verifier).
+pub use tdisp_proto::evidence::signature::signing_message;
 
 /// Signs `transcript_hash` under `context` (raw r || s).
 pub fn sign(
@@ -100,8 +74,7 @@ pub fn verify(
     transcript_hash: &[u8; HASH_SIZE],
     signature: &[u8; SIGNATURE_SIZE],
 ) -> Result<(), CryptoError> {
-    let signature = Signature::from_slice(signature).map_err(|_| CryptoError::BadSignature)?;
-    key.verify(&signing_message(context, transcript_hash), &signature)
+    tdisp_proto::evidence::signature::verify(key, context, transcript_hash, signature)
         .map_err(|_| CryptoError::BadSignature)
 }
 

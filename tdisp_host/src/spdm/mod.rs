@@ -47,20 +47,31 @@
 //! multiple slots or sessions, and any algorithm outside the one suite above (a peer that
 //! selects another is refused).
 //!
-//! # What a guest can and cannot conclude
+//! # What the guest is served, and what it can conclude
 //!
-//! The `CertificateChain` report is the device's chain in SPDM slot format, as the host's TSM
-//! validated it against the root the host configured. The `Measurements` report is the SPDM
-//! 1.2 L1 transcript (VCA, GET_MEASUREMENTS, MEASUREMENTS) followed by the 96-byte signature;
-//! it verifies with the chain's leaf key over SHA-384 of everything before the signature,
-//! under the context "responder-measurements signing".
+//! The `CertificateChain` report is the device's chain in SPDM slot format, as the TSM's
+//! session validated it against the root the host configured. The `Measurements` report is
+//! session evidence ([`tdisp_proto::evidence::bundle`]): VCA, this session's KEY_EXCHANGE and
+//! KEY_EXCHANGE_RSP with its signature, then a GET_MEASUREMENTS (all blocks, signed, over the
+//! guest's nonce when it sent one, else a fresh TSM nonce) sent inside the session and the MEASUREMENTS answer with its signature. The
+//! responder adds to the answer, only inside a session, the blocks its
+//! [`responder::VendorHandler::session_measurements`] gives for the session's TH1; the emulated
+//! DSM gives one TDI binding block per CONFIG_LOCKED or RUN TDI
+//! ([`tdisp_proto::evidence::binding`]: interface id, state, SHA-384 of the report it serves,
+//! TH1). The TSM verifies both signatures before serving the evidence.
 //!
-//! A guest that checks the chain against **its own** trust anchor and verifies the signature
-//! can conclude that a holder of that leaf key produced those measurement blocks for that
-//! transcript. It cannot conclude that the measurements are fresh (the nonce was chosen by
-//! the host, which can replay an old report), that the device it talks to through the host is
-//! the one that signed (the session keys stay with the host's TSM), or anything about the
-//! interface report, which is not yet bound to the session transcript.
+//! A guest that validates the chain against **its own** root and checks the evidence
+//! (`tdisp_guest::verify_binding`) can conclude that the device's key signed session S and,
+//! in a connection with the same negotiation, bound exactly the report bytes it received to S
+//! and its interface while CONFIG_LOCKED, after its own nonce was drawn when it sent one. It
+//! cannot conclude freshness without its nonce (a host can then replay a whole older
+//! session's evidence with that session's report), what happens after the signature, or that
+//! the host relays or starts faithfully (the session keys stay with the TSM), that certificates are unrevoked (never checked) or in
+//! date (checked only against a time the guest's policy supplies),
+//! or anything from a device that does not report binding blocks: TDISP 1.0 does not sign
+//! its report, SPDM 1.2 measurement signatures do not cover the key exchange, and the
+//! binding block is this project's format, which DMTF spdm-emu does not produce. The full
+//! statement is in `tdisp_guest`'s crate docs and `docs/security.md`.
 //!
 //! # Example
 //!

@@ -210,10 +210,26 @@ pub fn supported_versions_opaque() -> Vec<u8> {
     vec![1, 0, 0, 0, 0, 0, 5, 0, 1, 1, 1, 0x00, 0x11, 0, 0, 0]
 }
 
-/// Keys and counters of an established session.
+/// Keys and counters of an established session, and the key-exchange messages that name it.
 struct Session {
     id: u32,
     keys: PhaseKeys,
+    key_exchange: KeyExchangeRecord,
+}
+
+/// The messages of a session's key exchange that its responder signed, as exchanged: with
+/// the VCA and the chain they are the transcript a verifier checks the signature against, and
+/// its hash with the signature is the session's TH1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyExchangeRecord {
+    /// KEY_EXCHANGE as sent.
+    pub request: Vec<u8>,
+    /// KEY_EXCHANGE_RSP up to, not including, its signature.
+    pub response_unsigned: Vec<u8>,
+    /// KEY_EXCHANGE_RSP's signature.
+    pub signature: [u8; SIGNATURE_SIZE],
+    /// TH1: SHA-384 of VCA, the chain's hash, both messages and the signature.
+    pub th1: [u8; HASH_SIZE],
 }
 
 /// Signed measurements as received, with what a verifier needs to check them again.
@@ -222,6 +238,10 @@ pub struct SignedMeasurements {
     /// The transcript the signature covers: VCA, GET_MEASUREMENTS, MEASUREMENTS without the
     /// signature (SPDM 1.2 L1).
     pub signed_transcript: Vec<u8>,
+    /// The GET_MEASUREMENTS request as sent (with the requester's nonce).
+    pub request: Vec<u8>,
+    /// Length of the response's signed part (the signature follows it).
+    pub signed_length: usize,
     /// The whole MEASUREMENTS response.
     pub response: Vec<u8>,
     /// The measurement blocks.
@@ -284,6 +304,11 @@ impl SpdmRequester {
     /// The device's validated certificate chain (slot format), after a connect.
     pub fn certificate_chain(&self) -> Option<&[u8]> {
         self.chain.as_ref().map(|c| c.slot.as_slice())
+    }
+
+    /// The signed key-exchange messages of the established session.
+    pub fn key_exchange_record(&self) -> Option<&KeyExchangeRecord> {
+        self.session.as_ref().map(|s| &s.key_exchange)
     }
 
     /// The VCA transcript (GET_VERSION .. ALGORITHMS) of the last connect.
@@ -487,6 +512,7 @@ impl SpdmRequester {
             &crypto::hash(&message_k),
             &rsp.signature,
         )?;
+        let response_unsigned = exact[..split.before_signature].to_vec();
         message_k.extend_from_slice(&rsp.signature);
         let th1 = crypto::hash(&message_k);
         let dhe = ephemeral.diffie_hellman(&rsp.exchange_data)?;
@@ -521,6 +547,12 @@ impl SpdmRequester {
         self.session = Some(Session {
             id: session_id,
             keys,
+            key_exchange: KeyExchangeRecord {
+                request: request_bytes,
+                response_unsigned,
+                signature: rsp.signature,
+                th1,
+            },
         });
         Ok(session_id)
     }
@@ -557,13 +589,29 @@ impl SpdmRequester {
         &mut self,
         mailbox: &mut dyn DoeMailbox,
     ) -> Result<SignedMeasurements, SpdmError> {
+        self.get_signed_measurements_with_nonce(mailbox, None)
+    }
+
+    /// As [`Self::get_signed_measurements`], with `nonce` as the requester nonce when given
+    /// (a verifier's own, so that it can tell the signature is fresh).
+    pub fn get_signed_measurements_with_nonce(
+        &mut self,
+        mailbox: &mut dyn DoeMailbox,
+        nonce: Option<[u8; NONCE_SIZE]>,
+    ) -> Result<SignedMeasurements, SpdmError> {
         let leaf_key = self
             .chain
             .as_ref()
             .map(|c| c.leaf_key)
             .ok_or(SpdmError::NoSession)?;
-        let mut nonce = [0; NONCE_SIZE];
-        crypto::random_bytes(&mut nonce)?;
+        let nonce = match nonce {
+            Some(nonce) => nonce,
+            None => {
+                let mut nonce = [0; NONCE_SIZE];
+                crypto::random_bytes(&mut nonce)?;
+                nonce
+            }
+        };
         let request = GetMeasurements {
             operation: MEASUREMENT_OPERATION_ALL,
             signed: Some((nonce, self.config.slot)),
@@ -588,6 +636,8 @@ impl SpdmRequester {
             MeasurementBlock::parse_record(&measurements.record).map_err(codec("MEASUREMENTS"))?;
         Ok(SignedMeasurements {
             signed_transcript,
+            request,
+            signed_length,
             response,
             blocks,
         })

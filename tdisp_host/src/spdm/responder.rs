@@ -34,6 +34,14 @@ use zerocopy::IntoBytes;
 pub trait VendorHandler: Send {
     /// Takes a whole VENDOR_DEFINED_REQUEST message and returns the whole SPDM response.
     fn handle_vendor(&mut self, request: &[u8]) -> Vec<u8>;
+
+    /// Measurement blocks to report, after the configured ones, to a GET_MEASUREMENTS that
+    /// arrived inside the session whose TH1 is `session_th1` (never in the clear). The
+    /// emulated DSM reports its TDI binding blocks here; the default reports none.
+    fn session_measurements(&mut self, session_th1: &[u8; HASH_SIZE]) -> Vec<MeasurementBlock> {
+        let _ = session_th1;
+        Vec::new()
+    }
 }
 
 impl<F: FnMut(&[u8]) -> Vec<u8> + Send> VendorHandler for F {
@@ -50,6 +58,10 @@ impl VendorHandler for crate::dsm::EmulatedDsm {
     fn handle_vendor(&mut self, request: &[u8]) -> Vec<u8> {
         self.handle_session_vendor(request)
     }
+
+    fn session_measurements(&mut self, session_th1: &[u8; HASH_SIZE]) -> Vec<MeasurementBlock> {
+        self.binding_blocks(session_th1)
+    }
 }
 
 /// A DSM shared with its owner (who may change its configuration while it serves).
@@ -58,6 +70,14 @@ impl VendorHandler for std::sync::Arc<std::sync::Mutex<crate::dsm::EmulatedDsm>>
         match self.lock() {
             Ok(mut dsm) => dsm.handle_session_vendor(request),
             Err(_) => error(SpdmErrorCode::UNSPECIFIED, 0),
+        }
+    }
+
+    fn session_measurements(&mut self, session_th1: &[u8; HASH_SIZE]) -> Vec<MeasurementBlock> {
+        match self.lock() {
+            Ok(dsm) => dsm.binding_blocks(session_th1),
+            // A poisoned device reports no binding: a verifier that needs one refuses.
+            Err(_) => Vec::new(),
         }
     }
 }
@@ -111,6 +131,8 @@ enum SessionPhase {
 
 struct Session {
     id: u32,
+    /// TH1 of the key exchange: names the session in the TDI binding blocks.
+    th1: [u8; HASH_SIZE],
     phase: SessionPhase,
 }
 
@@ -226,7 +248,7 @@ impl<H: VendorHandler> SpdmResponder<H> {
             SpdmCode::NEGOTIATE_ALGORITHMS => self.algorithms(payload),
             SpdmCode::GET_DIGESTS => self.digests(payload),
             SpdmCode::GET_CERTIFICATE => self.certificate(payload),
-            SpdmCode::GET_MEASUREMENTS => self.measurements(payload),
+            SpdmCode::GET_MEASUREMENTS => self.measurements(payload, None),
             SpdmCode::KEY_EXCHANGE => self.key_exchange(payload),
             // IDE_KM carries keys: never in the clear, whatever the configuration.
             SpdmCode::VENDOR_DEFINED_REQUEST if carries_ide_km(payload) => {
@@ -355,18 +377,23 @@ impl<H: VendorHandler> SpdmResponder<H> {
         .encode())
     }
 
-    fn measurements(&mut self, payload: &[u8]) -> Result<Vec<u8>, SpdmErrorCode> {
+    /// Answers GET_MEASUREMENTS; `session_th1` is the session's TH1 when the request arrived
+    /// inside one (the vendor handler may then add blocks bound to it).
+    fn measurements(
+        &mut self,
+        payload: &[u8],
+        session_th1: Option<[u8; HASH_SIZE]>,
+    ) -> Result<Vec<u8>, SpdmErrorCode> {
         let (request, exact) = decode_padded(payload, GetMeasurements::decode)
             .map_err(|_| SpdmErrorCode::INVALID_REQUEST)?;
+        let mut available = self.config.measurements.clone();
+        if let Some(th1) = &session_th1 {
+            available.extend(self.handler.session_measurements(th1));
+        }
         let blocks: Vec<&MeasurementBlock> = match request.operation {
             0 => Vec::new(),
-            MEASUREMENT_OPERATION_ALL => self.config.measurements.iter().collect(),
-            index => self
-                .config
-                .measurements
-                .iter()
-                .filter(|b| b.index == index)
-                .collect(),
+            MEASUREMENT_OPERATION_ALL => available.iter().collect(),
+            index => available.iter().filter(|b| b.index == index).collect(),
         };
         if request.operation != 0
             && request.operation != MEASUREMENT_OPERATION_ALL
@@ -381,7 +408,7 @@ impl<H: VendorHandler> SpdmResponder<H> {
         let mut nonce = [0; NONCE_SIZE];
         crypto::random_bytes(&mut nonce).map_err(|_| SpdmErrorCode::UNSPECIFIED)?;
         let total = if request.operation == 0 {
-            u8::try_from(self.config.measurements.len()).unwrap_or(u8::MAX)
+            u8::try_from(available.len()).unwrap_or(u8::MAX)
         } else {
             0
         };
@@ -462,6 +489,7 @@ impl<H: VendorHandler> SpdmResponder<H> {
         let keys = schedule.handshake_keys();
         self.session = Some(Session {
             id: (u32::from(RSP_SESSION_ID) << 16) | u32::from(request.req_session_id),
+            th1,
             phase: SessionPhase::Handshake {
                 schedule: Box::new(schedule),
                 keys,
@@ -526,11 +554,14 @@ impl<H: VendorHandler> SpdmResponder<H> {
             (false, SpdmCode::VENDOR_DEFINED_REQUEST) => {
                 (self.handler.handle_vendor(request), None)
             }
-            (false, SpdmCode::GET_MEASUREMENTS) => (
-                self.measurements(request)
-                    .unwrap_or_else(|code| error(code, 0)),
-                None,
-            ),
+            (false, SpdmCode::GET_MEASUREMENTS) => {
+                let th1 = self.session.as_ref().map(|s| s.th1);
+                (
+                    self.measurements(request, th1)
+                        .unwrap_or_else(|code| error(code, 0)),
+                    None,
+                )
+            }
             (false, SpdmCode::END_SESSION) => {
                 match decode_header_only(request, SPDM_VERSION_1_2, SpdmCode::END_SESSION) {
                     Ok(_) => (

@@ -196,11 +196,22 @@ impl Tsm {
             .and_then(|d| d.channel.certificate_chain())
     }
 
-    /// Fresh measurements signed by the device, asked over the secure channel (see
-    /// [`super::SecureChannel::signed_measurements`]); `Ok(None)` when the channel cannot ask.
+    /// Session evidence with fresh measurements signed by the device, asked over the secure
+    /// channel (see [`super::SecureChannel::signed_measurements`]); `Ok(None)` when the channel
+    /// cannot produce it.
     pub fn signed_measurements(
         &mut self,
         address: PciAddress,
+    ) -> Result<Option<Vec<u8>>, TsmError> {
+        self.signed_measurements_with_nonce(address, None)
+    }
+
+    /// As [`Self::signed_measurements`], with `nonce` as the GET_MEASUREMENTS requester nonce
+    /// (a guest's, for evidence it can tell is fresh) instead of a random one when given.
+    pub fn signed_measurements_with_nonce(
+        &mut self,
+        address: PciAddress,
+        nonce: Option<[u8; 32]>,
     ) -> Result<Option<Vec<u8>>, TsmError> {
         let device = self.device_mut(address)?;
         if device.pending.is_some() {
@@ -211,7 +222,7 @@ impl Tsm {
         }
         Ok(device
             .channel
-            .signed_measurements(device.mailbox.as_mut())?)
+            .signed_measurements(device.mailbox.as_mut(), nonce)?)
     }
 
     pub(super) fn device_mut(&mut self, address: PciAddress) -> Result<&mut TsmDevice, TsmError> {

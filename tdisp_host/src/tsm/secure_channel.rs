@@ -77,11 +77,14 @@ pub trait SecureChannel: Send {
         None
     }
 
-    /// Fresh measurements signed by the device's leaf key (the SPDM 1.2 L1 transcript followed
-    /// by the signature); `Ok(None)` for a channel that cannot ask for them.
+    /// Session evidence (the container of [`tdisp_proto::evidence::bundle`]): the session's
+    /// signed key exchange and fresh measurements signed by the device's leaf key inside the
+    /// session; `Ok(None)` for a channel that cannot produce it (a plain channel). `nonce` is
+    /// the GET_MEASUREMENTS requester nonce to use; `None` draws a fresh random one.
     fn signed_measurements(
         &mut self,
         _mailbox: &mut dyn DoeMailbox,
+        _nonce: Option<[u8; 32]>,
     ) -> Result<Option<Vec<u8>>, ChannelError> {
         Ok(None)
     }

@@ -11,9 +11,13 @@
 //! |---|---|---|
 //! | negotiate protocol | `get_device_interface_info` (2) | `get_device_interface_info` (4) |
 //! | lock device resources | `bind` (3) | `bind` (5) |
-//! | attestation report | `get_tdi_report` (4) | `get_tdi_report` (6) |
+//! | attestation report (optionally with a nonce) | `get_tdi_report` (4) | `get_tdi_report` (6) |
 //! | start TDI | `start_tdi` (5) | `start_tdi` (7) |
 //! | unbind | `unbind` (6) | `unbind` (8) |
+//!
+//! One extension of OpenVMM's schema: `TdispCommandRequestGetTdiReport` field 2, `bytes nonce`,
+//! empty or 32 bytes ([`GuestCommand::GetFreshAttestationReport`]); an OpenVMM host skips it as
+//! an unknown field, and a nonce of another length is refused ([`WireError::NonceLength`]).
 //!
 //! Validation, as OpenVMM's own validator does it: a command must carry a oneof variant and
 //! valid enum values; a response must carry valid `result` and state values, and on success the
@@ -52,6 +56,7 @@ pub mod frame;
 pub mod proto;
 pub mod report;
 
+use crate::interface::REPORT_NONCE_SIZE;
 use crate::interface::TdispDeviceInterfaceInfo;
 use crate::interface::TdispGuestOperationError;
 use crate::interface::TdispGuestProtocolType;
@@ -163,6 +168,9 @@ pub enum WireError {
         /// Bytes after the header.
         available: usize,
     },
+    /// A report request's nonce is neither empty nor [`REPORT_NONCE_SIZE`] bytes.
+    #[error("report nonce of {0} bytes, expected none or 32")]
+    NonceLength(usize),
     /// More bytes follow the message than ring padding explains.
     #[error("{0} bytes follow the message, more than ring padding")]
     FrameTrailing(usize),
@@ -203,6 +211,14 @@ pub enum GuestCommand {
     StartTdi,
     /// `get_tdi_report`: [`TdispGuestRequestInterface::request_attestation_report`].
     GetAttestationReport(TdispReportType),
+    /// `get_tdi_report` with a nonce (this project's field 2):
+    /// [`TdispGuestRequestInterface::request_attestation_report_with_nonce`].
+    GetFreshAttestationReport {
+        /// The report asked for.
+        report_type: TdispReportType,
+        /// The guest's nonce.
+        nonce: [u8; REPORT_NONCE_SIZE],
+    },
     /// `unbind`: [`TdispGuestRequestInterface::request_unbind`].
     Unbind(TdispGuestUnbindReason),
 }
@@ -214,7 +230,9 @@ impl GuestCommand {
             Self::NegotiateProtocol(_) => "get_device_interface_info",
             Self::LockDeviceResources => "bind",
             Self::StartTdi => "start_tdi",
-            Self::GetAttestationReport(_) => "get_tdi_report",
+            Self::GetAttestationReport(_) | Self::GetFreshAttestationReport { .. } => {
+                "get_tdi_report"
+            }
             Self::Unbind(_) => "unbind",
         }
     }
@@ -240,6 +258,12 @@ impl GuestCommand {
                 report_type,
                 report: target.request_attestation_report(report_type)?,
             },
+            Self::GetFreshAttestationReport { report_type, nonce } => {
+                GuestReply::GetAttestationReport {
+                    report_type,
+                    report: target.request_attestation_report_with_nonce(report_type, nonce)?,
+                }
+            }
             Self::Unbind(reason) => {
                 target.request_unbind(reason)?;
                 GuestReply::Unbind
@@ -304,6 +328,13 @@ impl CommandPacket {
             GuestCommand::GetAttestationReport(report_type) => {
                 Command::GetTdiReport(proto::TdispCommandRequestGetTdiReport {
                     report_type: report_type_to_wire(report_type),
+                    nonce: Vec::new(),
+                })
+            }
+            GuestCommand::GetFreshAttestationReport { report_type, nonce } => {
+                Command::GetTdiReport(proto::TdispCommandRequestGetTdiReport {
+                    report_type: report_type_to_wire(report_type),
+                    nonce: nonce.to_vec(),
                 })
             }
             GuestCommand::Unbind(reason) => Command::Unbind(proto::TdispCommandRequestUnbind {
@@ -328,7 +359,16 @@ impl CommandPacket {
             }
             Command::Bind(_) => GuestCommand::LockDeviceResources,
             Command::GetTdiReport(request) => {
-                GuestCommand::GetAttestationReport(report_type_from_wire(request.report_type)?)
+                let report_type = report_type_from_wire(request.report_type)?;
+                match request.nonce.as_slice() {
+                    [] => GuestCommand::GetAttestationReport(report_type),
+                    nonce => GuestCommand::GetFreshAttestationReport {
+                        report_type,
+                        nonce: nonce
+                            .try_into()
+                            .map_err(|_| WireError::NonceLength(nonce.len()))?,
+                    },
+                }
             }
             Command::StartTdi(_) => GuestCommand::StartTdi,
             Command::Unbind(request) => GuestCommand::Unbind(match request.unbind_reason {
@@ -486,7 +526,10 @@ impl ResponsePacket {
         };
         match (command, reply) {
             (
-                GuestCommand::GetAttestationReport(sent),
+                GuestCommand::GetAttestationReport(sent)
+                | GuestCommand::GetFreshAttestationReport {
+                    report_type: sent, ..
+                },
                 GuestReply::GetAttestationReport {
                     report_type: got, ..
                 },

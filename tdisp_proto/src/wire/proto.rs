@@ -174,11 +174,15 @@ pub struct TdispCommandRequestGetDeviceInterfaceInfo {
 pub struct TdispCommandRequestBind {}
 
 /// `tdisp.TdispCommandRequestGetTdiReport`.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct TdispCommandRequestGetTdiReport {
     /// Field 1: [`TdispReportType`].
     #[prost(enumeration = "TdispReportType", tag = "1")]
     pub report_type: i32,
+    /// Field 2: the guest's nonce for fresh evidence, empty or 32 bytes. This project's
+    /// extension: not in OpenVMM's schema, whose hosts skip it as an unknown field.
+    #[prost(bytes = "vec", tag = "2")]
+    pub nonce: Vec<u8>,
 }
 
 /// `tdisp.TdispCommandRequestStartTdi` (no fields).

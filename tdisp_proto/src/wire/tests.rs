@@ -60,7 +60,10 @@ fn unknown_enum_values_are_typed_errors_with_their_operation_error() {
             TdispGuestOperationError::InvalidGuestProtocolRequest,
         ),
         (
-            Command::GetTdiReport(proto::TdispCommandRequestGetTdiReport { report_type: 6 }),
+            Command::GetTdiReport(proto::TdispCommandRequestGetTdiReport {
+                report_type: 6,
+                nonce: Vec::new(),
+            }),
             TdispGuestOperationError::InvalidGuestAttestationReportType,
         ),
         (
