@@ -106,6 +106,9 @@ fn policy(assignment: &EmulatedAssignment, requester_id: u16) -> anyhow::Result<
         ),
         lock_flags: Some(LockInterfaceFlags::new().with_lock_msix(true)),
         expected_device_specific_info: Some(function.device_specific_info.clone()),
+        // The guest trusts the device vendor's root, never the host: here the emulated
+        // device's freshly made root stands in for it.
+        binding: tdisp_guest::BindingPolicy::require(vec![assignment.root_der().to_vec()]),
         ..Default::default()
     })
 }
@@ -162,6 +165,7 @@ pub(crate) fn attest(platform: Platform, count: usize) -> anyhow::Result<(Attest
         .context("guest: connecting to the VMBus server")?;
     let offers = tdisp_offers(&guest);
     let mut report_digest = None;
+    let mut session_th1 = None;
     let mut ranges = 0;
     for device in &mut devices {
         let offer = offers
@@ -199,14 +203,23 @@ pub(crate) fn attest(platform: Platform, count: usize) -> anyhow::Result<(Attest
                 device.id
             );
         }
+        let Some(binding) = accepted.binding.as_ref() else {
+            bail!(
+                "device {}: the report was accepted without its session binding",
+                device.id
+            );
+        };
+        session_th1.get_or_insert(binding.session_th1);
         ranges += accepted.report.mmio_ranges.len();
         report_digest.get_or_insert_with(|| Sha384::digest(&accepted.report_bytes).into());
         device.client = Some(client);
     }
     let report_digest = report_digest.context("no device was accepted")?;
+    let session_th1 = session_th1.context("no device was accepted")?;
     let detail = format!(
-        "{count} device(s) in RUN over VMBus (TSM -> SPDM 1.2 session -> DOE registers -> DSM), {ranges} MMIO ranges verified; report sha384 {}",
-        &hex::encode(report_digest)[..16]
+        "{count} device(s) in RUN over VMBus (TSM -> SPDM 1.2 session -> DOE registers -> DSM), {ranges} MMIO ranges verified; report sha384 {} bound by device-signed measurements over the guest's nonce to session TH1 {}",
+        &hex::encode(report_digest)[..16],
+        &hex::encode(session_th1)[..16]
     );
     Ok((
         Attested {
