@@ -138,10 +138,11 @@ enum Transport {
     V2(V2Page<OwnPage>),
 }
 
-#[derive(Default)]
 struct IoState {
     /// v1: a canceled (or abandoned) command's response has not arrived yet.
     v1_outstanding: bool,
+    /// Bounds each command by [`FrontendConfig::timeout`], with one timer for the device.
+    watchdog: deadline::Watchdog,
 }
 
 /// A connected vTPM frontend.
@@ -290,7 +291,10 @@ impl Frontend {
             transport,
             pages,
             grants,
-            io: Mutex::new(IoState::default()),
+            io: Mutex::new(IoState {
+                v1_outstanding: false,
+                watchdog: deadline::Watchdog::new(config.timeout),
+            }),
             locality: AtomicU8::new(0),
             in_flight: AtomicBool::new(false),
             timeout: config.timeout,
@@ -379,6 +383,10 @@ impl Frontend {
     /// Sends one command and returns its response. Calls are serialized.
     pub async fn transmit(&self, command: &[u8]) -> Result<Vec<u8>, FrontendError> {
         let mut io = self.io.lock().await;
+        let IoState {
+            v1_outstanding,
+            watchdog,
+        } = &mut *io;
         if command.len() > self.max_packet() {
             return Err(FrontendError::CommandTooLarge {
                 len: command.len(),
@@ -394,12 +402,12 @@ impl Frontend {
                     data,
                     entries,
                 } => {
-                    self.transmit_v1(&mut io, ring, data, entries, command)
+                    self.transmit_v1(v1_outstanding, ring, data, entries, command)
                         .await
                 }
             }
         };
-        let result = match deadline::within(self.timeout, exchange).await {
+        let result = match watchdog.within(exchange).await {
             Ok(r) => r,
             Err(deadline::Elapsed) => {
                 tracing::warn!(dir = self.dir, "vTPM backend did not answer in time");
@@ -461,16 +469,16 @@ impl Frontend {
 
     async fn transmit_v1(
         &self,
-        io: &mut IoState,
+        v1_outstanding: &mut bool,
         ring: &OwnPage,
         data: &[OwnPage],
         entries: &v1::Ring,
         command: &[u8],
     ) -> Result<Vec<u8>, FrontendError> {
-        if io.v1_outstanding {
+        if *v1_outstanding {
             // Strict request/response: the abandoned command's answer comes first.
             self.event.wait().await?;
-            io.v1_outstanding = false;
+            *v1_outstanding = false;
         }
         let by_ref = |r: u32| {
             entries
@@ -480,7 +488,7 @@ impl Frontend {
                 .ok_or(RingError::Inconsistent("unknown reference"))
         };
         v1::write_packet(ring, entries, command, by_ref)?;
-        io.v1_outstanding = true;
+        *v1_outstanding = true;
         self.in_flight.store(true, Ordering::Release);
         self.event.notify()?;
         let answered = {
@@ -495,7 +503,7 @@ impl Frontend {
         if !answered {
             return Err(FrontendError::Canceled);
         }
-        io.v1_outstanding = false;
+        *v1_outstanding = false;
         let snapshot = v1::read_ring(ring)?;
         let len = v1::packet_len(&snapshot).map_err(|_| FrontendError::BadResponse)?;
         Ok(v1::read_packet(&snapshot, len, by_ref)?)

@@ -37,6 +37,7 @@ use super::ctrl;
 use super::ctrl::CtrlCmd;
 use super::ctrl::CtrlError;
 use super::ctrl::CtrlResult;
+use crate::deadline::Watchdog;
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmHeader;
 use async_trait::async_trait;
@@ -414,6 +415,16 @@ pub struct EngineStatus {
     pub state_dir: PathBuf,
 }
 
+/// The data connection and what bounds each command on it.
+#[derive(Debug)]
+struct DataLink {
+    /// `None` after a failure, until the next command connects again.
+    stream: Option<TcpStream>,
+    /// [`SwtpmConfig::io_timeout`] per command, with one timer for the connection rather
+    /// than one per command.
+    watchdog: Watchdog,
+}
+
 /// One swtpm process with its connections.
 #[derive(Debug)]
 struct Live {
@@ -421,7 +432,7 @@ struct Live {
     pid: u32,
     data_port: u16,
     ctrl_port: u16,
-    data: Mutex<Option<TcpStream>>,
+    data: Mutex<DataLink>,
     ctrl: Mutex<Option<TcpStream>>,
     /// The locality swtpm applies to the next command.
     locality: AtomicU8,
@@ -539,7 +550,10 @@ impl SwtpmEngine {
             data_port: process.data_port,
             ctrl_port: process.ctrl_port,
             process: Mutex::new(process),
-            data: Mutex::new(Some(data)),
+            data: Mutex::new(DataLink {
+                stream: Some(data),
+                watchdog: Watchdog::new(Some(self.config.io_timeout)),
+            }),
             ctrl: Mutex::new(Some(ctrl)),
             locality: AtomicU8::new(0),
         }))
@@ -604,22 +618,31 @@ impl SwtpmEngine {
     async fn send_on(
         &self,
         live: &Live,
-        data: &mut Option<TcpStream>,
+        data: &mut DataLink,
         command: &[u8],
     ) -> Result<Vec<u8>, SwtpmError> {
-        let stream = match data.as_mut() {
+        let DataLink {
+            stream: link,
+            watchdog,
+        } = data;
+        let stream = match link.as_mut() {
             Some(s) => s,
-            None => data.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
+            None => link.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
         };
-        let result = self
-            .timed(async {
+        let result = watchdog
+            .within(async {
                 stream.write_all(command).await?;
-                self.sent.send_modify(|n| *n += 1);
+                let watched = self.sent.receiver_count() > 0;
+                self.sent.send_if_modified(|n| {
+                    *n += 1;
+                    watched
+                });
                 read_response(stream).await
             })
-            .await;
+            .await
+            .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)));
         if result.is_err() {
-            *data = None;
+            *link = None;
         }
         result
     }
