@@ -84,21 +84,25 @@ impl Watchdog {
             return Poll::Pending;
         };
         loop {
+            // Armed no later than the deadline and not fired: nothing can have expired (and
+            // no clock read is needed).
+            if let Some((delay, at)) = &mut self.timer
+                && *at <= due
+                && Pin::new(&mut *delay).poll(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
             let now = Instant::now();
             if now >= due {
                 self.due = None;
                 return Poll::Ready(());
             }
             match &mut self.timer {
-                // Armed no later than the deadline: wait for it.
-                Some((delay, at)) if *at <= due => match Pin::new(&mut *delay).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    // It fired for an earlier operation: move it to this one's deadline.
-                    Poll::Ready(()) => {
-                        delay.reset(due - now);
-                        *at = due;
-                    }
-                },
+                // It fired for an earlier operation: move it to this one's deadline.
+                Some((delay, at)) if *at <= due => {
+                    delay.reset(due - now);
+                    *at = due;
+                }
                 // None yet, or armed for later than this deadline.
                 _ => self.timer = Some((Delay::new(due - now), due)),
             }
