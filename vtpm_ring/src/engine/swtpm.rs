@@ -17,8 +17,11 @@
 //! Faults: a data or control socket that fails or times out means the process is dead or
 //! wedged. The engine kills it, fails the request in flight with [`EngineError::Failed`]
 //! (which the manager answers as `TPM_RC_FAILURE`: a guest never waits on silence) and starts
-//! a new swtpm on the same state directory at the next request. Volatile state (PCRs, loaded
-//! objects, sessions) is lost in a crash, as on real hardware; permanent state is not.
+//! a new swtpm on the same state directory at the next request. A swtpm that exits between
+//! requests is noticed through SIGCHLD (no system call per command) and replaced before the
+//! next request goes out; one whose exit is not delivered yet fails that request instead.
+//! Volatile state (PCRs, loaded objects, sessions) is lost in a crash, as on real hardware;
+//! permanent state is not.
 //!
 //! Lifecycle: swtpm starts powered on (`--flags not-need-init`). [`Startup::Clear`] (the
 //! default) also sends `TPM2_Startup(CLEAR)` after every power-on and every INIT, so clients
@@ -48,6 +51,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,6 +61,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::process::Command;
+use tokio::signal::unix::SignalKind;
+use tokio::signal::unix::signal;
 use tokio::sync::Mutex;
 use tokio::sync::watch;
 use zerocopy::FromBytes;
@@ -445,6 +451,57 @@ struct Slot {
     restarts: u64,
 }
 
+/// Whether any child process of ours has exited since the last look: SIGCHLD, as tokio's
+/// signal driver reports it to a small task that raises a flag. Looking costs an atomic
+/// swap, so a command asks the system about its swtpm (a `wait4` behind a lock) only after
+/// some child did exit.
+#[derive(Debug)]
+struct ChildExits {
+    flag: Arc<AtomicBool>,
+    /// Ends with the engine.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ChildExits {
+    fn watch() -> Self {
+        // Raised from the start: the first look checks for real.
+        let flag = Arc::new(AtomicBool::new(true));
+        let watcher = match signal(SignalKind::child()) {
+            Ok(mut sigchld) => {
+                let flag = flag.clone();
+                Some(tokio::spawn(async move {
+                    while sigchld.recv().await.is_some() {
+                        flag.store(true, Ordering::Release);
+                    }
+                    // No more deliveries: every look says "maybe" from now on.
+                    flag.store(true, Ordering::Release);
+                }))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SIGCHLD not watched; checking swtpm every time");
+                None
+            }
+        };
+        Self { flag, watcher }
+    }
+
+    /// True if a child may have exited since the last call (and forgets it).
+    fn any_since_last_look(&self) -> bool {
+        match &self.watcher {
+            Some(w) if !w.is_finished() => self.flag.swap(false, Ordering::AcqRel),
+            _ => true,
+        }
+    }
+}
+
+impl Drop for ChildExits {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
 /// The engine of one vTPM instance: a supervised swtpm process (see the module docs).
 #[derive(Debug)]
 pub struct SwtpmEngine {
@@ -453,6 +510,7 @@ pub struct SwtpmEngine {
     config: SwtpmConfig,
     slot: Mutex<Slot>,
     sent: watch::Sender<u64>,
+    exits: ChildExits,
 }
 
 impl SwtpmEngine {
@@ -473,6 +531,8 @@ impl SwtpmEngine {
                 restarts: 0,
             }),
             sent: watch::channel(0).0,
+            // Subscribed before the first swtpm starts, so no exit of it goes unseen.
+            exits: ChildExits::watch(),
         };
         {
             let mut slot = engine.slot.lock().await;
@@ -565,8 +625,10 @@ impl SwtpmEngine {
         if slot.state == EngineState::ShutDown {
             return Err(EngineError::NotRunning);
         }
+        // A swtpm that died since the last look is replaced before the request goes out;
+        // one that dies later fails the request in flight (see `run_command`).
         if let Some(live) = &slot.live
-            && !live.process.lock().await.has_exited()
+            && !(self.exits.any_since_last_look() && live.process.lock().await.has_exited())
         {
             return Ok(live.clone());
         }

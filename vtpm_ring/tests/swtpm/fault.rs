@@ -124,3 +124,36 @@ async fn a_wedged_swtpm_costs_one_command_its_io_timeout_and_each_command_gets_a
     assert_eq!((status.state, status.restarts), (EngineState::Running, 1));
     assert_ne!(status.pid, Some(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swtpm_that_dies_while_idle_costs_at_most_the_next_command_and_is_replaced() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SwtpmConfig {
+        io_timeout: Duration::from_secs(10),
+        ..SwtpmConfig::default()
+    };
+    let engine = SwtpmEngine::start(1, &StateDirs::new(dir.path()), config)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(rc(&engine.command(get_random(8), 0).await.unwrap()), 0);
+    }
+    let pid = engine.status().await.pid.unwrap();
+    signal(pid, "-KILL");
+    while engine.status().await.state != EngineState::Dead {
+        tokio::task::yield_now().await;
+    }
+    // The engine learns of the death from SIGCHLD (no system call per command): once it has,
+    // the next command goes to a new swtpm; until then it meets the dead connection and is
+    // answered TPM_RC_FAILURE. Either way it is answered, and the one after succeeds.
+    // (The manager answers an engine failure with TPM_RC_FAILURE.)
+    match engine.command(get_random(8), 0).await {
+        Ok(r) => assert_eq!(rc(&r), 0),
+        Err(e) => assert!(matches!(e, EngineError::Failed(_)), "{e}"),
+    }
+    assert_eq!(rc(&engine.command(get_random(8), 0).await.unwrap()), 0);
+    let status = engine.status().await;
+    assert_eq!((status.state, status.restarts), (EngineState::Running, 1));
+    assert_ne!(status.pid, Some(pid));
+}
