@@ -21,6 +21,13 @@
 //! socket serving a client does), for the reference too; swtpm runs in its own process.
 //! After the criterion groups, `paired` prints medians of the commands sent in turn on every
 //! path, round after round, so a slow spell on the shared machine hits all paths alike.
+//!
+//! Where the scheduler puts each swtpm matters more than anything the ring does: on a small
+//! VM, a swtpm on the other (idle) vCPU costs every round trip two cross-vCPU wakeups, about
+//! 75 us more than the same swtpm on the caller's vCPU (measured for swtpm alone: 8.3 vs
+//! 83-92 us), and it hits one path for a whole run, the reference included. For figures that
+//! compare the paths rather than the placement, pin the run to one CPU:
+//! `taskset -c 1 target/release/deps/round_trip-* --bench` (swtpm inherits the affinity).
 
 #![expect(clippy::unwrap_used, reason = "bench setup fails loudly")]
 #![expect(clippy::panic, reason = "a failed TPM command fails the bench")]
