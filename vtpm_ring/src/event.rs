@@ -221,10 +221,14 @@ impl EventChannel {
         if self.endpoint.closed.load(Ordering::Acquire) {
             return Err(EventError::Closed);
         }
-        if self.endpoint.peer_gone() {
-            return Err(EventError::Closed);
-        }
-        let peer = self.endpoint.peer().ok_or(EventError::NotBound)?;
+        // One look at the peer (a lock and an upgrade) serves both checks.
+        let peer = self.endpoint.peer();
+        let bound = self.endpoint.bound.load(Ordering::Acquire);
+        let peer = match peer {
+            Some(p) if !p.closed.load(Ordering::Acquire) => p,
+            _ if bound => return Err(EventError::Closed),
+            _ => return Err(EventError::NotBound),
+        };
         peer.pending.store(true, Ordering::Release);
         peer.waker.wake();
         Ok(())

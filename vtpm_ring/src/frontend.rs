@@ -159,14 +159,20 @@ enum Transport {
     V2(V2Page<OwnPage>),
 }
 
-#[derive(Default)]
 struct IoState {
-    /// v1: a canceled (or abandoned) command's response has not arrived yet.
-    v1_outstanding: bool,
-    /// v1 with control: the locality the backend last acknowledged (it starts at 0).
-    v1_locality: u8,
-    /// v1 with control: the last request's number.
-    v1_number: u8,
+    v1: V1State,
+    /// Bounds each command by [`FrontendConfig::timeout`], with one timer for the device.
+    watchdog: deadline::Watchdog,
+}
+
+#[derive(Default)]
+struct V1State {
+    /// A canceled (or abandoned) command's response has not arrived yet.
+    outstanding: bool,
+    /// With control: the locality the backend last acknowledged (it starts at 0).
+    locality: u8,
+    /// With control: the last request's number.
+    number: u8,
 }
 
 /// A connected vTPM frontend.
@@ -321,7 +327,10 @@ impl Frontend {
             transport,
             pages,
             grants,
-            io: Mutex::new(IoState::default()),
+            io: Mutex::new(IoState {
+                v1: V1State::default(),
+                watchdog: deadline::Watchdog::new(config.timeout),
+            }),
             locality: AtomicU8::new(0),
             in_flight: AtomicBool::new(false),
             timeout: config.timeout,
@@ -421,12 +430,12 @@ impl Frontend {
         let mut io = self.io.lock().await;
         if self.control && self.version == ProtocolVersion::V1 {
             let wanted = self.locality.load(Ordering::Relaxed);
-            if wanted != io.v1_locality {
+            if wanted != io.v1.locality {
                 match self
                     .control_locked(&mut io, &ControlOp::SetLocality(wanted))
                     .await?
                 {
-                    Ok(_) => io.v1_locality = wanted,
+                    Ok(_) => io.v1.locality = wanted,
                     Err(rc) => {
                         tracing::warn!(?rc, wanted, "backend refused the locality");
                         return Err(FrontendError::BadLocality(wanted));
@@ -475,6 +484,7 @@ impl Frontend {
         kind: PacketKind,
         packet: &[u8],
     ) -> Result<Vec<u8>, FrontendError> {
+        let IoState { v1, watchdog } = io;
         if packet.len() > self.max_packet() {
             return Err(FrontendError::CommandTooLarge {
                 len: packet.len(),
@@ -490,12 +500,12 @@ impl Frontend {
                     data,
                     entries,
                 } => {
-                    self.transmit_v1(io, ring, data, entries, kind, packet)
+                    self.transmit_v1(v1, ring, data, entries, kind, packet)
                         .await
                 }
             }
         };
-        let result = match deadline::within(self.timeout, exchange).await {
+        let result = match watchdog.within(exchange).await {
             Ok(r) => r,
             Err(deadline::Elapsed) => {
                 tracing::warn!(dir = self.dir, "vTPM backend did not answer in time");
@@ -554,17 +564,17 @@ impl Frontend {
 
     async fn transmit_v1(
         &self,
-        io: &mut IoState,
+        io: &mut V1State,
         ring: &OwnPage,
         data: &[OwnPage],
         entries: &v1::Ring,
         kind: PacketKind,
         command: &[u8],
     ) -> Result<Vec<u8>, FrontendError> {
-        if io.v1_outstanding {
+        if io.outstanding {
             // Strict request/response: the abandoned command's answer comes first.
             self.event.wait().await?;
-            io.v1_outstanding = false;
+            io.outstanding = false;
         }
         let by_ref = |r: u32| {
             entries
@@ -574,11 +584,11 @@ impl Frontend {
                 .ok_or(RingError::Inconsistent("unknown reference"))
         };
         if self.control {
-            io.v1_number = v1::next_request_number(io.v1_number);
-            v1::write_tag(ring, kind, io.v1_number)?;
+            io.number = v1::next_request_number(io.number);
+            v1::write_tag(ring, kind, io.number)?;
         }
         v1::write_packet(ring, entries, command, by_ref)?;
-        io.v1_outstanding = true;
+        io.outstanding = true;
         self.in_flight.store(true, Ordering::Release);
         self.event.notify()?;
         let answered = {
@@ -593,7 +603,7 @@ impl Frontend {
         if !answered {
             return Err(FrontendError::Canceled);
         }
-        io.v1_outstanding = false;
+        io.outstanding = false;
         let snapshot = v1::read_ring(ring)?;
         let len = v1::packet_len(&snapshot).map_err(|_| FrontendError::BadResponse)?;
         Ok(v1::read_packet(&snapshot, len, by_ref)?)

@@ -140,14 +140,17 @@ pub fn create_device(toolstack: &Toolstack, dev: &VtpmDevice) -> Result<(), Stor
         dom0.mkdir(dir)?;
         dom0.set_perms(dir, perms.clone())?;
     }
+    // The state goes first: a running backend starts serving (and announces InitWait) as
+    // soon as it can read frontend-id, frontend and instance, and a state written after that
+    // would overwrite its InitWait, leaving the frontend waiting forever.
     let back_values = [
+        (keys::STATE, XenbusState::INITIALISING.0.to_string()),
         (keys::FRONTEND_ID, dev.frontend.to_string()),
         (keys::FRONTEND, front.clone()),
         (keys::INSTANCE, dev.instance.to_string()),
         (keys::PREF_INSTANCE, dev.instance.to_string()),
         (keys::DOMAIN, format!("domU-{}", dev.frontend)),
         (keys::UUID, dev.uuid.to_string()),
-        (keys::STATE, XenbusState::INITIALISING.0.to_string()),
     ];
     for (k, v) in back_values {
         dom0.write(&format!("{back}/{k}"), &v)?;
@@ -201,6 +204,37 @@ mod tests {
         assert!(front.write(&format!("{bdir}/instance"), "8").is_err());
         assert!(back.write(&format!("{fdir}/ring-ref"), "6").is_err());
         assert_eq!(read_state(&front, &bdir), XenbusState::INIT_WAIT);
+    }
+
+    #[test]
+    fn the_backend_state_is_written_before_anything_a_running_backend_starts_from() {
+        use futures::FutureExt;
+        use futures::StreamExt;
+        let host = Host::new();
+        let back_domain = host.create_domain(DomainId(1), 1).unwrap();
+        host.create_domain(DomainId(2), 1).unwrap();
+        let dev = VtpmDevice {
+            backend: DomainId(1),
+            frontend: DomainId(2),
+            handle: 0,
+            instance: 7,
+            uuid: Uuid::nil(),
+        };
+        let bdir = backend_dir(dev.backend, dev.frontend, 0);
+        let mut watch = back_domain
+            .store()
+            .watch(&backend_root(dev.backend))
+            .unwrap();
+        create_device(&host.toolstack(), &dev).unwrap();
+        let mut changed = Vec::new();
+        while let Some(Some(path)) = watch.next().now_or_never() {
+            changed.push(path);
+        }
+        let at = |key: &str| changed.iter().position(|p| *p == format!("{bdir}/{key}"));
+        let state = at(keys::STATE).unwrap();
+        for key in [keys::FRONTEND_ID, keys::FRONTEND, keys::INSTANCE] {
+            assert!(state < at(key).unwrap(), "{key} before state: {changed:?}");
+        }
     }
 
     #[test]

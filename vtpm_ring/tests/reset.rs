@@ -1,39 +1,36 @@
 //! Reset on connect: every connection starts on a TPM that was just powered on, so a guest
 //! never inherits the PCRs of its previous boot (or of the instance's previous guest); and a
-//! disconnected guest's TPM is stopped.
+//! disconnected guest's TPM is stopped. The TPM is a real swtpm (behind a scripted refusal
+//! of `Init` where a broken reset is the subject).
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+
+mod support;
 
 use async_trait::async_trait;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-use vtpm_ring::backend::Backend;
+use support::device;
+use support::serve;
+use support::swtpm;
+use support::within;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
 use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::EngineError;
-use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::SwtpmEngine;
 use vtpm_ring::engine::TpmEngine;
 use vtpm_ring::engine::TpmReply;
 use vtpm_ring::engine::TpmRequest;
+use vtpm_ring::engine::swtpm::EngineState;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
 use vtpm_ring::frontend::FrontendError;
-use vtpm_ring::manager::VtpmManager;
-use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::Protocols;
-use vtpm_ring::testbed::Testbed;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
-use vtpm_ring::xenbus::VtpmDevice;
 use vtpm_ring::xenbus::XenbusState;
 use vtpm_ring::xenbus::backend_dir;
 use vtpm_ring::xenbus::create_device;
@@ -41,12 +38,6 @@ use vtpm_ring::xenbus::keys;
 use vtpm_ring::xenbus::read_state;
 
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait expired")
-}
 
 /// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
 fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
@@ -75,10 +66,12 @@ fn digest(response: &[u8]) -> Vec<u8> {
 }
 
 async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
-    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
-    tokio::spawn(run);
-    let guest = bed.add_guest(DomainId(2)).unwrap();
-    bed.add_device(guest.id(), 0, 1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let engine = swtpm(state.path(), 1).await;
+    let host = Host::new();
+    serve(&host, vec![(1, engine.clone())], BackendConfig::default());
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
     let config = FrontendConfig {
         protocols,
         ..FrontendConfig::default()
@@ -95,11 +88,13 @@ async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
     assert_ne!(extended, fresh);
     within(first.close()).await.unwrap();
 
-    // Disconnected: the instance is stopped until the next connection.
-    assert_eq!(
-        bed.engines[&1].execute_command(&GET_RANDOM_8, 0),
-        Err(EngineError::NotRunning)
-    );
+    // Disconnected: the instance is stopped until the next connection (the backend stops
+    // it before it says Closed, which `close` waited for); swtpm fails commands meanwhile.
+    assert_eq!(engine.status().await.state, EngineState::Stopped);
+    let r = within(engine.command(GET_RANDOM_8.to_vec(), 0))
+        .await
+        .unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
 
     let second = within(Frontend::connect(&guest, config)).await.unwrap();
     let after = digest(&within(second.transmit(&pcr_read(16))).await.unwrap());
@@ -107,6 +102,8 @@ async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
     // Started, as firmware would leave it: commands work at once.
     let r = within(second.transmit(&GET_RANDOM_8)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    assert_eq!(r.len(), 10 + 2 + 8);
+    assert_eq!(engine.status().await.state, EngineState::Running);
 }
 
 #[tokio::test]
@@ -119,9 +116,9 @@ async fn v1_reconnect_sees_a_reset_tpm() {
     reconnect_sees_a_reset_tpm(Protocols::V1_ONLY).await;
 }
 
-/// Refuses `Init` while `broken`.
+/// Refuses `Init` while `broken`; swtpm does everything else.
 struct BrokenInit {
-    inner: SimTpm,
+    inner: Arc<SwtpmEngine>,
     broken: AtomicBool,
 }
 
@@ -139,31 +136,15 @@ impl TpmEngine for BrokenInit {
 
 #[tokio::test]
 async fn a_tpm_that_cannot_be_reset_is_not_offered_and_the_device_recovers() {
+    let state = tempfile::tempdir().unwrap();
     let host = Host::new();
-    let back = host.create_domain(DomainId(1), 4).unwrap();
     let guest = host.create_domain(DomainId(2), 32).unwrap();
     let engine = Arc::new(BrokenInit {
-        inner: SimTpm::started(),
+        inner: swtpm(state.path(), 1).await,
         broken: AtomicBool::new(true),
     });
-    let mut manager = VtpmManager::new();
-    manager.add_instance(1, engine.clone());
-    let (b, m) = stream_pair();
-    tokio::spawn(manager.serve(m));
-    let backend = Backend::new(back, b, BackendConfig::default());
-    let stats = backend.stats();
-    tokio::spawn(backend.run());
-    create_device(
-        &host.toolstack(),
-        &VtpmDevice {
-            backend: DomainId(1),
-            frontend: guest.id(),
-            handle: 0,
-            instance: 1,
-            uuid: uuid::Uuid::nil(),
-        },
-    )
-    .unwrap();
+    let stats = serve(&host, vec![(1, engine.clone())], BackendConfig::default());
+    create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
 
     // Refused, and the reason is in the store for the toolstack to see.
     let refused = within(Frontend::connect(&guest, FrontendConfig::default())).await;

@@ -1,7 +1,7 @@
 //! The review's attacks tried again with real swtpm engines and stock tpm2-tools, beside the
 //! tests that prove each issue-14 bullet elsewhere:
 //! - a guest that reconnects, or the next guest the instance is given to, never inherits the
-//!   previous boot's PCRs (the SimTpm version is `tests/reset.rs`);
+//!   previous boot's PCRs (`tests/reset.rs` checks reconnects on one guest);
 //! - the toolstack snippet the `create_device` compile-fail doctest refuses to a guest does
 //!   compile with the [`Toolstack`](vtpm_ring::domain::Toolstack) capability, so the doctest
 //!   fails for the type, not for a typo;

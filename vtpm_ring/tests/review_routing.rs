@@ -2,46 +2,39 @@
 //! its command while instance 2's guest is answered many times, then instance 1 answers. A
 //! shared multiplexed stream that matched replies by arrival order would hand instance 2's
 //! answers to guest A (or the other way round); the lengths differ, so a crossing shows.
-//! The test holds and releases the engine itself, so the interleaving is explicit.
+//! Both instances are real swtpms; the test holds and releases instance 1's in front of it,
+//! so the interleaving is explicit.
 
-#![expect(clippy::expect_used, reason = "tests fail by panicking")]
+mod support;
 
 use async_trait::async_trait;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use support::device;
+use support::serve;
+use support::swtpm;
+use support::within;
 use tokio::sync::Notify;
-use uuid::Uuid;
-use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
 use vtpm_ring::engine::EngineError;
-use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::SwtpmEngine;
 use vtpm_ring::engine::TpmEngine;
 use vtpm_ring::engine::TpmReply;
 use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
-use vtpm_ring::manager::VtpmManager;
-use vtpm_ring::manager::stream_pair;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
-use vtpm_ring::xenbus::VtpmDevice;
 use vtpm_ring::xenbus::create_device;
 
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 const GET_RANDOM_4: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 4];
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait expired")
-}
-
-/// Holds the first GetRandom(8) until released; answers everything else at once.
+/// Holds the first GetRandom(8) until released, then lets swtpm answer it; everything else
+/// goes to swtpm at once.
 struct HoldFirst {
-    inner: SimTpm,
+    inner: Arc<SwtpmEngine>,
     held: Notify,
     release: Notify,
     holding: std::sync::atomic::AtomicBool,
@@ -61,32 +54,22 @@ impl TpmEngine for HoldFirst {
     }
 }
 
-fn device(frontend: DomainId, instance: u32) -> VtpmDevice {
-    VtpmDevice {
-        backend: DomainId(1),
-        frontend,
-        handle: 0,
-        instance,
-        uuid: Uuid::from_u128(u128::from(instance)),
-    }
-}
-
 #[tokio::test]
 async fn a_held_instance_answering_last_gets_its_own_reply_and_the_other_instance_its_own() {
+    let state = tempfile::tempdir().unwrap();
     let host = Host::new();
-    let back = host.create_domain(DomainId(1), 4).unwrap();
     let slow = Arc::new(HoldFirst {
-        inner: SimTpm::started(),
+        inner: swtpm(state.path(), 1).await,
         held: Notify::new(),
         release: Notify::new(),
         holding: false.into(),
     });
-    let mut manager = VtpmManager::new();
-    manager.add_instance(1, slow.clone());
-    manager.add_instance(2, Arc::new(SimTpm::started()));
-    let (b, m) = stream_pair();
-    tokio::spawn(manager.serve(m));
-    tokio::spawn(Backend::new(back, b, BackendConfig::default()).run());
+    let other = swtpm(state.path(), 2).await;
+    serve(
+        &host,
+        vec![(1, slow.clone()), (2, other)],
+        BackendConfig::default(),
+    );
     let toolstack = host.toolstack();
     let guest_a = host.create_domain(DomainId(2), 32).unwrap();
     let guest_b = host.create_domain(DomainId(3), 32).unwrap();

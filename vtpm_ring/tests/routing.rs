@@ -1,51 +1,43 @@
 //! Replies never cross reconnects or instances: a command abandoned by a guest that went away
 //! is answered late, after the engine already answered the next guest of the same instance.
-//! The engine is held and released by the test, so the interleaving is explicit.
+//! The instance is a real swtpm behind a gate the test holds and releases, so the
+//! interleaving is explicit.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+
+mod support;
 
 use async_trait::async_trait;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use support::device;
+use support::serve;
+use support::swtpm;
+use support::within;
 use tokio::sync::Notify;
-use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
 use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::EngineError;
-use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::SwtpmEngine;
 use vtpm_ring::engine::TpmEngine;
 use vtpm_ring::engine::TpmReply;
 use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
-use vtpm_ring::manager::VtpmManager;
-use vtpm_ring::manager::stream_pair;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
-use vtpm_ring::xenbus::VtpmDevice;
 use vtpm_ring::xenbus::create_device;
 use vtpm_ring::xenbus::destroy_device;
 
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 const GET_RANDOM_4: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 4];
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait expired")
-}
-
 /// Holds every GetRandom(8) until released (a cancel does not release it: this engine
-/// answers late whatever it is told); answers everything else at once.
+/// answers late whatever it is told), then lets swtpm answer it; everything else goes to
+/// swtpm at once.
 struct GateEngine {
-    inner: SimTpm,
+    inner: Arc<SwtpmEngine>,
     held: Notify,
     release: Notify,
     answered_4: Notify,
@@ -76,44 +68,35 @@ impl TpmEngine for GateEngine {
 struct Setup {
     host: Host,
     engine: Arc<GateEngine>,
+    _state: tempfile::TempDir,
 }
 
-fn setup() -> Setup {
+async fn setup() -> Setup {
+    let state = tempfile::tempdir().unwrap();
     let host = Host::new();
-    let back = host.create_domain(DomainId(1), 4).unwrap();
     let engine = Arc::new(GateEngine {
-        inner: SimTpm::started(),
+        inner: swtpm(state.path(), 1).await,
         held: Notify::new(),
         release: Notify::new(),
         answered_4: Notify::new(),
         canceled: Notify::new(),
     });
-    let mut manager = VtpmManager::new();
-    manager.add_instance(1, engine.clone());
-    let (b, m) = stream_pair();
-    tokio::spawn(manager.serve(m));
-    tokio::spawn(Backend::new(back, b, BackendConfig::default()).run());
-    Setup { host, engine }
-}
-
-fn device(frontend: DomainId) -> VtpmDevice {
-    VtpmDevice {
-        backend: DomainId(1),
-        frontend,
-        handle: 0,
-        instance: 1,
-        uuid: uuid::Uuid::nil(),
+    serve(&host, vec![(1, engine.clone())], BackendConfig::default());
+    Setup {
+        host,
+        engine,
+        _state: state,
     }
 }
 
 #[tokio::test]
 async fn late_answer_to_a_departed_guest_never_reaches_the_instances_next_guest() {
-    let s = setup();
+    let s = setup().await;
     let toolstack = s.host.toolstack();
 
     // Guest A sends GetRandom(8); the engine holds it.
     let guest_a = s.host.create_domain(DomainId(2), 32).unwrap();
-    create_device(&toolstack, &device(guest_a.id())).unwrap();
+    create_device(&toolstack, &device(guest_a.id(), 1)).unwrap();
     let a = Arc::new(
         within(Frontend::connect(&guest_a, FrontendConfig::default()))
             .await
@@ -132,9 +115,9 @@ async fn late_answer_to_a_departed_guest_never_reaches_the_instances_next_guest(
     within(a.close()).await.unwrap();
     // The backend asked the engine to drop the command nobody waits for any more.
     within(s.engine.canceled.notified()).await;
-    destroy_device(&toolstack, &device(guest_a.id())).unwrap();
+    destroy_device(&toolstack, &device(guest_a.id(), 1)).unwrap();
     let guest_b = s.host.create_domain(DomainId(3), 32).unwrap();
-    create_device(&toolstack, &device(guest_b.id())).unwrap();
+    create_device(&toolstack, &device(guest_b.id(), 1)).unwrap();
     let b = Arc::new(
         within(Frontend::connect(&guest_b, FrontendConfig::default()))
             .await

@@ -1,41 +1,39 @@
 //! Timeouts: an engine that never answers costs the guest TPM_RC_FAILURE after the backend's
 //! processing timeout, and a backend that never answers costs the frontend a timeout; both
 //! sides stay usable. The engine hangs for real (it never answers), so no timing luck is
-//! involved: only the configured timeouts end the waits.
+//! involved: only the configured timeouts end the waits. Everything but the hanging command
+//! is answered by a real swtpm.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+
+mod support;
 
 use async_trait::async_trait;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::device;
+use support::serve;
+use support::swtpm;
+use support::within;
 use tokio::sync::Notify;
-use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::Domain;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
 use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::EngineError;
-use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::SwtpmEngine;
 use vtpm_ring::engine::TpmEngine;
 use vtpm_ring::engine::TpmReply;
 use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
 use vtpm_ring::frontend::FrontendError;
-use vtpm_ring::manager::VtpmManager;
-use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
-use vtpm_ring::xenbus::VtpmDevice;
 use vtpm_ring::xenbus::create_device;
 
 /// TPM2_GetRandom(8): the command the engine never answers.
@@ -43,15 +41,9 @@ const HANGS: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 /// TPM2_GetRandom(4): answered at once.
 const GET_RANDOM_4: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 4];
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait expired")
-}
-
-/// Never answers GetRandom(8); everything else goes to a SimTpm.
+/// Never answers GetRandom(8); everything else goes to swtpm.
 struct HangingEngine {
-    inner: SimTpm,
+    inner: Arc<SwtpmEngine>,
     cancels: AtomicU32,
     canceled: Notify,
 }
@@ -73,32 +65,18 @@ impl TpmEngine for HangingEngine {
     }
 }
 
-async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain) {
+async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
     let host = Host::new();
-    let back = host.create_domain(DomainId(1), 4).unwrap();
     let guest = host.create_domain(DomainId(2), 32).unwrap();
     let engine = Arc::new(HangingEngine {
-        inner: SimTpm::started(),
+        inner: swtpm(state.path(), 1).await,
         cancels: AtomicU32::new(0),
         canceled: Notify::new(),
     });
-    let mut manager = VtpmManager::new();
-    manager.add_instance(1, engine.clone());
-    let (b, m) = stream_pair();
-    tokio::spawn(manager.serve(m));
-    tokio::spawn(Backend::new(back, b, backend).run());
-    create_device(
-        &host.toolstack(),
-        &VtpmDevice {
-            backend: DomainId(1),
-            frontend: guest.id(),
-            handle: 0,
-            instance: 1,
-            uuid: uuid::Uuid::nil(),
-        },
-    )
-    .unwrap();
-    (engine, guest)
+    serve(&host, vec![(1, engine.clone())], backend);
+    create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
+    (engine, guest, state)
 }
 
 async fn engine_timeout_answers_failure(protocols: Protocols) {
@@ -106,7 +84,7 @@ async fn engine_timeout_answers_failure(protocols: Protocols) {
         processing_timeout: Some(Duration::from_millis(100)),
         ..BackendConfig::default()
     };
-    let (engine, guest) = setup(backend).await;
+    let (engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols,
         ..FrontendConfig::default()
@@ -120,6 +98,7 @@ async fn engine_timeout_answers_failure(protocols: Protocols) {
     // The device is not stuck: the next command is served.
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    assert_eq!(r.len(), 10 + 2 + 4);
 }
 
 #[tokio::test]
@@ -137,7 +116,7 @@ async fn silent_backend_times_the_frontend_out(protocols: Protocols) {
         processing_timeout: None,
         ..BackendConfig::default()
     };
-    let (_engine, guest) = setup(backend).await;
+    let (_engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols,
         timeout: Some(Duration::from_millis(100)),
@@ -163,4 +142,75 @@ async fn v2_silent_backend_times_the_frontend_out() {
 #[tokio::test]
 async fn v1_silent_backend_times_the_frontend_out() {
     silent_backend_times_the_frontend_out(Protocols::V1_ONLY).await;
+}
+
+/// Each side keeps one timer per connection, re-armed lazily: a timer armed for an earlier,
+/// quick command fires while a later one hangs. The later command must still get its whole
+/// timeout, counted from its own start.
+async fn a_timeout_counts_from_the_commands_own_start(protocols: Protocols) {
+    let limit = Duration::from_millis(300);
+    let backend = BackendConfig {
+        processing_timeout: Some(limit),
+        ..BackendConfig::default()
+    };
+    let (engine, guest, _state) = setup(backend).await;
+    let config = FrontendConfig {
+        protocols,
+        ..FrontendConfig::default()
+    };
+    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    // Half the limit later (time passing is the subject here, not a synchronisation).
+    tokio::time::sleep(limit / 2).await;
+    let started = std::time::Instant::now();
+    let r = within(front.transmit(&HANGS)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
+    assert!(
+        started.elapsed() >= limit,
+        "timed out after {:?}, before its own limit",
+        started.elapsed()
+    );
+    within(engine.canceled.notified()).await;
+    let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+}
+
+#[tokio::test]
+async fn v2_a_processing_timeout_counts_from_the_commands_own_start() {
+    a_timeout_counts_from_the_commands_own_start(Protocols::V2_ONLY).await;
+}
+
+#[tokio::test]
+async fn v1_a_processing_timeout_counts_from_the_commands_own_start() {
+    a_timeout_counts_from_the_commands_own_start(Protocols::V1_ONLY).await;
+}
+
+#[tokio::test]
+async fn a_frontend_timeout_counts_from_the_commands_own_start() {
+    let limit = Duration::from_millis(300);
+    let backend = BackendConfig {
+        processing_timeout: None,
+        ..BackendConfig::default()
+    };
+    let (_engine, guest, _state) = setup(backend).await;
+    let config = FrontendConfig {
+        protocols: Protocols::V2_ONLY,
+        timeout: Some(limit),
+        ..FrontendConfig::default()
+    };
+    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    tokio::time::sleep(limit / 2).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        within(front.transmit(&HANGS)).await.unwrap_err(),
+        FrontendError::Timeout
+    );
+    assert!(
+        started.elapsed() >= limit,
+        "timed out after {:?}, before its own limit",
+        started.elapsed()
+    );
 }

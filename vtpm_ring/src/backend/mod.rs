@@ -591,6 +591,8 @@ fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, Backend
 enum Action {
     Idle,
     Response(Vec<u8>),
+    /// The command under way ran past the processing timeout.
+    Expired,
     Event(Result<(), EventError>),
     OwnChanged(bool),
     FrontChanged(bool),
@@ -605,7 +607,12 @@ async fn serve(
     front: &mut Watch,
 ) -> Stop {
     let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
+    // One timer for the connection, not one per command (see `deadline::Watchdog`).
+    let mut watchdog = deadline::Watchdog::new(shared.config.processing_timeout);
     let mut cancel_sent = false;
+    // What the frontend gets if the request under way expires: TPM_RC_FAILURE for a command,
+    // TPM_FAIL for a control operation.
+    let mut expiry_answer = Vec::new();
     // v2: a request may have been submitted before we bound the channel, and the state byte
     // says so. v1 has no such state: only a notification announces a request.
     let mut action = match conn.transport {
@@ -617,8 +624,27 @@ async fn serve(
             Action::Idle => {}
             Action::Response(resp) => {
                 inflight = None;
+                watchdog.stop();
                 cancel_sent = false;
                 respond(shared, conn, &resp);
+            }
+            Action::Expired => {
+                // Dropping the request frees its slot: its late answer will be dropped.
+                inflight = None;
+                cancel_sent = false;
+                let timeout = shared.config.processing_timeout;
+                tracing::warn!(
+                    instance = config.instance,
+                    ?timeout,
+                    "engine did not answer in time"
+                );
+                if let Err(e) = shared
+                    .client
+                    .post_control(config.instance, ControlOp::CancelCommand)
+                {
+                    tracing::warn!(instance = config.instance, error = %e, "cancel after timeout not sent");
+                }
+                respond(shared, conn, &expiry_answer);
             }
             Action::Event(Err(_)) => break Stop::Closed,
             Action::Event(Ok(())) => {
@@ -626,16 +652,23 @@ async fn serve(
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
                 {
                     BackendStats::bump(&shared.stats.requests);
-                    let timeout = shared.config.processing_timeout;
                     let client = shared.client.clone();
-                    inflight = Some(match req {
-                        Forward::Command { command, locality } => {
-                            forward(client, config.instance, command, locality, timeout)
-                        }
-                        Forward::Control { cmd, op } => {
-                            forward_control(client, config.instance, cmd, op, timeout)
-                        }
-                    });
+                    let (future, on_expiry) = match req {
+                        Forward::Command { command, locality } => (
+                            forward(client, config.instance, command, locality),
+                            error_response(TpmRc::FAILURE),
+                        ),
+                        Forward::Control { cmd, op } => (
+                            forward_control(client, config.instance, cmd, op),
+                            ctrl::encode_reply(
+                                cmd,
+                                &Err(EngineError::Failed("processing timeout".into())),
+                            ),
+                        ),
+                    };
+                    inflight = Some(future);
+                    expiry_answer = on_expiry;
+                    watchdog.start();
                 }
             }
             Action::OwnChanged(alive) => {
@@ -667,12 +700,14 @@ async fn serve(
             }
             .fuse();
             let ev = conn.event.wait().fuse();
-            pin_mut!(resp, ev);
+            let expired = watchdog.expired().fuse();
+            pin_mut!(resp, ev, expired);
             select_biased! {
                 r = resp => Action::Response(r),
                 o = own.next() => Action::OwnChanged(o.is_some()),
                 f = front.next() => Action::FrontChanged(f.is_some()),
                 e = ev => Action::Event(e),
+                () = expired => Action::Expired,
             }
         };
     };
@@ -690,32 +725,22 @@ async fn serve(
 }
 
 /// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the
-/// frontend always gets an answer.
+/// frontend always gets an answer (the caller bounds the wait: the processing timeout).
 fn forward(
     client: MuxClient,
     instance: u32,
     command: Vec<u8>,
     locality: u8,
-    timeout: Option<Duration>,
 ) -> BoxFuture<'static, Vec<u8>> {
     Box::pin(async move {
-        let answer = deadline::within(timeout, client.command(instance, command, locality)).await;
-        match answer {
-            Ok(Ok(r)) if validate_response(&r) => r,
-            Ok(Ok(_)) => {
+        match client.command(instance, command, locality).await {
+            Ok(r) if validate_response(&r) => r,
+            Ok(_) => {
                 tracing::warn!(instance, "malformed response from the manager");
                 error_response(TpmRc::FAILURE)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(instance, error = %e, "manager request failed");
-                error_response(TpmRc::FAILURE)
-            }
-            Err(deadline::Elapsed) => {
-                // The request's slot went with the future: its late answer will be dropped.
-                tracing::warn!(instance, ?timeout, "engine did not answer in time");
-                if let Err(e) = client.post_control(instance, ControlOp::CancelCommand) {
-                    tracing::warn!(instance, error = %e, "cancel after timeout not sent");
-                }
                 error_response(TpmRc::FAILURE)
             }
         }
@@ -723,33 +748,21 @@ fn forward(
 }
 
 /// Sends a control operation to the manager; the reply (a failure included) goes back as
-/// swtpm's reply bytes.
+/// swtpm's reply bytes (the caller bounds the wait, as for commands).
 fn forward_control(
     client: MuxClient,
     instance: u32,
     cmd: CtrlCmd,
     op: ControlOp,
-    timeout: Option<Duration>,
 ) -> BoxFuture<'static, Vec<u8>> {
     Box::pin(async move {
-        let reply = match deadline::within(timeout, client.control(instance, op)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                tracing::debug!(instance, error = %e, "control operation failed");
-                Err(match e {
-                    FrameError::ControlFailed(rc) => EngineError::Refused(CtrlResult(rc)),
-                    other => EngineError::Failed(other.to_string()),
-                })
+        let reply = client.control(instance, op).await.map_err(|e| {
+            tracing::debug!(instance, error = %e, "control operation failed");
+            match e {
+                FrameError::ControlFailed(rc) => EngineError::Refused(CtrlResult(rc)),
+                other => EngineError::Failed(other.to_string()),
             }
-            Err(deadline::Elapsed) => {
-                tracing::warn!(
-                    instance,
-                    ?timeout,
-                    "engine did not answer a control in time"
-                );
-                Err(EngineError::Failed("timeout".into()))
-            }
-        };
+        });
         ctrl::encode_reply(cmd, &reply)
     })
 }

@@ -17,8 +17,11 @@
 //! Faults: a data or control socket that fails or times out means the process is dead or
 //! wedged. The engine kills it, fails the request in flight with [`EngineError::Failed`]
 //! (which the manager answers as `TPM_RC_FAILURE`: a guest never waits on silence) and starts
-//! a new swtpm on the same state directory at the next request. Volatile state (PCRs, loaded
-//! objects, sessions) is lost in a crash, as on real hardware; permanent state is not.
+//! a new swtpm on the same state directory at the next request. A swtpm that exits between
+//! requests is noticed through SIGCHLD (no system call per command) and replaced before the
+//! next request goes out; one whose exit is not delivered yet fails that request instead.
+//! Volatile state (PCRs, loaded objects, sessions) is lost in a crash, as on real hardware;
+//! permanent state is not.
 //!
 //! Lifecycle: swtpm starts powered on (`--flags not-need-init`). [`Startup::Clear`] (the
 //! default) also sends `TPM2_Startup(CLEAR)` after every power-on and every INIT, so clients
@@ -37,6 +40,7 @@ use super::ctrl;
 use super::ctrl::CtrlCmd;
 use super::ctrl::CtrlError;
 use super::ctrl::CtrlResult;
+use crate::deadline::Watchdog;
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmHeader;
 use async_trait::async_trait;
@@ -47,6 +51,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -56,6 +61,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::process::Command;
+use tokio::signal::unix::SignalKind;
+use tokio::signal::unix::signal;
 use tokio::sync::Mutex;
 use tokio::sync::watch;
 use zerocopy::FromBytes;
@@ -414,6 +421,16 @@ pub struct EngineStatus {
     pub state_dir: PathBuf,
 }
 
+/// The data connection and what bounds each command on it.
+#[derive(Debug)]
+struct DataLink {
+    /// `None` after a failure, until the next command connects again.
+    stream: Option<TcpStream>,
+    /// [`SwtpmConfig::io_timeout`] per command, with one timer for the connection rather
+    /// than one per command.
+    watchdog: Watchdog,
+}
+
 /// One swtpm process with its connections.
 #[derive(Debug)]
 struct Live {
@@ -421,7 +438,7 @@ struct Live {
     pid: u32,
     data_port: u16,
     ctrl_port: u16,
-    data: Mutex<Option<TcpStream>>,
+    data: Mutex<DataLink>,
     ctrl: Mutex<Option<TcpStream>>,
     /// The locality swtpm applies to the next command.
     locality: AtomicU8,
@@ -434,6 +451,57 @@ struct Slot {
     restarts: u64,
 }
 
+/// Whether any child process of ours has exited since the last look: SIGCHLD, as tokio's
+/// signal driver reports it to a small task that raises a flag. Looking costs an atomic
+/// swap, so a command asks the system about its swtpm (a `wait4` behind a lock) only after
+/// some child did exit.
+#[derive(Debug)]
+struct ChildExits {
+    flag: Arc<AtomicBool>,
+    /// Ends with the engine.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ChildExits {
+    fn watch() -> Self {
+        // Raised from the start: the first look checks for real.
+        let flag = Arc::new(AtomicBool::new(true));
+        let watcher = match signal(SignalKind::child()) {
+            Ok(mut sigchld) => {
+                let flag = flag.clone();
+                Some(tokio::spawn(async move {
+                    while sigchld.recv().await.is_some() {
+                        flag.store(true, Ordering::Release);
+                    }
+                    // No more deliveries: every look says "maybe" from now on.
+                    flag.store(true, Ordering::Release);
+                }))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SIGCHLD not watched; checking swtpm every time");
+                None
+            }
+        };
+        Self { flag, watcher }
+    }
+
+    /// True if a child may have exited since the last call (and forgets it).
+    fn any_since_last_look(&self) -> bool {
+        match &self.watcher {
+            Some(w) if !w.is_finished() => self.flag.swap(false, Ordering::AcqRel),
+            _ => true,
+        }
+    }
+}
+
+impl Drop for ChildExits {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
 /// The engine of one vTPM instance: a supervised swtpm process (see the module docs).
 #[derive(Debug)]
 pub struct SwtpmEngine {
@@ -442,6 +510,7 @@ pub struct SwtpmEngine {
     config: SwtpmConfig,
     slot: Mutex<Slot>,
     sent: watch::Sender<u64>,
+    exits: ChildExits,
 }
 
 impl SwtpmEngine {
@@ -462,6 +531,8 @@ impl SwtpmEngine {
                 restarts: 0,
             }),
             sent: watch::channel(0).0,
+            // Subscribed before the first swtpm starts, so no exit of it goes unseen.
+            exits: ChildExits::watch(),
         };
         {
             let mut slot = engine.slot.lock().await;
@@ -544,7 +615,10 @@ impl SwtpmEngine {
             data_port: process.data_port,
             ctrl_port: process.ctrl_port,
             process: Mutex::new(process),
-            data: Mutex::new(Some(data)),
+            data: Mutex::new(DataLink {
+                stream: Some(data),
+                watchdog: Watchdog::new(Some(self.config.io_timeout)),
+            }),
             ctrl: Mutex::new(Some(ctrl)),
             locality: AtomicU8::new(0),
         }))
@@ -556,8 +630,10 @@ impl SwtpmEngine {
         if slot.state == EngineState::ShutDown {
             return Err(EngineError::NotRunning);
         }
+        // A swtpm that died since the last look is replaced before the request goes out;
+        // one that dies later fails the request in flight (see `run_command`).
         if let Some(live) = &slot.live
-            && !live.process.lock().await.has_exited()
+            && !(self.exits.any_since_last_look() && live.process.lock().await.has_exited())
         {
             return Ok(live.clone());
         }
@@ -609,22 +685,31 @@ impl SwtpmEngine {
     async fn send_on(
         &self,
         live: &Live,
-        data: &mut Option<TcpStream>,
+        data: &mut DataLink,
         command: &[u8],
     ) -> Result<Vec<u8>, SwtpmError> {
-        let stream = match data.as_mut() {
+        let DataLink {
+            stream: link,
+            watchdog,
+        } = data;
+        let stream = match link.as_mut() {
             Some(s) => s,
-            None => data.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
+            None => link.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
         };
-        let result = self
-            .timed(async {
+        let result = watchdog
+            .within(async {
                 stream.write_all(command).await?;
-                self.sent.send_modify(|n| *n += 1);
+                let watched = self.sent.receiver_count() > 0;
+                self.sent.send_if_modified(|n| {
+                    *n += 1;
+                    watched
+                });
                 read_response(stream).await
             })
-            .await;
+            .await
+            .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)));
         if result.is_err() {
-            *data = None;
+            *link = None;
         }
         result
     }

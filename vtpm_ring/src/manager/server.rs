@@ -42,12 +42,14 @@ impl VtpmManager {
     /// next request, except the cancel it posts for the command under way.
     pub async fn serve(self, end: StreamEnd) {
         let StreamEnd { tx, mut rx } = end;
+        // Shared, not copied, by every request in flight.
+        let engines = Arc::new(self.engines);
         let mut running = FuturesUnordered::new();
         loop {
             futures::select! {
                 frame = rx.next() => {
                     let Some(bytes) = frame else { break };
-                    let engines = self.engines.clone();
+                    let engines = engines.clone();
                     running.push(async move { handle_frame(&engines, &bytes).await });
                 }
                 reply = running.select_next_some() => {
