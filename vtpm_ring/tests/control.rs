@@ -48,6 +48,8 @@ const TPM2_STARTUP: [u8; 4] = [0, 0, 0x01, 0x44];
 #[derive(Default)]
 struct Recorder {
     log: Mutex<Vec<TpmRequest>>,
+    /// STOP never answers (a wedged engine).
+    hang_stop: bool,
 }
 
 impl Recorder {
@@ -60,6 +62,9 @@ impl Recorder {
 impl TpmEngine for Recorder {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         self.log.lock().unwrap().push(request.clone());
+        if self.hang_stop && request == TpmRequest::Control(ControlOp::Stop) {
+            std::future::pending::<()>().await;
+        }
         Ok(match request {
             TpmRequest::Command { .. } => {
                 TpmReply::Response(vec![0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0])
@@ -88,10 +93,14 @@ struct Bed {
 }
 
 fn bed(backend_config: BackendConfig) -> Bed {
+    bed_with(backend_config, Recorder::default())
+}
+
+fn bed_with(backend_config: BackendConfig, engine: Recorder) -> Bed {
     let host = Host::new();
     let backend = host.create_domain(DomainId(1), 16).unwrap();
     let guest = host.create_domain(DomainId(2), 64).unwrap();
-    let engine = Arc::new(Recorder::default());
+    let engine = Arc::new(engine);
     let mut manager = VtpmManager::new();
     manager.add_instance(1, engine.clone());
     create_device(
@@ -349,5 +358,39 @@ async fn without_the_feature_there_is_no_control_and_the_backend_starts_the_tpm(
         let at_connect = bed.engine.take();
         assert!(at_connect.iter().any(is_startup), "{at_connect:?}");
         within(tpm.close()).await.unwrap();
+    }
+}
+
+/// A control operation the engine never answers costs the frontend swtpm's `TPM_FAIL` after
+/// the processing timeout (not a TPM response, which a control reader could not parse), and
+/// the ring serves the next request.
+#[tokio::test]
+async fn a_control_the_engine_never_answers_fails_with_tpm_fail_in_time() {
+    for protocols in [Protocols::V1_ONLY, Protocols::V2_ONLY] {
+        let bed = bed_with(
+            BackendConfig {
+                processing_timeout: Some(Duration::from_millis(200)),
+                ..BackendConfig::default()
+            },
+            Recorder {
+                hang_stop: true,
+                ..Recorder::default()
+            },
+        );
+        let tpm = within(Frontend::connect(&bed.guest, config(protocols, true)))
+            .await
+            .unwrap();
+        assert_eq!(
+            within(tpm.control(&ControlOp::Stop)).await.unwrap(),
+            Err(CtrlResult::FAIL)
+        );
+        assert_eq!(
+            within(tpm.control(&ControlOp::GetTpmEstablished))
+                .await
+                .unwrap(),
+            Ok(ControlReply::TpmEstablished(true))
+        );
+        let r = within(tpm.transmit(&GET_RANDOM_8)).await.unwrap();
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     }
 }
