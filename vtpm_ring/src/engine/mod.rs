@@ -6,9 +6,11 @@
 //! arrive while a command is executing. Engines:
 //! - [`SwtpmEngine`] ([`swtpm`]): one `swtpm socket --tpm2` process per instance, its state in
 //!   a directory of its own, driven over its data and control sockets as QEMU drives it. Every
-//!   binary and integration test uses it.
+//!   binary uses it, and so does every integration test of TPM behaviour (fault injection
+//!   wraps it).
 //! - [`SimTpm`]: an in-process subset of TPM 2.0, only for unit tests and fuzzing (fast, no
-//!   processes).
+//!   processes, no runtime): the ring's own tests (doorbells, the store handshake, hostile
+//!   frontends) poll everything on one thread against it, so every interleaving is explicit.
 //!
 //! [`ctrl`] is swtpm's control-channel wire format, shared by the swtpm engine and the manager
 //! stream's control frames.
