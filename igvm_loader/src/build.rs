@@ -349,26 +349,10 @@ pub fn build(
                 ram_size,
                 device_tree_pages: p.device_tree_pages.unwrap_or(16),
             };
-            let mut builder = IgvmBuilder::<AArch64Register>::new();
-            for spec in &manifest.platforms {
-                let isolation = spec.kind.isolation();
-                let image = builder
-                    .add_platform(platform_config(spec))
-                    .map_err(refused)?;
-                let mut rec = MapRecorder::new(image);
-                crate::loaders::aarch64::load_aarch64_image(
-                    &mut rec,
-                    &Payload::new(name, data),
-                    &config,
-                )
-                .map_err(|error| BuildError::Load {
-                    platform: isolation.name(),
-                    error,
-                })?;
-                add_parameter_areas(&mut rec, manifest).map_err(refused)?;
-                write_map(&mut map, isolation, rec.into_entries());
-            }
-            builder.build_measured(&options).map_err(refused)?
+            build_platforms::<AArch64Register>(manifest, &options, &mut map, &refused, |rec| {
+                crate::loaders::aarch64::load_aarch64_image(rec, &Payload::new(name, data), &config)
+                    .map(|_| ())
+            })?
         }
         kind => {
             let mut layout = X86Layout::with_memory(0);
@@ -386,24 +370,9 @@ pub fn build(
                 layout.vmsa_gpa = g;
             }
             layout.snp_c_bit = manifest.memory.snp_c_bit;
-            let mut builder = IgvmBuilder::<X86Register>::new();
-            for spec in &manifest.platforms {
-                let isolation = spec.kind.isolation();
-                let image = builder
-                    .add_platform(platform_config(spec))
-                    .map_err(refused)?;
-                let mut rec = MapRecorder::new(image);
-                load_x86(
-                    &mut rec, kind, manifest, &layout, &kernel, &initrd, &firmware,
-                )
-                .map_err(|error| BuildError::Load {
-                    platform: isolation.name(),
-                    error,
-                })?;
-                add_parameter_areas(&mut rec, manifest).map_err(refused)?;
-                write_map(&mut map, isolation, rec.into_entries());
-            }
-            builder.build_measured(&options).map_err(refused)?
+            build_platforms::<X86Register>(manifest, &options, &mut map, &refused, |rec| {
+                load_x86(rec, kind, manifest, &layout, &kernel, &initrd, &firmware)
+            })?
         }
     };
     Ok(BuildOutput {
@@ -412,6 +381,32 @@ pub fn build(
         options,
         map,
     })
+}
+
+/// One image per platform of the manifest: `load` fills each, then its parameter areas are
+/// added and its ranges written to `map`; returns the file and its measurements.
+fn build_platforms<R: GuestArch>(
+    manifest: &Manifest,
+    options: &MeasureOptions,
+    map: &mut String,
+    refused: &impl Fn(crate::Error) -> BuildError,
+    mut load: impl FnMut(&mut MapRecorder<'_, R>) -> Result<(), LoadError>,
+) -> Result<(Vec<u8>, Vec<Measurement>), BuildError> {
+    let mut builder = IgvmBuilder::<R>::new();
+    for spec in &manifest.platforms {
+        let isolation = spec.kind.isolation();
+        let image = builder
+            .add_platform(platform_config(spec))
+            .map_err(refused)?;
+        let mut rec = MapRecorder::new(image);
+        load(&mut rec).map_err(|error| BuildError::Load {
+            platform: isolation.name(),
+            error,
+        })?;
+        add_parameter_areas(&mut rec, manifest).map_err(refused)?;
+        write_map(map, isolation, rec.into_entries());
+    }
+    builder.build_measured(options).map_err(refused)
 }
 
 fn platform_config(spec: &crate::manifest::PlatformSpec) -> PlatformConfig {
