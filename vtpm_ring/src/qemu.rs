@@ -43,6 +43,9 @@ use crate::engine::ctrl;
 use crate::engine::ctrl::BufferSizes;
 use crate::frontend::Frontend;
 use crate::protocol::ProtocolVersion;
+use crate::socket::CTRL_BUFFER;
+use crate::socket::CtrlSource;
+use crate::socket::read_ctrl_request;
 use crate::socket::serve_commands;
 use rustix::fs::FileType;
 use rustix::net::AddressFamily;
@@ -58,7 +61,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
@@ -69,10 +71,6 @@ use tokio::task::JoinHandle;
 pub const MIN_BUFFER_SIZE: u32 = 0xAF8;
 /// swtpm's largest (and default) TPM 2.0 I/O buffer.
 pub const MAX_BUFFER_SIZE: u32 = 4096;
-/// How long a control request may take to arrive in full (swtpm's 500 ms).
-const CTRL_ASSEMBLY: Duration = Duration::from_millis(500);
-/// Largest control request read; every request this module accepts is far smaller.
-const CTRL_BUFFER: usize = 4096;
 
 /// A running control socket in front of one frontend. Dropping it stops serving.
 #[derive(Debug)]
@@ -208,7 +206,11 @@ impl Session {
         let mut buf = vec![0u8; CTRL_BUFFER];
         loop {
             let mut fds = Vec::new();
-            let got = match read_request(&stream, &mut buf, &mut fds).await {
+            let mut source = FdSource {
+                stream: &stream,
+                fds: &mut fds,
+            };
+            let got = match read_ctrl_request(&mut source, &mut buf).await {
                 Ok(0) => return,
                 Ok(n) => n,
                 Err(e) => {
@@ -406,6 +408,21 @@ fn data_socket(fd: OwnedFd) -> Result<UnixStream, &'static str> {
     UnixStream::from_std(std_stream).map_err(|_| "cannot register it")
 }
 
+/// The control socket, keeping the descriptors that come with each request.
+struct FdSource<'a> {
+    stream: &'a UnixStream,
+    fds: &'a mut Vec<OwnedFd>,
+}
+
+impl CtrlSource for FdSource<'_> {
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
+        recv(self.stream, buf, self.fds)
+    }
+}
+
 /// Receives once, keeping any descriptors that came along.
 async fn recv(
     stream: &UnixStream,
@@ -436,32 +453,6 @@ async fn recv(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Reads one control request: what the first receive brings, topped up until it is complete
-/// or the assembly time is over (then the short request is judged as it is, like swtpm).
-async fn read_request(
-    stream: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> std::io::Result<usize> {
-    let mut got = recv(stream, buf, fds).await?;
-    if got == 0 {
-        return Ok(0);
-    }
-    let deadline = tokio::time::Instant::now() + CTRL_ASSEMBLY;
-    while got < ctrl::request_len(&buf[..got]).min(buf.len()) {
-        let Some(rest) = buf.get_mut(got..) else {
-            break;
-        };
-        match tokio::time::timeout_at(deadline, recv(stream, rest, fds)).await {
-            Ok(Ok(0)) => return Ok(0),
-            Ok(Ok(n)) => got += n,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => break,
-        }
-    }
-    Ok(got)
 }
 
 /// The data channel: one TPM command at a time through the frontend, at most the buffer size

@@ -46,7 +46,7 @@ use zerocopy::FromBytes;
 /// How long a control request may take to arrive in full (swtpm allows 500 ms too).
 const CTRL_ASSEMBLY: Duration = Duration::from_millis(500);
 /// Largest control request read (a SET_STATEBLOB header and blob are refused anyway).
-const CTRL_BUFFER: usize = 4096;
+pub(crate) const CTRL_BUFFER: usize = 4096;
 /// Tries to find two consecutive free ports.
 const PORT_ATTEMPTS: usize = 64;
 
@@ -252,23 +252,58 @@ fn answer(frontend: &Frontend, bytes: &[u8]) -> Vec<u8> {
     ctrl::encode_reply(cmd, &reply)
 }
 
+/// Where control requests are read from: a TCP stream here, a unix socket that may carry
+/// descriptors for QEMU.
+pub(crate) trait CtrlSource {
+    /// One receive into `buf`; 0 at end of stream.
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+impl CtrlSource for TcpStream {
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
+        self.read(buf)
+    }
+}
+
+/// Reads one control request into `buf` as swtpm does: what the first receive brings is the
+/// request, topped up until it is complete or the assembly time is over (then the short
+/// request is judged as it is). `Ok(0)` when the peer has gone.
+pub(crate) async fn read_ctrl_request(
+    source: &mut impl CtrlSource,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut got = source.recv(buf).await?;
+    if got == 0 {
+        return Ok(0);
+    }
+    let deadline = tokio::time::Instant::now() + CTRL_ASSEMBLY;
+    while got < ctrl::request_len(&buf[..got]).min(buf.len()) {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match tokio::time::timeout_at(deadline, source.recv(rest)).await {
+            Ok(Ok(0)) => return Ok(0),
+            Ok(Ok(n)) => got += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
 async fn serve_ctrl(frontend: Arc<Frontend>, mut stream: TcpStream) {
     let mut buf = vec![0u8; CTRL_BUFFER];
     loop {
-        // Like swtpm: what one read brings is the request, topped up until it is complete or
-        // the assembly time is over.
-        let mut got = match stream.read(&mut buf).await {
+        let got = match read_ctrl_request(&mut stream, &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let deadline = tokio::time::Instant::now() + CTRL_ASSEMBLY;
-        while got < ctrl::request_len(&buf[..got]).min(CTRL_BUFFER) {
-            match tokio::time::timeout_at(deadline, stream.read(&mut buf[got..])).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => got += n,
-                Err(_) => break,
-            }
-        }
         let reply = answer(&frontend, &buf[..got]);
         if stream.write_all(&reply).await.is_err() {
             return;
