@@ -232,14 +232,8 @@ impl Session {
     /// Answers one request; `fds` are the descriptors that came with it (closed unless it is
     /// SET_DATAFD and they are what it needs).
     async fn answer(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> (Vec<u8>, After) {
-        let Some(cmd) = bytes
-            .first_chunk::<4>()
-            .map(|c| CtrlCmd(u32::from_be_bytes(*c)))
-        else {
-            tracing::debug!(len = bytes.len(), "control request shorter than a command");
-            let reply = Err(EngineError::Refused(CtrlResult::BAD_PARAMETER));
-            return (ctrl::encode_reply(CtrlCmd(0), &reply), After::Continue);
-        };
+        // Shorter than a command number: decoding refuses it with TPM_BAD_PARAMETER.
+        let cmd = ctrl::request_cmd(bytes);
         let (reply, after) = if cmd == CtrlCmd::SET_DATAFD {
             (self.set_datafd(fds), After::Continue)
         } else {

@@ -24,7 +24,6 @@ use crate::engine::ControlReply;
 use crate::engine::EngineError;
 use crate::engine::ctrl;
 use crate::engine::ctrl::Capabilities;
-use crate::engine::ctrl::CtrlCmd;
 use crate::engine::ctrl::CtrlResult;
 use crate::frontend::Frontend;
 use crate::frontend::FrontendError;
@@ -239,9 +238,7 @@ fn control(frontend: &Frontend, op: &ControlOp) -> Result<ControlReply, EngineEr
 
 /// Answers one control request received as `bytes`.
 fn answer(frontend: &Frontend, bytes: &[u8]) -> Vec<u8> {
-    let cmd = bytes
-        .first_chunk::<4>()
-        .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+    let cmd = ctrl::request_cmd(bytes);
     let reply = match ctrl::decode_request(bytes) {
         Ok(op) => control(frontend, &op),
         Err(e) => {

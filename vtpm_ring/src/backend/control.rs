@@ -58,9 +58,7 @@ pub(super) fn capabilities(version: ProtocolVersion) -> Capabilities {
 /// Parses and validates one control request (as swtpm does: exact body sizes), then decides.
 /// Returns the command number the reply is encoded for.
 pub(super) fn decide(packet: &[u8], version: ProtocolVersion) -> (CtrlCmd, Decision) {
-    let cmd = packet
-        .first_chunk::<4>()
-        .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+    let cmd = ctrl::request_cmd(packet);
     let op = match ctrl::decode_request(packet) {
         Ok(op) => op,
         Err(e) => {

@@ -458,16 +458,21 @@ pub fn encode_request(op: &ControlOp) -> Vec<u8> {
     out
 }
 
+/// The command number a request starts with; `CtrlCmd(0)` (no command) when it is shorter
+/// than one. A reply to a request is encoded for this number.
+pub fn request_cmd(bytes: &[u8]) -> CtrlCmd {
+    bytes
+        .first_chunk::<4>()
+        .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)))
+}
+
 /// Bytes a request needs in total, judged from the bytes received so far (at least the
 /// command number, else 4). A stream reader reads until it has this many, then decodes.
 pub fn request_len(prefix: &[u8]) -> usize {
-    let Some(cmd) = prefix
-        .first_chunk::<4>()
-        .map(|c| CtrlCmd(u32::from_be_bytes(*c)))
-    else {
+    if prefix.len() < 4 {
         return 4;
-    };
-    4 + match cmd {
+    }
+    4 + match request_cmd(prefix) {
         CtrlCmd::INIT | CtrlCmd::SET_BUFFERSIZE => 4,
         // swtpm needs only the locality byte; QEMU's three padding bytes come in the same write.
         CtrlCmd::SET_LOCALITY | CtrlCmd::RESET_TPMESTABLISHED => 1,
