@@ -67,6 +67,10 @@ use tokio::sync::Mutex;
 use tokio::sync::watch;
 use zerocopy::FromBytes;
 
+mod process;
+
+pub use process::SwtpmProcess;
+
 /// `TPM2_Startup(TPM_SU_CLEAR)`.
 const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
 /// Largest response accepted from swtpm (its buffer is at most 4 KiB; leave room).
@@ -183,154 +187,6 @@ pub enum SwtpmError {
     /// A control reply that does not parse.
     #[error("malformed control reply from swtpm: {0}")]
     Ctrl(#[from] CtrlError),
-}
-
-/// One running swtpm process and the loopback ports it listens on. The process is killed
-/// when this is dropped, and exits by itself once its first data connection closes (swtpm's
-/// `--terminate`), so it never outlives its user.
-#[derive(Debug)]
-pub struct SwtpmProcess {
-    child: Child,
-    pid: u32,
-    data_port: u16,
-    ctrl_port: u16,
-}
-
-fn free_port_pair() -> std::io::Result<(u16, u16)> {
-    // Both listeners stay bound until both ports are known, so the two differ.
-    let a = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let b = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
-}
-
-fn log_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
-impl SwtpmProcess {
-    /// Starts `swtpm socket --tpm2` on `state_dir` with fresh loopback ports, retrying on
-    /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports.
-    pub async fn spawn(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
-        let mut last = String::from("no attempt made");
-        for attempt in 0..config.spawn_attempts.max(1) {
-            match Self::spawn_once(config, state_dir).await {
-                Ok(p) => return Ok(p),
-                Err(SwtpmError::Spawn(why)) => {
-                    tracing::debug!(attempt, why, "swtpm start failed, retrying on other ports");
-                    last = why;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(SwtpmError::Spawn(last))
-    }
-
-    async fn spawn_once(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
-        let (data_port, ctrl_port) = free_port_pair()?;
-        let pid_file = state_dir.join(PID_FILE);
-        match std::fs::remove_file(&pid_file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        let mut flags = String::from("not-need-init");
-        if config.startup == Startup::Clear {
-            flags.push_str(",startup-clear");
-        }
-        let mut child = Command::new(&config.binary)
-            .arg("socket")
-            .arg("--tpm2")
-            // Exit when the data connection goes: a manager that dies (even without running
-            // destructors) leaves no orphaned swtpm behind.
-            .arg("--terminate")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state_dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={data_port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl_port},bindaddr=127.0.0.1"))
-            .arg("--flags")
-            .arg(flags)
-            .arg("--pid")
-            .arg(format!("file={}", pid_file.display()))
-            .arg("--log")
-            .arg(format!("file={}", state_dir.join(LOG_FILE).display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| SwtpmError::Spawn(format!("{}: {e}", config.binary.display())))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| SwtpmError::Spawn("swtpm exited at once".into()))?;
-        let deadline = tokio::time::Instant::now() + config.spawn_timeout;
-        // swtpm writes its pid file only after binding both ports: until then nothing proves
-        // that whoever listens on them is this process. Polling is the only signal it gives.
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Err(SwtpmError::Spawn(format!(
-                    "swtpm exited with {status}: {}",
-                    log_tail(state_dir)
-                )));
-            }
-            let written = std::fs::read_to_string(&pid_file).unwrap_or_default();
-            if written.trim().parse::<u32>().ok() == Some(pid) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = child.start_kill();
-                return Err(SwtpmError::Timeout(config.spawn_timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        tracing::debug!(pid, data_port, ctrl_port, dir = %state_dir.display(), "swtpm started");
-        Ok(Self {
-            child,
-            pid,
-            data_port,
-            ctrl_port,
-        })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The data socket's address (raw TPM commands).
-    pub fn data_addr(&self) -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, self.data_port).into()
-    }
-
-    /// The control socket's address.
-    pub fn ctrl_addr(&self) -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, self.ctrl_port).into()
-    }
-
-    /// Whether the process has exited.
-    pub fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits up to `timeout` for the process to exit on its own; kills it if it does not.
-    pub async fn finish(&mut self, timeout: Duration) {
-        if tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
-        }
-    }
-
-    /// Kills the process and reaps it.
-    pub async fn kill(&mut self) {
-        if let Err(e) = self.child.kill().await {
-            tracing::debug!(pid = self.pid, error = %e, "swtpm already gone");
-        }
-    }
 }
 
 /// Sends one raw TPM command on a swtpm data connection and reads its response.
