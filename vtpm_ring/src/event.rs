@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::PoisonError;
 use std::sync::Weak;
 use std::sync::atomic::AtomicBool;
@@ -54,7 +55,8 @@ struct Endpoint {
     closed: AtomicBool,
     waker: AtomicWaker,
     /// Weak: the two ends must not keep each other alive (a dropped end reads as closed).
-    peer: Mutex<Option<Weak<Endpoint>>>,
+    /// Set once, when the channel is bound; read without a lock on every notify.
+    peer: OnceLock<Weak<Endpoint>>,
     bound: AtomicBool,
 }
 
@@ -64,17 +66,13 @@ impl Endpoint {
             pending: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            peer: Mutex::new(None),
+            peer: OnceLock::new(),
             bound: AtomicBool::new(false),
         })
     }
 
     fn peer(&self) -> Option<Arc<Endpoint>> {
-        self.peer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(Weak::upgrade)
+        self.peer.get().and_then(Weak::upgrade)
     }
 
     /// Bound once, but the peer end is gone.
@@ -177,12 +175,9 @@ impl EventTable {
         {
             entry.unbound_for = None;
         }
-        *endpoint.peer.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Arc::downgrade(&remote_endpoint));
-        *remote_endpoint
-            .peer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::downgrade(&endpoint));
+        // Both ends are new or unbound, and the table's lock is held: neither is set yet.
+        let _ = endpoint.peer.set(Arc::downgrade(&remote_endpoint));
+        let _ = remote_endpoint.peer.set(Arc::downgrade(&endpoint));
         endpoint.bound.store(true, Ordering::Release);
         remote_endpoint.bound.store(true, Ordering::Release);
         Ok(EventChannel {
@@ -221,7 +216,7 @@ impl EventChannel {
         if self.endpoint.closed.load(Ordering::Acquire) {
             return Err(EventError::Closed);
         }
-        // One look at the peer (a lock and an upgrade) serves both checks.
+        // One look at the peer (an upgrade) serves both checks.
         let peer = self.endpoint.peer();
         let bound = self.endpoint.bound.load(Ordering::Acquire);
         let peer = match peer {

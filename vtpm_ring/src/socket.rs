@@ -142,6 +142,10 @@ where
     }
 }
 
+/// What one read from a TPM socket client asks for: any command a v2 ring with one extra
+/// page carries.
+const COMMAND_READ: usize = 4096;
+
 /// Reads one command framed by its TPM header. `Ok(None)` at a clean end of stream;
 /// `Ok(Some(Err(rc)))` for a header whose size is out of range (the stream can no longer be
 /// framed).
@@ -178,9 +182,12 @@ async fn serve_data(frontend: Arc<Frontend>, stream: TcpStream) {
 /// `TPM_RC_COMMAND_SIZE`, and the stream ends.
 pub(crate) async fn serve_commands(
     frontend: &Frontend,
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     max: impl Fn() -> usize,
 ) {
+    // Buffered: a command that is all there is read with one system call, not header then
+    // body; what a client sends ahead stays buffered for the next command.
+    let mut stream = tokio::io::BufReader::with_capacity(COMMAND_READ, stream);
     loop {
         let command = match read_command(&mut stream, max()).await {
             Ok(Some(c)) => c,

@@ -70,3 +70,32 @@ async fn data_port_answers_an_unframeable_command_with_command_size_and_hangs_up
     assert_eq!(rc(&r), 0);
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_port_frames_commands_sent_ahead_or_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), 1).await;
+    let mut d = TcpStream::connect(stack.guests()[0].data_addr())
+        .await
+        .unwrap();
+    d.set_nodelay(true).unwrap();
+    // Three commands in one write: each is answered, in order, with its own byte count.
+    let ahead = [get_random(4), get_random(9), get_random(2)].concat();
+    d.write_all(&ahead).await.unwrap();
+    for n in [4usize, 9, 2] {
+        let mut r = vec![0u8; 12 + n];
+        d.read_exact(&mut r).await.unwrap();
+        assert_eq!(rc(&r), 0);
+        assert_eq!(usize::from(u16::from_be_bytes([r[10], r[11]])), n);
+    }
+    // One command in three writes, split inside the header and inside the body.
+    let c = get_random(7);
+    for piece in [&c[..3], &c[3..11], &c[11..]] {
+        d.write_all(piece).await.unwrap();
+        d.flush().await.unwrap();
+    }
+    let mut r = vec![0u8; 19];
+    d.read_exact(&mut r).await.unwrap();
+    assert_eq!(rc(&r), 0);
+    stack.shutdown().await.unwrap();
+}
