@@ -4,6 +4,9 @@
 //! in the same run is the same command written straight to a swtpm's data socket (its own
 //! process, same flags), so the difference is what the ring adds.
 //!
+//! Between the two, `engine_only` calls a [`SwtpmEngine`] directly (its own swtpm, same
+//! flags), as the manager does: what the engine layer adds before any ring is involved.
+//!
 //! Commands (every response is checked for `TPM_RC_SUCCESS`):
 //! - `read_clock_10B`: TPM2_ReadClock, 10 bytes;
 //! - `get_random_32`: TPM2_GetRandom(32), 12 bytes (44-byte response);
@@ -45,8 +48,10 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
+use vtpm_ring::engine::TpmEngine;
 use vtpm_ring::engine::swtpm::StateDirs;
 use vtpm_ring::engine::swtpm::SwtpmConfig;
+use vtpm_ring::engine::swtpm::SwtpmEngine;
 use vtpm_ring::engine::swtpm::SwtpmProcess;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::protocol::Protocols;
@@ -127,6 +132,8 @@ async fn socket_round_trip(stream: &mut TcpStream, c: &[u8]) -> Vec<u8> {
 #[derive(Clone)]
 enum Path {
     Socket(Arc<tokio::sync::Mutex<TcpStream>>),
+    /// The engine alone, as the manager calls it: no ring, no stream.
+    Engine(Arc<SwtpmEngine>),
     Ring(Arc<Frontend>),
 }
 
@@ -134,6 +141,7 @@ impl Path {
     async fn send(&self, c: &[u8]) -> Vec<u8> {
         match self {
             Path::Socket(s) => socket_round_trip(&mut *s.lock().await, c).await,
+            Path::Engine(e) => e.command(c.to_vec(), 0).await.unwrap(),
             Path::Ring(f) => f.transmit(c).await.unwrap(),
         }
     }
@@ -240,8 +248,19 @@ fn bench(c: &mut Criterion) {
         .block_on(TcpStream::connect(stacks[1].1.guests()[0].data_addr()))
         .unwrap();
     socket.set_nodelay(true).unwrap();
-    let mut paths: Vec<(&str, Path)> =
-        vec![("swtpm_direct", Path::Socket(Arc::new(direct.into())))];
+    // The engine the ring's manager would call, on its own swtpm: what the engine layer
+    // (locks, timeout, liveness check, framing) adds before any ring is involved.
+    let engine = rt
+        .block_on(SwtpmEngine::start(
+            0,
+            &StateDirs::new(dir.path().join("engine")),
+            SwtpmConfig::default(),
+        ))
+        .unwrap();
+    let mut paths: Vec<(&str, Path)> = vec![
+        ("swtpm_direct", Path::Socket(Arc::new(direct.into()))),
+        ("engine_only", Path::Engine(Arc::new(engine))),
+    ];
     for (name, stack) in &stacks {
         paths.push((name, Path::Ring(stack.guests()[0].frontend().clone())));
     }
