@@ -1,0 +1,205 @@
+//! A connected device: the protocol it speaks and the loop that serves it, one request at a
+//! time, until the frontend or the toolstack ends the connection.
+
+use super::*;
+
+/// The protocol a device speaks, each in its own module; this module decides what to do.
+pub(super) enum Transport {
+    // Boxed: the ring snapshot makes it far larger than v2's view.
+    V1(Box<v1::V1Transport>),
+    V2(v2::V2Transport),
+}
+
+/// What a doorbell announced, as the protocol module read it from shared memory.
+pub(super) enum Doorbell {
+    /// Nothing to act on.
+    Nothing,
+    /// A request, copied out of shared memory (not validated yet). v1 has no locality on
+    /// the wire (`None`): the connection's applies.
+    Request {
+        packet: Vec<u8>,
+        locality: Option<u8>,
+        kind: PacketKind,
+    },
+    /// The shared layout does not describe a packet.
+    Malformed(RingError),
+    /// v2: cancel the command under way.
+    Cancel,
+    /// v2: cancel with nothing under way.
+    CancelIdle,
+}
+
+impl Transport {
+    pub(super) fn doorbell(&mut self, busy: bool) -> Doorbell {
+        match self {
+            Transport::V1(t) => t.doorbell(busy),
+            Transport::V2(t) => t.doorbell(busy),
+        }
+    }
+
+    pub(super) fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
+        match self {
+            Transport::V1(t) => t.write_response(response),
+            Transport::V2(t) => t.write_response(response),
+        }
+    }
+
+    pub(super) fn answered(&mut self) {
+        match self {
+            Transport::V1(t) => t.answered(),
+            Transport::V2(_) => {}
+        }
+    }
+}
+
+pub(super) struct Connection {
+    pub(super) event: EventChannel,
+    pub(super) transport: Transport,
+    pub(super) version: ProtocolVersion,
+    /// `feature-vtpm-control` negotiated.
+    pub(super) control: bool,
+    /// v1's locality, set by the frontend's SET_LOCALITY (v2's travels with each command).
+    pub(super) locality: u8,
+}
+
+/// Why serving stopped.
+pub(super) enum Stop {
+    Gone,
+    Closed,
+}
+
+enum Action {
+    Idle,
+    Response(Vec<u8>),
+    /// The command under way ran past the processing timeout.
+    Expired,
+    Event(Result<(), EventError>),
+    OwnChanged(bool),
+    FrontChanged(bool),
+}
+
+pub(super) async fn serve(
+    shared: &Shared,
+    dir: &str,
+    config: &DeviceConfig,
+    conn: &mut Connection,
+    own: &mut Watch,
+    front: &mut Watch,
+) -> Stop {
+    let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
+    // One timer for the connection, not one per command (see `deadline::Watchdog`).
+    let mut watchdog = deadline::Watchdog::new(shared.config.processing_timeout);
+    let mut cancel_sent = false;
+    // What the frontend gets if the request under way expires: TPM_RC_FAILURE for a command,
+    // TPM_FAIL for a control operation.
+    let mut expiry_answer = Vec::new();
+    // v2: a request may have been submitted before we bound the channel, and the state byte
+    // says so. v1 has no such state: only a notification announces a request.
+    let mut action = match conn.transport {
+        Transport::V2(_) => Action::Event(Ok(())),
+        Transport::V1(_) => Action::Idle,
+    };
+    let stop = loop {
+        match action {
+            Action::Idle => {}
+            Action::Response(resp) => {
+                inflight = None;
+                watchdog.stop();
+                cancel_sent = false;
+                respond(shared, conn, &resp);
+            }
+            Action::Expired => {
+                // Dropping the request frees its slot: its late answer will be dropped.
+                inflight = None;
+                cancel_sent = false;
+                let timeout = shared.config.processing_timeout;
+                tracing::warn!(
+                    instance = config.instance,
+                    ?timeout,
+                    "engine did not answer in time"
+                );
+                if let Err(e) = shared
+                    .client
+                    .post_control(config.instance, ControlOp::CancelCommand)
+                {
+                    tracing::warn!(instance = config.instance, error = %e, "cancel after timeout not sent");
+                }
+                respond(shared, conn, &expiry_answer);
+            }
+            Action::Event(Err(_)) => break Stop::Closed,
+            Action::Event(Ok(())) => {
+                if let Some(req) =
+                    on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
+                {
+                    BackendStats::bump(&shared.stats.requests);
+                    let client = shared.client.clone();
+                    let (future, on_expiry) = match req {
+                        Forward::Command { command, locality } => (
+                            forward(client, config.instance, command, locality),
+                            error_response(TpmRc::FAILURE),
+                        ),
+                        Forward::Control { cmd, op } => (
+                            forward_control(client, config.instance, cmd, op),
+                            ctrl::encode_reply(
+                                cmd,
+                                &Err(EngineError::Failed("processing timeout".into())),
+                            ),
+                        ),
+                    };
+                    inflight = Some(future);
+                    expiry_answer = on_expiry;
+                    watchdog.start();
+                }
+            }
+            Action::OwnChanged(alive) => {
+                if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
+                    break Stop::Gone;
+                }
+            }
+            Action::FrontChanged(alive) => {
+                let st = read_state(&shared.store, &config.front_dir);
+                if !alive
+                    || matches!(
+                        st,
+                        XenbusState::CLOSING
+                            | XenbusState::CLOSED
+                            | XenbusState::UNKNOWN
+                            | XenbusState::INITIALISING
+                    )
+                {
+                    break Stop::Closed;
+                }
+            }
+        }
+        action = {
+            let resp = async {
+                match inflight.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }
+            .fuse();
+            let ev = conn.event.wait().fuse();
+            let expired = watchdog.expired().fuse();
+            pin_mut!(resp, ev, expired);
+            select_biased! {
+                r = resp => Action::Response(r),
+                o = own.next() => Action::OwnChanged(o.is_some()),
+                f = front.next() => Action::FrontChanged(f.is_some()),
+                e = ev => Action::Event(e),
+                () = expired => Action::Expired,
+            }
+        };
+    };
+    if inflight.is_some() && !cancel_sent {
+        // Nobody waits for that answer any more (its slot went with `inflight`): ask the
+        // engine to stop working on it before the instance is stopped.
+        if let Err(e) = shared
+            .client
+            .post_control(config.instance, ControlOp::CancelCommand)
+        {
+            tracing::warn!(error = %e, "cancel at disconnect not sent");
+        }
+    }
+    stop
+}

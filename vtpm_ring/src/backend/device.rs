@@ -1,0 +1,222 @@
+//! One device's life on the bus: from the toolstack's directory, through InitWait and each
+//! connection, to Closed and the next InitWait, until the directory goes. It claims the
+//! instance, maps what the frontend granted and powers the TPM on and off around each
+//! connection; `connection` serves the connection in between.
+
+use super::*;
+
+pub(super) struct DeviceConfig {
+    pub(super) frontend: DomainId,
+    pub(super) front_dir: String,
+    pub(super) instance: u32,
+}
+
+fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, StoreError> {
+    Ok(DeviceConfig {
+        frontend: DomainId(store.read_num(&format!("{dir}/{}", keys::FRONTEND_ID))?),
+        front_dir: store.read(&format!("{dir}/{}", keys::FRONTEND))?,
+        instance: store.read_num(&format!("{dir}/{}", keys::INSTANCE))?,
+    })
+}
+
+/// Runs one device until its directory disappears; returns the directory.
+pub(super) async fn device(shared: Arc<Shared>, dir: String) -> String {
+    let span = tracing::info_span!("vtpm_backend", dir = %dir);
+    BackendStats::bump(&shared.stats.devices);
+    if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
+        tracing::warn!(dir, error = %e, "vTPM device stopped");
+    }
+    shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
+    dir
+}
+
+pub(super) async fn next_change(own: &mut Watch, front: &mut Watch) -> bool {
+    select_biased! {
+        a = own.next() => a.is_some(),
+        b = front.next() => b.is_some(),
+    }
+}
+
+async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
+    let store = &shared.store;
+    let mut own = store.watch(dir)?;
+    let exists = || store.try_read(dir).ok().flatten().is_some();
+    let config = loop {
+        if !exists() {
+            return Ok(());
+        }
+        match read_device_config(store, dir) {
+            Ok(c) => break c,
+            Err(_) => {
+                if own.next().await.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    serve_device(shared, dir, &config, &mut own).await
+}
+
+/// A connection's hold on its instance: one connection per instance at a time.
+struct Claim<'a> {
+    shared: &'a Shared,
+    instance: u32,
+}
+
+impl<'a> Claim<'a> {
+    fn take(shared: &'a Shared, instance: u32) -> Result<Self, BackendError> {
+        let inserted = shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance);
+        if inserted {
+            Ok(Self { shared, instance })
+        } else {
+            Err(BackendError::InstanceInUse(instance))
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.instance);
+    }
+}
+
+async fn serve_device(
+    shared: &Shared,
+    dir: &str,
+    config: &DeviceConfig,
+    own: &mut Watch,
+) -> Result<(), BackendError> {
+    let store = &shared.store;
+    let exists = || store.try_read(dir).ok().flatten().is_some();
+    let mut front = store.watch(&config.front_dir)?;
+    if shared.config.protocols.v2 {
+        store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
+    }
+    if shared.config.control {
+        store.write(&format!("{dir}/{}", keys::FEATURE_CONTROL), "1")?;
+    }
+    write_state(store, dir, XenbusState::INIT_WAIT)?;
+    loop {
+        // Wait for the frontend to publish its ring.
+        loop {
+            if !exists() {
+                return Ok(());
+            }
+            let st = read_state(store, &config.front_dir);
+            if st == XenbusState::INITIALISED || st == XenbusState::CONNECTED {
+                break;
+            }
+            if !next_change(own, &mut front).await {
+                return Ok(());
+            }
+        }
+        let connected = async {
+            let claim = Claim::take(shared, config.instance)?;
+            let conn = connect(shared, config)?;
+            // A frontend with control owns the power: its VMM's INIT comes next, then the
+            // guest firmware's TPM2_Startup.
+            let reset = match conn.control {
+                true => ResetPolicy::PowerCycleGuestStartup,
+                false => shared.config.reset,
+            };
+            power::power_on(&shared.client, config.instance, &shared.config, reset).await?;
+            Ok::<_, BackendError>((claim, conn))
+        }
+        .await;
+        match connected {
+            Ok((claim, mut conn)) => {
+                BackendStats::bump(&shared.stats.connects);
+                write_state(store, dir, XenbusState::CONNECTED)?;
+                tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
+                let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
+                // Unmap and unbind before saying Closed: the frontend revokes its grants next.
+                drop(conn);
+                // Stopped before the instance is free and before Closed, so the next
+                // connection's Init always comes after this Stop.
+                power::power_off(&shared.client, config.instance, &shared.config).await;
+                drop(claim);
+                BackendStats::bump(&shared.stats.disconnects);
+                if matches!(stop, Stop::Gone) {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                BackendStats::bump(&shared.stats.failed_connects);
+                tracing::warn!(frontend = %config.frontend, error = %e, "vTPM connect refused");
+                store.write(&format!("{dir}/{}", keys::ERROR), &e.to_string())?;
+            }
+        }
+        write_state(store, dir, XenbusState::CLOSED)?;
+        // Wait for the frontend to finish closing, then offer a new connection.
+        loop {
+            if !exists() {
+                return Ok(());
+            }
+            let st = read_state(store, &config.front_dir);
+            if matches!(
+                st,
+                XenbusState::CLOSED | XenbusState::INITIALISING | XenbusState::UNKNOWN
+            ) {
+                break;
+            }
+            if !next_change(own, &mut front).await {
+                return Ok(());
+            }
+        }
+        if store.try_read(&format!("{dir}/{}", keys::ERROR))?.is_some() {
+            store.rm(&format!("{dir}/{}", keys::ERROR))?;
+        }
+        write_state(store, dir, XenbusState::INIT_WAIT)?;
+    }
+}
+
+fn connect(shared: &Shared, config: &DeviceConfig) -> Result<Connection, BackendError> {
+    let store = &shared.store;
+    let fdir = &config.front_dir;
+    let ring_ref = GrantRef(store.read_num(&format!("{fdir}/{}", keys::RING_REF))?);
+    let port: u32 = store.read_num(&format!("{fdir}/{}", keys::EVENT_CHANNEL))?;
+    let peer_v2 = store
+        .try_read(&format!("{fdir}/{}", keys::FEATURE_V2))?
+        .is_some_and(|v| v.trim() == "1");
+    let control = shared.config.control
+        && store
+            .try_read(&format!("{fdir}/{}", keys::FEATURE_CONTROL))?
+            .is_some_and(|v| v.trim() == "1");
+    let version = shared
+        .config
+        .protocols
+        .negotiate(peer_v2)
+        .ok_or(BackendError::NoCommonProtocol)?;
+    let domain = &shared.domain;
+    let transport = match version {
+        ProtocolVersion::V2 => Transport::V2(v2::V2Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+            shared.config.max_extra_pages,
+        )?),
+        ProtocolVersion::V1 => Transport::V1(Box::new(v1::V1Transport::map(
+            domain,
+            config.frontend,
+            ring_ref,
+            control,
+        )?)),
+    };
+    let event = domain.bind_interdomain(config.frontend, Port(port))?;
+    tracing::debug!(?version, control, "protocol negotiated");
+    Ok(Connection {
+        event,
+        transport,
+        version,
+        control,
+        locality: 0,
+    })
+}
