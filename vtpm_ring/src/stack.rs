@@ -137,47 +137,23 @@ pub enum StackError {
     Io(#[from] std::io::Error),
 }
 
-/// One guest's vTPM: its frontend and the TPM socket serving it.
+/// One guest's vTPM: its domain, its instance, its connected frontend and `S`, what serves
+/// the frontend to a client ([`TpmSocket`] for tpm2-tools, [`QemuSocket`] for QEMU).
 #[derive(Debug)]
-pub struct GuestTpm {
+pub struct Guest<S> {
     domain: DomainId,
     instance: u32,
     frontend: Arc<Frontend>,
-    socket: TpmSocket,
+    socket: S,
 }
 
-/// One QEMU guest's vTPM: its frontend and the control socket QEMU connects to.
-#[derive(Debug)]
-pub struct QemuGuest {
-    domain: DomainId,
-    instance: u32,
-    frontend: Arc<Frontend>,
-    socket: QemuSocket,
-}
+/// A guest served as a TPM socket (data and control port), for tpm2-tools' `swtpm:` TCTI.
+pub type GuestTpm = Guest<TpmSocket>;
 
-impl QemuGuest {
-    /// The guest domain.
-    pub fn domain(&self) -> DomainId {
-        self.domain
-    }
+/// A guest served on a unix socket for QEMU's `-tpmdev emulator`.
+pub type QemuGuest = Guest<QemuSocket>;
 
-    /// Its vTPM instance.
-    pub fn instance(&self) -> u32 {
-        self.instance
-    }
-
-    /// The connected frontend.
-    pub fn frontend(&self) -> &Arc<Frontend> {
-        &self.frontend
-    }
-
-    /// The unix socket for `-chardev socket,path=...`.
-    pub fn path(&self) -> &std::path::Path {
-        self.socket.path()
-    }
-}
-
-impl GuestTpm {
+impl<S> Guest<S> {
     /// The guest domain.
     pub fn domain(&self) -> DomainId {
         self.domain
@@ -192,7 +168,16 @@ impl GuestTpm {
     pub fn frontend(&self) -> &Arc<Frontend> {
         &self.frontend
     }
+}
 
+impl Guest<QemuSocket> {
+    /// The unix socket for `-chardev socket,path=...`.
+    pub fn path(&self) -> &std::path::Path {
+        self.socket.path()
+    }
+}
+
+impl Guest<TpmSocket> {
     /// The TPM socket's data port.
     pub fn data_addr(&self) -> SocketAddr {
         self.socket.data_addr()
