@@ -57,22 +57,25 @@ use vtpm_ring::frontend::Frontend;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::stack::StackConfig;
 use vtpm_ring::stack::VtpmStack;
+use vtpm_ring::tpm_command::command;
+use vtpm_ring::tpm_header::TpmCc;
 use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::TpmSt;
 use vtpm_ring::tpm_header::response_code;
 
 const READ_CLOCK: [u8; 10] = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x81];
 const GET_RANDOM_32: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 32];
+/// TPM2_CreatePrimary.
+const CREATE_PRIMARY: TpmCc = TpmCc(0x131);
+/// TPM2_ContextSave.
+const CONTEXT_SAVE: TpmCc = TpmCc(0x162);
+/// TPM2_FlushContext.
+const FLUSH_CONTEXT: TpmCc = TpmCc(0x165);
+/// TPM2_ContextLoad.
+const CONTEXT_LOAD: TpmCc = TpmCc(0x161);
 /// TPM_ALG_SHA512: the largest name algorithm, so the largest policy and auth value.
 const SHA512: u16 = 0x0d;
 const SHA512_SIZE: usize = 64;
-
-fn command(tag: u16, cc: u32, body: &[u8]) -> Vec<u8> {
-    let mut c = tag.to_be_bytes().to_vec();
-    c.extend_from_slice(&(10 + body.len() as u32).to_be_bytes());
-    c.extend_from_slice(&cc.to_be_bytes());
-    c.extend_from_slice(body);
-    c
-}
 
 fn sized(data: &[u8]) -> Vec<u8> {
     let mut b = (data.len() as u16).to_be_bytes().to_vec();
@@ -103,7 +106,7 @@ fn create_primary_rsa3072() -> Vec<u8> {
     .concat();
     b.extend_from_slice(&sized(&public));
     b.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // outsideInfo, creationPCR
-    command(0x8002, 0x131, &b)
+    command(TpmSt::SESSIONS, CREATE_PRIMARY, &b)
 }
 
 fn handle_after_header(response: &[u8]) -> u32 {
@@ -151,25 +154,37 @@ impl Path {
         let primary = self.send(&create_primary_rsa3072()).await;
         let handle = handle_after_header(check(&primary));
         let saved = self
-            .send(&command(0x8001, 0x162, &handle.to_be_bytes()))
+            .send(&command(
+                TpmSt::NO_SESSIONS,
+                CONTEXT_SAVE,
+                &handle.to_be_bytes(),
+            ))
             .await;
         check(
             &self
-                .send(&command(0x8001, 0x165, &handle.to_be_bytes()))
+                .send(&command(
+                    TpmSt::NO_SESSIONS,
+                    FLUSH_CONTEXT,
+                    &handle.to_be_bytes(),
+                ))
                 .await,
         );
-        command(0x8001, 0x161, &check(&saved)[10..])
+        command(TpmSt::NO_SESSIONS, CONTEXT_LOAD, &check(&saved)[10..])
     }
 
     /// One measured operation: `c`, or for a ContextLoad, the load and the flush.
     async fn operate(&self, c: &[u8]) {
         let response = self.send(black_box(c)).await;
         check(&response);
-        if c[6..10] == 0x161u32.to_be_bytes() {
+        if c[6..10] == CONTEXT_LOAD.0.to_be_bytes() {
             let handle = handle_after_header(&response);
             check(
                 &self
-                    .send(&command(0x8001, 0x165, &handle.to_be_bytes()))
+                    .send(&command(
+                        TpmSt::NO_SESSIONS,
+                        FLUSH_CONTEXT,
+                        &handle.to_be_bytes(),
+                    ))
                     .await,
             );
         }

@@ -10,28 +10,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vtpm_ring::stack::StackConfig;
 use vtpm_ring::stack::VtpmStack;
+use vtpm_ring::tpm_command::pcr_digest_sha256;
+use vtpm_ring::tpm_command::pcr_extend_sha256;
+use vtpm_ring::tpm_command::pcr_read_sha256;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
-
-/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
-fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
-    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
-    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
-    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
-    c.extend_from_slice(digest);
-    c
-}
-
-/// TPM2_PCR_Read of one sha256 PCR below 24.
-fn pcr_read(pcr: u8) -> Vec<u8> {
-    let mut select = [0u8; 3];
-    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
-    let mut c = vec![
-        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
-    ];
-    c.extend_from_slice(&select);
-    c
-}
 
 const GET_RANDOM_16: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 16];
 
@@ -89,10 +72,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for guest in stack.guests() {
         let tpm = guest.frontend();
         let measurement: [u8; 32] = Sha256::digest(format!("kernel of {}", guest.domain())).into();
-        ok(&tpm.transmit(&pcr_extend(16, &measurement)).await?)?;
-        let r = tpm.transmit(&pcr_read(16)).await?;
+        ok(&tpm.transmit(&pcr_extend_sha256(16, &measurement)).await?)?;
+        let r = tpm.transmit(&pcr_read_sha256(16).ok_or("PCR 16")?).await?;
         ok(&r)?;
-        let value = r.get(r.len() - 32..).ok_or("short PCR_Read response")?;
+        let value = pcr_digest_sha256(&r).ok_or("not a one-PCR read")?;
         let expected: [u8; 32] = Sha256::new()
             .chain_update([0u8; 32])
             .chain_update(measurement)

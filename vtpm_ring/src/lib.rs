@@ -80,5 +80,6 @@ pub mod socket;
 pub mod stack;
 pub mod store;
 pub mod testbed;
+pub mod tpm_command;
 pub mod tpm_header;
 pub mod xenbus;

@@ -3,7 +3,7 @@
 //! disconnected guest's TPM is stopped. The TPM is a real swtpm (behind a scripted refusal
 //! of `Init` where a broken reset is the subject).
 
-#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
 mod support;
 
@@ -29,6 +29,9 @@ use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
 use vtpm_ring::frontend::FrontendError;
 use vtpm_ring::protocol::Protocols;
+use vtpm_ring::tpm_command::pcr_digest_sha256;
+use vtpm_ring::tpm_command::pcr_extend_sha256;
+use vtpm_ring::tpm_command::pcr_read_sha256;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
 use vtpm_ring::xenbus::XenbusState;
@@ -37,33 +40,12 @@ use vtpm_ring::xenbus::create_device;
 use vtpm_ring::xenbus::keys;
 use vtpm_ring::xenbus::read_state;
 
+/// The digest of a one-PCR read; fails the test on anything else.
+fn pcr_digest(response: &[u8]) -> [u8; 32] {
+    pcr_digest_sha256(response).unwrap_or_else(|| panic!("not a one-PCR read: {response:02x?}"))
+}
+
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
-
-/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
-fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
-    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
-    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
-    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
-    c.extend_from_slice(digest);
-    c
-}
-
-/// TPM2_PCR_Read of one sha256 PCR below 24.
-fn pcr_read(pcr: u8) -> Vec<u8> {
-    let mut select = [0u8; 3];
-    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
-    let mut c = vec![
-        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
-    ];
-    c.extend_from_slice(&select);
-    c
-}
-
-/// The 32-byte digest at the end of a one-PCR read response.
-fn digest(response: &[u8]) -> Vec<u8> {
-    assert_eq!(response_code(response), Some(TpmRc::SUCCESS));
-    response[response.len() - 32..].to_vec()
-}
 
 async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
     let state = tempfile::tempdir().unwrap();
@@ -78,13 +60,21 @@ async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
     };
 
     let first = within(Frontend::connect(&guest, config)).await.unwrap();
-    let fresh = digest(&within(first.transmit(&pcr_read(16))).await.unwrap());
-    assert_eq!(fresh, vec![0; 32]);
-    let r = within(first.transmit(&pcr_extend(16, &[7; 32])))
+    let fresh = pcr_digest(
+        &within(first.transmit(&pcr_read_sha256(16).unwrap()))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(fresh, [0; 32]);
+    let r = within(first.transmit(&pcr_extend_sha256(16, &[7; 32])))
         .await
         .unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
-    let extended = digest(&within(first.transmit(&pcr_read(16))).await.unwrap());
+    let extended = pcr_digest(
+        &within(first.transmit(&pcr_read_sha256(16).unwrap()))
+            .await
+            .unwrap(),
+    );
     assert_ne!(extended, fresh);
     within(first.close()).await.unwrap();
 
@@ -97,7 +87,11 @@ async fn reconnect_sees_a_reset_tpm(protocols: Protocols) {
     assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
 
     let second = within(Frontend::connect(&guest, config)).await.unwrap();
-    let after = digest(&within(second.transmit(&pcr_read(16))).await.unwrap());
+    let after = pcr_digest(
+        &within(second.transmit(&pcr_read_sha256(16).unwrap()))
+            .await
+            .unwrap(),
+    );
     assert_eq!(after, fresh, "PCR 16 survived the reconnect");
     // Started, as firmware would leave it: commands work at once.
     let r = within(second.transmit(&GET_RANDOM_8)).await.unwrap();

@@ -42,11 +42,19 @@ use vtpm_ring::frontend::FrontendConfig;
 use vtpm_ring::manager::VtpmManager;
 use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::Protocols;
+use vtpm_ring::tpm_command::pcr_digest_sha256;
+use vtpm_ring::tpm_command::pcr_extend_sha256;
+use vtpm_ring::tpm_command::pcr_read_sha256;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
 use vtpm_ring::xenbus::VtpmDevice;
 use vtpm_ring::xenbus::create_device;
 use vtpm_ring::xenbus::destroy_device;
+
+/// The digest of a one-PCR read; fails the test on anything else.
+fn pcr_digest(response: &[u8]) -> [u8; 32] {
+    pcr_digest_sha256(response).unwrap_or_else(|| panic!("not a one-PCR read: {response:02x?}"))
+}
 
 const VTPMCTL: &str = env!("CARGO_BIN_EXE_vtpmctl");
 
@@ -54,35 +62,6 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
         .expect("bounded wait expired")
-}
-
-/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
-fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
-    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
-    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
-    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
-    c.extend_from_slice(digest);
-    c
-}
-
-/// TPM2_PCR_Read of one sha256 PCR below 24.
-fn pcr_read(pcr: u8) -> Vec<u8> {
-    let mut select = [0u8; 3];
-    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
-    let mut c = vec![
-        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
-    ];
-    c.extend_from_slice(&select);
-    c
-}
-
-fn digest(response: &[u8]) -> Vec<u8> {
-    assert_eq!(
-        response_code(response),
-        Some(TpmRc::SUCCESS),
-        "{response:02x?}"
-    );
-    response[response.len() - 32..].to_vec()
 }
 
 fn device(frontend: DomainId) -> VtpmDevice {
@@ -126,14 +105,22 @@ async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
     };
 
     let first = within(Frontend::connect(&guest_a, config)).await.unwrap();
-    let fresh = digest(&within(first.transmit(&pcr_read(16))).await.unwrap());
-    assert_eq!(fresh, vec![0; 32]);
-    let r = within(first.transmit(&pcr_extend(16, &[0x5a; 32])))
+    let fresh = pcr_digest(
+        &within(first.transmit(&pcr_read_sha256(16).unwrap()))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(fresh, [0; 32]);
+    let r = within(first.transmit(&pcr_extend_sha256(16, &[0x5a; 32])))
         .await
         .unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     assert_ne!(
-        digest(&within(first.transmit(&pcr_read(16))).await.unwrap()),
+        pcr_digest(
+            &within(first.transmit(&pcr_read_sha256(16).unwrap()))
+                .await
+                .unwrap()
+        ),
         fresh
     );
     within(first.close()).await.unwrap();
@@ -141,11 +128,15 @@ async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
     // The same guest comes back: a new boot, a reset TPM.
     let second = within(Frontend::connect(&guest_a, config)).await.unwrap();
     assert_eq!(
-        digest(&within(second.transmit(&pcr_read(16))).await.unwrap()),
+        pcr_digest(
+            &within(second.transmit(&pcr_read_sha256(16).unwrap()))
+                .await
+                .unwrap()
+        ),
         fresh,
         "PCR 16 survived the reconnect"
     );
-    let r = within(second.transmit(&pcr_extend(16, &[0xa5; 32])))
+    let r = within(second.transmit(&pcr_extend_sha256(16, &[0xa5; 32])))
         .await
         .unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
@@ -156,7 +147,11 @@ async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
     create_device(&toolstack, &device(guest_b.id())).unwrap();
     let third = within(Frontend::connect(&guest_b, config)).await.unwrap();
     assert_eq!(
-        digest(&within(third.transmit(&pcr_read(16))).await.unwrap()),
+        pcr_digest(
+            &within(third.transmit(&pcr_read_sha256(16).unwrap()))
+                .await
+                .unwrap()
+        ),
         fresh,
         "PCR 16 of the previous guest reached the next one"
     );

@@ -2,10 +2,10 @@
 
 use super::extended;
 use super::get_random;
-use super::pcr_extend;
-use super::pcr_read;
 use super::rc;
 use super::stack;
+use vtpm_ring::tpm_command::pcr_extend_sha256;
+use vtpm_ring::tpm_command::pcr_read_sha256;
 
 const GUESTS: u16 = 16;
 const COMMANDS: usize = 500;
@@ -21,11 +21,14 @@ async fn sixteen_guests_times_five_hundred_commands_each_get_their_own_answers()
         // shows up as the wrong PCR value, one that crossed requests as the wrong length.
         let mine = [g as u8 + 1; 32];
         tasks.spawn(async move {
-            assert_eq!(rc(&tpm.transmit(&pcr_extend(16, &mine)).await.unwrap()), 0);
+            assert_eq!(
+                rc(&tpm.transmit(&pcr_extend_sha256(16, &mine)).await.unwrap()),
+                0
+            );
             let want = extended(&mine);
             for i in 0..COMMANDS {
                 if i % 50 == 0 {
-                    let r = tpm.transmit(&pcr_read(16)).await.unwrap();
+                    let r = tpm.transmit(&pcr_read_sha256(16).unwrap()).await.unwrap();
                     assert_eq!(rc(&r), 0);
                     assert_eq!(&r[r.len() - 32..], want, "guest {g} command {i}");
                 } else {

@@ -79,32 +79,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// TPM2_GetRandom(n).
-pub fn get_random(n: u16) -> Vec<u8> {
-    let mut c = vec![0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b];
-    c.extend_from_slice(&n.to_be_bytes());
-    c
-}
-
-/// TPM2_PCR_Extend(pcr, sha256 digest) with the empty password session.
-pub fn pcr_extend(pcr: u8, digest: &[u8; 32]) -> Vec<u8> {
-    let mut c = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, pcr];
-    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
-    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
-    c.extend_from_slice(digest);
-    c
-}
-
-/// TPM2_PCR_Read of one sha256 PCR below 24.
-pub fn pcr_read(pcr: u8) -> Vec<u8> {
-    let mut select = [0u8; 3];
-    select[usize::from(pcr / 8)] = 1 << (pcr % 8);
-    let mut c = vec![
-        0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0, 0x0b, 3,
-    ];
-    c.extend_from_slice(&select);
-    c
-}
+pub use vtpm_ring::tpm_command::get_random;
 
 /// The sha256 value of a PCR after one extend of `digest` from zero.
 pub fn extended(digest: &[u8; 32]) -> [u8; 32] {
