@@ -1,6 +1,7 @@
-//! Doorbells that announce nothing new: the backend must not take its own response for a
-//! command. The TPM is a real swtpm; the ring runs on the test's thread and each step settles
-//! explicitly (`support/one_thread.rs`), so every interleaving is the test's.
+//! Doorbells that announce nothing new: the backend must not take its own response, or the
+//! command it is still executing, for a new command. The TPM is a real swtpm; the ring runs on
+//! the test's thread and advances in explicit steps (`support/one_thread.rs`), so every
+//! interleaving is the test's.
 
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
@@ -38,8 +39,20 @@ impl Raw {
         Self { t, raw }
     }
 
-    /// Writes `command` the v1 way (packet pages, then sizes) and rings.
+    /// Writes `command` the v1 way (packet pages, then sizes) and rings; the TPM answers.
     fn submit_v1(&mut self, command: &[u8]) {
+        self.write_v1(command);
+        self.ring_doorbell();
+    }
+
+    /// Writes `command` the v1 way and rings; the backend forwards it to the TPM, which
+    /// does not answer yet.
+    fn submit_v1_held(&mut self, command: &[u8]) {
+        self.write_v1(command);
+        self.ring_held();
+    }
+
+    fn write_v1(&mut self, command: &[u8]) {
         let ring = v1::read_ring(&self.raw.pages[0]).unwrap();
         let pages = &self.raw.pages[1..];
         let grants = &self.raw.grants[1..];
@@ -51,23 +64,40 @@ impl Raw {
                 .ok_or(vtpm_ring::protocol::RingError::Inconsistent("ref"))
         })
         .unwrap();
+    }
+
+    /// Writes `command` the v2 way (packet, length, then SUBMIT) and rings; the TPM answers.
+    fn submit_v2(&mut self, command: &[u8]) {
+        self.write_v2(command);
         self.ring_doorbell();
     }
 
-    /// Writes `command` the v2 way (packet, length, then SUBMIT) and rings.
-    fn submit_v2(&mut self, command: &[u8]) {
+    /// Writes `command` the v2 way and rings; the backend forwards it to the TPM, which does
+    /// not answer yet.
+    fn submit_v2_held(&mut self, command: &[u8]) {
+        self.write_v2(command);
+        self.ring_held();
+    }
+
+    fn write_v2(&mut self, command: &[u8]) {
         let shared = &self.raw.pages[0];
         shared.write(V2_PACKET, command).unwrap();
         shared
             .write(0, &u32::try_from(command.len()).unwrap().to_le_bytes())
             .unwrap();
         shared.store_u8(4, V2State::SUBMIT.0).unwrap();
-        self.ring_doorbell();
     }
 
+    /// Rings; the backend acts and the TPM answers whatever reaches it.
     fn ring_doorbell(&mut self) {
         self.raw.event.notify().unwrap();
         self.t.settle();
+    }
+
+    /// Rings; the backend acts, the TPM answers nothing yet.
+    fn ring_held(&mut self) {
+        self.raw.event.notify().unwrap();
+        self.t.step();
     }
 
     fn packet_v1(&self) -> Vec<u8> {
@@ -158,4 +188,44 @@ fn v2_spurious_doorbell_after_finish_is_not_a_command() {
     assert_eq!(response_code(&next), Some(TpmRc::SUCCESS));
     assert_ne!(next, response);
     assert_eq!(t.t.bed.stats.snapshot().requests, 2);
+}
+
+#[test]
+fn v1_doorbells_while_the_command_is_at_the_tpm_are_not_commands() {
+    let mut t = Raw::connected(ProtocolVersion::V1);
+    t.submit_v1_held(&GET_RANDOM_8);
+    assert_eq!(t.t.bed.stats.snapshot().requests, 1);
+    // The pages still hold the command; the frontend rings over and over.
+    for _ in 0..3 {
+        t.ring_held();
+    }
+    assert_eq!(t.packet_v1(), GET_RANDOM_8);
+    // The TPM answers the one command; the doorbells added nothing.
+    t.t.settle();
+    let response = t.packet_v1();
+    assert_eq!(response_code(&response), Some(TpmRc::SUCCESS));
+    assert_eq!(response.len(), 10 + 2 + 8);
+    let s = t.t.bed.stats.snapshot();
+    assert_eq!((s.requests, s.malformed, s.dropped), (1, 0, 0));
+}
+
+#[test]
+fn v2_doorbells_and_resubmits_while_the_command_is_at_the_tpm_are_not_commands() {
+    let mut t = Raw::connected(ProtocolVersion::V2);
+    t.submit_v2_held(&GET_RANDOM_8);
+    assert_eq!(t.t.bed.stats.snapshot().requests, 1);
+    assert_eq!(t.state_v2(), V2State::SUBMIT);
+    // A frontend ahead of itself submits again while the first command is at the TPM.
+    for _ in 0..3 {
+        t.submit_v2_held(&GET_RANDOM_8);
+    }
+    assert_eq!(t.t.bed.stats.snapshot().requests, 1);
+    // It gets the answer to the command under way, and only that.
+    t.t.settle();
+    assert_eq!(t.state_v2(), V2State::FINISH);
+    let response = t.packet_v2();
+    assert_eq!(response_code(&response), Some(TpmRc::SUCCESS));
+    assert_eq!(response.len(), 10 + 2 + 8);
+    let s = t.t.bed.stats.snapshot();
+    assert_eq!((s.requests, s.malformed, s.dropped), (1, 0, 0));
 }

@@ -5,9 +5,12 @@
 //! [`SwtpmEngine`] runs on a tokio runtime of its own thread, reached through [`Remote`],
 //! which counts the calls the manager is waiting on. [`Harness::settle`] is one explicit step:
 //! the ring does everything it can, every TPM call in flight is answered, the ring finishes
-//! with the answers, and again, until the ring is stalled with no call in flight. So after a
-//! step the ring's state is a function of what the test did, never of how threads were
-//! scheduled; nothing sleeps. Every wait is bounded (10 s: a hang, not a slow machine).
+//! with the answers, and again, until the ring is stalled with no call in flight.
+//! [`Harness::step`] is the smaller step: the ring does everything it can while the TPM
+//! answers nothing (calls made meanwhile wait to be sent until the next settle), so a test
+//! can act while a command is at the TPM. Either way, the ring's state after a step is a
+//! function of what the test did, never of how threads were scheduled; nothing sleeps. Every
+//! wait is bounded (10 s: a hang, not a slow machine).
 //!
 //! Included with `#[path]` by the tests that use it (not through `mod support`, whose
 //! tokio-runtime helpers they do not use). They need `swtpm` (`cargo xtask deps`).
@@ -15,6 +18,7 @@
 #![expect(clippy::panic, reason = "test setup fails the test loudly")]
 
 use async_trait::async_trait;
+use futures::channel::oneshot;
 use futures::executor::LocalPool;
 use futures::future::Either;
 use futures::task::AtomicWaker;
@@ -22,6 +26,8 @@ use futures::task::LocalSpawnExt;
 use futures_timer::Delay;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -40,12 +46,21 @@ use vtpm_ring::testbed::Testbed;
 /// Longest wait for anything (a TPM answer, a frontend operation).
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// Engine calls the manager has started and not yet got an answer to.
+/// Engine calls the manager has started and not yet got an answer to, and whether new ones
+/// may go to the TPM.
 #[derive(Default)]
 struct InFlight {
     count: AtomicUsize,
     /// The settle step waiting for `count` to reach 0.
     idle: AtomicWaker,
+    gate: Mutex<Gate>,
+}
+
+/// Closed during [`Harness::step`]: calls then wait here until it opens.
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl InFlight {
@@ -58,6 +73,40 @@ impl InFlight {
                 _ => Poll::Pending,
             }
         })
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes when the gate is open.
+    async fn pass(&self) {
+        let wait = {
+            let mut gate = self.gate();
+            if !gate.closed {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            gate.waiting.push(tx);
+            rx
+        };
+        // A dropped sender (a harness gone) lets the call through as well.
+        let _ = wait.await;
+    }
+
+    fn close(&self) {
+        self.gate().closed = true;
+    }
+
+    fn open(&self) {
+        let waiting = {
+            let mut gate = self.gate();
+            gate.closed = false;
+            std::mem::take(&mut gate.waiting)
+        };
+        for call in waiting {
+            let _ = call.send(());
+        }
     }
 }
 
@@ -91,6 +140,7 @@ pub struct Remote {
 impl TpmEngine for Remote {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         let _call = Call::start(&self.calls);
+        self.calls.pass().await;
         let inner = self.inner.clone();
         // A JoinHandle is an executor-agnostic future: the manager's pool awaits it.
         self.runtime
@@ -179,12 +229,14 @@ impl Harness {
     /// Polls the ring with `future` (a frontend's operation, say) until `future` completes,
     /// then settles; returns its output.
     pub fn run<T>(&mut self, future: impl Future<Output = T>) -> T {
+        self.calls.open();
         let out = self.pool.run_until(bounded("the test's future", future));
         loop {
-            self.pool.run_until_stalled();
+            self.step();
             if self.calls.count.load(Ordering::Acquire) == 0 {
                 return out;
             }
+            self.calls.open();
             let calls = self.calls.clone();
             self.pool
                 .run_until(bounded("a TPM call in flight", calls.idle()));
@@ -195,5 +247,13 @@ impl Harness {
     /// the ring finishes with their answers, until it stalls with no call in flight.
     pub fn settle(&mut self) {
         self.run(std::future::ready(()));
+    }
+
+    /// The ring does everything it can, the TPMs answer nothing: calls the ring makes now
+    /// (and any still waiting from an earlier step) wait for the next [`Harness::settle`] or
+    /// [`Harness::run`].
+    pub fn step(&mut self) {
+        self.calls.close();
+        self.pool.run_until_stalled();
     }
 }
