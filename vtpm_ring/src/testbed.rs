@@ -1,12 +1,12 @@
-//! A ready-made host for examples, benches, fuzzing and the ring's integration tests: a
+//! A ready-made host for the crate's doc example, fuzzing and the ring's integration tests: a
 //! backend domain and a [`VtpmManager`] serving one engine per vTPM instance, plus helpers
 //! to add guests and devices, and [`RawFrontend`] for playing a hostile guest.
 //!
-//! [`Testbed::new`] serves in-process [`SimTpm`] instances: no processes and no runtime, the
-//! fast engine for examples, benches and fuzzing. [`Testbed::with_engines`] serves any
-//! engines; the integration tests of the ring (doorbells, the store handshake, hostile
-//! frontends) give it real swtpm engines. It stays executor-agnostic: both return the future
-//! that runs the backend and the manager, for the caller to spawn or poll.
+//! [`Testbed::new`] serves in-process [`SimTpm`] instances: no processes and no runtime, for
+//! the executor-free doc example and the fuzz targets. [`Testbed::with_engines`] serves any
+//! engines; the ring's integration tests (doorbells, the store handshake, hostile frontends)
+//! give it real swtpm engines. It stays executor-agnostic: both return the future that runs
+//! the backend and the manager, for the caller to spawn or poll.
 
 use crate::backend::Backend;
 use crate::backend::BackendConfig;
