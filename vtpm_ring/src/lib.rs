@@ -25,7 +25,8 @@
 //! - [`qemu`]: a guest's frontend served to QEMU's `-tpmdev emulator` as if it were swtpm,
 //!   with the TPM's power carried over the ring (`feature-vtpm-control`).
 //! - [`stack`]: a whole host with swtpm engines and served guests (what `vtpmctl run` runs).
-//! - [`testbed`]: a ready host with a backend, for examples, tests, benches and fuzzing.
+//! - [`testbed`]: a ready host with a backend: over [`SimTpm`](engine::SimTpm) for the example
+//!   below and fuzzing, over any engine (swtpm in the ring's integration tests).
 //!
 //! - `vtpmctl` (a binary): `vtpmctl run --domains N` serves N guests' vTPMs as TPM sockets,
 //!   `--qemu-socket PATH` serves one more to QEMU, `vtpmctl list` shows them.

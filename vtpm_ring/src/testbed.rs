@@ -1,7 +1,12 @@
-//! A ready-made host for examples, tests, benches and fuzzing: a backend domain serving
-//! in-process [`SimTpm`] instances through a [`VtpmManager`], plus helpers to add guests and
-//! devices. It stays executor-agnostic: [`Testbed::new`] returns the future that runs the
-//! backend and the manager, for the caller to spawn or poll.
+//! A ready-made host for the crate's doc example, fuzzing and the ring's integration tests: a
+//! backend domain and a [`VtpmManager`] serving one engine per vTPM instance, plus helpers
+//! to add guests and devices, and [`RawFrontend`] for playing a hostile guest.
+//!
+//! [`Testbed::new`] serves in-process [`SimTpm`] instances: no processes and no runtime, for
+//! the executor-free doc example and the fuzz targets. [`Testbed::with_engines`] serves any
+//! engines; the ring's integration tests (doorbells, the store handshake, hostile frontends)
+//! give it real swtpm engines. It stays executor-agnostic: both return the future that runs
+//! the backend and the manager, for the caller to spawn or poll.
 
 use crate::backend::Backend;
 use crate::backend::BackendConfig;
@@ -11,6 +16,7 @@ use crate::domain::DomainError;
 use crate::domain::DomainId;
 use crate::domain::Host;
 use crate::engine::SimTpm;
+use crate::engine::TpmEngine;
 use crate::event::EventChannel;
 use crate::event::EventError;
 use crate::grant::GrantAccess;
@@ -40,8 +46,8 @@ use uuid::Uuid;
 /// The backend domain's id in a testbed.
 pub const BACKEND_DOMAIN: DomainId = DomainId(1);
 
-/// A host with a running backend (once its future is driven).
-pub struct Testbed {
+/// A host with a running backend (once its future is driven), serving engines of type `E`.
+pub struct Testbed<E = SimTpm> {
     /// The host.
     pub host: Host,
     /// The backend domain.
@@ -49,24 +55,39 @@ pub struct Testbed {
     /// The backend's counters.
     pub stats: Arc<BackendStats>,
     /// The engine of each instance.
-    pub engines: BTreeMap<u32, Arc<SimTpm>>,
+    pub engines: BTreeMap<u32, Arc<E>>,
 }
 
-impl Testbed {
+impl Testbed<SimTpm> {
     /// A host whose backend serves `instances` (each a started [`SimTpm`]). Drive the returned
     /// future (it runs until dropped) for the backend and manager to work.
     pub fn new(
         config: BackendConfig,
         instances: &[u32],
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), DomainError> {
+        let engines = instances
+            .iter()
+            .map(|&i| (i, Arc::new(SimTpm::started())))
+            .collect();
+        Self::with_engines(config, engines)
+    }
+}
+
+impl<E: TpmEngine + 'static> Testbed<E> {
+    /// A host whose backend serves each `(instance, engine)` pair (a later pair for the same
+    /// instance replaces an earlier one). Drive the returned future (it runs until dropped)
+    /// for the backend and manager to work; the engines run wherever their own calls run.
+    pub fn with_engines(
+        config: BackendConfig,
+        engines: Vec<(u32, Arc<E>)>,
+    ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), DomainError> {
         let host = Host::new();
         let backend = host.create_domain(BACKEND_DOMAIN, 16)?;
         let mut manager = VtpmManager::new();
-        let mut engines = BTreeMap::new();
-        for &i in instances {
-            let engine = Arc::new(SimTpm::started());
+        let mut by_instance = BTreeMap::new();
+        for (i, engine) in engines {
             manager.add_instance(i, engine.clone());
-            engines.insert(i, engine);
+            by_instance.insert(i, engine);
         }
         let (back_end, manager_end) = stream_pair();
         let server = Backend::new(backend.clone(), back_end, config);
@@ -84,12 +105,14 @@ impl Testbed {
                 host,
                 backend,
                 stats,
-                engines,
+                engines: by_instance,
             },
             run,
         ))
     }
+}
 
+impl<E> Testbed<E> {
     /// Creates a guest domain with enough memory for a few devices.
     pub fn add_guest(&self, id: DomainId) -> Result<Domain, DomainError> {
         self.host.create_domain(id, 64)

@@ -1,16 +1,17 @@
 //! A hostile frontend, built from the raw primitives (pages, grants, event channel, store),
-//! against the real backend: lying sizes, references it does not own, packets changing while
-//! the backend reads, cancel storms. The backend must answer or refuse, never panic or hang.
+//! against the real backend and a real swtpm: lying sizes, references it does not own,
+//! packets changing while the backend reads, cancel storms. The backend must answer or
+//! refuse, never panic or hang. The ring runs on the test's thread and advances in explicit
+//! steps (`support/one_thread.rs`), so every interleaving is the test's (bar the one test
+//! whose point is a frontend rewriting the page from another thread).
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
-use std::future::Future;
+#[path = "support/one_thread.rs"]
+mod one_thread;
+
+use one_thread::Harness;
 use std::sync::Arc;
-use std::time::Duration;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::Domain;
 use vtpm_ring::domain::DomainId;
@@ -24,7 +25,6 @@ use vtpm_ring::page::PageIo;
 use vtpm_ring::protocol::v1;
 use vtpm_ring::protocol::v2::V2State;
 use vtpm_ring::testbed::BACKEND_DOMAIN;
-use vtpm_ring::testbed::Testbed;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
 use vtpm_ring::xenbus::XenbusState;
@@ -34,27 +34,22 @@ use vtpm_ring::xenbus::read_state;
 
 const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("bounded wait expired")
+/// TPM2_PCR_Extend of PCR 20 (SHA-256, empty password session): the PC Client profile lets
+/// only localities 1-3 extend it, so swtpm's answer tells the locality it ran at.
+fn extend_pcr_20() -> Vec<u8> {
+    let mut c = vec![0x80, 0x02, 0, 0, 0, 0, 0, 0, 0x01, 0x82, 0, 0, 0, 20];
+    c.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 1, 0, 0]);
+    c.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b]);
+    c.extend_from_slice(&[7; 32]);
+    c[5] = u8::try_from(c.len()).unwrap();
+    c
 }
 
-async fn until(mut cond: impl FnMut() -> bool) {
-    within(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
-fn start() -> (Testbed, Domain) {
-    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
-    tokio::spawn(run);
-    let guest = bed.add_guest(DomainId(2)).unwrap();
-    bed.add_device(guest.id(), 0, 1).unwrap();
-    (bed, guest)
+fn start() -> (Harness, Domain) {
+    let t = Harness::start(BackendConfig::default(), &[1]);
+    let guest = t.bed.add_guest(DomainId(2)).unwrap();
+    t.bed.add_device(guest.id(), 0, 1).unwrap();
+    (t, guest)
 }
 
 /// A hand-made frontend: pages, grants, event channel and store keys, nothing checked.
@@ -65,9 +60,9 @@ struct Raw {
 }
 
 impl Raw {
-    /// Publishes `ring_ref` (which may be a lie) and waits for the backend's verdict.
-    async fn publish(
-        bed: &Testbed,
+    /// Publishes `ring_ref` (which may be a lie) and returns the backend's verdict.
+    fn publish(
+        t: &mut Harness,
         guest: &Domain,
         v2: bool,
         pages: Vec<OwnPage>,
@@ -77,7 +72,8 @@ impl Raw {
         let store = guest.store();
         let dir = frontend_dir(guest.id(), 0);
         let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
-        until(|| read_state(&store, &bdir) == XenbusState::INIT_WAIT).await;
+        t.settle();
+        assert_eq!(read_state(&store, &bdir), XenbusState::INIT_WAIT);
         let event = guest.alloc_unbound(BACKEND_DOMAIN).unwrap();
         store
             .write(&format!("{dir}/ring-ref"), &ring_ref.to_string())
@@ -91,14 +87,12 @@ impl Raw {
                 .unwrap();
         }
         store.write(&format!("{dir}/state"), "3").unwrap();
-        until(|| {
-            matches!(
-                read_state(&store, &bdir),
-                XenbusState::CONNECTED | XenbusState::CLOSED
-            )
-        })
-        .await;
-        let st = read_state(&bed.backend.store(), &bdir);
+        t.settle();
+        let st = read_state(&t.bed.backend.store(), &bdir);
+        assert!(
+            matches!(st, XenbusState::CONNECTED | XenbusState::CLOSED),
+            "the backend settled in {st:?}"
+        );
         let raw = (st == XenbusState::CONNECTED).then_some(Raw {
             pages,
             grants,
@@ -117,18 +111,16 @@ impl Raw {
     }
 
     /// A v2 connection with one extra page.
-    async fn v2(bed: &Testbed, guest: &Domain) -> Raw {
+    fn v2(t: &mut Harness, guest: &Domain) -> Raw {
         let (pages, grants) = Self::alloc(guest, 2, GrantAccess::ReadWrite);
         pages[0].write(7, &[1]).unwrap();
         pages[0].write(8, &grants[1].0.to_le_bytes()).unwrap();
         let r = grants[0].0;
-        Self::publish(bed, guest, true, pages, grants, r)
-            .await
-            .0
-            .unwrap()
+        Self::publish(t, guest, true, pages, grants, r).0.unwrap()
     }
 
-    /// Writes `bytes` as the packet with length field `len`, then SUBMIT and notify.
+    /// Writes `bytes` as the packet with length field `len`, then SUBMIT and notify (the
+    /// backend acts at the test's next step).
     fn submit_v2(&self, bytes: &[u8], len: u32) {
         let shared = &self.pages[0];
         shared
@@ -152,8 +144,10 @@ impl Raw {
         out
     }
 
-    async fn answer_v2(&self) -> Vec<u8> {
-        until(|| self.state() == V2State::FINISH).await;
+    /// Settles, then reads the answer the backend must have finished with.
+    fn answer_v2(&self, t: &mut Harness) -> Vec<u8> {
+        t.settle();
+        assert_eq!(self.state(), V2State::FINISH);
         self.response_v2()
     }
 }
@@ -161,69 +155,85 @@ impl Raw {
 mod lying_sizes {
     use super::*;
 
-    #[tokio::test]
-    async fn header_size_larger_than_bytes_sent_gets_command_size() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn header_size_larger_than_bytes_sent_gets_command_size() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         raw.submit_v2(&GET_RANDOM_8, 10);
         assert_eq!(
-            response_code(&raw.answer_v2().await),
+            response_code(&raw.answer_v2(&mut t)),
             Some(TpmRc::COMMAND_SIZE)
         );
-        assert_eq!(bed.stats.snapshot().malformed, 1);
-        assert_eq!(bed.stats.snapshot().requests, 0);
+        assert_eq!(t.bed.stats.snapshot().malformed, 1);
+        assert_eq!(t.bed.stats.snapshot().requests, 0);
     }
 
-    #[tokio::test]
-    async fn length_beyond_the_shared_pages_gets_command_size() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn length_beyond_the_shared_pages_gets_command_size() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         for len in [8192, 1 << 20, u32::MAX] {
             raw.pages[0].store_u8(4, 0).unwrap();
             raw.submit_v2(&GET_RANDOM_8, len);
             assert_eq!(
-                response_code(&raw.answer_v2().await),
+                response_code(&raw.answer_v2(&mut t)),
                 Some(TpmRc::COMMAND_SIZE)
             );
         }
+        let s = t.bed.stats.snapshot();
+        assert_eq!((s.requests, s.malformed), (0, 3));
     }
 
-    #[tokio::test]
-    async fn short_tpm12_and_bad_locality_packets_get_tpm_errors_and_good_ones_still_work() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn short_tpm12_and_bad_locality_packets_get_tpm_errors_and_good_ones_still_work() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         raw.submit_v2(&GET_RANDOM_8, 3);
         assert_eq!(
-            response_code(&raw.answer_v2().await),
+            response_code(&raw.answer_v2(&mut t)),
             Some(TpmRc::COMMAND_SIZE)
         );
         let mut tpm12 = GET_RANDOM_8;
         tpm12[0..2].copy_from_slice(&[0x00, 0xc1]);
         raw.submit_v2(&tpm12, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::BAD_TAG));
+        assert_eq!(response_code(&raw.answer_v2(&mut t)), Some(TpmRc::BAD_TAG));
         raw.pages[0].write(5, &[9]).unwrap();
         raw.submit_v2(&GET_RANDOM_8, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::LOCALITY));
+        assert_eq!(response_code(&raw.answer_v2(&mut t)), Some(TpmRc::LOCALITY));
         raw.pages[0].write(5, &[0]).unwrap();
         raw.submit_v2(&GET_RANDOM_8, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        let r = raw.answer_v2(&mut t);
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(r.len(), 10 + 2 + 8);
+        // Only the good one reached the TPM.
+        assert_eq!(t.bed.stats.snapshot().requests, 1);
     }
 
-    #[tokio::test]
-    async fn backend_writes_only_length_and_state_never_the_locality() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn backend_writes_only_length_and_state_never_the_locality() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         raw.pages[0].write(5, &[3]).unwrap();
         raw.submit_v2(&GET_RANDOM_8, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
+        assert_eq!(response_code(&raw.answer_v2(&mut t)), Some(TpmRc::SUCCESS));
         // The locality byte is the frontend's: still what it wrote.
         assert_eq!(raw.pages[0].load_u8(5).unwrap(), 3);
-        assert_eq!(bed.engines[&1].last_locality(), 3);
+        // And swtpm ran the command at it: PCR 20 takes an extend from locality 3.
+        let extend = extend_pcr_20();
+        raw.submit_v2(&extend, u32::try_from(extend.len()).unwrap());
+        assert_eq!(response_code(&raw.answer_v2(&mut t)), Some(TpmRc::SUCCESS));
+        assert_eq!(raw.pages[0].load_u8(5).unwrap(), 3);
+        // At locality 0 the same extend is refused by swtpm, not by the backend.
+        raw.pages[0].write(5, &[0]).unwrap();
+        raw.submit_v2(&extend, u32::try_from(extend.len()).unwrap());
+        assert_eq!(response_code(&raw.answer_v2(&mut t)), Some(TpmRc::LOCALITY));
+        let s = t.bed.stats.snapshot();
+        assert_eq!((s.requests, s.malformed), (3, 0));
     }
 
-    #[tokio::test]
-    async fn v1_sizes_that_do_not_add_up_get_command_size() {
-        let (bed, guest) = start();
+    #[test]
+    fn v1_sizes_that_do_not_add_up_get_command_size() {
+        let (mut t, guest) = start();
         let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);
         let mut ring = v1::Ring::default();
         for (e, g) in ring.iter_mut().zip(&grants[1..]) {
@@ -231,8 +241,7 @@ mod lying_sizes {
         }
         v1::write_ring(&pages[0], &ring).unwrap();
         let r = grants[0].0;
-        let raw = Raw::publish(&bed, &guest, false, pages, grants, r)
-            .await
+        let raw = Raw::publish(&mut t, &guest, false, pages, grants, r)
             .0
             .unwrap();
         raw.pages[1].write(0, &GET_RANDOM_8).unwrap();
@@ -240,7 +249,9 @@ mod lying_sizes {
         raw.pages[0].write(14, &12u16.to_le_bytes()).unwrap();
         raw.pages[0].write(16 + 14, &7u16.to_le_bytes()).unwrap();
         raw.event.notify().unwrap();
-        until(|| bed.stats.snapshot().malformed == 1).await;
+        t.settle();
+        let s = t.bed.stats.snapshot();
+        assert_eq!((s.requests, s.malformed), (0, 1));
         let mut head = [0u8; 10];
         raw.pages[1].read(0, &mut head).unwrap();
         assert_eq!(response_code(&head), Some(TpmRc::COMMAND_SIZE));
@@ -250,40 +261,40 @@ mod lying_sizes {
 mod grant_enforcement {
     use super::*;
 
-    #[tokio::test]
-    async fn ring_ref_the_guest_never_granted_is_refused() {
-        let (bed, guest) = start();
-        let (_, st) = Raw::publish(&bed, &guest, true, vec![], vec![], 500).await;
+    #[test]
+    fn ring_ref_the_guest_never_granted_is_refused() {
+        let (mut t, guest) = start();
+        let (_, st) = Raw::publish(&mut t, &guest, true, vec![], vec![], 500);
         assert_eq!(st, XenbusState::CLOSED);
-        assert_eq!(bed.stats.snapshot().failed_connects, 1);
+        assert_eq!(t.bed.stats.snapshot().failed_connects, 1);
     }
 
-    #[tokio::test]
-    async fn read_only_shared_page_is_refused() {
-        let (bed, guest) = start();
+    #[test]
+    fn read_only_shared_page_is_refused() {
+        let (mut t, guest) = start();
         let (pages, grants) = Raw::alloc(&guest, 1, GrantAccess::ReadOnly);
         let r = grants[0].0;
-        let (_, st) = Raw::publish(&bed, &guest, true, pages, grants, r).await;
+        let (_, st) = Raw::publish(&mut t, &guest, true, pages, grants, r);
         assert_eq!(st, XenbusState::CLOSED);
     }
 
-    #[tokio::test]
-    async fn page_granted_to_another_domain_is_refused() {
-        let (bed, guest) = start();
-        let other = bed.add_guest(DomainId(9)).unwrap();
+    #[test]
+    fn page_granted_to_another_domain_is_refused() {
+        let (mut t, guest) = start();
+        let other = t.bed.add_guest(DomainId(9)).unwrap();
         let page = guest.alloc_page().unwrap();
         let gref = guest
             .grant_access(other.id(), page.gfn(), GrantAccess::ReadWrite)
             .unwrap();
-        let (_, st) = Raw::publish(&bed, &guest, true, vec![page], vec![gref], gref.0).await;
+        let (_, st) = Raw::publish(&mut t, &guest, true, vec![page], vec![gref], gref.0);
         assert_eq!(st, XenbusState::CLOSED);
     }
 
-    #[tokio::test]
-    async fn another_domains_grant_cannot_be_smuggled_in_as_an_extra_page() {
-        let (bed, guest) = start();
+    #[test]
+    fn another_domains_grant_cannot_be_smuggled_in_as_an_extra_page() {
+        let (mut t, guest) = start();
         // A victim domain granted a page to the backend for its own purposes.
-        let victim = bed.add_guest(DomainId(7)).unwrap();
+        let victim = t.bed.add_guest(DomainId(7)).unwrap();
         let secret = victim.alloc_page().unwrap();
         secret.write(0, b"victim secret").unwrap();
         // Refs are per granter: pick a number the guest itself has not used.
@@ -297,74 +308,84 @@ mod grant_enforcement {
         pages[0].write(7, &[1]).unwrap();
         pages[0].write(8, &victim_ref.0.to_le_bytes()).unwrap();
         let r = grants[0].0;
-        let (_, st) = Raw::publish(&bed, &guest, true, pages, grants, r).await;
+        let (_, st) = Raw::publish(&mut t, &guest, true, pages, grants, r);
         // The ref is looked up in the guest's own table, where it names nothing it owns.
         assert_eq!(st, XenbusState::CLOSED);
     }
 
-    #[tokio::test]
-    async fn v1_entry_naming_an_ungranted_page_is_not_read() {
-        let (bed, guest) = start();
+    #[test]
+    fn v1_entry_naming_an_ungranted_page_is_not_read() {
+        let (mut t, guest) = start();
         let (pages, grants) = Raw::alloc(&guest, 1 + v1::RING_SIZE, GrantAccess::ReadWrite);
         let mut ring = v1::Ring::default();
         for (e, g) in ring.iter_mut().zip(&grants[1..]) {
             e.gref = g.0.into();
         }
+        let good = ring[0].gref;
         ring[0].gref = 900.into();
         ring[0].size = 12.into();
         v1::write_ring(&pages[0], &ring).unwrap();
         let r = grants[0].0;
-        let raw = Raw::publish(&bed, &guest, false, pages, grants, r)
-            .await
+        let raw = Raw::publish(&mut t, &guest, false, pages, grants, r)
             .0
             .unwrap();
         raw.event.notify().unwrap();
-        until(|| {
-            let s = bed.stats.snapshot();
-            s.malformed + s.dropped >= 1
-        })
-        .await;
-        // It cannot answer into a page it may not map, so it drops, and keeps serving.
-        assert_eq!(bed.stats.snapshot().dropped, 1);
-        assert_eq!(bed.stats.snapshot().requests, 0);
+        t.settle();
+        // It cannot answer into a page it may not map, so it drops.
+        let s = t.bed.stats.snapshot();
+        assert_eq!((s.requests, s.dropped), (0, 1));
+        // And keeps serving: the same request through the guest's own page gets swtpm's answer.
+        ring[0].gref = good;
+        v1::write_ring(&raw.pages[0], &ring).unwrap();
+        raw.pages[1].write(0, &GET_RANDOM_8).unwrap();
+        raw.event.notify().unwrap();
+        t.settle();
+        let mut head = [0u8; 10];
+        raw.pages[1].read(0, &mut head).unwrap();
+        assert_eq!(response_code(&head), Some(TpmRc::SUCCESS));
+        assert_eq!(t.bed.stats.snapshot().requests, 1);
     }
 }
 
 mod races {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
 
-    #[tokio::test]
-    async fn a_guest_flooding_its_device_directory_neither_grows_the_backends_queue_nor_stalls_it()
-    {
-        let (bed, guest) = start();
+    #[test]
+    fn a_guest_flooding_its_device_directory_neither_grows_the_backends_queue_nor_stalls_it() {
+        let (mut t, guest) = start();
         let store = guest.store();
         let dir = frontend_dir(guest.id(), 0);
         let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
         // In InitWait the backend watches the frontend's directory; nothing drains that queue
-        // while the guest writes (this thread does not yield).
-        until(|| read_state(&store, &bdir) == XenbusState::INIT_WAIT).await;
+        // while the guest writes (the ring is not polled between the writes).
+        t.settle();
+        assert_eq!(read_state(&store, &bdir), XenbusState::INIT_WAIT);
         for i in 0..20 * vtpm_ring::store::MAX_WATCH_EVENTS {
             store.write(&format!("{dir}/junk"), &i.to_string()).unwrap();
         }
-        let f = within(Frontend::connect(&guest, FrontendConfig::default()))
-            .await
+        let f = t
+            .run(Frontend::connect(&guest, FrontendConfig::default()))
             .unwrap();
-        let r = within(f.transmit(&GET_RANDOM_8)).await.unwrap();
+        let r = t.run(f.transmit(&GET_RANDOM_8)).unwrap();
         assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
-        assert_eq!(bed.stats.snapshot().connects, 1);
+        assert_eq!(r.len(), 10 + 2 + 8);
+        assert_eq!(t.bed.stats.snapshot().connects, 1);
     }
 
-    #[tokio::test]
-    async fn packet_rewritten_while_the_backend_reads_never_breaks_it() {
-        let (bed, guest) = start();
-        let raw = Arc::new(Raw::v2(&bed, &guest).await);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    #[test]
+    fn packet_rewritten_while_the_backend_reads_never_breaks_it() {
+        let (mut t, guest) = start();
+        let raw = Arc::new(Raw::v2(&mut t, &guest));
+        let stop = Arc::new(AtomicBool::new(false));
+        // A guest vCPU rewriting length and packet all the time: this race is the point.
         let flipper = {
             let raw = raw.clone();
             let stop = stop.clone();
-            tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || {
                 let mut i = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     i = i.wrapping_add(1);
                     let len = [12u32, 4000, 3, 0xffff_ffff][(i % 4) as usize];
                     raw.pages[0].write(0, &len.to_le_bytes()).unwrap();
@@ -372,11 +393,11 @@ mod races {
                 }
             })
         };
-        // If an assertion fails, stop the flipper anyway: the runtime waits for it on drop.
-        struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        // If an assertion fails, stop the flipper anyway.
+        struct StopOnDrop(Arc<AtomicBool>);
         impl Drop for StopOnDrop {
             fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.0.store(true, Ordering::Relaxed);
             }
         }
         let _guard = StopOnDrop(stop.clone());
@@ -385,57 +406,83 @@ mod races {
             raw.submit_v2(&GET_RANDOM_8, 12);
             // Whatever the backend saw, it finished (the length it wrote is the flipper's to
             // overwrite, so only the state is checked here).
-            until(|| raw.state() == V2State::FINISH).await;
+            t.settle();
+            assert_eq!(raw.state(), V2State::FINISH);
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        flipper.await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        flipper.join().unwrap();
         raw.pages[0].write(12, &GET_RANDOM_8).unwrap();
         raw.pages[0].store_u8(4, 0).unwrap();
         raw.submit_v2(&GET_RANDOM_8, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
-        let s = bed.stats.snapshot();
+        let r = raw.answer_v2(&mut t);
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(r.len(), 10 + 2 + 8);
+        let s = t.bed.stats.snapshot();
         assert_eq!(s.requests + s.malformed, 201);
     }
 
-    #[tokio::test]
-    async fn cancel_storm_always_settles_in_idle_or_finish() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn cancel_storm_always_settles_in_idle_or_finish() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         for i in 0..300 {
             if i % 3 == 0 {
                 raw.submit_v2(&GET_RANDOM_8, 12);
+                // The backend takes the command to the TPM, which does not answer yet.
+                if i % 2 == 0 {
+                    t.step();
+                }
             }
             raw.pages[0].store_u8(4, V2State::CANCEL.0).unwrap();
             raw.event.notify().unwrap();
+            if i % 5 == 0 {
+                t.step();
+            }
             if i % 7 == 0 {
-                tokio::task::yield_now().await;
+                t.settle();
+                assert!(
+                    matches!(raw.state(), V2State::IDLE | V2State::FINISH),
+                    "step {i}: {:?}",
+                    raw.state()
+                );
             }
         }
-        until(|| matches!(raw.state(), V2State::IDLE | V2State::FINISH)).await;
+        t.settle();
+        assert!(matches!(raw.state(), V2State::IDLE | V2State::FINISH));
         raw.submit_v2(&GET_RANDOM_8, 12);
-        assert_eq!(response_code(&raw.answer_v2().await), Some(TpmRc::SUCCESS));
-        assert!(bed.stats.snapshot().cancel_acks >= 1);
+        let r = raw.answer_v2(&mut t);
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(r.len(), 10 + 2 + 8);
+        let s = t.bed.stats.snapshot();
+        // Cancels met commands at the TPM (forwarded) and idle rings (acknowledged).
+        assert!(s.cancels >= 1, "{s:?}");
+        assert!(s.cancel_acks >= 1, "{s:?}");
     }
 
-    #[tokio::test]
-    async fn closing_mid_request_and_reconnecting_works() {
-        let (bed, guest) = start();
-        let raw = Raw::v2(&bed, &guest).await;
+    #[test]
+    fn closing_mid_request_and_reconnecting_works() {
+        let (mut t, guest) = start();
+        let raw = Raw::v2(&mut t, &guest);
         raw.submit_v2(&GET_RANDOM_8, 12);
+        // The command is at the TPM when the frontend closes.
+        t.step();
+        assert_eq!(t.bed.stats.snapshot().requests, 1);
         let store = guest.store();
         let dir = frontend_dir(guest.id(), 0);
         store.write(&format!("{dir}/state"), "5").unwrap();
         let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
-        until(|| read_state(&store, &bdir) == XenbusState::CLOSED).await;
+        t.settle();
+        assert_eq!(read_state(&store, &bdir), XenbusState::CLOSED);
         // The backend unmapped everything: every grant can be revoked now.
         for g in &raw.grants {
             guest.end_access(*g).unwrap();
         }
         store.write(&format!("{dir}/state"), "6").unwrap();
-        let f = within(Frontend::connect(&guest, FrontendConfig::default()))
-            .await
+        let f = t
+            .run(Frontend::connect(&guest, FrontendConfig::default()))
             .unwrap();
-        let r = within(f.transmit(&GET_RANDOM_8)).await.unwrap();
+        let r = t.run(f.transmit(&GET_RANDOM_8)).unwrap();
         assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+        assert_eq!(r.len(), 10 + 2 + 8);
     }
 }

@@ -6,11 +6,11 @@
 //! arrive while a command is executing. Engines:
 //! - [`SwtpmEngine`] ([`swtpm`]): one `swtpm socket --tpm2` process per instance, its state in
 //!   a directory of its own, driven over its data and control sockets as QEMU drives it. Every
-//!   binary uses it, and so does every integration test of TPM behaviour (fault injection
-//!   wraps it).
-//! - [`SimTpm`]: an in-process subset of TPM 2.0, only for unit tests and fuzzing (fast, no
-//!   processes, no runtime): the ring's own tests (doorbells, the store handshake, hostile
-//!   frontends) poll everything on one thread against it, so every interleaving is explicit.
+//!   binary and every integration test uses it (fault injection wraps it), the ring's own
+//!   tests (doorbells, the store handshake, hostile frontends) included: they poll the backend
+//!   and the manager on the test's thread and wait for swtpm's answers in explicit steps.
+//! - [`SimTpm`]: an in-process subset of TPM 2.0 (fast, no processes, no runtime), only for
+//!   unit tests, the executor-free doc example and fuzzing.
 //!
 //! [`ctrl`] is swtpm's control-channel wire format, shared by the swtpm engine and the manager
 //! stream's control frames.

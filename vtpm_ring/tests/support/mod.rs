@@ -1,6 +1,8 @@
 //! Shared by the tests that drive the split driver against real swtpm engines, some wrapped
 //! in a test's own fault injector (held, slow or silent answers): the TPM behind every test
-//! is swtpm; only the faults are scripted. They need `swtpm` (`cargo xtask deps`).
+//! is swtpm; only the faults are scripted. They need `swtpm` (`cargo xtask deps`). The tests
+//! that play a hostile frontend step by step (doorbells, handshake, page contents) poll the
+//! ring on their own thread instead, with `one_thread.rs`.
 
 #![expect(clippy::panic, reason = "test setup fails the test loudly")]
 
