@@ -16,7 +16,6 @@ use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 use vtpm_ring::stack::StackConfig;
@@ -53,11 +52,13 @@ fn have_swtpm() -> bool {
     found
 }
 
-fn workdir(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vtpm-qsock-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of this test's own under the target's temporary directory (short enough for
+/// unix socket paths), removed when dropped.
+fn workdir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("qsock-{test}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
 }
 
 async fn stack(dir: &Path) -> VtpmStack {
@@ -144,7 +145,7 @@ async fn qemus_start_up_sequence_is_answered_like_swtpm() {
         return;
     }
     let dir = workdir("startup");
-    let stack = stack(&dir).await;
+    let stack = stack(dir.path()).await;
     let path = stack.qemu_guests()[0].path().to_path_buf();
     let mut peer = Peer::connect(&path);
     let mut data = data_channel(&mut peer);
@@ -184,7 +185,7 @@ async fn a_hostile_peer_gets_swtpm_codes_and_never_a_hang() {
         return;
     }
     let dir = workdir("hostile");
-    let stack = stack(&dir).await;
+    let stack = stack(dir.path()).await;
     let path = stack.qemu_guests()[0].path().to_path_buf();
     let mut peer = Peer::connect(&path);
 
@@ -239,7 +240,7 @@ async fn a_hostile_peer_gets_swtpm_codes_and_never_a_hang() {
     let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
     peer.request_with_fd(SET_DATAFD, pipe_r.as_fd());
     assert_eq!(peer.result(), BAD_PARAMETER);
-    let file = std::fs::File::open(dir.join("state")).unwrap();
+    let file = std::fs::File::open(dir.path().join("state")).unwrap();
     peer.request_with_fd(SET_DATAFD, file.as_fd());
     assert_eq!(peer.result(), BAD_PARAMETER);
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -280,11 +281,11 @@ fn vtpmctl_serves_qemu_sockets() {
         return;
     }
     let dir = workdir("vtpmctl");
-    let sockets = [dir.join("a.sock"), dir.join("b.sock")];
+    let sockets = [dir.path().join("a.sock"), dir.path().join("b.sock")];
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vtpmctl"))
         .arg("run")
         .arg("--state-dir")
-        .arg(dir.join("state"))
+        .arg(dir.path().join("state"))
         .arg("--qemu-socket")
         .arg(&sockets[0])
         .arg("--qemu-socket")

@@ -32,6 +32,8 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::net::UnixStream;
+use tokio::signal::unix::SignalKind;
+use tokio::signal::unix::signal;
 use vtpm_ring::engine::swtpm::Startup;
 use vtpm_ring::engine::swtpm::StateDirs;
 use vtpm_ring::protocol::Protocols;
@@ -130,6 +132,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Listening before anything can be seen from outside (the listing socket, a port, a
+    // line): a Ctrl-C that arrives before the first wait would otherwise still find the
+    // default action and kill the host without stopping its TPMs. One during start-up stops
+    // the host right after it is up.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let socket_path = args.state_dir.join(SOCKET);
@@ -192,10 +200,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     println!("ready; Ctrl-C stops and saves state");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok((mut client, _)) => {

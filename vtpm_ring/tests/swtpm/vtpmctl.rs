@@ -61,3 +61,39 @@ async fn run_serves_list_shows_and_sigint_stops_cleanly() {
     assert!(listing.contains("instance 1: stopped"), "{listing}");
     assert!(listing.contains("instance 2: stopped"), "{listing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_while_starting_still_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut run = Command::new(VTPMCTL)
+        .args(["run", "--domains", "1", "--base-port", "0", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The listing socket is the first thing a run makes visible, before its TPMs start.
+    let socket = state.join("vtpmctl.sock");
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no listing socket"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let pid = run.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    assert!(run.wait().await.unwrap().success(), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("stopped"), "{seen:?}");
+}
