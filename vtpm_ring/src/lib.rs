@@ -21,6 +21,9 @@
 //!   operations), [`SwtpmEngine`](engine::SwtpmEngine) (one swtpm process per instance, state
 //!   on disk, control channel as QEMU drives it) and [`SimTpm`](engine::SimTpm), an in-process
 //!   TPM 2.0 subset for unit tests and fuzzing.
+//! - [`tpm_header`], [`tpm_command`]: TPM 2.0 headers and response codes; the few commands a
+//!   user sends to see a vTPM work (GetRandom, PCR_Extend, PCR_Read, ReadClock) and readers
+//!   for their answers.
 //! - [`socket`]: a guest's frontend served as a TPM socket for tpm2-tools' `swtpm:` TCTI.
 //! - [`qemu`]: a guest's frontend served to QEMU's `-tpmdev emulator` as if it were swtpm,
 //!   with the TPM's power carried over the ring (`feature-vtpm-control`).
