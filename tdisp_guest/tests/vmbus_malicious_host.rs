@@ -139,6 +139,23 @@ fn edit(framed: &[u8], edit: impl FnOnce(&mut ResponsePacket)) -> Vec<u8> {
     frame(&response.encode().unwrap()).unwrap()
 }
 
+/// Device 1 behind a host that answers honestly except for the lock (its second answer), which
+/// it claims left the device running.
+fn lying_about_the_lock(bus: &Bus) -> Malicious {
+    malicious(
+        bus,
+        1,
+        |index, honest| {
+            Some(match index {
+                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
+                _ => honest,
+            })
+        },
+        None,
+        None,
+    )
+}
+
 fn host_state(host: &SharedGuestDevice) -> TdispTdiState {
     host.lock().unwrap().tdi_state()
 }
@@ -263,18 +280,7 @@ fn an_answer_for_a_stale_transaction_is_dropped_and_the_current_one_is_used() {
 fn lies_about_states_are_refused_and_unbind_recovers_agreement() {
     let bus = Bus::new();
     // The lock succeeds but the host claims the device is running.
-    let mut device = malicious(
-        &bus,
-        1,
-        |index, honest| {
-            Some(match index {
-                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
-                _ => honest,
-            })
-        },
-        None,
-        None,
-    );
+    let mut device = lying_about_the_lock(&bus);
     device
         .client
         .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
@@ -468,18 +474,7 @@ fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
 fn the_flow_unbinds_when_the_host_lies_about_a_successful_lock() {
     let bus = Bus::new();
     // The host locks the device, then claims the lock left it running.
-    let mut device = malicious(
-        &bus,
-        1,
-        |index, honest| {
-            Some(match index {
-                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
-                _ => honest,
-            })
-        },
-        None,
-        None,
-    );
+    let mut device = lying_about_the_lock(&bus);
     let error = accept_device(
         &mut device.client,
         TdispGuestProtocolType::AmdSevTioV1,
