@@ -98,12 +98,7 @@ impl Measurements {
         .to_vec();
         out.extend_from_slice(&self.record);
         out.extend_from_slice(&self.nonce);
-        out.extend_from_slice(
-            &u16::try_from(self.opaque.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        out.extend_from_slice(&self.opaque);
+        put_opaque(&mut out, &self.opaque);
         out
     }
 
