@@ -100,6 +100,16 @@ struct Malicious {
     _assignment: EmulatedAssignment,
 }
 
+impl Malicious {
+    /// Negotiates and locks, both of which the test's host answers honestly.
+    fn negotiate_and_lock(&mut self) {
+        self.client
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        self.client.request_lock_device_resources().unwrap();
+    }
+}
+
 fn malicious(
     bus: &Bus,
     device_id: u64,
@@ -229,11 +239,7 @@ fn replayed_answers_are_refused() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     assert_eq!(device.client.request_start_tdi(), Err(HOST_FAILED));
     assert_eq!(device.client.state(), TdispTdiState::Error);
     assert_eq!(
@@ -315,11 +321,7 @@ fn lies_about_states_are_refused_and_unbind_recovers_agreement() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     assert_eq!(
         device
             .client
@@ -452,11 +454,7 @@ fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     let report = device
         .client
         .request_attestation_report(TdispReportType::InterfaceReport)
