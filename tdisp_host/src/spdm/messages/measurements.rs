@@ -1,4 +1,8 @@
 //! GET_MEASUREMENTS/MEASUREMENTS and the measurement record's blocks.
+//!
+//! The MEASUREMENTS layout belongs to `tdisp_proto::evidence::measurements`, whose parser the
+//! guest's verifier runs on the same bytes; this module wraps it in the owned message type,
+//! checks the signature that follows, and maps its errors to [`CodecError`].
 
 use super::*;
 use tdisp_proto::evidence::measurements::Block;
