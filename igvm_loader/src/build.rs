@@ -468,7 +468,7 @@ fn add_parameter_areas<R: GuestArch>(
     for area in &manifest.parameter_areas {
         let index = importer.create_parameter_area(area.page, area.pages, &area.tag)?;
         for p in &area.parameters {
-            importer.import_parameter(index, p.offset, p.kind.parameter_type())?;
+            importer.import_parameter(index, p.offset, p.kind)?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 
 use crate::arch::GuestArch;
 use crate::error::Result;
+use serde::Deserialize;
 use serde::Serialize;
 use zerocopy::FromBytes;
 use zerocopy::Immutable;
@@ -78,8 +79,10 @@ impl IsolationConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParameterAreaIndex(pub u32);
 
-/// What the IGVM loader deposits at a parameter offset at launch time (unmeasured).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What the IGVM loader deposits at a parameter offset at launch time (unmeasured). A build
+/// manifest names it in snake case (`vp_count`, `memory_map`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IgvmParameterType {
     /// Number of VPs (u32).
     VpCount,

@@ -243,56 +243,12 @@ pub struct PlatformSpec {
     pub shared_gpa_boundary_bits: Option<u8>,
 }
 
-/// Parameter kinds, as the manifest spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ParameterKind {
-    /// VP count.
-    VpCount,
-    /// ACPI SRAT.
-    Srat,
-    /// ACPI MADT.
-    Madt,
-    /// MMIO ranges.
-    MmioRanges,
-    /// Memory map.
-    MemoryMap,
-    /// Command line.
-    CommandLine,
-    /// Device tree.
-    DeviceTree,
-    /// Environment information.
-    EnvironmentInfo,
-    /// ACPI SLIT.
-    Slit,
-    /// ACPI PPTT.
-    Pptt,
-}
-
-impl ParameterKind {
-    /// The importer's parameter type.
-    pub fn parameter_type(self) -> IgvmParameterType {
-        match self {
-            ParameterKind::VpCount => IgvmParameterType::VpCount,
-            ParameterKind::Srat => IgvmParameterType::Srat,
-            ParameterKind::Madt => IgvmParameterType::Madt,
-            ParameterKind::MmioRanges => IgvmParameterType::MmioRanges,
-            ParameterKind::MemoryMap => IgvmParameterType::MemoryMap,
-            ParameterKind::CommandLine => IgvmParameterType::CommandLine,
-            ParameterKind::DeviceTree => IgvmParameterType::DeviceTree,
-            ParameterKind::EnvironmentInfo => IgvmParameterType::EnvironmentInfo,
-            ParameterKind::Slit => IgvmParameterType::Slit,
-            ParameterKind::Pptt => IgvmParameterType::Pptt,
-        }
-    }
-}
-
 /// One parameter in an area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParameterSpec {
     /// What the IGVM loader deposits.
-    pub kind: ParameterKind,
+    pub kind: IgvmParameterType,
     /// Byte offset in the area.
     pub offset: u32,
 }
@@ -527,7 +483,7 @@ vmm = "hyperv"
         assert_eq!(m.platforms[1].policy, Some(0x30000));
         assert_eq!(
             m.parameter_areas[0].parameters[0].kind,
-            ParameterKind::MemoryMap
+            IgvmParameterType::MemoryMap
         );
         assert_eq!(m.measurement.vmm, Some(VmmPreset::Hyperv));
         assert_eq!(m.ram_ranges("m").unwrap(), vec![(0, 512 << 20)]);

@@ -254,14 +254,7 @@ mod tests {
         let end = (fixed.variable_header_offset + fixed.variable_header_size) as usize;
         fixed.checksum = 0;
         bytes[..size_of::<IGVM_FIXED_HEADER>()].copy_from_slice(fixed.as_bytes());
-        let mut crc = !0u32;
-        for &b in &bytes[..end] {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
-            }
-        }
-        fixed.checksum = !crc;
+        fixed.checksum = crate::builder::crc32(&bytes[..end]);
         bytes[..size_of::<IGVM_FIXED_HEADER>()].copy_from_slice(fixed.as_bytes());
     }
 

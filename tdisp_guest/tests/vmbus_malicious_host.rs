@@ -100,6 +100,16 @@ struct Malicious {
     _assignment: EmulatedAssignment,
 }
 
+impl Malicious {
+    /// Negotiates and locks, both of which the test's host answers honestly.
+    fn negotiate_and_lock(&mut self) {
+        self.client
+            .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
+            .unwrap();
+        self.client.request_lock_device_resources().unwrap();
+    }
+}
+
 fn malicious(
     bus: &Bus,
     device_id: u64,
@@ -137,6 +147,23 @@ fn edit(framed: &[u8], edit: impl FnOnce(&mut ResponsePacket)) -> Vec<u8> {
     let mut response = ResponsePacket::decode(unframe(framed).unwrap()).unwrap();
     edit(&mut response);
     frame(&response.encode().unwrap()).unwrap()
+}
+
+/// Device 1 behind a host that answers honestly except for the lock (its second answer), which
+/// it claims left the device running.
+fn lying_about_the_lock(bus: &Bus) -> Malicious {
+    malicious(
+        bus,
+        1,
+        |index, honest| {
+            Some(match index {
+                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
+                _ => honest,
+            })
+        },
+        None,
+        None,
+    )
 }
 
 fn host_state(host: &SharedGuestDevice) -> TdispTdiState {
@@ -212,11 +239,7 @@ fn replayed_answers_are_refused() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     assert_eq!(device.client.request_start_tdi(), Err(HOST_FAILED));
     assert_eq!(device.client.state(), TdispTdiState::Error);
     assert_eq!(
@@ -263,18 +286,7 @@ fn an_answer_for_a_stale_transaction_is_dropped_and_the_current_one_is_used() {
 fn lies_about_states_are_refused_and_unbind_recovers_agreement() {
     let bus = Bus::new();
     // The lock succeeds but the host claims the device is running.
-    let mut device = malicious(
-        &bus,
-        1,
-        |index, honest| {
-            Some(match index {
-                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
-                _ => honest,
-            })
-        },
-        None,
-        None,
-    );
+    let mut device = lying_about_the_lock(&bus);
     device
         .client
         .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
@@ -309,11 +321,7 @@ fn lies_about_states_are_refused_and_unbind_recovers_agreement() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     assert_eq!(
         device
             .client
@@ -446,11 +454,7 @@ fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
         None,
         None,
     );
-    device
-        .client
-        .tdisp_negotiate_protocol(TdispGuestProtocolType::AmdSevTioV1)
-        .unwrap();
-    device.client.request_lock_device_resources().unwrap();
+    device.negotiate_and_lock();
     let report = device
         .client
         .request_attestation_report(TdispReportType::InterfaceReport)
@@ -468,18 +472,7 @@ fn a_maximal_report_crosses_the_channel_and_a_larger_one_never_does() {
 fn the_flow_unbinds_when_the_host_lies_about_a_successful_lock() {
     let bus = Bus::new();
     // The host locks the device, then claims the lock left it running.
-    let mut device = malicious(
-        &bus,
-        1,
-        |index, honest| {
-            Some(match index {
-                1 => edit(&honest, |r| r.state_after = TdispTdiState::Run),
-                _ => honest,
-            })
-        },
-        None,
-        None,
-    );
+    let mut device = lying_about_the_lock(&bus);
     let error = accept_device(
         &mut device.client,
         TdispGuestProtocolType::AmdSevTioV1,

@@ -312,80 +312,50 @@ pub trait TdispGuestRequestInterface {
     ) -> Result<(), TdispGuestOperationError>;
 }
 
-impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for &mut T {
-    fn tdisp_negotiate_protocol(
-        &mut self,
-        requested_guest_protocol: TdispGuestProtocolType,
-    ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
-        (**self).tdisp_negotiate_protocol(requested_guest_protocol)
-    }
+/// Forwards every trait method through a pointer type, so that a borrowed or boxed
+/// implementation is one too; one body keeps the forwarders from drifting apart (a missed
+/// method would silently fall back to the trait's default).
+macro_rules! forward_guest_request_interface {
+    ($($pointer:ty),+) => {$(
+        impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for $pointer {
+            fn tdisp_negotiate_protocol(
+                &mut self,
+                requested_guest_protocol: TdispGuestProtocolType,
+            ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
+                (**self).tdisp_negotiate_protocol(requested_guest_protocol)
+            }
 
-    fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
-        (**self).request_lock_device_resources()
-    }
+            fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
+                (**self).request_lock_device_resources()
+            }
 
-    fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
-        (**self).request_start_tdi()
-    }
+            fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
+                (**self).request_start_tdi()
+            }
 
-    fn request_attestation_report(
-        &mut self,
-        report_type: TdispReportType,
-    ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        (**self).request_attestation_report(report_type)
-    }
+            fn request_attestation_report(
+                &mut self,
+                report_type: TdispReportType,
+            ) -> Result<Vec<u8>, TdispGuestOperationError> {
+                (**self).request_attestation_report(report_type)
+            }
 
-    fn request_attestation_report_with_nonce(
-        &mut self,
-        report_type: TdispReportType,
-        nonce: [u8; REPORT_NONCE_SIZE],
-    ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        (**self).request_attestation_report_with_nonce(report_type, nonce)
-    }
+            fn request_attestation_report_with_nonce(
+                &mut self,
+                report_type: TdispReportType,
+                nonce: [u8; REPORT_NONCE_SIZE],
+            ) -> Result<Vec<u8>, TdispGuestOperationError> {
+                (**self).request_attestation_report_with_nonce(report_type, nonce)
+            }
 
-    fn request_unbind(
-        &mut self,
-        reason: TdispGuestUnbindReason,
-    ) -> Result<(), TdispGuestOperationError> {
-        (**self).request_unbind(reason)
-    }
+            fn request_unbind(
+                &mut self,
+                reason: TdispGuestUnbindReason,
+            ) -> Result<(), TdispGuestOperationError> {
+                (**self).request_unbind(reason)
+            }
+        }
+    )+};
 }
 
-impl<T: TdispGuestRequestInterface + ?Sized> TdispGuestRequestInterface for Box<T> {
-    fn tdisp_negotiate_protocol(
-        &mut self,
-        requested_guest_protocol: TdispGuestProtocolType,
-    ) -> Result<TdispDeviceInterfaceInfo, TdispGuestOperationError> {
-        (**self).tdisp_negotiate_protocol(requested_guest_protocol)
-    }
-
-    fn request_lock_device_resources(&mut self) -> Result<(), TdispGuestOperationError> {
-        (**self).request_lock_device_resources()
-    }
-
-    fn request_start_tdi(&mut self) -> Result<(), TdispGuestOperationError> {
-        (**self).request_start_tdi()
-    }
-
-    fn request_attestation_report(
-        &mut self,
-        report_type: TdispReportType,
-    ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        (**self).request_attestation_report(report_type)
-    }
-
-    fn request_attestation_report_with_nonce(
-        &mut self,
-        report_type: TdispReportType,
-        nonce: [u8; REPORT_NONCE_SIZE],
-    ) -> Result<Vec<u8>, TdispGuestOperationError> {
-        (**self).request_attestation_report_with_nonce(report_type, nonce)
-    }
-
-    fn request_unbind(
-        &mut self,
-        reason: TdispGuestUnbindReason,
-    ) -> Result<(), TdispGuestOperationError> {
-        (**self).request_unbind(reason)
-    }
-}
+forward_guest_request_interface!(&mut T, Box<T>);

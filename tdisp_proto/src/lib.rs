@@ -14,7 +14,9 @@
 //!   reply, and the frame that carries them on a VMBus channel.
 //! - [`evidence`]: what a guest needs to check device-signed evidence itself: SPDM certificate
 //!   chains and signatures, the session evidence container served as the `Measurements`
-//!   report, and the TDI binding block that ties an interface report to an SPDM session.
+//!   report, the SPDM MEASUREMENTS response and its blocks (one parser, the host's SPDM
+//!   requester's too), and the TDI binding block that ties an interface report to an SPDM
+//!   session.
 //! - `testing` (feature `test-suite`): a conformance suite every implementation of the trait
 //!   runs.
 //!

@@ -164,43 +164,61 @@ fn vectors_cover_every_variant_and_nothing_else() {
     assert_eq!(on_disk, named);
 }
 
-#[test]
-fn protoc_decodes_every_vector_with_the_schema() {
+/// The protoc to run, or `None` (with a note naming `skipping`) when none is installed.
+fn protoc(skipping: &str) -> Option<std::ffi::OsString> {
     let protoc = std::env::var_os("PROTOC").unwrap_or_else(|| "protoc".into());
     if std::process::Command::new(&protoc)
         .arg("--version")
         .output()
         .is_err()
     {
-        println!("note: protoc not on PATH; skipping the protoc decode of the golden vectors");
-        return;
+        println!("note: protoc not on PATH; skipping {skipping}");
+        return None;
     }
-    let dir = vectors();
-    let all = commands()
+    Some(protoc)
+}
+
+/// Every vector's name with the schema message it holds.
+fn named_messages() -> impl Iterator<Item = (&'static str, &'static str)> {
+    commands()
         .into_iter()
         .map(|(n, _)| (n, "tdisp.GuestToHostCommand"))
         .chain(
             responses()
                 .into_iter()
                 .map(|(n, _)| (n, "tdisp.GuestToHostResponse")),
-        );
-    for (name, message) in all {
-        let input = std::fs::File::open(dir.join(format!("{name}.bin"))).unwrap();
-        let output = std::process::Command::new(&protoc)
-            .arg(format!("--decode={message}"))
-            .arg("--proto_path")
-            .arg(&dir)
-            .arg("tdisp.proto")
-            .stdin(input)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "protoc could not decode {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let text = String::from_utf8_lossy(&output.stdout);
-        let expected = std::fs::read_to_string(dir.join(format!("{name}.txtpb"))).unwrap();
+        )
+}
+
+/// `protoc --{mode}={message}` of the vector file `file` with the vectors' schema: its output.
+fn run_protoc(protoc: &std::ffi::OsStr, mode: &str, message: &str, file: &str) -> Vec<u8> {
+    let dir = vectors();
+    let input = std::fs::File::open(dir.join(file)).expect("vector file");
+    let output = std::process::Command::new(protoc)
+        .arg(format!("--{mode}={message}"))
+        .arg("--proto_path")
+        .arg(&dir)
+        .arg("tdisp.proto")
+        .stdin(input)
+        .output()
+        .expect("protoc runs");
+    assert!(
+        output.status.success(),
+        "protoc --{mode} of {file}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn protoc_decodes_every_vector_with_the_schema() {
+    let Some(protoc) = protoc("the protoc decode of the golden vectors") else {
+        return;
+    };
+    for (name, message) in named_messages() {
+        let output = run_protoc(&protoc, "decode", message, &format!("{name}.bin"));
+        let text = String::from_utf8_lossy(&output);
+        let expected = std::fs::read_to_string(vectors().join(format!("{name}.txtpb"))).unwrap();
         // Every field and enum name of the text source appears in protoc's rendering.
         for field in expected
             .split_whitespace()
@@ -218,49 +236,22 @@ fn protoc_decodes_every_vector_with_the_schema() {
 /// them that the schema does not name (an unknown field would print as a bare number).
 #[test]
 fn protoc_encodes_every_text_source_to_its_vector_and_sees_no_unknown_field() {
-    let protoc = std::env::var_os("PROTOC").unwrap_or_else(|| "protoc".into());
-    if std::process::Command::new(&protoc)
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("note: protoc not on PATH; skipping the protoc encode of the text sources");
+    let Some(protoc) = protoc("the protoc encode of the text sources") else {
         return;
-    }
-    let dir = vectors();
-    let all = commands()
-        .into_iter()
-        .map(|(n, _)| (n, "tdisp.GuestToHostCommand"))
-        .chain(
-            responses()
-                .into_iter()
-                .map(|(n, _)| (n, "tdisp.GuestToHostResponse")),
-        );
-    let run = |mode: &str, message: &str, input: std::fs::File| {
-        let output = std::process::Command::new(&protoc)
-            .arg(format!("--{mode}={message}"))
-            .arg("--proto_path")
-            .arg(&dir)
-            .arg("tdisp.proto")
-            .stdin(input)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "protoc --{mode}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
     };
-    for (name, message) in all {
-        let text = std::fs::File::open(dir.join(format!("{name}.txtpb"))).unwrap();
+    for (name, message) in named_messages() {
         assert_eq!(
-            run("encode", message, text),
+            run_protoc(&protoc, "encode", message, &format!("{name}.txtpb")),
             read(name),
             "{name}: protoc encodes the text source to other bytes"
         );
-        let binary = std::fs::File::open(dir.join(format!("{name}.bin"))).unwrap();
-        let decoded = String::from_utf8(run("decode", message, binary)).unwrap();
+        let decoded = String::from_utf8(run_protoc(
+            &protoc,
+            "decode",
+            message,
+            &format!("{name}.bin"),
+        ))
+        .unwrap();
         assert!(
             !decoded
                 .lines()

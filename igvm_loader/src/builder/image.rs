@@ -167,6 +167,23 @@ impl<R: GuestArch> PlatformImage<R> {
         self.config.isolation.isolation_type
     }
 
+    /// A relocation patches a VP context at launch: only VBS and unisolated images have one
+    /// the loader can patch, and only the BSP's.
+    fn check_relocation_vp(&self, what: &str, vp_index: u16) -> Result<()> {
+        if !matches!(self.isolation(), IsolationType::Vbs | IsolationType::None) {
+            return Err(Error::InvalidRelocation(format!(
+                "{:?} has no VP context {what} could refer to",
+                self.isolation()
+            )));
+        }
+        if vp_index != 0 {
+            return Err(Error::InvalidRelocation(format!(
+                "only the BSP has a VP context, not VP {vp_index}"
+            )));
+        }
+        Ok(())
+    }
+
     fn vtl(&self) -> Vtl {
         if self.config.isolation.paravisor_present {
             Vtl::Vtl2
@@ -736,17 +753,7 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
         apply_gdtr_offset: bool,
         vp_index: u16,
     ) -> Result<()> {
-        if !matches!(self.isolation(), IsolationType::Vbs | IsolationType::None) {
-            return Err(Error::InvalidRelocation(format!(
-                "{:?} has no VP context a relocation could refer to",
-                self.isolation()
-            )));
-        }
-        if vp_index != 0 {
-            return Err(Error::InvalidRelocation(format!(
-                "only the BSP has a VP context, not VP {vp_index}"
-            )));
-        }
+        self.check_relocation_vp("a relocation", vp_index)?;
         check_aligned("relocation alignment", relocation_alignment, PAGE_SIZE)?;
         if relocation_alignment == 0 {
             return Err(Error::InvalidRelocation("zero alignment".into()));
@@ -804,17 +811,7 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
         used_pages: u64,
         vp_index: u16,
     ) -> Result<()> {
-        if !matches!(self.isolation(), IsolationType::Vbs | IsolationType::None) {
-            return Err(Error::InvalidRelocation(format!(
-                "{:?} has no VP context a page table relocation could refer to",
-                self.isolation()
-            )));
-        }
-        if vp_index != 0 {
-            return Err(Error::InvalidRelocation(format!(
-                "only the BSP has a VP context, not VP {vp_index}"
-            )));
-        }
+        self.check_relocation_vp("a page table relocation", vp_index)?;
         if self.page_table_relocation.is_some() {
             return Err(Error::DuplicatePageTableRelocation);
         }

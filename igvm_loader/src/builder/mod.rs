@@ -163,7 +163,7 @@ fn ensure_file_data(bytes: &mut Vec<u8>) -> Result<()> {
 }
 
 /// CRC-32 (IEEE, reflected), the IGVM header checksum.
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);

@@ -329,11 +329,7 @@ pub fn page(ctx: &LongModeContext, entry: Entry) -> Result<Vec<u8>, ContextError
             )?)?;
             a.assemble(u64::from(addr(OFF_RESET)))?
         }
-        Entry::RealMode => {
-            let mut a = CodeAssembler::new(16)?;
-            a.add_instruction(Instruction::with_branch(Code::Jmp_rel16, 0xf000)?)?;
-            a.assemble(0xfff0)?
-        }
+        Entry::RealMode => real_mode_reset_jump()?,
     };
     place(
         &mut page,
@@ -348,9 +344,7 @@ pub fn page(ctx: &LongModeContext, entry: Entry) -> Result<Vec<u8>, ContextError
 /// A 64 KiB BIOS image for a stock PC (QEMU `-bios`) that starts the CPU in `ctx`: the
 /// trampoline page is its last 4 KiB, which the machine maps at 0xFFFFF000.
 pub fn qemu_bios(ctx: &LongModeContext) -> Result<Vec<u8>, ContextError> {
-    let mut bios = vec![0u8; QEMU_BIOS_SIZE - PAGE];
-    bios.extend(page(ctx, Entry::RealMode)?);
-    Ok(bios)
+    Ok(bios_ending_in(page(ctx, Entry::RealMode)?))
 }
 
 /// A 64 KiB BIOS that lets a stock PC run a TDX reset page made by [`page`] with
@@ -373,9 +367,7 @@ pub fn td_start_emulation_bios(tdx_page: &[u8]) -> Result<Vec<u8>, ContextError>
         "real mode",
         &real_mode_part(true)?,
     )?;
-    let mut a = CodeAssembler::new(16)?;
-    a.add_instruction(Instruction::with_branch(Code::Jmp_rel16, 0xf000)?)?;
-    let reset = a.assemble(0xfff0)?;
+    let reset = real_mode_reset_jump()?;
     page.get_mut(OFF_RESET..).ok_or_else(foreign)?.fill(0xcc);
     place(
         &mut page,
@@ -384,9 +376,22 @@ pub fn td_start_emulation_bios(tdx_page: &[u8]) -> Result<Vec<u8>, ContextError>
         "reset vector",
         &reset,
     )?;
+    Ok(bios_ending_in(page))
+}
+
+/// The reset vector of a page run as a BIOS: the CPU starts at IP 0xFFF0 of the reset code
+/// segment, and jumps to the real-mode code at IP 0xF000.
+fn real_mode_reset_jump() -> Result<Vec<u8>, ContextError> {
+    let mut a = CodeAssembler::new(16)?;
+    a.add_instruction(Instruction::with_branch(Code::Jmp_rel16, 0xf000)?)?;
+    Ok(a.assemble(0xfff0)?)
+}
+
+/// A 64 KiB BIOS image whose last 4 KiB, which a PC maps at 0xFFFFF000, are `page`.
+fn bios_ending_in(page: Vec<u8>) -> Vec<u8> {
     let mut bios = vec![0u8; QEMU_BIOS_SIZE - PAGE];
     bios.extend(page);
-    Ok(bios)
+    bios
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Shared by the host fuzz targets: a guest command from two fuzzer bytes, covering every
 //! command, protocol, report type (`Invalid` included), report with a guest nonce, and unbind
-//! reason.
+//! reason; and a host configuration change from a fuzzer byte and word.
 
+use tdisp_host::dsm::ConfigChange;
 use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispGuestUnbindReason;
 use tdisp_proto::TdispReportType;
@@ -36,5 +37,26 @@ pub fn command(kind: u8, argument: u8) -> GuestCommand {
         } else {
             TdispGuestUnbindReason::Graceful
         }),
+    }
+}
+
+/// The configuration change `kind` selects for the function `requester_id`, with `value`
+/// choosing its parameter; BAR moves pick one of the first `bars` BARs.
+pub fn change(requester_id: u16, bars: u32, kind: u8, value: u32) -> ConfigChange {
+    match kind % 4 {
+        0 => ConfigChange::MoveBar {
+            requester_id,
+            bar: (value % bars) as u8,
+            new_address: u64::from(value) << 12,
+        },
+        1 => ConfigChange::SetMsixControl {
+            requester_id,
+            message_control: value as u16,
+        },
+        2 => ConfigChange::SetMemorySpaceEnable {
+            requester_id,
+            enabled: value % 2 == 0,
+        },
+        _ => ConfigChange::FirmwareUpdate { new_version: value },
     }
 }

@@ -10,6 +10,7 @@
 mod commands;
 
 use arbitrary::Arbitrary;
+use commands::change;
 use commands::command;
 use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use tdisp_host::backend::TsmBackend;
 use tdisp_host::dispatch::HostDispatcher;
-use tdisp_host::dsm::ConfigChange;
 use tdisp_host::dsm::DsmConfig;
 use tdisp_host::dsm::EmulatedDsm;
 use tdisp_host::state_machine::MachineConfig;
@@ -101,25 +101,6 @@ fn spdm_around(tdisp: &[u8]) -> Vec<u8> {
     doe(DoeObjectType::SPDM, &out)
 }
 
-fn change(kind: u8, value: u32) -> ConfigChange {
-    match kind % 4 {
-        0 => ConfigChange::MoveBar {
-            requester_id: RID,
-            bar: (value % 7) as u8,
-            new_address: u64::from(value) << 12,
-        },
-        1 => ConfigChange::SetMsixControl {
-            requester_id: RID,
-            message_control: value as u16,
-        },
-        2 => ConfigChange::SetMemorySpaceEnable {
-            requester_id: RID,
-            enabled: value % 2 == 0,
-        },
-        _ => ConfigChange::FirmwareUpdate { new_version: value },
-    }
-}
-
 fuzz_target!(|ops: Vec<Op>| {
     let dsm = Arc::new(Mutex::new(
         EmulatedDsm::new(DsmConfig::single_function(RID)).unwrap(),
@@ -188,7 +169,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 injected.lock().unwrap().push_back(spdm_around(&tdisp));
             }
             Op::Change { kind, value } => {
-                let _ = dsm.lock().unwrap().apply_config_change(change(kind, value));
+                let _ = dsm.lock().unwrap().apply_config_change(change(RID, 7, kind, value));
             }
         }
     }

@@ -10,10 +10,10 @@
 mod commands;
 
 use arbitrary::Arbitrary;
+use commands::change;
 use commands::command;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use tdisp_host::dsm::ConfigChange;
 use tdisp_host::emulated::EmulatedAssignment;
 use tdisp_host::state_machine::MachineConfig;
 use tdisp_host::vmbus::TdispVmbusDevice;
@@ -75,25 +75,6 @@ fn proto_command(variant: u8, value: i32, device_id: u64, unknown: Option<u8>) -
     bytes
 }
 
-fn change(kind: u8, value: u32) -> ConfigChange {
-    match kind % 4 {
-        0 => ConfigChange::MoveBar {
-            requester_id: RID,
-            bar: (value % 3) as u8,
-            new_address: u64::from(value) << 12,
-        },
-        1 => ConfigChange::SetMsixControl {
-            requester_id: RID,
-            message_control: value as u16,
-        },
-        2 => ConfigChange::SetMemorySpaceEnable {
-            requester_id: RID,
-            enabled: value % 2 == 0,
-        },
-        _ => ConfigChange::FirmwareUpdate { new_version: value },
-    }
-}
-
 fuzz_target!(|ops: Vec<Op>| {
     let Ok(assignment) = EmulatedAssignment::single(0x0900, RID, DEVICE) else {
         return;
@@ -134,7 +115,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .dsm()
                     .lock()
                     .unwrap()
-                    .apply_config_change(change(kind, value));
+                    .apply_config_change(change(RID, 3, kind, value));
                 continue;
             }
         };

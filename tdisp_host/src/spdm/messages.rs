@@ -144,6 +144,12 @@ impl<'a> Reader<'a> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
+    /// OpaqueDataLength (u16 LE) and the opaque data it announces.
+    pub(crate) fn opaque(&mut self) -> Result<&'a [u8], CodecError> {
+        let length = self.u16()?;
+        self.take(length.into())
+    }
+
     pub(crate) fn offset(&self) -> usize {
         self.offset
     }
@@ -181,6 +187,16 @@ fn expect_header(
         });
     }
     Ok(header)
+}
+
+/// Appends OpaqueDataLength (u16 LE) and the opaque data, as [`Reader::opaque`] reads them.
+fn put_opaque(out: &mut Vec<u8>, opaque: &[u8]) {
+    out.extend_from_slice(
+        &u16::try_from(opaque.len())
+            .unwrap_or(u16::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(opaque);
 }
 
 fn invalid(field: &'static str, value: impl Into<u64>) -> CodecError {

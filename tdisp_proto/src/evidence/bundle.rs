@@ -34,6 +34,9 @@ use super::binding::BINDING_INDEX_LAST;
 use super::binding::BINDING_VALUE_TYPE;
 use super::binding::BindingBlockError;
 use super::binding::TdiBinding;
+use super::measurements::MEASUREMENTS_CODE;
+use super::measurements::MeasurementsResponse;
+use super::measurements::SPDM_VERSION_1_2;
 use super::signature::HASH_SIZE;
 use super::signature::SIGNATURE_SIZE;
 use super::signature::hash;
@@ -44,15 +47,10 @@ use thiserror::Error;
 pub const EVIDENCE_MAGIC: [u8; 4] = *b"TDEV";
 /// The container's version.
 pub const EVIDENCE_VERSION: u16 = 1;
-/// SPDM 1.2's version byte.
-const SPDM_1_2: u8 = 0x12;
 /// Request and response codes the container carries.
 const KEY_EXCHANGE: u8 = 0xE4;
 const KEY_EXCHANGE_RSP: u8 = 0x64;
 const GET_MEASUREMENTS: u8 = 0xE0;
-const MEASUREMENTS: u8 = 0x60;
-/// DMTF measurement specification bit.
-const MEAS_SPEC_DMTF: u8 = 0x01;
 /// GET_MEASUREMENTS: header, nonce, slot.
 const SIGNED_GET_MEASUREMENTS_SIZE: usize = 4 + 32 + 1;
 /// Smallest KEY_EXCHANGE / KEY_EXCHANGE_RSP prefix holding the session id halves.
@@ -120,16 +118,9 @@ pub struct SessionEvidence {
     pub measurements_signature: [u8; SIGNATURE_SIZE],
 }
 
-/// One DMTF measurement block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block<'a> {
-    /// Index.
-    pub index: u8,
-    /// DMTFSpecMeasurementValueType.
-    pub value_type: u8,
-    /// The value.
-    pub value: &'a [u8],
-}
+/// One DMTF measurement block (defined beside the MEASUREMENTS parser; re-exported here where
+/// it was first public).
+pub use super::measurements::Block;
 
 /// A bounds-checked cursor: no length read from the input is trusted.
 struct Cursor<'a> {
@@ -173,7 +164,7 @@ fn expect_message(
     expected: &'static str,
 ) -> Result<(), EvidenceError> {
     match bytes {
-        [SPDM_1_2, c, ..] if *c == code => Ok(()),
+        [SPDM_VERSION_1_2, c, ..] if *c == code => Ok(()),
         _ => Err(EvidenceError::NotMessage { field, expected }),
     }
 }
@@ -250,7 +241,7 @@ impl SessionEvidence {
         )?;
         expect_message(
             &evidence.measurements,
-            MEASUREMENTS,
+            MEASUREMENTS_CODE,
             "MEASUREMENTS",
             "MEASUREMENTS",
         )?;
@@ -311,65 +302,12 @@ impl SessionEvidence {
     /// data, nothing after).
     pub fn blocks(&self) -> Result<Vec<Block<'_>>, EvidenceError> {
         let bad = EvidenceError::Measurements;
-        let mut cursor = Cursor {
-            bytes: &self.measurements,
-        };
-        let [_, _, _, _, count, l0, l1, l2] = cursor
-            .array::<8>("MEASUREMENTS header")
-            .map_err(|_| bad("truncated header"))?;
-        let record_length = usize::try_from(u32::from_le_bytes([l0, l1, l2, 0]))
-            .map_err(|_| bad("record length"))?;
-        let mut record = Cursor {
-            bytes: cursor
-                .take(record_length, "record")
-                .map_err(|_| bad("record runs past the message"))?,
-        };
-        cursor
-            .take(32, "nonce")
-            .map_err(|_| bad("truncated nonce"))?;
-        let opaque_length = u16::from_le_bytes(
-            cursor
-                .array("opaque length")
-                .map_err(|_| bad("truncated opaque length"))?,
-        );
-        cursor
-            .take(opaque_length.into(), "opaque")
-            .map_err(|_| bad("opaque data runs past the message"))?;
-        if !cursor.bytes.is_empty() {
+        let response =
+            MeasurementsResponse::parse(&self.measurements).map_err(|e| bad(e.reason()))?;
+        if !response.rest.is_empty() {
             return Err(bad("bytes follow the opaque data"));
         }
-        let mut blocks = Vec::new();
-        while !record.bytes.is_empty() {
-            let [index, spec, s0, s1] = record
-                .array::<4>("block")
-                .map_err(|_| bad("truncated block header"))?;
-            let mut body = Cursor {
-                bytes: record
-                    .take(u16::from_le_bytes([s0, s1]).into(), "block")
-                    .map_err(|_| bad("block runs past the record"))?,
-            };
-            if spec != MEAS_SPEC_DMTF {
-                return Err(bad("block is not in the DMTF format"));
-            }
-            let [value_type, v0, v1] = body
-                .array::<3>("value header")
-                .map_err(|_| bad("truncated DMTF value header"))?;
-            let value = body
-                .take(u16::from_le_bytes([v0, v1]).into(), "value")
-                .map_err(|_| bad("value runs past its block"))?;
-            if !body.bytes.is_empty() {
-                return Err(bad("bytes follow a block's value"));
-            }
-            blocks.push(Block {
-                index,
-                value_type,
-                value,
-            });
-        }
-        if blocks.len() != usize::from(count) {
-            return Err(bad("NumberOfBlocks disagrees with the record"));
-        }
-        Ok(blocks)
+        Ok(response.blocks)
     }
 
     /// The binding blocks among the measurement blocks (index and value type as

@@ -1,5 +1,6 @@
 //! Device-signed evidence a guest can check without trusting the host: SPDM 1.2 certificate
-//! chains ([`cert`]), SPDM 1.2 signatures ([`signature`]), the session evidence container a
+//! chains ([`cert`]), SPDM 1.2 signatures ([`signature`]), the MEASUREMENTS response and its
+//! blocks ([`measurements`]), the session evidence container a
 //! host serves as the `Measurements` report ([`bundle`]), and the TDI binding measurement block
 //! that ties an interface report to a session ([`binding`]).
 //!
@@ -11,4 +12,5 @@
 pub mod binding;
 pub mod bundle;
 pub mod cert;
+pub mod measurements;
 pub mod signature;

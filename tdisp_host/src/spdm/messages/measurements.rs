@@ -1,6 +1,15 @@
 //! GET_MEASUREMENTS/MEASUREMENTS and the measurement record's blocks.
+//!
+//! The MEASUREMENTS layout belongs to `tdisp_proto::evidence::measurements`, whose parser the
+//! guest's verifier runs on the same bytes; this module wraps it in the owned message type,
+//! checks the signature that follows, and maps its errors to [`CodecError`].
 
 use super::*;
+use tdisp_proto::evidence::measurements::Block;
+use tdisp_proto::evidence::measurements::MeasurementsError;
+use tdisp_proto::evidence::measurements::MeasurementsHeader;
+use tdisp_proto::evidence::measurements::MeasurementsResponse;
+use tdisp_proto::evidence::measurements::parse_record;
 
 /// GET_MEASUREMENTS request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,44 +87,22 @@ pub struct Measurements {
     pub signature: Option<[u8; SIGNATURE_SIZE]>,
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct MeasurementsWire {
-    header: Header,
-    number_of_blocks: u8,
-    record_length: [u8; 3],
-}
-const _: () = assert!(size_of::<MeasurementsWire>() == 8);
-
-/// Largest measurement record the 24-bit length field can describe.
-pub const MAX_MEASUREMENT_RECORD: usize = (1 << 24) - 1;
+pub use tdisp_proto::evidence::measurements::MAX_MEASUREMENT_RECORD;
 
 impl Measurements {
     /// Encodes the response up to (excluding) the signature: the bytes the signature covers.
     pub fn encode_unsigned(&self) -> Vec<u8> {
-        let length = u32::try_from(self.record.len().min(MAX_MEASUREMENT_RECORD))
-            .unwrap_or(0)
-            .to_le_bytes();
-        let mut out = MeasurementsWire {
-            header: Header::with_params(
-                SPDM_VERSION_1_2,
-                SpdmCode::MEASUREMENTS,
-                self.total_indices,
-                self.param2,
-            ),
-            number_of_blocks: self.number_of_blocks,
-            record_length: [length[0], length[1], length[2]],
-        }
+        let mut out = MeasurementsHeader::new(
+            self.total_indices,
+            self.param2,
+            self.number_of_blocks,
+            self.record.len(),
+        )
         .as_bytes()
         .to_vec();
         out.extend_from_slice(&self.record);
         out.extend_from_slice(&self.nonce);
-        out.extend_from_slice(
-            &u16::try_from(self.opaque.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        out.extend_from_slice(&self.opaque);
+        put_opaque(&mut out, &self.opaque);
         out
     }
 
@@ -131,21 +118,10 @@ impl Measurements {
     /// Decodes and validates a response; `signed` says whether the request asked for a
     /// signature. Returns the message and the length of its signed part.
     pub fn decode(bytes: &[u8], signed: bool) -> Result<(Self, usize), CodecError> {
+        let response = MeasurementsResponse::parse(bytes).map_err(measurements_error)?;
+        let signed_length = response.signed_length;
         let mut reader = Reader::new(bytes);
-        let wire = reader.fixed::<MeasurementsWire>()?;
-        expect_header(
-            &mut Reader::new(wire.header.as_bytes()),
-            SPDM_VERSION_1_2,
-            SpdmCode::MEASUREMENTS,
-        )?;
-        let [a, b, c] = wire.record_length;
-        let record_length = u32::from_le_bytes([a, b, c, 0]) as usize;
-        let record = reader.take(record_length)?.to_vec();
-        validate_measurement_record(&record, wire.number_of_blocks)?;
-        let nonce = reader.array::<NONCE_SIZE>()?;
-        let opaque_length = reader.u16()?;
-        let opaque = reader.take(opaque_length.into())?.to_vec();
-        let signed_length = reader.offset();
+        reader.take(signed_length)?;
         let signature = if signed {
             Some(reader.array::<SIGNATURE_SIZE>()?)
         } else {
@@ -154,12 +130,12 @@ impl Measurements {
         reader.finish()?;
         Ok((
             Self {
-                total_indices: wire.header.param1,
-                param2: wire.header.param2,
-                number_of_blocks: wire.number_of_blocks,
-                record,
-                nonce,
-                opaque,
+                total_indices: response.header.param1,
+                param2: response.header.param2,
+                number_of_blocks: response.header.number_of_blocks,
+                record: response.record.to_vec(),
+                nonce: response.nonce,
+                opaque: response.opaque.to_vec(),
                 signature,
             },
             signed_length,
@@ -181,44 +157,52 @@ pub struct MeasurementBlock {
 impl MeasurementBlock {
     /// Appends the block (MeasurementSpecification DMTF) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let value_size = u16::try_from(self.value.len()).unwrap_or(u16::MAX);
-        out.push(self.index);
-        out.push(MEAS_SPEC_DMTF);
-        out.extend_from_slice(&(value_size.saturating_add(3)).to_le_bytes());
-        out.push(self.value_type);
-        out.extend_from_slice(&value_size.to_le_bytes());
-        out.extend_from_slice(&self.value[..value_size.into()]);
+        Block {
+            index: self.index,
+            value_type: self.value_type,
+            value: &self.value,
+        }
+        .encode(out);
     }
 
     /// Splits a measurement record into its blocks.
     pub fn parse_record(record: &[u8]) -> Result<Vec<Self>, CodecError> {
-        let mut reader = Reader::new(record);
-        let mut blocks = Vec::new();
-        while reader.offset() < record.len() {
-            let [index, spec] = reader.array::<2>()?;
-            let size = reader.u16()?;
-            let mut body = Reader::new(reader.take(size.into())?);
-            if spec != MEAS_SPEC_DMTF {
-                return Err(invalid("MeasurementSpecification", spec));
-            }
-            let [value_type] = body.array::<1>()?;
-            let value_size = body.u16()?;
-            let value = body.take(value_size.into())?.to_vec();
-            body.finish()?;
-            blocks.push(Self {
-                index,
-                value_type,
-                value,
-            });
-        }
-        Ok(blocks)
+        let blocks = parse_record(record).map_err(measurements_error)?;
+        Ok(blocks
+            .into_iter()
+            .map(|block| Self {
+                index: block.index,
+                value_type: block.value_type,
+                value: block.value.to_vec(),
+            })
+            .collect())
     }
 }
 
-fn validate_measurement_record(record: &[u8], blocks: u8) -> Result<(), CodecError> {
-    let parsed = MeasurementBlock::parse_record(record)?;
-    if parsed.len() != usize::from(blocks) {
-        return Err(invalid("NumberOfBlocks", blocks));
+/// The codec's errors for the shared parser's: the same variants this codec reports for every
+/// other message.
+fn measurements_error(error: MeasurementsError) -> CodecError {
+    match error {
+        MeasurementsError::Truncated {
+            offset,
+            needed,
+            have,
+            ..
+        } => CodecError::Truncated {
+            offset,
+            needed,
+            have,
+        },
+        MeasurementsError::Code(found) => CodecError::UnexpectedCode {
+            found,
+            expected: SpdmCode::MEASUREMENTS.0,
+        },
+        MeasurementsError::Version(found) => CodecError::UnexpectedVersion {
+            found,
+            expected: SPDM_VERSION_1_2,
+        },
+        MeasurementsError::NotDmtf { spec, .. } => invalid("MeasurementSpecification", spec),
+        MeasurementsError::BlockTrailing { extra, .. } => CodecError::TrailingBytes(extra),
+        MeasurementsError::BlockCount { declared, .. } => invalid("NumberOfBlocks", declared),
     }
-    Ok(())
 }

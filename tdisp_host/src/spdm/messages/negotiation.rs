@@ -217,13 +217,23 @@ pub struct NegotiateAlgorithms {
     pub algs: AlgSet,
 }
 
+/// The fields NEGOTIATE_ALGORITHMS and ALGORITHMS share before ALGORITHMS'
+/// MeasurementHashAlgo.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-struct NegotiateAlgorithmsWire {
+struct AlgHead {
     header: Header,
     length: U16,
     measurement_spec: u8,
     other_params: u8,
+}
+const _: () = assert!(size_of::<AlgHead>() == 8);
+
+/// The fields NEGOTIATE_ALGORITHMS and ALGORITHMS share after ALGORITHMS' MeasurementHashAlgo,
+/// up to the algorithm structures.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct AlgTail {
     base_asym: U32,
     base_hash: U32,
     reserved: [u8; 12],
@@ -231,65 +241,118 @@ struct NegotiateAlgorithmsWire {
     ext_hash_count: u8,
     reserved2: [u8; 2],
 }
-const _: () = assert!(size_of::<NegotiateAlgorithmsWire>() == 32);
+const _: () = assert!(size_of::<AlgTail>() == 24);
 
-const ALG_STRUCT_COUNT: u8 = 4;
-
-impl NegotiateAlgorithms {
-    /// Encodes the request (SPDM 1.2).
-    pub fn encode(&self) -> Vec<u8> {
-        let structs = self.algs.structs();
-        let length = size_of::<NegotiateAlgorithmsWire>() + structs.len() * size_of::<AlgStruct>();
-        let mut out = NegotiateAlgorithmsWire {
-            header: Header::with_params(
-                SPDM_VERSION_1_2,
-                SpdmCode::NEGOTIATE_ALGORITHMS,
-                ALG_STRUCT_COUNT,
-                0,
-            ),
-            length: u16::try_from(length).unwrap_or(u16::MAX).into(),
-            measurement_spec: self.measurement_spec,
-            other_params: self.other_params,
-            base_asym: self.base_asym.into(),
-            base_hash: self.base_hash.into(),
+impl AlgTail {
+    fn new(base_asym: u32, base_hash: u32) -> Self {
+        Self {
+            base_asym: base_asym.into(),
+            base_hash: base_hash.into(),
             reserved: [0; 12],
             ext_asym_count: 0,
             ext_hash_count: 0,
             reserved2: [0; 2],
         }
-        .as_bytes()
-        .to_vec();
-        for entry in structs {
-            out.extend_from_slice(entry.as_bytes());
-        }
-        out
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct NegotiateAlgorithmsWire {
+    head: AlgHead,
+    tail: AlgTail,
+}
+const _: () = assert!(size_of::<NegotiateAlgorithmsWire>() == 32);
+
+const ALG_STRUCT_COUNT: u8 = 4;
+
+/// The fixed part of NEGOTIATE_ALGORITHMS or ALGORITHMS: the two differ only in
+/// MeasurementHashAlgo, so one encoder and one decoder serve both.
+trait AlgMessage: FromBytes + IntoBytes + Immutable + KnownLayout + Sized {
+    const CODE: SpdmCode;
+    /// The spec's name of the extended-algorithm counts, for errors.
+    const EXT_COUNTS: &'static str;
+    fn parts(&self) -> (&AlgHead, &AlgTail);
+}
+
+impl AlgMessage for NegotiateAlgorithmsWire {
+    const CODE: SpdmCode = SpdmCode::NEGOTIATE_ALGORITHMS;
+    const EXT_COUNTS: &'static str = "ExtAsymCount/ExtHashCount";
+    fn parts(&self) -> (&AlgHead, &AlgTail) {
+        (&self.head, &self.tail)
+    }
+}
+
+/// Encodes an SPDM 1.2 algorithms message: the fixed part `build` makes from its head, then
+/// every algorithm structure of `algs`.
+fn encode_alg_message<W: AlgMessage>(
+    measurement_spec: u8,
+    other_params: u8,
+    algs: &AlgSet,
+    build: impl FnOnce(AlgHead) -> W,
+) -> Vec<u8> {
+    let structs = algs.structs();
+    let length = size_of::<W>() + structs.len() * size_of::<AlgStruct>();
+    let head = AlgHead {
+        header: Header::with_params(SPDM_VERSION_1_2, W::CODE, ALG_STRUCT_COUNT, 0),
+        length: u16::try_from(length).unwrap_or(u16::MAX).into(),
+        measurement_spec,
+        other_params,
+    };
+    let mut out = build(head).as_bytes().to_vec();
+    for entry in structs {
+        out.extend_from_slice(entry.as_bytes());
+    }
+    out
+}
+
+/// Decodes an SPDM 1.2 algorithms message's fixed part and structures, checking the length,
+/// that no external algorithm is listed (none supported) and the structure count.
+fn decode_alg_message<W: AlgMessage>(bytes: &[u8]) -> Result<(W, AlgSet), CodecError> {
+    let mut reader = Reader::new(bytes);
+    let wire = reader.fixed::<W>()?;
+    let (head, tail) = wire.parts();
+    expect_header(
+        &mut Reader::new(head.header.as_bytes()),
+        SPDM_VERSION_1_2,
+        W::CODE,
+    )?;
+    if usize::from(head.length.get()) != bytes.len() {
+        return Err(invalid("Length", head.length.get()));
+    }
+    if tail.ext_asym_count != 0 || tail.ext_hash_count != 0 {
+        return Err(invalid(W::EXT_COUNTS, tail.ext_asym_count));
+    }
+    if head.header.param1 > ALG_STRUCT_COUNT {
+        return Err(invalid("Param1 (AlgStruct count)", head.header.param1));
+    }
+    let algs = AlgSet::read(&mut reader, head.header.param1)?;
+    reader.finish()?;
+    Ok((wire, algs))
+}
+
+impl NegotiateAlgorithms {
+    /// Encodes the request (SPDM 1.2).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_alg_message(
+            self.measurement_spec,
+            self.other_params,
+            &self.algs,
+            |head| NegotiateAlgorithmsWire {
+                head,
+                tail: AlgTail::new(self.base_asym, self.base_hash),
+            },
+        )
     }
 
     /// Decodes and validates the request. External algorithms are refused (none supported).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut reader = Reader::new(bytes);
-        let wire = reader.fixed::<NegotiateAlgorithmsWire>()?;
-        expect_header(
-            &mut Reader::new(wire.header.as_bytes()),
-            SPDM_VERSION_1_2,
-            SpdmCode::NEGOTIATE_ALGORITHMS,
-        )?;
-        if usize::from(wire.length.get()) != bytes.len() {
-            return Err(invalid("Length", wire.length.get()));
-        }
-        if wire.ext_asym_count != 0 || wire.ext_hash_count != 0 {
-            return Err(invalid("ExtAsymCount/ExtHashCount", wire.ext_asym_count));
-        }
-        if wire.header.param1 > ALG_STRUCT_COUNT {
-            return Err(invalid("Param1 (AlgStruct count)", wire.header.param1));
-        }
-        let algs = AlgSet::read(&mut reader, wire.header.param1)?;
-        reader.finish()?;
+        let (wire, algs) = decode_alg_message::<NegotiateAlgorithmsWire>(bytes)?;
         Ok(Self {
-            measurement_spec: wire.measurement_spec,
-            other_params: wire.other_params,
-            base_asym: wire.base_asym.get(),
-            base_hash: wire.base_hash.get(),
+            measurement_spec: wire.head.measurement_spec,
+            other_params: wire.head.other_params,
+            base_asym: wire.tail.base_asym.get(),
+            base_hash: wire.tail.base_hash.get(),
             algs,
         })
     }
@@ -315,78 +378,42 @@ pub struct Algorithms {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 struct AlgorithmsWire {
-    header: Header,
-    length: U16,
-    measurement_spec: u8,
-    other_params: u8,
+    head: AlgHead,
     measurement_hash: U32,
-    base_asym: U32,
-    base_hash: U32,
-    reserved: [u8; 12],
-    ext_asym_count: u8,
-    ext_hash_count: u8,
-    reserved2: [u8; 2],
+    tail: AlgTail,
 }
 const _: () = assert!(size_of::<AlgorithmsWire>() == 36);
+
+impl AlgMessage for AlgorithmsWire {
+    const CODE: SpdmCode = SpdmCode::ALGORITHMS;
+    const EXT_COUNTS: &'static str = "ExtAsymSelCount/ExtHashSelCount";
+    fn parts(&self) -> (&AlgHead, &AlgTail) {
+        (&self.head, &self.tail)
+    }
+}
 
 impl Algorithms {
     /// Encodes the response (SPDM 1.2).
     pub fn encode(&self) -> Vec<u8> {
-        let structs = self.algs.structs();
-        let length = size_of::<AlgorithmsWire>() + structs.len() * size_of::<AlgStruct>();
-        let mut out = AlgorithmsWire {
-            header: Header::with_params(
-                SPDM_VERSION_1_2,
-                SpdmCode::ALGORITHMS,
-                ALG_STRUCT_COUNT,
-                0,
-            ),
-            length: u16::try_from(length).unwrap_or(u16::MAX).into(),
-            measurement_spec: self.measurement_spec,
-            other_params: self.other_params,
-            measurement_hash: self.measurement_hash.into(),
-            base_asym: self.base_asym.into(),
-            base_hash: self.base_hash.into(),
-            reserved: [0; 12],
-            ext_asym_count: 0,
-            ext_hash_count: 0,
-            reserved2: [0; 2],
-        }
-        .as_bytes()
-        .to_vec();
-        for entry in structs {
-            out.extend_from_slice(entry.as_bytes());
-        }
-        out
+        encode_alg_message(
+            self.measurement_spec,
+            self.other_params,
+            &self.algs,
+            |head| AlgorithmsWire {
+                head,
+                measurement_hash: self.measurement_hash.into(),
+                tail: AlgTail::new(self.base_asym, self.base_hash),
+            },
+        )
     }
 
     /// Decodes and validates the response: every selection is at most one bit.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut reader = Reader::new(bytes);
-        let wire = reader.fixed::<AlgorithmsWire>()?;
-        expect_header(
-            &mut Reader::new(wire.header.as_bytes()),
-            SPDM_VERSION_1_2,
-            SpdmCode::ALGORITHMS,
-        )?;
-        if usize::from(wire.length.get()) != bytes.len() {
-            return Err(invalid("Length", wire.length.get()));
-        }
-        if wire.ext_asym_count != 0 || wire.ext_hash_count != 0 {
-            return Err(invalid(
-                "ExtAsymSelCount/ExtHashSelCount",
-                wire.ext_asym_count,
-            ));
-        }
-        if wire.header.param1 > ALG_STRUCT_COUNT {
-            return Err(invalid("Param1 (AlgStruct count)", wire.header.param1));
-        }
-        let algs = AlgSet::read(&mut reader, wire.header.param1)?;
-        reader.finish()?;
+        let (wire, algs) = decode_alg_message::<AlgorithmsWire>(bytes)?;
         let selections = [
             ("MeasurementHashAlgo", wire.measurement_hash.get()),
-            ("BaseAsymSel", wire.base_asym.get()),
-            ("BaseHashSel", wire.base_hash.get()),
+            ("BaseAsymSel", wire.tail.base_asym.get()),
+            ("BaseHashSel", wire.tail.base_hash.get()),
             ("DHE", algs.dhe.into()),
             ("AEAD", algs.aead.into()),
             ("ReqBaseAsymAlg", algs.req_base_asym.into()),
@@ -398,11 +425,11 @@ impl Algorithms {
             }
         }
         Ok(Self {
-            measurement_spec: wire.measurement_spec,
-            other_params: wire.other_params,
+            measurement_spec: wire.head.measurement_spec,
+            other_params: wire.head.other_params,
             measurement_hash: wire.measurement_hash.get(),
-            base_asym: wire.base_asym.get(),
-            base_hash: wire.base_hash.get(),
+            base_asym: wire.tail.base_asym.get(),
+            base_hash: wire.tail.base_hash.get(),
             algs,
         })
     }

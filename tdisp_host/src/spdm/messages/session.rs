@@ -53,12 +53,7 @@ impl KeyExchange {
         .as_bytes()
         .to_vec();
         out.extend_from_slice(&self.exchange_data);
-        out.extend_from_slice(
-            &u16::try_from(self.opaque.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        out.extend_from_slice(&self.opaque);
+        put_opaque(&mut out, &self.opaque);
         out
     }
 
@@ -79,8 +74,7 @@ impl KeyExchange {
             return Err(invalid("SlotID", wire.header.param2));
         }
         let exchange_data = reader.array::<DHE_SIZE>()?;
-        let opaque_length = reader.u16()?;
-        let opaque = reader.take(opaque_length.into())?.to_vec();
+        let opaque = reader.opaque()?.to_vec();
         reader.finish()?;
         Ok(Self {
             measurement_summary_hash_type: wire.header.param1,
@@ -149,12 +143,7 @@ impl KeyExchangeRsp {
         if let Some(hash) = &self.measurement_summary_hash {
             out.extend_from_slice(hash);
         }
-        out.extend_from_slice(
-            &u16::try_from(self.opaque.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        out.extend_from_slice(&self.opaque);
+        put_opaque(&mut out, &self.opaque);
         out
     }
 
@@ -185,8 +174,7 @@ impl KeyExchangeRsp {
         } else {
             None
         };
-        let opaque_length = reader.u16()?;
-        let opaque = reader.take(opaque_length.into())?.to_vec();
+        let opaque = reader.opaque()?.to_vec();
         let before_signature = reader.offset();
         let signature = reader.array::<SIGNATURE_SIZE>()?;
         let before_verify_data = reader.offset();
