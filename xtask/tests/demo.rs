@@ -10,12 +10,16 @@ use xtask::demo::run;
 
 #[test]
 fn every_step_of_the_demo_succeeds_and_the_digests_are_real() {
+    let work = tempfile::tempdir().unwrap();
     let options = DemoOptions {
         devices: 2,
+        work_root: Some(work.path().to_path_buf()),
         ..DemoOptions::default()
     };
     let (timeline, result) = run(&options);
     result.unwrap();
+    // Nothing is left behind: the quote's files and the vTPM's state went with the demo.
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
     let steps: Vec<(&str, Outcome)> = timeline.steps.iter().map(|s| (s.step, s.outcome)).collect();
     assert_eq!(
         steps,

@@ -45,6 +45,9 @@ pub struct DemoOptions {
     pub keep: bool,
     /// Build from this kernel instead of looking for Debian's.
     pub kernel: Option<std::path::PathBuf>,
+    /// Where the demo makes its working directory (the quote's files, the vTPM's state),
+    /// removed when the demo ends; the system's temporary directory by default.
+    pub work_root: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -54,6 +57,7 @@ impl Default for DemoOptions {
             devices: 1,
             keep: false,
             kernel: None,
+            work_root: None,
         }
     }
 }
@@ -192,9 +196,15 @@ fn run_steps(options: &DemoOptions, timeline: &mut Timeline) -> anyhow::Result<(
         .find(|d| d.platform == platform)
         .map(|d| d.digest.clone())
         .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!("cvm-demo-{}", std::process::id()));
+    // The quote's files and the vTPM's state live only as long as the demo (a newcomer runs
+    // it again and again); with --keep, as long as the vTPM is served.
+    let root = options.work_root.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("cvm-demo-")
+        .tempdir_in(&root)
+        .map_err(|e| anyhow::anyhow!("creating the demo's working directory: {e}"))?;
     let vtpm = timeline.record("quote", "vtpm_ring + swtpm + tpm2-tools", |t| {
-        quote_step(&dir, &launch, &attested.report_digest, t)
+        quote_step(dir.path(), &launch, &attested.report_digest, t)
     });
     // Tear down what came up, even after a failed quote.
     let vtpm = match vtpm {
@@ -210,7 +220,7 @@ fn run_steps(options: &DemoOptions, timeline: &mut Timeline) -> anyhow::Result<(
         |_| {
             let bus = attested.tear_down()?;
             let tpm = if options.keep {
-                vtpm.serve_until_interrupted()?
+                vtpm.serve_until_interrupted(dir.path())?
             } else {
                 vtpm.shut_down()?
             };

@@ -75,13 +75,21 @@ impl Vtpm {
     }
 
     /// Keeps serving until Ctrl-C (for `--keep`).
-    pub(crate) fn serve_until_interrupted(self) -> anyhow::Result<String> {
-        println!(
-            "vTPM kept: TPM2TOOLS_TCTI=\"{}\" tpm2_pcrread sha384:11,12   (Ctrl-C to stop)",
-            self.endpoint.tcti()
-        );
+    pub(crate) fn serve_until_interrupted(self, work: &std::path::Path) -> anyhow::Result<String> {
         self.runtime
-            .block_on(tokio::signal::ctrl_c())
+            .block_on(async {
+                // Listening before saying so: a Ctrl-C right after the message must still
+                // stop swtpm the planned way, not kill the demo.
+                let mut interrupt =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+                println!(
+                    "vTPM kept: TPM2TOOLS_TCTI=\"{}\" tpm2_pcrread sha384:11,12   (quote files in {}; Ctrl-C to stop)",
+                    self.endpoint.tcti(),
+                    work.display()
+                );
+                interrupt.recv().await;
+                Ok::<_, std::io::Error>(())
+            })
             .context("waiting for Ctrl-C")?;
         self.shut_down()
     }
