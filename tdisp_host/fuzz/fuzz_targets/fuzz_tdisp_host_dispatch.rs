@@ -169,7 +169,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 injected.lock().unwrap().push_back(spdm_around(&tdisp));
             }
             Op::Change { kind, value } => {
-                let _ = dsm.lock().unwrap().apply_config_change(change(RID, 7, kind, value));
+                let _ = dsm
+                    .lock()
+                    .unwrap()
+                    .apply_config_change(change(RID, 7, kind, value));
             }
         }
     }

@@ -18,17 +18,39 @@ async fn list(state: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `vtpmctl run --domains N` on `state`, its output piped.
+fn spawn_run(state: &std::path::Path, domains: &str) -> tokio::process::Child {
+    Command::new(VTPMCTL)
+        .args([
+            "run",
+            "--domains",
+            domains,
+            "--base-port",
+            "0",
+            "--state-dir",
+        ])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGINT to `run`.
+fn interrupt(run: &tokio::process::Child) {
+    let pid = run.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_list_shows_and_sigint_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut run = Command::new(VTPMCTL)
-        .args(["run", "--domains", "2", "--base-port", "0", "--state-dir"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(&state, "2");
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     let mut ports = Vec::new();
     while let Some(line) = lines.next_line().await.unwrap() {
@@ -45,12 +67,7 @@ async fn run_serves_list_shows_and_sigint_stops_cleanly() {
     }
     assert_eq!(listing.matches("Running").count(), 2, "{listing}");
 
-    let pid = run.id().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    interrupt(&run);
     while let Some(line) = lines.next_line().await.unwrap() {
         if line == "stopped" {
             break;
@@ -66,13 +83,7 @@ async fn run_serves_list_shows_and_sigint_stops_cleanly() {
 async fn sigint_while_starting_still_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut run = Command::new(VTPMCTL)
-        .args(["run", "--domains", "1", "--base-port", "0", "--state-dir"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(&state, "1");
     // The listing socket is the first thing a run makes visible, before its TPMs start.
     let socket = state.join("vtpmctl.sock");
     let started = std::time::Instant::now();
@@ -83,12 +94,7 @@ async fn sigint_while_starting_still_stops_cleanly() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    let pid = run.id().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    interrupt(&run);
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     while let Some(line) = lines.next_line().await.unwrap() {
