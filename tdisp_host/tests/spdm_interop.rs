@@ -21,6 +21,11 @@ use tdisp_host::tsm::MailboxError;
 use tdisp_host::tsm::PciDeviceInfo;
 use tdisp_host::tsm::ProbeOutcome;
 use tdisp_host::tsm::Tsm;
+use tdisp_proto::evidence::bundle::SessionEvidence;
+use tdisp_proto::evidence::cert::validate_slot;
+use tdisp_proto::evidence::signature::context;
+use tdisp_proto::evidence::signature::hash;
+use tdisp_proto::evidence::signature::verify;
 use tdisp_proto::pcie::InterfaceId;
 use tdisp_proto::pcie::TdiState;
 
@@ -46,6 +51,45 @@ impl<M: DoeMailbox> DoeMailbox for Recording<M> {
     }
 }
 
+/// Session evidence from libspdm's responder, checked as a guest checks it: the chain leads to
+/// the root, the device signed the key exchange and the measurements (over our nonce), and the
+/// MEASUREMENTS response parses with the one parser host and guest share. spdm-emu knows
+/// nothing of our TDI binding block, so there is none. Returns the number of blocks.
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a check of the interop test fails it"
+)]
+fn check_session_evidence(tsm: &mut Tsm, root: &[u8]) -> usize {
+    let nonce = [0x42; 32];
+    let evidence = tsm
+        .signed_measurements_with_nonce(ADDRESS, Some(nonce))
+        .unwrap()
+        .expect("an SPDM session gives session evidence");
+    let chain = tsm.certificate_chain(ADDRESS).unwrap();
+    let validated = validate_slot(&chain, root).unwrap();
+    let evidence = SessionEvidence::decode(&evidence).unwrap();
+    verify(
+        &validated.leaf_key,
+        context::KEY_EXCHANGE_RSP,
+        &hash(&evidence.key_exchange_transcript(&chain)),
+        &evidence.key_exchange_signature,
+    )
+    .expect("libspdm's KEY_EXCHANGE_RSP signature over the evidence's transcript");
+    verify(
+        &validated.leaf_key,
+        context::MEASUREMENTS,
+        &hash(&evidence.measurements_transcript()),
+        &evidence.measurements_signature,
+    )
+    .expect("libspdm's MEASUREMENTS signature over the evidence's transcript");
+    assert_eq!(evidence.requester_nonce().unwrap(), nonce);
+    let blocks = evidence.blocks().unwrap();
+    assert!(!blocks.is_empty(), "spdm-emu measures something");
+    assert!(evidence.bindings().unwrap().is_empty());
+    blocks.len()
+}
+
 #[test]
 #[ignore = "needs spdm_responder_emu; run by `cargo xtask interop spdm-emu --bin-dir DIR`"]
 fn our_tsm_runs_a_tdisp_cycle_inside_a_session_with_spdm_emu_responder() {
@@ -53,7 +97,7 @@ fn our_tsm_runs_a_tdisp_cycle_inside_a_session_with_spdm_emu_responder() {
     let root = std::fs::read(std::env::var("SPDM_EMU_ROOT").unwrap()).unwrap();
     let root = load_certificate(&root).unwrap();
     let capture = std::env::var_os("SPDM_EMU_CAPTURE");
-    let mut config = RequesterConfig::new(root);
+    let mut config = RequesterConfig::new(root.clone());
     if capture.is_some() {
         config.fixed_ephemeral_key = Some(CAPTURE_EPHEMERAL.into());
     }
@@ -81,6 +125,7 @@ fn our_tsm_runs_a_tdisp_cycle_inside_a_session_with_spdm_emu_responder() {
         .unwrap();
     tsm.lock(ADDRESS).unwrap();
     let report = tsm.read_interface_report(ADDRESS).unwrap();
+    let blocks = check_session_evidence(&mut tsm, &root);
     tsm.start(ADDRESS).unwrap();
     assert_eq!(tsm.interface_state(ADDRESS).unwrap(), TdiState::Run);
     tsm.stop(ADDRESS).unwrap();
@@ -98,8 +143,8 @@ fn our_tsm_runs_a_tdisp_cycle_inside_a_session_with_spdm_emu_responder() {
     assert!(tdisp_in_session, "a TDISP message left the session");
     println!(
         "spdm-emu interop: session established in {established:?} ({handshake_objects} DOE \
-         objects); TDISP lock/report({} bytes)/start/stop in {cycle:?}; {secured} of {} DOE \
-         objects secured",
+         objects); TDISP lock/report({} bytes)/evidence({blocks} measurement blocks)/start/stop \
+         in {cycle:?}; {secured} of {} DOE objects secured",
         report.len(),
         log.len()
     );
