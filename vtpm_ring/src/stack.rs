@@ -132,9 +132,30 @@ pub enum StackError {
     /// An engine failed to stop.
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
+    /// A guest's TPM socket ports could not be bound (taken by another vtpmctl or swtpm?).
+    #[error(
+        "cannot bind the TPM socket ports {} on 127.0.0.1 (in use by another vTPM host or \
+         swtpm? choose other ports, or let the system pick free ones): {source}",
+        describe_ports(*.port)
+    )]
+    Ports {
+        /// The data port asked for (`None`: any free pair).
+        port: Option<u16>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Sockets.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// `P and P+1`, or what the system picks.
+fn describe_ports(port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("{p} and {}", u32::from(p) + 1),
+        None => "the system picked".into(),
+    }
 }
 
 /// One guest's vTPM: its domain, its instance, its connected frontend and `S`, what serves
@@ -330,7 +351,9 @@ impl VtpmStack {
                 ),
                 None => None,
             };
-            let (data, ctrl) = bind_pair(base).await?;
+            let (data, ctrl) = bind_pair(base)
+                .await
+                .map_err(|source| StackError::Ports { port: base, source })?;
             let socket = TpmSocket::serve(frontend.clone(), data, ctrl)?;
             tracing::info!(%domain, instance, data = %socket.data_addr(), "guest vTPM served");
             stack.guests.push(GuestTpm {

@@ -99,3 +99,20 @@ async fn data_port_frames_commands_sent_ahead_or_in_pieces() {
     assert_eq!(rc(&r), 0);
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_named_in_the_error_and_the_stack_does_not_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vtpm_ring::stack::StackConfig::new(dir.path(), 1);
+    config.base_port = Some(port);
+    let Err(err) = vtpm_ring::stack::VtpmStack::start(config).await else {
+        panic!("started on a taken port");
+    };
+    assert!(
+        matches!(err, vtpm_ring::stack::StackError::Ports { port: Some(p), .. } if p == port),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
