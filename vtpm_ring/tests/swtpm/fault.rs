@@ -157,3 +157,82 @@ async fn a_swtpm_that_dies_while_idle_costs_at_most_the_next_command_and_is_repl
     assert_eq!((status.state, status.restarts), (EngineState::Running, 1));
     assert_ne!(status.pid, Some(pid));
 }
+
+/// The command line of a swtpm on `dir` that nobody connects to (so `--terminate` never ends
+/// it), writing its pid where the engine keeps it.
+fn lone_swtpm(dir: &std::path::Path) -> String {
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (data, ctrl) = (port(0), port(1));
+    format!(
+        "swtpm socket --tpm2 --terminate --tpmstate dir={d} \
+         --server type=tcp,port={data},bindaddr=127.0.0.1 \
+         --ctrl type=tcp,port={ctrl},bindaddr=127.0.0.1 --flags not-need-init \
+         --pid file={d}/swtpm.pid",
+        d = dir.display()
+    )
+}
+
+/// The pid swtpm wrote into `dir`, once it did (bounded).
+async fn pid_in(dir: &std::path::Path) -> u32 {
+    for _ in 0..1000 {
+        if let Some(pid) = std::fs::read_to_string(dir.join("swtpm.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("swtpm wrote no pid file");
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swtpm_orphaned_on_the_state_is_ended_and_one_another_host_runs_is_left_alone() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let dirs = StateDirs::new(root.path());
+    let dir = dirs.create(1).unwrap();
+    // A host that died between starting swtpm and connecting to it: the shell that started
+    // it is gone, so init adopted it, and it holds the state's lock.
+    let shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} >/dev/null 2>&1 &", lone_swtpm(&dir)))
+        .status()
+        .unwrap();
+    assert!(shell.success());
+    let orphan = pid_in(&dir).await;
+    let engine = SwtpmEngine::start(1, &dirs, SwtpmConfig::default())
+        .await
+        .unwrap();
+    assert!(!alive(orphan), "the orphan was ended");
+    assert_eq!(rc(&engine.command(get_random(8), 0).await.unwrap()), 0);
+    engine.save_and_shutdown().await.unwrap();
+
+    // A swtpm whose parent lives (here: this test) belongs to another host: refused, untouched.
+    std::fs::remove_file(dir.join("swtpm.pid")).ok();
+    let mut owned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {}", lone_swtpm(&dir)))
+        .spawn()
+        .unwrap();
+    let theirs = pid_in(&dir).await;
+    let err = SwtpmEngine::start(1, &dirs, SwtpmConfig::default())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(&format!("swtpm pid {theirs}")), "{err}");
+    assert!(alive(theirs));
+    owned.kill().unwrap();
+    owned.wait().unwrap();
+}

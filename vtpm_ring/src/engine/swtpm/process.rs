@@ -1,6 +1,11 @@
 //! One swtpm process: starting it on loopback ports it binds itself, and stopping it.
+//!
+//! Before starting, a swtpm still running on the same state (named by the pid file it wrote)
+//! is dealt with: one adopted by init, left by a host that died before connecting to it, is
+//! ended; one whose parent lives belongs to another host and the state is refused.
 
 use super::*;
+use std::os::unix::ffi::OsStrExt;
 
 /// One running swtpm process and the loopback ports it listens on. The process is killed
 /// when this is dropped, and exits by itself once its first data connection closes (swtpm's
@@ -26,6 +31,64 @@ fn log_tail(dir: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// What `/proc` says of a process that claims, by the pid file, to be the swtpm on `dir`;
+/// `None` when no such swtpm runs (it exited, or the pid now names another program).
+fn swtpm_on(pid: i32, dir: &Path) -> Option<u32> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|&b| b == 0);
+    let program = Path::new(std::ffi::OsStr::from_bytes(args.next()?));
+    let state_arg = format!("dir={}", dir.display());
+    let is_ours = program.file_name() == Some(std::ffi::OsStr::new("swtpm"))
+        && args.any(|a| a == state_arg.as_bytes());
+    if !is_ours {
+        return None;
+    }
+    // The parent is the field after the state, after the command name's closing parenthesis.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A swtpm left on `dir` by a host that died before its first data connection (so
+/// `--terminate` never fired) holds the directory's lock, and no new swtpm could start on it.
+/// Reparented to init, it serves nobody: it is ended. One whose parent lives belongs to
+/// another host, and the state is refused rather than shared.
+async fn end_orphan(dir: &Path, pid_file: &Path) -> Result<(), SwtpmError> {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1)
+    else {
+        return Ok(());
+    };
+    let Some(parent) = swtpm_on(pid, dir) else {
+        return Ok(());
+    };
+    if parent != 1 {
+        return Err(SwtpmError::Spawn(format!(
+            "{} is in use by swtpm pid {pid} (parent {parent})",
+            dir.display()
+        )));
+    }
+    tracing::warn!(pid, dir = %dir.display(), "ending an orphaned swtpm left on this state");
+    let Some(target) = rustix::process::Pid::from_raw(pid) else {
+        return Ok(());
+    };
+    // It may exit by itself meanwhile: then there is nothing left to end.
+    let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+    for _ in 0..ORPHAN_WAITS {
+        if swtpm_on(pid, dir).is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+    Ok(())
+}
+
+/// 10 ms apart: how long an orphaned swtpm gets to end on SIGTERM before SIGKILL.
+const ORPHAN_WAITS: usize = 200;
+
 impl SwtpmProcess {
     /// Starts `swtpm socket --tpm2` on `state_dir` with fresh loopback ports, retrying on
     /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports.
@@ -47,6 +110,7 @@ impl SwtpmProcess {
     async fn spawn_once(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
         let (data_port, ctrl_port) = free_port_pair()?;
         let pid_file = state_dir.join(PID_FILE);
+        end_orphan(state_dir, &pid_file).await?;
         match std::fs::remove_file(&pid_file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
