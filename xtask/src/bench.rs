@@ -17,6 +17,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 use std::path::Path;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::SystemTime;
 
 /// Arguments of `cargo xtask bench`.
@@ -118,25 +119,62 @@ struct Report {
     benches: Vec<BenchResult>,
 }
 
+/// The package whose benches run pinned to one CPU: where the scheduler puts the swtpm
+/// processes they start costs more than the code under test (a cross-vCPU wakeup per round
+/// trip on a small VM; see docs/benchmarks.md). swtpm inherits the affinity.
+const PINNED_PACKAGE: &str = "vtpm_ring";
+/// Its bench targets.
+const PINNED_BENCHES: &[&str] = &["round_trip"];
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let started = SystemTime::now();
-    let mut cmd = cargo();
-    cmd.args(["bench", "--locked"]);
-    match &args.package {
-        Some(p) => cmd.args(["--package", p]),
-        None => cmd.arg("--workspace"),
-    };
-    // Only the `[[bench]]` targets (`--benches` would add every lib, whose libtest harness
-    // knows none of criterion's options).
-    cmd.args(["--bench", args.bench.as_deref().unwrap_or("*")]);
     let mut criterion_args = args.criterion_args.clone();
     if args.quick {
         criterion_args.push("--quick".into());
     }
-    if !criterion_args.is_empty() {
-        cmd.arg("--").args(&criterion_args);
+    let bench = args.bench.as_deref();
+    let package = args.package.as_deref();
+    let pinned_bench = bench.is_none_or(|b| PINNED_BENCHES.contains(&b));
+    let wants_pinned = package.is_none_or(|p| p == PINNED_PACKAGE) && pinned_bench;
+    let wants_rest = package.is_some_and(|p| p != PINNED_PACKAGE)
+        || (package.is_none() && bench.is_none_or(|b| !PINNED_BENCHES.contains(&b)));
+    let cpu = pin_cpu();
+    if wants_rest {
+        let mut cmd = bench_command(args.package.as_deref(), bench, &[]);
+        if package.is_none() && wants_pinned {
+            cmd.args(["--exclude", PINNED_PACKAGE]);
+        }
+        with_criterion_args(&mut cmd, &criterion_args);
+        run_cmd(&mut cmd)?;
     }
-    run_cmd(&mut cmd)?;
+    if wants_pinned {
+        // Built unpinned (one CPU would only slow the build down), then run pinned.
+        run_cmd(&mut bench_command(
+            Some(PINNED_PACKAGE),
+            bench,
+            &["--no-run"],
+        ))?;
+        let mut cmd = match &cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.current_dir(workspace_root());
+                taskset
+                    .args(["-c", cpu])
+                    .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+                taskset.args(bench_command(Some(PINNED_PACKAGE), bench, &[]).get_args());
+                taskset
+            }
+            None => {
+                println!(
+                    "warning: taskset not found; {PINNED_PACKAGE}'s figures are unpinned and \
+                     depend on where swtpm is scheduled"
+                );
+                bench_command(Some(PINNED_PACKAGE), bench, &[])
+            }
+        };
+        with_criterion_args(&mut cmd, &criterion_args);
+        run_cmd(&mut cmd)?;
+    }
 
     let target = target_dir();
     let benches = read_results(&target.join("criterion"), started)?;
@@ -153,6 +191,44 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     draw_chart(&report, &svg)?;
     println!("wrote {} and {}", json.display(), svg.display());
     Ok(())
+}
+
+/// `cargo bench` of the `[[bench]]` targets of `package` (every package without one), or of
+/// `bench` alone.
+fn bench_command(package: Option<&str>, bench: Option<&str>, extra: &[&str]) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--locked"]);
+    match package {
+        Some(p) => cmd.args(["--package", p]),
+        None => cmd.arg("--workspace"),
+    };
+    // Only the `[[bench]]` targets (`--benches` would add every lib, whose libtest harness
+    // knows none of criterion's options).
+    cmd.args(["--bench", bench.unwrap_or("*")]);
+    cmd.args(extra);
+    cmd
+}
+
+fn with_criterion_args(cmd: &mut Command, criterion_args: &[String]) {
+    if !criterion_args.is_empty() {
+        cmd.arg("--").args(criterion_args);
+    }
+}
+
+/// The CPU the pinned benches run on (the last one this process may use), when `taskset` is
+/// there to pin them.
+fn pin_cpu() -> Option<String> {
+    if !crate::run::on_path("taskset") {
+        return None;
+    }
+    // The highest CPU this process may run on: the end of `Cpus_allowed_list` (`0-1`, `2,5-7`).
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let last = list.rsplit([',', '-']).next()?;
+    last.parse::<usize>().ok().map(|cpu| cpu.to_string())
 }
 
 /// Cargo's target directory, as criterion sees it.
