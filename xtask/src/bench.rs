@@ -134,10 +134,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let bench = args.bench.as_deref();
     let package = args.package.as_deref();
-    let pinned_bench = bench.is_none_or(|b| PINNED_BENCHES.contains(&b));
-    let wants_pinned = package.is_none_or(|p| p == PINNED_PACKAGE) && pinned_bench;
-    let wants_rest = package.is_some_and(|p| p != PINNED_PACKAGE)
-        || (package.is_none() && bench.is_none_or(|b| !PINNED_BENCHES.contains(&b)));
+    let (wants_rest, wants_pinned) = selection(package, bench);
     let cpu = pin_cpu();
     if wants_rest {
         let mut cmd = bench_command(args.package.as_deref(), bench, &[]);
@@ -191,6 +188,18 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     draw_chart(&report, &svg)?;
     println!("wrote {} and {}", json.display(), svg.display());
     Ok(())
+}
+
+/// Which of the two runs a selection needs: (the unpinned one, the pinned one).
+fn selection(package: Option<&str>, bench: Option<&str>) -> (bool, bool) {
+    let pinned_bench = |b: &str| PINNED_BENCHES.contains(&b);
+    let pinned = package.is_none_or(|p| p == PINNED_PACKAGE) && bench.is_none_or(pinned_bench);
+    let rest = match package {
+        Some(p) => p != PINNED_PACKAGE,
+        // Every package, or a bench that some other package has.
+        None => bench.is_none_or(|b| !pinned_bench(b)),
+    };
+    (rest, pinned)
 }
 
 /// `cargo bench` of the `[[bench]]` targets of `package` (every package without one), or of
@@ -427,6 +436,24 @@ mod tests {
             lower_ns: mean_ns,
             upper_ns: mean_ns,
         }
+    }
+
+    #[test]
+    fn the_vtpm_benches_run_apart_and_only_when_selected() {
+        // (unpinned run, pinned run)
+        assert_eq!(selection(None, None), (true, true));
+        assert_eq!(selection(Some("vtpm_ring"), None), (false, true));
+        assert_eq!(selection(None, Some("round_trip")), (false, true));
+        assert_eq!(
+            selection(Some("vtpm_ring"), Some("round_trip")),
+            (false, true)
+        );
+        assert_eq!(selection(None, Some("ring")), (true, false));
+        assert_eq!(selection(Some("vmbus_channel"), None), (true, false));
+        assert_eq!(
+            selection(Some("vmbus_channel"), Some("ring")),
+            (true, false)
+        );
     }
 
     #[test]
