@@ -16,9 +16,11 @@
 
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmCc;
+use crate::tpm_header::TpmHeader;
 use crate::tpm_header::TpmRc;
 use crate::tpm_header::TpmSt;
-use crate::tpm_header::response_code;
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
 
 /// `TPM_ALG_SHA256`.
 const SHA256: u16 = 0x000b;
@@ -29,13 +31,14 @@ pub const PCR_COUNT: u8 = 24;
 
 /// A command: `tag`, the size, `cc`, then `body`.
 pub fn command(tag: TpmSt, cc: TpmCc, body: &[u8]) -> Vec<u8> {
-    let size = u32::try_from(TPM_HEADER_SIZE + body.len()).unwrap_or(u32::MAX);
-    let mut c = Vec::with_capacity(TPM_HEADER_SIZE + body.len());
-    c.extend_from_slice(&tag.0.to_be_bytes());
-    c.extend_from_slice(&size.to_be_bytes());
-    c.extend_from_slice(&cc.0.to_be_bytes());
-    c.extend_from_slice(body);
-    c
+    let header = TpmHeader {
+        tag: tag.0.into(),
+        size: u32::try_from(TPM_HEADER_SIZE + body.len())
+            .unwrap_or(u32::MAX)
+            .into(),
+        code: cc.0.into(),
+    };
+    [header.as_bytes(), body].concat()
 }
 
 /// TPM2_GetRandom of `bytes` bytes (a TPM returns at most a digest's worth at a time).
@@ -114,15 +117,9 @@ pub fn pcr_digest_sha256(response: &[u8]) -> Option<[u8; 32]> {
 
 /// What follows the header of a successful response whose size field is its length.
 fn success_body(response: &[u8]) -> Option<&[u8]> {
-    if response_code(response) != Some(TpmRc::SUCCESS) {
-        return None;
-    }
-    let (_, size_and_rest) = response.split_first_chunk::<2>()?;
-    let (size, _) = size_and_rest.split_first_chunk::<4>()?;
-    if usize::try_from(u32::from_be_bytes(*size)).ok()? != response.len() {
-        return None;
-    }
-    response.get(TPM_HEADER_SIZE..)
+    let (header, body) = TpmHeader::read_from_prefix(response).ok()?;
+    let whole = usize::try_from(header.size.get()).ok()? == response.len();
+    (TpmRc(header.code.get()) == TpmRc::SUCCESS && whole).then_some(body)
 }
 
 #[cfg(test)]
