@@ -160,15 +160,7 @@ impl Path {
                 &handle.to_be_bytes(),
             ))
             .await;
-        check(
-            &self
-                .send(&command(
-                    TpmSt::NO_SESSIONS,
-                    FLUSH_CONTEXT,
-                    &handle.to_be_bytes(),
-                ))
-                .await,
-        );
+        self.flush(handle).await;
         command(TpmSt::NO_SESSIONS, CONTEXT_LOAD, &check(&saved)[10..])
     }
 
@@ -177,17 +169,14 @@ impl Path {
         let response = self.send(black_box(c)).await;
         check(&response);
         if c[6..10] == CONTEXT_LOAD.0.to_be_bytes() {
-            let handle = handle_after_header(&response);
-            check(
-                &self
-                    .send(&command(
-                        TpmSt::NO_SESSIONS,
-                        FLUSH_CONTEXT,
-                        &handle.to_be_bytes(),
-                    ))
-                    .await,
-            );
+            self.flush(handle_after_header(&response)).await;
         }
+    }
+
+    /// TPM2_FlushContext of `handle`, which must succeed.
+    async fn flush(&self, handle: u32) {
+        let flush = command(TpmSt::NO_SESSIONS, FLUSH_CONTEXT, &handle.to_be_bytes());
+        check(&self.send(&flush).await);
     }
 
     /// `iters` operations in one task on `rt`; their total time.
