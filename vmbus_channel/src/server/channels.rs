@@ -201,6 +201,16 @@ impl Channel {
         self.channel_id | (SINT << 12)
     }
 
+    /// What the device is asked to open with: the guest's parameters, the connection's
+    /// features, and the offer's flags as this connection sees them.
+    fn open_action(&self, open_data: OpenData, features: FeatureFlags) -> DeviceAction {
+        DeviceAction::Open {
+            open_data,
+            features,
+            offer_flags: self.offer.flags().for_connection(features),
+        }
+    }
+
     /// The transition table: the next state for `event`, or why it is refused.
     fn transition(&self, event: Event) -> Result<ChannelState, InvalidTransition> {
         use ChannelState as S;

@@ -176,17 +176,8 @@ impl ControlState {
                         if unloading {
                             channel.state = ChannelState::Closed;
                         } else {
-                            let features = version_features;
-                            let offer_flags = channel.offer.flags().for_connection(features);
-                            out.push(device(
-                                offer,
-                                channel,
-                                DeviceAction::Open {
-                                    open_data,
-                                    features,
-                                    offer_flags,
-                                },
-                            ));
+                            let open = channel.open_action(open_data, version_features);
+                            out.push(device(offer, channel, open));
                         }
                     }
                 }

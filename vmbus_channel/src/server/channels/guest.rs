@@ -332,16 +332,8 @@ impl ControlState {
         };
         channel.state = next;
         channel.open_id = open_id;
-        let offer_flags = channel.offer.flags().for_connection(features);
-        out.push(device(
-            offer,
-            channel,
-            DeviceAction::Open {
-                open_data,
-                features,
-                offer_flags,
-            },
-        ));
+        let open = channel.open_action(open_data, features);
+        out.push(device(offer, channel, open));
         Ok(())
     }
 
