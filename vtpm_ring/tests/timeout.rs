@@ -19,7 +19,6 @@ use support::swtpm;
 use support::within;
 use tokio::sync::Notify;
 use vtpm_ring::backend::BackendConfig;
-use vtpm_ring::domain::Domain;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
 use vtpm_ring::engine::ControlOp;
@@ -65,7 +64,16 @@ impl TpmEngine for HangingEngine {
     }
 }
 
-async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain, tempfile::TempDir) {
+/// A backend with `processing_timeout` in front of a hanging-capable swtpm, and a guest's
+/// frontend with `front`, connected.
+async fn setup(
+    processing_timeout: Option<Duration>,
+    front: FrontendConfig,
+) -> (Arc<HangingEngine>, Frontend, tempfile::TempDir) {
+    let backend = BackendConfig {
+        processing_timeout,
+        ..BackendConfig::default()
+    };
     let state = tempfile::tempdir().unwrap();
     let host = Host::new();
     let guest = host.create_domain(DomainId(2), 32).unwrap();
@@ -76,20 +84,16 @@ async fn setup(backend: BackendConfig) -> (Arc<HangingEngine>, Domain, tempfile:
     });
     serve(&host, vec![(1, engine.clone())], backend);
     create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
-    (engine, guest, state)
+    let front = within(Frontend::connect(&guest, front)).await.unwrap();
+    (engine, front, state)
 }
 
 async fn engine_timeout_answers_failure(protocols: Protocols) {
-    let backend = BackendConfig {
-        processing_timeout: Some(Duration::from_millis(100)),
-        ..BackendConfig::default()
-    };
-    let (engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols,
         ..FrontendConfig::default()
     };
-    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let (engine, front, _state) = setup(Some(Duration::from_millis(100)), config).await;
     let r = within(front.transmit(&HANGS)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
     // The engine is asked to stop working on it.
@@ -112,17 +116,12 @@ async fn v1_engine_that_never_answers_gets_tpm_rc_failure() {
 }
 
 async fn silent_backend_times_the_frontend_out(protocols: Protocols) {
-    let backend = BackendConfig {
-        processing_timeout: None,
-        ..BackendConfig::default()
-    };
-    let (_engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols,
         timeout: Some(Duration::from_millis(100)),
         ..FrontendConfig::default()
     };
-    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let (_engine, front, _state) = setup(None, config).await;
     assert_eq!(
         within(front.transmit(&HANGS)).await.unwrap_err(),
         FrontendError::Timeout
@@ -149,16 +148,11 @@ async fn v1_silent_backend_times_the_frontend_out() {
 /// timeout, counted from its own start.
 async fn a_timeout_counts_from_the_commands_own_start(protocols: Protocols) {
     let limit = Duration::from_millis(300);
-    let backend = BackendConfig {
-        processing_timeout: Some(limit),
-        ..BackendConfig::default()
-    };
-    let (engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols,
         ..FrontendConfig::default()
     };
-    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let (engine, front, _state) = setup(Some(limit), config).await;
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     // Half the limit later (time passing is the subject here, not a synchronisation).
@@ -189,17 +183,12 @@ async fn v1_a_processing_timeout_counts_from_the_commands_own_start() {
 #[tokio::test]
 async fn a_frontend_timeout_counts_from_the_commands_own_start() {
     let limit = Duration::from_millis(300);
-    let backend = BackendConfig {
-        processing_timeout: None,
-        ..BackendConfig::default()
-    };
-    let (_engine, guest, _state) = setup(backend).await;
     let config = FrontendConfig {
         protocols: Protocols::V2_ONLY,
         timeout: Some(limit),
         ..FrontendConfig::default()
     };
-    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let (_engine, front, _state) = setup(None, config).await;
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     tokio::time::sleep(limit / 2).await;
