@@ -161,14 +161,13 @@ async fn a_swtpm_that_dies_while_idle_costs_at_most_the_next_command_and_is_repl
 /// The command line of a swtpm on `dir` that nobody connects to (so `--terminate` never ends
 /// it), writing its pid where the engine keeps it.
 fn lone_swtpm(dir: &std::path::Path) -> String {
-    let port = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (data, ctrl) = (port(0), port(1));
+    // Both listeners are held until both ports are known, so the two differ.
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (data, ctrl) = (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    );
     format!(
         "swtpm socket --tpm2 --terminate --tpmstate dir={d} \
          --server type=tcp,port={data},bindaddr=127.0.0.1 \
