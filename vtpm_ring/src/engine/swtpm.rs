@@ -68,16 +68,17 @@ use tokio::sync::watch;
 use zerocopy::FromBytes;
 
 mod process;
+mod state_dirs;
+mod wire;
 
 pub use process::SwtpmProcess;
+pub use state_dirs::StateDirs;
+pub use wire::ctrl_round_trip;
+pub use wire::data_round_trip;
+use wire::read_response;
 
 /// `TPM2_Startup(TPM_SU_CLEAR)`.
 const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
-/// Largest response accepted from swtpm (its buffer is at most 4 KiB; leave room).
-const MAX_RESPONSE: usize = 64 * 1024;
-/// What the first read of a response asks for: any response swtpm sends (its buffer is at
-/// most 4 KiB), so that one read usually takes all of it.
-const FIRST_READ: usize = 4096;
 /// Name of the pid file swtpm writes into the state directory once its ports are bound.
 const PID_FILE: &str = "swtpm.pid";
 /// Name of swtpm's log file in the state directory.
@@ -121,57 +122,6 @@ impl Default for SwtpmConfig {
     }
 }
 
-/// Maps vTPM instance ids to state directories under one root: instance `n` lives in
-/// `<root>/instance-<n>`. The mapping is a pure function of the id, so any manager started
-/// on the same root finds every instance's state again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateDirs {
-    root: PathBuf,
-}
-
-impl StateDirs {
-    /// State directories under `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// The root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The directory of `instance`.
-    pub fn dir(&self, instance: u32) -> PathBuf {
-        self.root.join(format!("instance-{instance}"))
-    }
-
-    /// Creates the directory of `instance` (owner-only) and returns it.
-    pub fn create(&self, instance: u32) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = self.dir(instance);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(dir)
-    }
-
-    /// Instances that have a state directory, sorted.
-    pub fn instances(&self) -> std::io::Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.root)? {
-            let name = entry?.file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("instance-"))
-                .and_then(|n| n.parse().ok())
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        Ok(ids)
-    }
-}
-
 /// Failures starting or talking to swtpm.
 #[derive(Debug, Error)]
 pub enum SwtpmError {
@@ -190,83 +140,6 @@ pub enum SwtpmError {
     /// A control reply that does not parse.
     #[error("malformed control reply from swtpm: {0}")]
     Ctrl(#[from] CtrlError),
-}
-
-/// Sends one raw TPM command on a swtpm data connection and reads its response.
-pub async fn data_round_trip(
-    stream: &mut TcpStream,
-    command: &[u8],
-) -> Result<Vec<u8>, SwtpmError> {
-    stream.write_all(command).await?;
-    read_response(stream).await
-}
-
-async fn read_response(
-    stream: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> Result<Vec<u8>, SwtpmError> {
-    // One read takes a whole response that is already there, as a client reading straight
-    // from swtpm would: reading the header first costs every command another system call.
-    // swtpm answers one command at a time, so anything past the announced size is a fault.
-    let mut response = vec![0u8; FIRST_READ];
-    let mut have = 0;
-    let size = loop {
-        if have >= TPM_HEADER_SIZE {
-            let header = TpmHeader::read_from_prefix(&response)
-                .map_err(|_| SwtpmError::Protocol("short response header".into()))?
-                .0;
-            let size = header.size.get() as usize;
-            if !(TPM_HEADER_SIZE..=MAX_RESPONSE).contains(&size) {
-                return Err(SwtpmError::Protocol(format!("response size {size}")));
-            }
-            if have > size {
-                return Err(SwtpmError::Protocol(format!(
-                    "{have} bytes for a {size}-byte response"
-                )));
-            }
-            break size;
-        }
-        let n = stream.read(&mut response[have..]).await?;
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-        have += n;
-    };
-    response.resize(size, 0);
-    stream.read_exact(&mut response[have..]).await?;
-    Ok(response)
-}
-
-/// One control operation on a swtpm control connection. `Ok(Err(rc))` is swtpm's refusal;
-/// after one the connection must be dropped, since swtpm may or may not follow the result
-/// with the rest of a header.
-pub async fn ctrl_round_trip(
-    stream: &mut TcpStream,
-    op: &ControlOp,
-) -> Result<Result<ControlReply, CtrlResult>, SwtpmError> {
-    stream.write_all(&ctrl::encode_request(op)).await?;
-    let cmd = op.cmd();
-    let mut reply = vec![0u8; 4];
-    stream.read_exact(&mut reply).await?;
-    if cmd != CtrlCmd::GET_CAPABILITY {
-        let rc = CtrlResult(u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]));
-        if rc != CtrlResult::SUCCESS {
-            return Ok(Err(rc));
-        }
-    }
-    reply.resize(ctrl::reply_fixed_len(cmd), 0);
-    stream.read_exact(&mut reply[4..]).await?;
-    if cmd == CtrlCmd::GET_STATEBLOB {
-        let header = ctrl::GetStateHeader::read_from_bytes(&reply)
-            .map_err(|_| SwtpmError::Protocol("state blob header".into()))?;
-        let length = header.length.get() as usize;
-        if length > ctrl::MAX_STATE_BLOB {
-            return Err(CtrlError::BlobTooLarge(length).into());
-        }
-        let fixed = reply.len();
-        reply.resize(fixed + length, 0);
-        stream.read_exact(&mut reply[fixed..]).await?;
-    }
-    Ok(ctrl::decode_reply(cmd, &reply)?)
 }
 
 /// Lifecycle state of an instance's TPM, as reported.
@@ -728,97 +601,6 @@ impl TpmEngine for SwtpmEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn instance_ids_map_to_their_own_directories_and_back() {
-        let root = tempfile::tempdir().unwrap();
-        let dirs = StateDirs::new(root.path());
-        assert_eq!(dirs.dir(7), root.path().join("instance-7"));
-        assert_ne!(dirs.dir(1), dirs.dir(11));
-        for id in [11, 2, 7] {
-            dirs.create(id).unwrap();
-        }
-        // Foreign entries are not instances.
-        std::fs::create_dir(root.path().join("instance-x")).unwrap();
-        std::fs::write(root.path().join("notes"), b"").unwrap();
-        assert_eq!(dirs.instances().unwrap(), [2, 7, 11]);
-        // A second mapping over the same root finds the same directories.
-        assert_eq!(StateDirs::new(root.path()).dir(7), dirs.dir(7));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dirs.dir(2)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-    }
-
-    /// A peer whose every read returns the next chunk: each split is seen as scripted.
-    struct Chunks(std::collections::VecDeque<Vec<u8>>);
-
-    impl tokio::io::AsyncRead for Chunks {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            if let Some(mut chunk) = self.0.pop_front() {
-                let n = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..n]);
-                if n < chunk.len() {
-                    self.0.push_front(chunk.split_off(n));
-                }
-            }
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    async fn scripted_peer(chunks: Vec<Vec<u8>>) -> Result<Vec<u8>, SwtpmError> {
-        read_response(&mut Chunks(chunks.into())).await
-    }
-
-    fn response(size: usize) -> Vec<u8> {
-        let mut r = vec![0x80, 0x01];
-        r.extend_from_slice(&(size as u32).to_be_bytes());
-        r.extend_from_slice(&[0, 0, 0, 0]);
-        r.resize(size, 0xa5);
-        r
-    }
-
-    #[tokio::test]
-    async fn a_response_is_assembled_from_however_many_pieces_it_arrives_in() {
-        let whole = response(44);
-        assert_eq!(scripted_peer(vec![whole.clone()]).await.unwrap(), whole);
-        let pieces = vec![
-            whole[..3].to_vec(),
-            whole[3..10].to_vec(),
-            whole[10..].to_vec(),
-        ];
-        assert_eq!(scripted_peer(pieces).await.unwrap(), whole);
-        // Larger than the first read: the rest is read to the announced size.
-        let big = response(FIRST_READ + 900);
-        assert_eq!(scripted_peer(vec![big.clone()]).await.unwrap(), big);
-    }
-
-    #[tokio::test]
-    async fn bytes_past_the_announced_size_or_a_bad_size_are_protocol_errors() {
-        let mut trailing = response(12);
-        trailing.extend_from_slice(&[1, 2, 3]);
-        let err = scripted_peer(vec![trailing]).await.unwrap_err();
-        assert!(matches!(err, SwtpmError::Protocol(_)), "{err}");
-        for size in [0, 9, MAX_RESPONSE + 1] {
-            let mut r = response(12);
-            r[2..6].copy_from_slice(&(size as u32).to_be_bytes());
-            let err = scripted_peer(vec![r]).await.unwrap_err();
-            assert!(matches!(err, SwtpmError::Protocol(_)), "size {size}: {err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_peer_closing_mid_response_is_an_io_error() {
-        for cut in [0, 5, 20] {
-            let err = scripted_peer(vec![response(44)[..cut].to_vec()])
-                .await
-                .unwrap_err();
-            assert!(matches!(err, SwtpmError::Io(_)), "cut at {cut}: {err}");
-        }
-    }
 
     #[tokio::test]
     async fn a_missing_swtpm_binary_is_a_spawn_error_not_a_hang() {

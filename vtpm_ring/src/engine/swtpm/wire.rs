@@ -1,0 +1,163 @@
+//! The bytes on swtpm's two sockets: one TPM command and its response on the data socket,
+//! one control operation and its reply on the control socket.
+
+use super::*;
+
+/// Largest response accepted from swtpm (its buffer is at most 4 KiB; leave room).
+const MAX_RESPONSE: usize = 64 * 1024;
+/// What the first read of a response asks for: any response swtpm sends (its buffer is at
+/// most 4 KiB), so that one read usually takes all of it.
+const FIRST_READ: usize = 4096;
+
+/// Sends one raw TPM command on a swtpm data connection and reads its response.
+pub async fn data_round_trip(
+    stream: &mut TcpStream,
+    command: &[u8],
+) -> Result<Vec<u8>, SwtpmError> {
+    stream.write_all(command).await?;
+    read_response(stream).await
+}
+
+pub(super) async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Vec<u8>, SwtpmError> {
+    // One read takes a whole response that is already there, as a client reading straight
+    // from swtpm would: reading the header first costs every command another system call.
+    // swtpm answers one command at a time, so anything past the announced size is a fault.
+    let mut response = vec![0u8; FIRST_READ];
+    let mut have = 0;
+    let size = loop {
+        if have >= TPM_HEADER_SIZE {
+            let header = TpmHeader::read_from_prefix(&response)
+                .map_err(|_| SwtpmError::Protocol("short response header".into()))?
+                .0;
+            let size = header.size.get() as usize;
+            if !(TPM_HEADER_SIZE..=MAX_RESPONSE).contains(&size) {
+                return Err(SwtpmError::Protocol(format!("response size {size}")));
+            }
+            if have > size {
+                return Err(SwtpmError::Protocol(format!(
+                    "{have} bytes for a {size}-byte response"
+                )));
+            }
+            break size;
+        }
+        let n = stream.read(&mut response[have..]).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        have += n;
+    };
+    response.resize(size, 0);
+    stream.read_exact(&mut response[have..]).await?;
+    Ok(response)
+}
+
+/// One control operation on a swtpm control connection. `Ok(Err(rc))` is swtpm's refusal;
+/// after one the connection must be dropped, since swtpm may or may not follow the result
+/// with the rest of a header.
+pub async fn ctrl_round_trip(
+    stream: &mut TcpStream,
+    op: &ControlOp,
+) -> Result<Result<ControlReply, CtrlResult>, SwtpmError> {
+    stream.write_all(&ctrl::encode_request(op)).await?;
+    let cmd = op.cmd();
+    let mut reply = vec![0u8; 4];
+    stream.read_exact(&mut reply).await?;
+    if cmd != CtrlCmd::GET_CAPABILITY {
+        let rc = CtrlResult(u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]));
+        if rc != CtrlResult::SUCCESS {
+            return Ok(Err(rc));
+        }
+    }
+    reply.resize(ctrl::reply_fixed_len(cmd), 0);
+    stream.read_exact(&mut reply[4..]).await?;
+    if cmd == CtrlCmd::GET_STATEBLOB {
+        let header = ctrl::GetStateHeader::read_from_bytes(&reply)
+            .map_err(|_| SwtpmError::Protocol("state blob header".into()))?;
+        let length = header.length.get() as usize;
+        if length > ctrl::MAX_STATE_BLOB {
+            return Err(CtrlError::BlobTooLarge(length).into());
+        }
+        let fixed = reply.len();
+        reply.resize(fixed + length, 0);
+        stream.read_exact(&mut reply[fixed..]).await?;
+    }
+    Ok(ctrl::decode_reply(cmd, &reply)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer whose every read returns the next chunk: each split is seen as scripted.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn scripted_peer(chunks: Vec<Vec<u8>>) -> Result<Vec<u8>, SwtpmError> {
+        read_response(&mut Chunks(chunks.into())).await
+    }
+
+    fn response(size: usize) -> Vec<u8> {
+        let mut r = vec![0x80, 0x01];
+        r.extend_from_slice(&(size as u32).to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0]);
+        r.resize(size, 0xa5);
+        r
+    }
+
+    #[tokio::test]
+    async fn a_response_is_assembled_from_however_many_pieces_it_arrives_in() {
+        let whole = response(44);
+        assert_eq!(scripted_peer(vec![whole.clone()]).await.unwrap(), whole);
+        let pieces = vec![
+            whole[..3].to_vec(),
+            whole[3..10].to_vec(),
+            whole[10..].to_vec(),
+        ];
+        assert_eq!(scripted_peer(pieces).await.unwrap(), whole);
+        // Larger than the first read: the rest is read to the announced size.
+        let big = response(FIRST_READ + 900);
+        assert_eq!(scripted_peer(vec![big.clone()]).await.unwrap(), big);
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_announced_size_or_a_bad_size_are_protocol_errors() {
+        let mut trailing = response(12);
+        trailing.extend_from_slice(&[1, 2, 3]);
+        let err = scripted_peer(vec![trailing]).await.unwrap_err();
+        assert!(matches!(err, SwtpmError::Protocol(_)), "{err}");
+        for size in [0, 9, MAX_RESPONSE + 1] {
+            let mut r = response(12);
+            r[2..6].copy_from_slice(&(size as u32).to_be_bytes());
+            let err = scripted_peer(vec![r]).await.unwrap_err();
+            assert!(matches!(err, SwtpmError::Protocol(_)), "size {size}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_closing_mid_response_is_an_io_error() {
+        for cut in [0, 5, 20] {
+            let err = scripted_peer(vec![response(44)[..cut].to_vec()])
+                .await
+                .unwrap_err();
+            assert!(matches!(err, SwtpmError::Io(_)), "cut at {cut}: {err}");
+        }
+    }
+}
