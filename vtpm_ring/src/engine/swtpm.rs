@@ -140,6 +140,17 @@ pub enum SwtpmError {
     /// A control reply that does not parse.
     #[error("malformed control reply from swtpm: {0}")]
     Ctrl(#[from] CtrlError),
+    /// Another host's swtpm runs on the instance's state (its parent lives), so the state is
+    /// not shared; starting again cannot help until that one ends.
+    #[error("{dir} is in use by swtpm pid {pid} (parent {parent})")]
+    StateInUse {
+        /// The state directory.
+        dir: PathBuf,
+        /// The swtpm running on it.
+        pid: i32,
+        /// Its parent.
+        parent: u32,
+    },
 }
 
 /// Lifecycle state of an instance's TPM, as reported.

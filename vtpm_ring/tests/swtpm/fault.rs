@@ -15,6 +15,7 @@ use vtpm_ring::engine::swtpm::EngineState;
 use vtpm_ring::engine::swtpm::StateDirs;
 use vtpm_ring::engine::swtpm::SwtpmConfig;
 use vtpm_ring::engine::swtpm::SwtpmEngine;
+use vtpm_ring::engine::swtpm::SwtpmError;
 
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -225,12 +226,18 @@ async fn a_swtpm_orphaned_on_the_state_is_ended_and_one_another_host_runs_is_lef
         .spawn()
         .unwrap();
     let theirs = pid_in(&dir).await;
-    let err = SwtpmEngine::start(1, &dirs, SwtpmConfig::default())
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(err.contains(&format!("swtpm pid {theirs}")), "{err}");
+    let Err(err) = SwtpmEngine::start(1, &dirs, SwtpmConfig::default()).await else {
+        panic!("started on a state another host's swtpm holds");
+    };
+    // Its own error, not a start failure to retry; it names the process.
+    assert!(
+        matches!(err, SwtpmError::StateInUse { pid, .. } if u32::try_from(pid) == Ok(theirs)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("swtpm pid {theirs}")),
+        "{err}"
+    );
     assert!(alive(theirs));
     owned.kill().unwrap();
     owned.wait().unwrap();

@@ -65,10 +65,11 @@ async fn end_orphan(dir: &Path, pid_file: &Path) -> Result<(), SwtpmError> {
         return Ok(());
     };
     if parent != 1 {
-        return Err(SwtpmError::Spawn(format!(
-            "{} is in use by swtpm pid {pid} (parent {parent})",
-            dir.display()
-        )));
+        return Err(SwtpmError::StateInUse {
+            dir: dir.to_path_buf(),
+            pid,
+            parent,
+        });
     }
     tracing::warn!(pid, dir = %dir.display(), "ending an orphaned swtpm left on this state");
     let Some(target) = rustix::process::Pid::from_raw(pid) else {
