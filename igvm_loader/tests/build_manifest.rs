@@ -1,6 +1,7 @@
 //! `igvmgen build`: the example manifests in docs/examples build from payloads the tests
 //! make, reproducibly, and `igvmgen measure` agrees with the JSON the build wrote.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 mod common;

@@ -2,6 +2,7 @@
 //! it asks for (the page tables are walked to translate addresses), and clear errors for
 //! malformed payloads.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 mod common;

@@ -2,6 +2,7 @@
 //! with EFER.SVME and architectural defaults, and a native VP context that allows
 //! relocations.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 mod common;

@@ -17,6 +17,7 @@
 //! Skipped with a message when the kernel, busybox or QEMU is missing, unless `CI=true`,
 //! where a missing tool fails the test.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::panic, reason = "test code")]
 #![expect(clippy::unwrap_used, reason = "test code")]
 

@@ -2,6 +2,7 @@
 //! and an ELF kernel whose program headers declare far more memory than its bytes. Each gets a
 //! clear error naming the file, quickly, within a bounded address space, never an abort.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;

@@ -4,6 +4,7 @@
 //! on the same inputs. What separates the two is parsing, hashing the transcripts and the
 //! report, and the decisions.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "a failed check fails the bench")]
 
 use criterion::Criterion;

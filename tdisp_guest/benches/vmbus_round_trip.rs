@@ -5,6 +5,7 @@
 //! TDISP round trip costs at most twice the bare one. Also whole guest flows per second
 //! (negotiate, lock, report, verify, start, unbind), each through the full host stack.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "a failed round trip fails the bench")]
 
 use async_trait::async_trait;

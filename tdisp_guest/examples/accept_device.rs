@@ -4,6 +4,8 @@
 //! state machine, TSM, DOE mailbox, emulated DSM), and every reply is checked by the client
 //! before the guest believes it.
 
+#![forbid(unsafe_code)]
+
 use tdisp_guest::BindingPolicy;
 use tdisp_guest::GuestTransport;
 use tdisp_guest::InterfacePolicy;

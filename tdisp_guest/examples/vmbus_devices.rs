@@ -5,6 +5,8 @@
 //! A tokio runtime drives the bus, the host devices and the guest's channel workers; the main
 //! thread is the guest's blocking caller.
 
+#![forbid(unsafe_code)]
+
 use std::error::Error;
 use std::time::Duration;
 use tdisp_guest::BindingPolicy;

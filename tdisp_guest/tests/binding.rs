@@ -3,6 +3,7 @@
 //! front, and a host that tampers with what it serves in between. Each refusal names its
 //! check, unbinds the device with reason `Graceful` and leaves the host `Unlocked`.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     clippy::panic,

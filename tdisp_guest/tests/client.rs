@@ -1,6 +1,7 @@
 //! The guest client against an honest host (the reference model behind the real tdisp.proto codec)
 //! and against hosts that lie, garble or mismatch their replies.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] fns unwrap setup steps"

@@ -1,6 +1,7 @@
 //! The whole TDISP path in one process: guest client -> command packets -> host dispatcher ->
 //! host state machine -> TSM -> DOE mailbox -> emulated DSM, and back.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test setup helpers outside #[test] fns unwrap"

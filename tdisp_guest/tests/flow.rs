@@ -1,5 +1,7 @@
 //! The lock -> report -> verify -> start flow against a host serving a real interface report.
 
+#![forbid(unsafe_code)]
+
 use tdisp_guest::AssignedBar;
 use tdisp_guest::BindingPolicy;
 use tdisp_guest::FlowError;

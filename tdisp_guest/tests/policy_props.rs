@@ -1,6 +1,8 @@
 //! Property tests of the guest's report verification: any report, however hostile, is judged
 //! without panicking, and whatever the strict policy accepts really satisfies every check.
 
+#![forbid(unsafe_code)]
+
 use proptest::prelude::*;
 use tdisp_guest::AssignedBar;
 use tdisp_guest::InterfacePolicy;

@@ -2,6 +2,8 @@
 //! memory) against the real host: TDISP VMBus device -> state machine -> TSM -> DOE -> emulated
 //! device.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::Bus;

@@ -4,6 +4,7 @@
 //! device. Every check is ordered by the ring itself: a later request's completion proves the
 //! earlier packets were handled.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions unwrap; a failure fails the test"

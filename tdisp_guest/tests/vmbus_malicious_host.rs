@@ -3,6 +3,7 @@
 //! panics and never hangs: every wait has an explicit timeout, and every interleaving the test
 //! depends on is forced by a gate, not by sleeping.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions unwrap; a failure fails the test"

@@ -2,6 +2,7 @@
 //! our requester and our responder, and one TDISP command (GET_DEVICE_INTERFACE_STATE) inside
 //! the session beside the same command over the plain channel, measured in the same run.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "a failed exchange fails the bench")]
 
 use criterion::BatchSize;

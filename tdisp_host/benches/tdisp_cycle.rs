@@ -3,6 +3,7 @@
 //! with two references measured in the same run: the same TDISP requests typed straight into the
 //! DSM (no framing, no TSM) and the rules alone (`tdisp_proto`'s reference model, no device).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "a failed cycle fails the bench")]
 
 use criterion::Criterion;

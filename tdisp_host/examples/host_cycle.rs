@@ -5,6 +5,8 @@
 //!
 //! Run with `cargo run -p tdisp_host --example host_cycle`.
 
+#![forbid(unsafe_code)]
+
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -1,6 +1,7 @@
 //! The tdisp_proto conformance suite against the host state machine, driving the emulated DSM
 //! through the TSM, called directly.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use tdisp_host::TdiStateMachine;

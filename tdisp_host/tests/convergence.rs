@@ -10,6 +10,7 @@
 //! After every guest call the tests check the invariant the host promises: it never reports
 //! `Unlocked` while the device's TDI is not CONFIG_UNLOCKED.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use std::collections::BTreeMap;

@@ -3,6 +3,7 @@
 //! dword-at-a-time transfer, Busy / Error / Data Object Ready, Abort in the middle of an object,
 //! the 1 s timeout on an injected clock, and the discovery version the capability asks for.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use std::sync::Arc;

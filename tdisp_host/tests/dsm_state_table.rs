@@ -1,6 +1,7 @@
 //! Every (TDI state, request) pair of the PCIe TDI state machine against the emulated DSM: the
 //! expected response (success or the TDISP_ERROR code) and the state the TDI is left in.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     clippy::panic,

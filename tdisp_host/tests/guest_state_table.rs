@@ -1,6 +1,7 @@
 //! Every (state, trait call) pair of the guest-facing machine, over the real TSM and emulated
 //! DSM: the call's result, the machine's next state, and the TDI state inside the device.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions fail the test by panicking"

@@ -2,6 +2,7 @@
 //! changes on the device) never panic and always leave the machine and the device in states
 //! that agree with each other and with the reference model of the rules.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use proptest::prelude::*;

@@ -1,6 +1,8 @@
 //! A device interface report larger than one portion travels in several
 //! GET_DEVICE_INTERFACE_REPORT exchanges and reaches the guest byte-exact.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::sync::Mutex;
 use tdisp_host::dispatch::HostDispatcher;

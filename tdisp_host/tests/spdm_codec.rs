@@ -1,6 +1,8 @@
 //! SPDM 1.2 message codecs against golden vectors assembled by hand from DSP0274 1.2's tables
 //! (field by field, as DMTF's libspdm `spdm.h` lays them out), plus hostile-input properties.
 
+#![forbid(unsafe_code)]
+
 use proptest::prelude::*;
 use tdisp_host::spdm::codes::*;
 use tdisp_host::spdm::messages::*;

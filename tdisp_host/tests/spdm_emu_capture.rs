@@ -7,6 +7,7 @@
 //! TH1, handshake secret, finished key), its FINISH_RSP record (handshake AEAD keys, IVs and
 //! nonces), and its application records (TH2 and the application keys).
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "a capture that does not parse fails the test"

@@ -2,6 +2,7 @@
 //! loopback in that framing (the same path an interop run takes against DMTF's emulators),
 //! with identities loaded from PEM/DER as an interop run loads spdm-emu's sample files.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use std::net::TcpListener;

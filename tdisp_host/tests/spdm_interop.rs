@@ -6,6 +6,8 @@
 //! exchanged, with that key, to FILE: the format `tests/spdm_emu_capture.rs` replays as a
 //! known-answer test.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;

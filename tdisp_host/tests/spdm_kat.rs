@@ -1,6 +1,8 @@
 //! Known answers for the SPDM 1.2 key schedule and signature prefix, derived independently by
 //! `tests/data/spdm_kat.py` (Python hashlib/hmac and `cryptography`, written from DSP0274).
 
+#![forbid(unsafe_code)]
+
 use p384::ecdsa::VerifyingKey;
 use sha2::Digest;
 use sha2::Sha384;

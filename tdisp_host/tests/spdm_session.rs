@@ -2,6 +2,7 @@
 //! established and TDISP runs inside it; tampering, replay, a wrong root, a wrong signature,
 //! truncation and an algorithm we did not offer are each refused, and both ends recover.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! responder: the whole TDISP cycle runs inside the session, the device's chain and signed
 //! measurements are served and verify, and the plain channel is refused by default.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Decode + encode of a 15-range DEVICE_INTERFACE_REPORT, against a plain copy of the same
 //! bytes as the reference point measured in the same run.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "benchmark inputs are built to be valid")]
 
 use criterion::Criterion;

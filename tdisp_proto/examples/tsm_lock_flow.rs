@@ -3,6 +3,8 @@
 //! the wire (DOE object -> SPDM vendor-defined message -> TDISP), and the report is read in
 //! portions. Then the same device is driven through the guest request packets.
 
+#![forbid(unsafe_code)]
+
 use tdisp_proto::TdispGuestProtocolType;
 use tdisp_proto::TdispReportType;
 use tdisp_proto::TdispTdiState;

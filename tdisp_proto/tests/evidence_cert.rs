@@ -2,6 +2,7 @@
 //! root valid 2020..2040 and a leaf valid 2025..2030, checked at times inside and on either side
 //! of each period, and at no time at all.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test setup failures fail the test")]
 
 use der::Encode;

@@ -4,6 +4,7 @@
 //! Then every way the bytes can be wrong is refused with its typed error, and arbitrary bytes
 //! never panic the decoder.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions fail the test by panicking"

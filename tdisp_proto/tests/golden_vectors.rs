@@ -3,6 +3,7 @@
 //! (the guest<->host protobuf vectors are in `wire_vectors.rs`). None of these bytes come from this crate's encoder: each test
 //! decodes the bytes, checks the typed fields, and checks that encoding gives the bytes back.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers outside #[test] functions fail the test by panicking"

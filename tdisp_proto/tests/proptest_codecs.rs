@@ -1,6 +1,7 @@
 //! Property tests for every codec: encode then decode is the identity, decoding random bytes
 //! never panics, and no decoder accepts a buffer whose length disagrees with its counts.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "strategies map known-valid codes; a failure is a test bug"

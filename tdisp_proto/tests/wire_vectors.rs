@@ -5,6 +5,7 @@
 //! value written here and checks that encoding gives the same bytes back; a second test has
 //! protoc decode every vector when protoc is installed.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::expect_used,
     reason = "test helpers outside #[test] functions fail the test by panicking"

@@ -3,6 +3,7 @@
 //!
 //! Run with `cargo bench -p vmbus_channel --bench ring -- --warm-up-time 1 --measurement-time 2`.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     clippy::panic,

@@ -7,6 +7,7 @@
 //! Run with `cargo bench -p vmbus_channel --bench server_setup -- --warm-up-time 1
 //! --measurement-time 2`.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     reason = "benchmark setup: a failure aborts the run"

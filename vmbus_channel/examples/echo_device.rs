@@ -4,6 +4,7 @@
 //!
 //! Runs on `futures`' `block_on`; no particular async runtime is needed.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "example: a failure should abort loudly")]
 
 use async_trait::async_trait;

@@ -2,6 +2,7 @@
 //! and the device's external memory come from the right memory, and the offer bits the
 //! guest sees are OpenVMM's and Linux's (ring 0x2, external memory 0x4).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use async_trait::async_trait;

@@ -3,6 +3,7 @@
 //! Every file must decode to the expected message with the expected fields and re-encode to
 //! the same bytes.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use std::path::PathBuf;

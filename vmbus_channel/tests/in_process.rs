@@ -2,6 +2,7 @@
 //! client opening them and exchanging packets, GPADLs, revoke, confidential offers and
 //! save/restore of the server.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use async_trait::async_trait;

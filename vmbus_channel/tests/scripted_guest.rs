@@ -3,6 +3,7 @@
 //! modify, close, teardown, unload. Messages are built and read with byte offsets from
 //! `hyperv.h`, not with the crate's codec.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use async_trait::async_trait;

@@ -3,6 +3,7 @@
 //! has not accepted are all in flight when the device is stopped (and proven stopped) and
 //! the server saved. After restore on the same port nothing is lost.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use async_trait::async_trait;

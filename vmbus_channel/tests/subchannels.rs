@@ -1,6 +1,7 @@
 //! Subchannels: a device asks for N; the guest sees them offered with their indexes after
 //! the primary, and opens, closes and retargets each on its own.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "test code")]
 
 use async_trait::async_trait;

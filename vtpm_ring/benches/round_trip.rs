@@ -32,6 +32,7 @@
 //! compare the paths rather than the placement, pin the run to one CPU:
 //! `taskset -c 1 target/release/deps/round_trip-* --bench` (swtpm inherits the affinity).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "bench setup fails loudly")]
 #![expect(clippy::panic, reason = "a failed TPM command fails the bench")]
 

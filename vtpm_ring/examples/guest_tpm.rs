@@ -3,6 +3,8 @@
 //! Then the same state directory is brought up again and the first guest's NV index, written
 //! through its TPM socket's data port, is still there. Needs `swtpm` (`cargo xtask deps`).
 
+#![forbid(unsafe_code)]
+
 use sha2::Digest;
 use sha2::Sha256;
 use tokio::io::AsyncReadExt;

@@ -4,6 +4,7 @@
 //! cancel lands only inside long operations such as key generation, which would make the
 //! test depend on timing).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 mod support;

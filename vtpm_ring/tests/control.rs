@@ -3,6 +3,7 @@
 //! what never does. The engine records every request it gets, so each test sees exactly
 //! what crossed the ring.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -3,6 +3,7 @@
 //! the test's thread and advances in explicit steps (`support/one_thread.rs`), so every
 //! interleaving is the test's.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 #[path = "support/one_thread.rs"]

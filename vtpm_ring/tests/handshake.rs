@@ -2,6 +2,7 @@
 //! backend -> manager -> swtpm, close and reopen, several domains at once. The ring runs on
 //! the test's thread and each step settles explicitly (`support/one_thread.rs`).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 #[path = "support/one_thread.rs"]

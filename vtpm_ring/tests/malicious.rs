@@ -5,6 +5,7 @@
 //! steps (`support/one_thread.rs`), so every interleaving is the test's (bar the one test
 //! whose point is a frontend rewriting the page from another thread).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 #[path = "support/one_thread.rs"]

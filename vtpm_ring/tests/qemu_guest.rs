@@ -9,6 +9,7 @@
 //! installs them); without them the tests skip, except under CI, where they fail. TCG, or
 //! KVM when /dev/kvm works.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
 use std::path::Path;

@@ -3,6 +3,7 @@
 //! swtpm's result code within bounded time, and the session stays usable afterwards. The
 //! vTPM behind it is a real swtpm through the whole ring.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
 use rustix::net::SendAncillaryBuffer;

@@ -3,6 +3,7 @@
 //! disconnected guest's TPM is stopped. The TPM is a real swtpm (behind a scripted refusal
 //! of `Init` where a broken reset is the subject).
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
 mod support;

@@ -12,6 +12,7 @@
 //!
 //! They need `swtpm` and `tpm2-tools` (`cargo xtask deps`).
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -5,6 +5,8 @@
 //! Both instances are real swtpms; the test holds and releases instance 1's in front of it,
 //! so the interleaving is explicit.
 
+#![forbid(unsafe_code)]
+
 mod support;
 
 use async_trait::async_trait;

@@ -3,6 +3,7 @@
 //! The instance is a real swtpm behind a gate the test holds and releases, so the
 //! interleaving is explicit.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 mod support;

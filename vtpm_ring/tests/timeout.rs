@@ -4,6 +4,7 @@
 //! involved: only the configured timeouts end the waits. Everything but the hanging command
 //! is answered by a real swtpm.
 
+#![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 
 mod support;

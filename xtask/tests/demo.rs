@@ -1,6 +1,8 @@
 //! The demo's library entry point, step by step: what `cargo xtask demo` prints is rendered from
 //! this same timeline.
 
+#![forbid(unsafe_code)]
+
 use sha2::Digest as _;
 use sha2::Sha384;
 use xtask::demo::DemoOptions;

@@ -5,6 +5,7 @@
 //! ECDSA signature `(r, s)` has a twin `(r, n - s)` that also verifies; byte edits do not
 //! find it, and it would change nothing the signature vouches for.)
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use arbitrary::Arbitrary;

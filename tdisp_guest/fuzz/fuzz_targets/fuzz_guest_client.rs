@@ -1,6 +1,7 @@
 //! A hostile host: every reply the guest client sees is fuzzer bytes. The client must never
 //! panic, and whatever it accepts must agree with the state rules.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

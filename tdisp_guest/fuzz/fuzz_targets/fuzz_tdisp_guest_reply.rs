@@ -5,6 +5,7 @@
 //! the state rules; a flow that accepts a device has verified its report, and never accepts
 //! one whose binding it requires but cannot verify.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use arbitrary::Arbitrary;

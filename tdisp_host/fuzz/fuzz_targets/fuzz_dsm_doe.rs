@@ -3,6 +3,7 @@
 //! headers (so the fuzzer reaches every state). Nothing may panic, every answer must decode and
 //! answer its request, and the TDI state must only change the ways the specification allows.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -3,6 +3,7 @@
 //! answer is the ack its request's object calls for, echoing its stream, key/substream and
 //! port; a refused request changes no key slot; K_SET_STOP always empties its slot.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -5,6 +5,7 @@
 //! bytes. Nothing may panic; the responder always answers a DOE object; a requester that fails
 //! to connect holds no session.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

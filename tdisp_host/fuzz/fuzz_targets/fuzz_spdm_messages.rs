@@ -2,6 +2,7 @@
 //! Nothing may panic, and a message that decodes must encode back to a message that decodes
 //! to the same value.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

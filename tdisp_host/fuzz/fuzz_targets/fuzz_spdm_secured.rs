@@ -1,6 +1,7 @@
 //! The secured-message decoder facing arbitrary records: nothing may panic, nothing forged
 //! opens, a refused record leaves the sequence number alone, and whatever is sealed opens.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -4,6 +4,7 @@
 //! panic; every guest packet gets a reply that decodes, and a well-formed command's reply
 //! answers it with the machine's real state.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "commands.rs"]

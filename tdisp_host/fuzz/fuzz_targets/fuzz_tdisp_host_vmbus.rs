@@ -4,6 +4,7 @@
 //! response that decodes; the response's states are the machine's (the host's Error sent as
 //! UNINITIALIZED); a command for another device changes nothing.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "commands.rs"]

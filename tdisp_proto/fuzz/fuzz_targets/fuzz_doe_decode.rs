@@ -1,5 +1,6 @@
 //! DOE data object decoding: never panics, and whatever decodes re-encodes to the same bytes.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

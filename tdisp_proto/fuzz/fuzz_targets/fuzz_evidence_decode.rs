@@ -2,6 +2,7 @@
 //! whatever decodes re-encodes to the same bytes, and the measurement walker and the binding
 //! block decoder never panic on what the container accepted.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -2,6 +2,7 @@
 //! to exactly the input (the codecs are bijective on valid input); the protobuf guest<->host messages must re-decode
 //! to the same value.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -2,6 +2,7 @@
 //! only name pages inside guest memory and rebuild the same request, and the map's views and
 //! teardowns stay consistent.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

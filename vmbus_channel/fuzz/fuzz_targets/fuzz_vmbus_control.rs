@@ -4,6 +4,7 @@
 //! outcome, revokes and reoffers. Never a panic, every invariant after every step, and after
 //! the guest unloads and the devices answer, nothing is left open or held.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use arbitrary::Arbitrary;

@@ -6,6 +6,7 @@
 //! place and must stay the same (whatever the guest writes meanwhile) until it is committed,
 //! and a reader attached again (a restore) starts from the committed index.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use arbitrary::Arbitrary;

@@ -2,6 +2,7 @@
 //! swtpm that lies): decoding requests and replies never panics, a request that decodes
 //! encodes back to the same bytes' meaning, and `request_len` is always a safe read target.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -3,6 +3,7 @@
 //! answer a well-formed request (it never gets stuck). With or without `feature-vtpm-control`
 //! (the first input value), so control requests tagged in the pages get the same treatment.
 
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "harness.rs"]

@@ -4,6 +4,7 @@
 //! missing tool, without them. Every stack uses its own temporary state directory and ports
 //! the system picks.
 
+#![forbid(unsafe_code)]
 #![expect(
     clippy::expect_used,
     clippy::unwrap_used,
