@@ -10,6 +10,7 @@ mod bench;
 mod deps;
 mod fuzz;
 mod interop;
+mod policy;
 mod run;
 mod test;
 

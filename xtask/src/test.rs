@@ -19,7 +19,7 @@ pub(crate) struct TestArgs {
     #[arg(long)]
     quick: bool,
     /// Seconds each fuzz target runs in the smoke step (a smoke test: the long runs are
-    /// `cargo xtask fuzz run`; 19 targets at 5 s keep CI well under its 25-minute budget).
+    /// `cargo xtask fuzz run`; 21 targets at 5 s keep CI well under its 25-minute budget).
     #[arg(long, default_value_t = 5)]
     fuzz_seconds: u64,
     /// Do not check or install system tools first.
@@ -43,6 +43,7 @@ fn run_steps(args: &TestArgs) -> Result<()> {
         step("deps", || deps::run(&deps::DepsArgs::default()))?;
     }
     step("fmt", fmt)?;
+    step("forbid unsafe", crate::policy::forbid_unsafe)?;
     if !args.quick {
         step("clippy", || {
             run_cmd(cargo().args([
