@@ -9,6 +9,8 @@
 
 #[path = "commands.rs"]
 mod commands;
+#[path = "host.rs"]
+mod host;
 
 use arbitrary::Arbitrary;
 use commands::change;
@@ -23,12 +25,8 @@ use tdisp_host::dsm::DsmConfig;
 use tdisp_host::dsm::EmulatedDsm;
 use tdisp_host::state_machine::MachineConfig;
 use tdisp_host::state_machine::TdiStateMachine;
-use tdisp_host::tsm::BindParams;
 use tdisp_host::tsm::DoeMailbox;
 use tdisp_host::tsm::MailboxError;
-use tdisp_host::tsm::PciDeviceInfo;
-use tdisp_host::tsm::PlainChannel;
-use tdisp_host::tsm::Tsm;
 use tdisp_proto::framing::doe::DoeObject;
 use tdisp_proto::framing::doe::DoeObjectType;
 use tdisp_proto::framing::spdm::Direction;
@@ -107,34 +105,17 @@ fuzz_target!(|ops: Vec<Op>| {
         EmulatedDsm::new(DsmConfig::single_function(RID)).unwrap(),
     ));
     let injected = Arc::new(Mutex::new(VecDeque::new()));
-    let tsm = Arc::new(Mutex::new(Tsm::new()));
-    {
-        let mut tsm = tsm.lock().unwrap();
-        tsm.probe(
-            PciDeviceInfo::tee_io(ADDR),
-            Box::new(Tap {
-                dsm: dsm.clone(),
-                injected: injected.clone(),
-            }),
-            Box::new(PlainChannel::insecure_opt_in()),
-        );
-        tsm.connect(ADDR).unwrap();
-        let lock = LockInterfaceParams {
-            flags: LockInterfaceFlags::new()
-                .with_no_fw_update(true)
-                .with_lock_msix(true),
-            ..Default::default()
-        };
-        tsm.bind(
-            ADDR,
-            BindParams {
-                interface: InterfaceId::from_requester_id(RID),
-                guest: DEVICE,
-                lock,
-            },
-        )
-        .unwrap();
-    }
+    let lock = LockInterfaceParams {
+        flags: LockInterfaceFlags::new()
+            .with_no_fw_update(true)
+            .with_lock_msix(true),
+        ..Default::default()
+    };
+    let tap = Tap {
+        dsm: dsm.clone(),
+        injected: injected.clone(),
+    };
+    let tsm = host::bound_tsm(ADDR, RID, DEVICE, lock, Box::new(tap));
     let machine = TdiStateMachine::new(
         MachineConfig::new(DEVICE),
         TsmBackend::new(tsm.clone(), ADDR),

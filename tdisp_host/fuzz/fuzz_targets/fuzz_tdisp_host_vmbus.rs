@@ -2,21 +2,30 @@
 //! ring, padding included), mixed with well-formed framed commands (some naming another
 //! device) and host configuration changes. Nothing may panic; every payload gets one framed
 //! response that decodes; the response's states are the machine's (the host's Error sent as
-//! UNINITIALIZED); a command for another device changes nothing.
+//! UNINITIALIZED); a command for another device changes nothing. Behind the machine, the TSM
+//! reaches the emulated device over the plain channel (see `host.rs` for why).
 
 #![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "commands.rs"]
 mod commands;
+#[path = "host.rs"]
+mod host;
 
 use arbitrary::Arbitrary;
 use commands::change;
 use commands::command;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use std::sync::Arc;
+use std::sync::Mutex;
+use tdisp_host::backend::TsmBackend;
+use tdisp_host::dsm::DsmConfig;
+use tdisp_host::dsm::EmulatedDsm;
 use tdisp_host::emulated::EmulatedAssignment;
 use tdisp_host::state_machine::MachineConfig;
+use tdisp_host::state_machine::TdiStateMachine;
 use tdisp_host::vmbus::TdispVmbusDevice;
 use tdisp_proto::wire::CommandPacket;
 use tdisp_proto::wire::ResponsePacket;
@@ -26,6 +35,7 @@ use tdisp_proto::wire::state_to_wire;
 use tdisp_proto::wire::unframe;
 
 const RID: u16 = 0x0901;
+const ADDR: u32 = 0x0900;
 const DEVICE: u64 = 4;
 
 #[derive(Debug, Arbitrary)]
@@ -77,13 +87,13 @@ fn proto_command(variant: u8, value: i32, device_id: u64, unknown: Option<u8>) -
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let Ok(assignment) = EmulatedAssignment::single(0x0900, RID, DEVICE) else {
-        return;
-    };
-    let mut device = TdispVmbusDevice::new(
-        DEVICE,
-        Box::new(assignment.machine(MachineConfig::new(DEVICE))),
-    );
+    let dsm = Arc::new(Mutex::new(
+        EmulatedDsm::new(DsmConfig::single_function(RID)).unwrap(),
+    ));
+    let lock = EmulatedAssignment::default_lock();
+    let tsm = host::bound_tsm(ADDR, RID, DEVICE, lock, Box::new(dsm.clone()));
+    let machine = TdiStateMachine::new(MachineConfig::new(DEVICE), TsmBackend::new(tsm, ADDR));
+    let mut device = TdispVmbusDevice::new(DEVICE, Box::new(machine));
     let host = device.shared();
     let host_state = || host.lock().unwrap().tdi_state();
     for op in ops.into_iter().take(64) {
@@ -112,8 +122,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 (frame(&packet.encode()).unwrap(), false)
             }
             Op::Change { kind, value } => {
-                let _ = assignment
-                    .dsm()
+                let _ = dsm
                     .lock()
                     .unwrap()
                     .apply_config_change(change(RID, 3, kind, value));
