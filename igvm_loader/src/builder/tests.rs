@@ -14,8 +14,14 @@ use crate::measure::measure;
 use igvm::IgvmDirectiveHeader;
 use zerocopy::FromBytes;
 
-fn config(t: IsolationType) -> PlatformConfig {
+/// One platform's settings, defaults otherwise (shared with the per-call tests in `image`).
+pub(super) fn config(t: IsolationType) -> PlatformConfig {
     PlatformConfig::new(IsolationConfig::new(t))
+}
+
+/// An empty SEV-SNP image.
+pub(super) fn snp() -> PlatformImage<X86Register> {
+    PlatformImage::new(config(IsolationType::Snp))
 }
 
 fn cs() -> X86Register {

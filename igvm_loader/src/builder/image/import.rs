@@ -267,16 +267,8 @@ impl<R: GuestArch> ImageLoad<R> for PlatformImage<R> {
 mod tests {
     use super::*;
     use crate::arch::X86Register;
-    use crate::builder::PlatformConfig;
-    use crate::importer::IsolationConfig;
-
-    fn config(t: IsolationType) -> PlatformConfig {
-        PlatformConfig::new(IsolationConfig::new(t))
-    }
-
-    fn snp() -> PlatformImage<X86Register> {
-        PlatformImage::new(config(IsolationType::Snp))
-    }
+    use crate::builder::tests::config;
+    use crate::builder::tests::snp;
 
     #[test]
     fn overlapping_import_is_rejected_and_changes_nothing() {

@@ -203,18 +203,11 @@ mod tests {
     use super::*;
     use crate::arch::X86Register;
     use crate::builder::IgvmBuilder;
-    use crate::builder::PlatformConfig;
+    use crate::builder::tests::config;
+    use crate::builder::tests::snp;
     use crate::importer::BootPageAcceptance;
     use crate::importer::ImageLoad;
-    use crate::importer::IsolationConfig;
     use igvm::IgvmFile;
-    fn config(t: IsolationType) -> PlatformConfig {
-        PlatformConfig::new(IsolationConfig::new(t))
-    }
-
-    fn snp() -> PlatformImage<X86Register> {
-        PlatformImage::new(config(IsolationType::Snp))
-    }
 
     #[test]
     fn misaligned_relocations_are_rejected() {

@@ -123,16 +123,9 @@ mod tests {
     use super::*;
     use crate::arch::X86Register;
     use crate::builder::IgvmBuilder;
-    use crate::builder::PlatformConfig;
+    use crate::builder::tests::config;
+    use crate::builder::tests::snp;
     use crate::importer::ImageLoad;
-    use crate::importer::IsolationConfig;
-    fn config(t: IsolationType) -> PlatformConfig {
-        PlatformConfig::new(IsolationConfig::new(t))
-    }
-
-    fn snp() -> PlatformImage<X86Register> {
-        PlatformImage::new(config(IsolationType::Snp))
-    }
 
     #[test]
     fn a_second_vp_context_page_is_rejected() {
