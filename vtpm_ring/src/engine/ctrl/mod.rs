@@ -362,6 +362,18 @@ pub enum CtrlError {
 }
 
 impl CtrlError {
+    /// Why neither decoder takes `cmd`: a command known but not carried, or an unknown one.
+    fn not_decoded(cmd: CtrlCmd) -> Self {
+        match cmd {
+            CtrlCmd::HASH_START
+            | CtrlCmd::HASH_DATA
+            | CtrlCmd::HASH_END
+            | CtrlCmd::SET_DATAFD
+            | CtrlCmd::GET_INFO => CtrlError::NotCarried(cmd),
+            other => CtrlError::Unknown(other),
+        }
+    }
+
     /// The result code swtpm gives for such a request.
     pub fn result_code(&self) -> CtrlResult {
         match self {

@@ -190,12 +190,7 @@ pub fn decode_reply(
             trailing(fixed)?;
             ControlReply::Done
         }
-        CtrlCmd::HASH_START
-        | CtrlCmd::HASH_DATA
-        | CtrlCmd::HASH_END
-        | CtrlCmd::SET_DATAFD
-        | CtrlCmd::GET_INFO => return Err(CtrlError::NotCarried(cmd)),
-        other => return Err(CtrlError::Unknown(other)),
+        other => return Err(CtrlError::not_decoded(other)),
     };
     Ok(Ok(reply))
 }

@@ -243,11 +243,6 @@ pub fn decode_request(bytes: &[u8]) -> Result<ControlOp, CtrlError> {
             let req: BufferSizeRequest = exact(body)?;
             ControlOp::SetBufferSize(req.size.get())
         }
-        CtrlCmd::HASH_START
-        | CtrlCmd::HASH_DATA
-        | CtrlCmd::HASH_END
-        | CtrlCmd::SET_DATAFD
-        | CtrlCmd::GET_INFO => return Err(CtrlError::NotCarried(cmd)),
-        other => return Err(CtrlError::Unknown(other)),
+        other => return Err(CtrlError::not_decoded(other)),
     })
 }

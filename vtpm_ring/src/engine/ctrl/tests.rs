@@ -274,3 +274,30 @@ proptest! {
         prop_assert_eq!(decode_request(&bytes).unwrap(), op);
     }
 }
+
+#[test]
+fn both_decoders_tell_a_command_not_carried_from_an_unknown_one() {
+    let success = 0u32.to_be_bytes();
+    for cmd in [
+        CtrlCmd::HASH_START,
+        CtrlCmd::HASH_DATA,
+        CtrlCmd::HASH_END,
+        CtrlCmd::SET_DATAFD,
+        CtrlCmd::GET_INFO,
+    ] {
+        assert_eq!(
+            decode_request(&cmd.0.to_be_bytes()),
+            Err(CtrlError::NotCarried(cmd))
+        );
+        assert_eq!(decode_reply(cmd, &success), Err(CtrlError::NotCarried(cmd)));
+    }
+    let unknown = CtrlCmd(0x99);
+    assert_eq!(
+        decode_request(&unknown.0.to_be_bytes()),
+        Err(CtrlError::Unknown(unknown))
+    );
+    assert_eq!(
+        decode_reply(unknown, &success),
+        Err(CtrlError::Unknown(unknown))
+    );
+}
