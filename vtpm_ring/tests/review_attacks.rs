@@ -20,28 +20,28 @@
     reason = "tests fail by panicking"
 )]
 
+mod support;
+#[path = "support/vtpmctl_run.rs"]
+mod vtpmctl_run;
+
 use std::future::Future;
 use std::path::Path;
 use std::process::Output;
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
+use support::device;
+use support::serve;
+use support::swtpm;
+use support::within;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::BufReader;
 use tokio::process::Child;
 use tokio::process::Command;
 use uuid::Uuid;
-use vtpm_ring::backend::Backend;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
-use vtpm_ring::engine::swtpm::StateDirs;
-use vtpm_ring::engine::swtpm::SwtpmConfig;
-use vtpm_ring::engine::swtpm::SwtpmEngine;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
-use vtpm_ring::manager::VtpmManager;
-use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::tpm_command::pcr_digest_sha256;
 use vtpm_ring::tpm_command::pcr_extend_sha256;
@@ -57,49 +57,23 @@ fn pcr_digest(response: &[u8]) -> [u8; 32] {
     pcr_digest_sha256(response).unwrap_or_else(|| panic!("not a one-PCR read: {response:02x?}"))
 }
 
-const VTPMCTL: &str = env!("CARGO_BIN_EXE_vtpmctl");
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
+/// Fails the test if a tool or `vtpmctl` takes more than 30 s (RSA key generation under
+/// load is slow; the ring's own waits use `support::within`).
+async fn within_slow<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
         .expect("bounded wait expired")
 }
 
-fn device(frontend: DomainId) -> VtpmDevice {
-    VtpmDevice {
-        backend: DomainId(1),
-        frontend,
-        handle: 0,
-        instance: 1,
-        uuid: Uuid::from_u128(1),
-    }
-}
-
 async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(
-        SwtpmEngine::start(1, &StateDirs::new(dir.path()), SwtpmConfig::default())
-            .await
-            .expect("swtpm starts (is it installed? `cargo xtask deps`)"),
-    );
+    let engine = swtpm(dir.path(), 1).await;
     let host = Host::new();
-    let backend_domain = host.create_domain(DomainId(1), 16).unwrap();
+    serve(&host, vec![(1, engine.clone())], BackendConfig::default());
     let guest_a = host.create_domain(DomainId(2), 16).unwrap();
     let guest_b = host.create_domain(DomainId(3), 16).unwrap();
     let toolstack = host.toolstack();
-    create_device(&toolstack, &device(guest_a.id())).unwrap();
-    let mut manager = VtpmManager::new();
-    manager.add_instance(1, engine.clone());
-    let (back_end, manager_end) = stream_pair();
-    let backend = Backend::new(backend_domain, back_end, BackendConfig::default());
-    let served = tokio::spawn(async move {
-        futures::join!(
-            async {
-                let _ = backend.run().await;
-            },
-            manager.serve(manager_end)
-        );
-    });
+    create_device(&toolstack, &device(guest_a.id(), 1)).unwrap();
     let config = FrontendConfig {
         protocols,
         ..FrontendConfig::default()
@@ -144,8 +118,8 @@ async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
     within(second.close()).await.unwrap();
 
     // The toolstack hands the instance to another guest: it sees no trace of the last one.
-    destroy_device(&toolstack, &device(guest_a.id())).unwrap();
-    create_device(&toolstack, &device(guest_b.id())).unwrap();
+    destroy_device(&toolstack, &device(guest_a.id(), 1)).unwrap();
+    create_device(&toolstack, &device(guest_b.id(), 1)).unwrap();
     let third = within(Frontend::connect(&guest_b, config)).await.unwrap();
     assert_eq!(
         pcr_digest(
@@ -157,7 +131,6 @@ async fn reconnect_and_reassignment_give_zeroed_pcrs(protocols: Protocols) {
         "PCR 16 of the previous guest reached the next one"
     );
     within(third.close()).await.unwrap();
-    served.abort();
     engine.save_and_shutdown().await.unwrap();
 }
 
@@ -196,7 +169,11 @@ fn the_toolstack_creates_the_device_a_guest_handle_cannot() {
 }
 
 async fn vtpmctl(args: &[&str]) -> Output {
-    Command::new(VTPMCTL).args(args).output().await.unwrap()
+    Command::new(vtpmctl_run::VTPMCTL)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -235,23 +212,10 @@ async fn every_vtpmctl_command_answers_help() {
 
 /// `vtpmctl run --domains N` on `state`: the child and the data ports it printed.
 async fn run(state: &Path, domains: &str) -> (Child, Vec<u16>) {
-    let mut child = Command::new(VTPMCTL)
-        .args([
-            "run",
-            "--domains",
-            domains,
-            "--base-port",
-            "0",
-            "--state-dir",
-        ])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = vtpmctl_run::spawn_run(state, domains);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut ports = Vec::new();
-    while let Some(line) = within(lines.next_line()).await.unwrap() {
+    while let Some(line) = within_slow(lines.next_line()).await.unwrap() {
         if line.starts_with("ready") {
             break;
         }
@@ -269,13 +233,13 @@ async fn interrupt(mut child: Child) {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(within(child.wait()).await.unwrap().success());
+    assert!(within_slow(child.wait()).await.unwrap().success());
 }
 
 /// Runs a tpm2-tools command against the TPM socket on `port` in `cwd`.
 async fn tool(port: u16, cwd: &Path, args: &[&str]) -> Output {
     let (program, rest) = args.split_first().unwrap();
-    let out = within(
+    let out = within_slow(
         Command::new(program)
             .args(rest)
             .current_dir(cwd)

@@ -19,6 +19,8 @@ mod persistence;
 mod socket;
 mod tools;
 mod vtpmctl;
+#[path = "../support/vtpmctl_run.rs"]
+mod vtpmctl_run;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,11 +1,11 @@
 //! `vtpmctl run` serves guests until SIGINT, `vtpmctl list` sees them, and the state stays.
 
-use std::process::Stdio;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::BufReader;
 use tokio::process::Command;
 
-const VTPMCTL: &str = env!("CARGO_BIN_EXE_vtpmctl");
+use crate::vtpmctl_run::VTPMCTL;
+use crate::vtpmctl_run::spawn_run;
 
 async fn list(state: &std::path::Path) -> String {
     let out = Command::new(VTPMCTL)
@@ -16,24 +16,6 @@ async fn list(state: &std::path::Path) -> String {
         .unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `vtpmctl run --domains N` on `state`, its output piped.
-fn spawn_run(state: &std::path::Path, domains: &str) -> tokio::process::Child {
-    Command::new(VTPMCTL)
-        .args([
-            "run",
-            "--domains",
-            domains,
-            "--base-port",
-            "0",
-            "--state-dir",
-        ])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 /// Sends SIGINT to `run`.
