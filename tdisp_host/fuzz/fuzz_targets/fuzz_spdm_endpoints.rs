@@ -35,18 +35,10 @@ fn identity() -> DeviceIdentity {
 /// GET_VERSION, GET_CAPABILITIES and NEGOTIATE_ALGORITHMS as our requester sends them.
 fn negotiation() -> Vec<Vec<u8>> {
     use tdisp_host::spdm::codes::*;
-    use tdisp_host::spdm::messages::*;
     use tdisp_host::spdm::requester::*;
     use tdisp_proto::framing::doe::DoeObjectType;
     let get_version = vec![SPDM_VERSION_1_0, SpdmCode::GET_VERSION.0, 0, 0];
-    let get_capabilities = Capabilities {
-        version: SPDM_VERSION_1_2,
-        ct_exponent: CT_EXPONENT,
-        flags: requester_capabilities(),
-        data_transfer_size: REQUESTER_DATA_TRANSFER_SIZE,
-        max_spdm_msg_size: REQUESTER_DATA_TRANSFER_SIZE,
-    }
-    .encode(SpdmCode::GET_CAPABILITIES);
+    let get_capabilities = requested_capabilities().encode(SpdmCode::GET_CAPABILITIES);
     [get_version, get_capabilities, offered_algorithms().encode()]
         .iter()
         .map(|m| {

@@ -20,6 +20,7 @@ pub use negotiation::CT_EXPONENT;
 pub use negotiation::REQUESTER_DATA_TRANSFER_SIZE;
 pub use negotiation::check_selection;
 pub use negotiation::offered_algorithms;
+pub use negotiation::requested_capabilities;
 pub use negotiation::requester_capabilities;
 pub use session::SignedMeasurements;
 

@@ -24,6 +24,18 @@ pub const REQUESTER_DATA_TRANSFER_SIZE: u32 = 4096;
 /// CTExponent announced (2^20 us, about a second, for cryptographic operations).
 pub const CT_EXPONENT: u8 = 20;
 
+/// The GET_CAPABILITIES this requester sends: SPDM 1.2, [`CT_EXPONENT`],
+/// [`requester_capabilities`] and [`REQUESTER_DATA_TRANSFER_SIZE`] for both sizes.
+pub fn requested_capabilities() -> Capabilities {
+    Capabilities {
+        version: SPDM_VERSION_1_2,
+        ct_exponent: CT_EXPONENT,
+        flags: requester_capabilities(),
+        data_transfer_size: REQUESTER_DATA_TRANSFER_SIZE,
+        max_spdm_msg_size: REQUESTER_DATA_TRANSFER_SIZE,
+    }
+}
+
 /// The algorithms this implementation offers (and the only ones it accepts).
 pub fn offered_algorithms() -> NegotiateAlgorithms {
     NegotiateAlgorithms {
@@ -104,14 +116,7 @@ impl SpdmRequester {
         self.vca.extend_from_slice(&get_version);
         self.vca.extend_from_slice(exact);
 
-        let request = Capabilities {
-            version: SPDM_VERSION_1_2,
-            ct_exponent: CT_EXPONENT,
-            flags: requester_capabilities(),
-            data_transfer_size: REQUESTER_DATA_TRANSFER_SIZE,
-            max_spdm_msg_size: REQUESTER_DATA_TRANSFER_SIZE,
-        }
-        .encode(SpdmCode::GET_CAPABILITIES);
+        let request = requested_capabilities().encode(SpdmCode::GET_CAPABILITIES);
         let response = self.plain(mailbox, &request)?;
         let (caps, exact) = decode_padded(&response, |b| {
             Capabilities::decode(b, SPDM_VERSION_1_2, SpdmCode::CAPABILITIES)
