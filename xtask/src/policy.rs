@@ -5,6 +5,9 @@
 //! `#![forbid(unsafe_code)]` cannot. So every crate root says `forbid`: libraries, binaries,
 //! examples, benches, integration tests and fuzz targets alike.
 
+use crate::run::entries;
+use crate::run::packages;
+use crate::run::rust_files;
 use crate::run::workspace_root;
 use anyhow::Result;
 use anyhow::bail;
@@ -45,11 +48,7 @@ fn missing_forbid(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// `fuzz_target!`; the others are modules they share).
 fn crate_roots(root: &Path) -> Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
-    for entry in std::fs::read_dir(root)? {
-        let package = entry?.path();
-        if !package.join("Cargo.toml").is_file() {
-            continue;
-        }
+    for package in packages(root)? {
         for file in ["src/lib.rs", "src/main.rs"] {
             let path = package.join(file);
             if path.is_file() {
@@ -59,11 +58,8 @@ fn crate_roots(root: &Path) -> Result<Vec<PathBuf>> {
         for dir in ["src/bin", "examples", "benches", "tests"] {
             roots.extend(rust_files(&package.join(dir))?);
         }
-        for sub in subdirs(&package.join("tests"))? {
-            let main = sub.join("main.rs");
-            if main.is_file() {
-                roots.push(main);
-            }
+        for suite in entries(&package.join("tests"), |p| p.join("main.rs").is_file())? {
+            roots.push(suite.join("main.rs"));
         }
         for target in rust_files(&package.join("fuzz").join("fuzz_targets"))? {
             if std::fs::read_to_string(&target)?.contains("fuzz_target!") {
@@ -73,34 +69,6 @@ fn crate_roots(root: &Path) -> Result<Vec<PathBuf>> {
     }
     roots.sort();
     Ok(roots)
-}
-
-/// The `.rs` files directly in `dir` (none if it does not exist).
-fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    if dir.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    Ok(files)
-}
-
-/// The directories directly in `dir` (none if it does not exist).
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs = Vec::new();
-    if dir.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            }
-        }
-    }
-    Ok(dirs)
 }
 
 #[cfg(test)]

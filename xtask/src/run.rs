@@ -36,6 +36,33 @@ pub(crate) fn print_step_summary(total_secs: f64) {
     println!("  {:<12} {:<7} {:>7.1}s", "total", "", total_secs);
 }
 
+/// The package directories directly under `root` (those that hold a `Cargo.toml`), sorted.
+pub(crate) fn packages(root: &Path) -> Result<Vec<PathBuf>> {
+    entries(root, |p| p.join("Cargo.toml").is_file())
+}
+
+/// The `.rs` files directly in `dir` (none if it does not exist), sorted.
+pub(crate) fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    entries(dir, |p| {
+        p.is_file() && p.extension().is_some_and(|e| e == "rs")
+    })
+}
+
+/// The entries directly in `dir` that `keep` accepts (none if `dir` does not exist), sorted.
+pub(crate) fn entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if keep(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The workspace root (the parent of the xtask crate).
 pub(crate) fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -4,8 +4,10 @@ use crate::deps;
 use crate::fuzz;
 use crate::run::cargo;
 use crate::run::on_path;
+use crate::run::packages;
 use crate::run::print_step_summary;
 use crate::run::run as run_cmd;
+use crate::run::rust_files;
 use crate::run::step;
 use crate::run::workspace_root;
 use anyhow::Result;
@@ -107,23 +109,15 @@ fn fmt() -> Result<()> {
 
 /// Runs every `<crate>/examples/<name>.rs`: each example is a runnable, self-checking program.
 fn examples() -> Result<()> {
-    let root = workspace_root();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(&root)? {
-        let entry = entry?;
-        let dir = entry.path().join("examples");
-        if !entry.path().join("Cargo.toml").is_file() || !dir.is_dir() {
-            continue;
-        }
-        for file in std::fs::read_dir(&dir)? {
-            let path = file?.path();
-            if path.extension().is_some_and(|e| e == "rs")
-                && let Some(stem) = path.file_stem()
-            {
-                found.push((
-                    entry.file_name().to_string_lossy().into_owned(),
-                    stem.to_string_lossy().into_owned(),
-                ));
+    for package in packages(&workspace_root())? {
+        let krate = package
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for path in rust_files(&package.join("examples"))? {
+            if let Some(stem) = path.file_stem() {
+                found.push((krate.clone(), stem.to_string_lossy().into_owned()));
             }
         }
     }
