@@ -238,6 +238,11 @@ impl EventChannel {
     /// Fails once either end is closed (pending notifications are still delivered first).
     pub async fn wait(&self) -> Result<(), EventError> {
         poll_fn(|cx| {
+            // Checked before registering too: a waiter woken by a notify (the usual case)
+            // then takes it without touching the waker.
+            if self.endpoint.pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Ok(()));
+            }
             self.endpoint.waker.register(cx.waker());
             if self.endpoint.pending.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Ok(()));

@@ -52,6 +52,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub use process::SwtpmProcess;
 pub use state_dirs::StateDirs;
 pub use wire::ctrl_round_trip;
 pub use wire::data_round_trip;
+use wire::first_read_buffer;
 use wire::read_response;
 
 /// `TPM2_Startup(TPM_SU_CLEAR)`.
@@ -193,6 +195,8 @@ struct DataLink {
     /// [`SwtpmConfig::io_timeout`] per command, with one timer for the connection rather
     /// than one per command.
     watchdog: Watchdog,
+    /// Where each response's first read lands.
+    scratch: Vec<u8>,
 }
 
 /// One swtpm process with its connections.
@@ -273,6 +277,8 @@ pub struct SwtpmEngine {
     state_dir: PathBuf,
     config: SwtpmConfig,
     slot: Mutex<Slot>,
+    /// Commands written to swtpm, and a watch of that count for whoever subscribes.
+    sent_count: AtomicU64,
     sent: watch::Sender<u64>,
     exits: ChildExits,
 }
@@ -294,6 +300,7 @@ impl SwtpmEngine {
                 state: EngineState::Dead,
                 restarts: 0,
             }),
+            sent_count: AtomicU64::new(0),
             sent: watch::channel(0).0,
             // Subscribed before the first swtpm starts, so no exit of it goes unseen.
             exits: ChildExits::watch(),
@@ -320,7 +327,18 @@ impl SwtpmEngine {
     /// Counts commands written to swtpm so far; a test waits on it to know a command is in
     /// flight.
     pub fn commands_sent(&self) -> watch::Receiver<u64> {
-        self.sent.subscribe()
+        let receiver = self.sent.subscribe();
+        self.publish_sent(self.sent_count.load(Ordering::Relaxed));
+        receiver
+    }
+
+    /// Raises the watched count to `sent` (never lowers it: commands race the subscriber).
+    fn publish_sent(&self, sent: u64) {
+        self.sent.send_if_modified(|n| {
+            let raised = sent > *n;
+            *n = (*n).max(sent);
+            raised
+        });
     }
 
     /// A snapshot of the engine.
@@ -382,6 +400,7 @@ impl SwtpmEngine {
             data: Mutex::new(DataLink {
                 stream: Some(data),
                 watchdog: Watchdog::new(Some(self.config.io_timeout)),
+                scratch: first_read_buffer(),
             }),
             ctrl: Mutex::new(Some(ctrl)),
             locality: AtomicU8::new(0),
@@ -455,6 +474,7 @@ impl SwtpmEngine {
         let DataLink {
             stream: link,
             watchdog,
+            scratch,
         } = data;
         let stream = match link.as_mut() {
             Some(s) => s,
@@ -463,12 +483,12 @@ impl SwtpmEngine {
         let result = watchdog
             .within(async {
                 stream.write_all(command).await?;
-                let watched = self.sent.receiver_count() > 0;
-                self.sent.send_if_modified(|n| {
-                    *n += 1;
-                    watched
-                });
-                read_response(stream).await
+                let sent = self.sent_count.fetch_add(1, Ordering::Relaxed) + 1;
+                // The watch's lock is taken only for someone watching.
+                if self.sent.receiver_count() > 0 {
+                    self.publish_sent(sent);
+                }
+                read_response(stream, scratch).await
             })
             .await
             .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)));

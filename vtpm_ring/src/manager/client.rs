@@ -6,6 +6,7 @@
 //! one and is dropped: it can never answer a later request, of this guest or the next.
 
 use super::StreamEnd;
+use super::codec::FRAME_HEADER_SIZE;
 use super::codec::Frame;
 use super::codec::FrameError;
 use super::codec::MAX_INSTANCE;
@@ -15,23 +16,37 @@ use super::router::MuxRouter;
 use crate::engine::ControlOp;
 use crate::engine::ControlReply;
 use futures::channel::mpsc;
-use futures::channel::oneshot;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::task::Poll;
+use std::task::Waker;
 
 /// Most requests one instance may have outstanding.
 const MAX_OUTSTANDING: usize = 8;
 
-/// A request waiting for its reply.
+/// A request waiting for its reply. The reply is left here, in the table, for the waiting
+/// call to take: no channel is made per request.
 #[derive(Debug)]
 pub(super) struct Slot {
     /// Distinguishes this slot from a later one that reuses the tag.
     id: u64,
     pub(super) instance: u32,
     pub(super) control: bool,
-    pub(super) waiter: oneshot::Sender<Vec<u8>>,
+    /// What the router delivered: the reply, or `None` when the request failed (a reply
+    /// that does not match it, or the end of the stream).
+    pub(super) outcome: Option<Option<Vec<u8>>>,
+    /// The waiting call's waker.
+    pub(super) waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Settles the request; returns the waker to wake once the table's lock is released.
+    pub(super) fn settle(&mut self, outcome: Option<Vec<u8>>) -> Option<Waker> {
+        self.outcome = Some(outcome);
+        self.waker.take()
+    }
 }
 
 /// The outstanding requests, by tag.
@@ -40,6 +55,8 @@ pub(super) struct Table {
     next_tag: u32,
     next_id: u64,
     pub(super) slots: HashMap<u32, Slot>,
+    /// The router has ended: no reply will come.
+    pub(super) closed: bool,
 }
 
 impl Table {
@@ -57,7 +74,7 @@ impl Table {
 
 pub(super) type Pending = Arc<Mutex<Table>>;
 
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, Table> {
+pub(super) fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, Table> {
     pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -87,6 +104,35 @@ struct SlotGuard<'a> {
     id: u64,
 }
 
+impl SlotGuard<'_> {
+    /// Waits for the router to settle the slot.
+    async fn reply(&self) -> Result<Vec<u8>, FrameError> {
+        std::future::poll_fn(|cx| {
+            let mut table = lock(self.pending);
+            let closed = table.closed;
+            let Some(slot) = table
+                .slots
+                .get_mut(&self.tag)
+                .filter(|s| s.id == self.id)
+            else {
+                return Poll::Ready(Err(FrameError::Closed));
+            };
+            match slot.outcome.take() {
+                Some(outcome) => Poll::Ready(outcome.ok_or(FrameError::Closed)),
+                None if closed => Poll::Ready(Err(FrameError::Closed)),
+                None => {
+                    match &mut slot.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        w => *w = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         let mut table = lock(self.pending);
@@ -96,9 +142,6 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// A registered request: its slot (removed on drop) and where its reply arrives.
-type Waiting<'a> = (SlotGuard<'a>, oneshot::Receiver<Vec<u8>>);
-
 impl MuxClient {
     /// Sends the frame `build` makes from a fresh tag; registers a slot unless `posted`.
     fn send(
@@ -106,12 +149,15 @@ impl MuxClient {
         instance: u32,
         control: bool,
         posted: bool,
-        build: impl FnOnce(u32) -> Frame,
-    ) -> Result<Option<Waiting<'_>>, FrameError> {
+        build: impl FnOnce(u32) -> Vec<u8>,
+    ) -> Result<Option<SlotGuard<'_>>, FrameError> {
         if instance > MAX_INSTANCE {
             return Err(FrameError::BadInstance(instance));
         }
         let mut table = lock(&self.pending);
+        if table.closed {
+            return Err(FrameError::Closed);
+        }
         let outstanding = table
             .slots
             .values()
@@ -122,12 +168,11 @@ impl MuxClient {
         }
         let tag = table.fresh_tag();
         self.tx
-            .unbounded_send(build(tag).encode())
+            .unbounded_send(build(tag))
             .map_err(|_| FrameError::Closed)?;
         if posted {
             return Ok(None);
         }
-        let (waiter, rx) = oneshot::channel();
         let id = table.next_id;
         table.next_id = table.next_id.wrapping_add(1);
         table.slots.insert(
@@ -136,27 +181,27 @@ impl MuxClient {
                 id,
                 instance,
                 control,
-                waiter,
+                outcome: None,
+                waker: None,
             },
         );
-        let guard = SlotGuard {
+        Ok(Some(SlotGuard {
             pending: &self.pending,
             tag,
             id,
-        };
-        Ok(Some((guard, rx)))
+        }))
     }
 
     async fn request(
         &self,
         instance: u32,
         control: bool,
-        build: impl FnOnce(u32) -> Frame,
+        build: impl FnOnce(u32) -> Vec<u8>,
     ) -> Result<Vec<u8>, FrameError> {
-        let (_guard, rx) = self
+        let guard = self
             .send(instance, control, false, build)?
             .ok_or(FrameError::Closed)?;
-        rx.await.map_err(|_| FrameError::Closed)
+        guard.reply().await
     }
 
     /// Sends a TPM command for `instance` at `locality` and waits for its response.
@@ -166,11 +211,15 @@ impl MuxClient {
         command: Vec<u8>,
         locality: u8,
     ) -> Result<Vec<u8>, FrameError> {
-        self.request(instance, false, |tag| Frame::Command {
-            instance,
-            tag,
-            locality,
-            command,
+        self.request(instance, false, |tag| {
+            // The frame written directly, as `Frame::Command` encodes it, without first
+            // moving the command into a frame.
+            let mut frame = Vec::with_capacity(FRAME_HEADER_SIZE + 1 + command.len());
+            frame.extend_from_slice(&instance.to_be_bytes());
+            frame.extend_from_slice(&tag.to_be_bytes());
+            frame.push(locality);
+            frame.extend_from_slice(&command);
+            frame
         })
         .await
     }
@@ -178,10 +227,13 @@ impl MuxClient {
     /// Sends a control operation for `instance` without waiting for (or routing) its reply:
     /// for a cancel, whose effect shows in the command's own response.
     pub fn post_control(&self, instance: u32, op: ControlOp) -> Result<(), FrameError> {
-        self.send(instance, true, true, |tag| Frame::Control {
-            instance,
-            tag,
-            payload: encode_control(&op),
+        self.send(instance, true, true, |tag| {
+            Frame::Control {
+                instance,
+                tag,
+                payload: encode_control(&op),
+            }
+            .encode()
         })
         .map(drop)
     }
@@ -189,10 +241,13 @@ impl MuxClient {
     /// Sends a control operation for `instance` and waits for its reply.
     pub async fn control(&self, instance: u32, op: ControlOp) -> Result<ControlReply, FrameError> {
         let payload = self
-            .request(instance, true, |tag| Frame::Control {
-                instance,
-                tag,
-                payload: encode_control(&op),
+            .request(instance, true, |tag| {
+                Frame::Control {
+                    instance,
+                    tag,
+                    payload: encode_control(&op),
+                }
+                .encode()
             })
             .await?;
         decode_control_reply(&op, &payload)

@@ -137,54 +137,70 @@ impl Frame {
         out
     }
 
-    fn split(bytes: &[u8]) -> Result<(u32, bool, u32, &[u8]), FrameError> {
+    fn split(bytes: &[u8]) -> Result<(u32, bool, u32), FrameError> {
         let truncated = FrameError::Truncated(bytes.len());
         let (word, rest) = bytes.split_first_chunk::<4>().ok_or(truncated.clone())?;
-        let (tag, body) = rest.split_first_chunk::<4>().ok_or(truncated)?;
+        let (tag, _) = rest.split_first_chunk::<4>().ok_or(truncated)?;
         let word = u32::from_be_bytes(*word);
         Ok((
             word & !CONTROL_FLAG,
             word & CONTROL_FLAG != 0,
             u32::from_be_bytes(*tag),
-            body,
         ))
+    }
+
+    /// The frame's bytes from `at` on, in the frame's own buffer (no copy into a new one).
+    fn body_from(mut bytes: Vec<u8>, at: usize) -> Vec<u8> {
+        bytes.drain(..at);
+        bytes
     }
 
     /// Decodes a frame the backend sent (a command or a control request).
     pub fn decode_request(bytes: &[u8]) -> Result<Frame, FrameError> {
-        let (instance, control, tag, body) = Self::split(bytes)?;
+        Self::into_request(bytes.to_vec())
+    }
+
+    /// [`Frame::decode_request`] of a frame taken by value: its body keeps the frame's buffer.
+    pub fn into_request(bytes: Vec<u8>) -> Result<Frame, FrameError> {
+        let (instance, control, tag) = Self::split(&bytes)?;
         if control {
             return Ok(Frame::Control {
                 instance,
                 tag,
-                payload: body.to_vec(),
+                payload: Self::body_from(bytes, FRAME_HEADER_SIZE),
             });
         }
-        let (locality, command) = body
-            .split_first()
+        let locality = *bytes
+            .get(FRAME_HEADER_SIZE)
             .ok_or(FrameError::Truncated(bytes.len()))?;
         Ok(Frame::Command {
             instance,
             tag,
-            locality: *locality,
-            command: command.to_vec(),
+            locality,
+            command: Self::body_from(bytes, FRAME_HEADER_SIZE + 1),
         })
     }
 
     /// Decodes a frame the manager sent (a response or a control reply).
     pub fn decode_reply(bytes: &[u8]) -> Result<Frame, FrameError> {
-        let (instance, control, tag, body) = Self::split(bytes)?;
+        Self::into_reply(bytes.to_vec())
+    }
+
+    /// [`Frame::decode_reply`] of a frame taken by value: its body keeps the frame's buffer.
+    pub fn into_reply(bytes: Vec<u8>) -> Result<Frame, FrameError> {
+        let (instance, control, tag) = Self::split(&bytes)?;
+        let body = Self::body_from(bytes, FRAME_HEADER_SIZE);
         Ok(if control {
             Frame::Control {
                 instance,
                 tag,
-                payload: body.to_vec(),
+                payload: body,
             }
         } else {
             Frame::Response {
                 instance,
                 tag,
-                response: body.to_vec(),
+                response: body,
             }
         })
     }

@@ -6,10 +6,10 @@
 //! nobody waits for any more (abandoned, timed out, posted cancel) is dropped.
 
 use super::client::Pending;
+use super::client::lock;
 use super::codec::Frame;
 use futures::StreamExt;
 use futures::channel::mpsc;
-use std::sync::PoisonError;
 
 /// Routes replies from the manager to the waiting [`MuxClient`](super::MuxClient) calls; run
 /// it alongside.
@@ -27,7 +27,7 @@ impl MuxRouter {
     /// Delivers replies until the manager closes the stream; then every waiter fails.
     pub async fn run(mut self) {
         while let Some(bytes) = self.rx.next().await {
-            let (instance, tag, control, body) = match Frame::decode_reply(&bytes) {
+            let (instance, tag, control, body) = match Frame::into_reply(bytes) {
                 Ok(Frame::Response {
                     instance,
                     tag,
@@ -44,35 +44,48 @@ impl MuxRouter {
                     continue;
                 }
             };
-            let slot = self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .slots
-                .remove(&tag);
-            match slot {
+            let mut table = lock(&self.pending);
+            let waker = match table.slots.get_mut(&tag) {
                 Some(slot) if slot.instance == instance && slot.control == control => {
-                    // The waiter may be gone in the meantime; then the reply is dropped.
-                    let _ = slot.waiter.send(body);
+                    // The waiter takes it from the slot; one that gave up has removed the
+                    // slot, and the reply is dropped.
+                    slot.settle(Some(body))
                 }
                 Some(slot) => {
-                    // Dropping the waiter fails that request: it learns of the failure
-                    // instead of getting a reply meant for someone else.
+                    // That request fails: it learns of the failure instead of getting a reply
+                    // meant for someone else.
                     tracing::warn!(
                         tag,
                         instance,
                         expected = slot.instance,
                         "reply does not match its request"
                     );
+                    slot.settle(None)
                 }
-                None => tracing::debug!(tag, instance, "reply nobody waits for; dropped"),
+                None => {
+                    tracing::debug!(tag, instance, "reply nobody waits for; dropped");
+                    None
+                }
+            };
+            drop(table);
+            if let Some(w) = waker {
+                w.wake();
             }
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .slots
-            .clear();
+        let wakers: Vec<_> = {
+            let mut table = lock(&self.pending);
+            table.closed = true;
+            table
+                .slots
+                .values_mut()
+                // A reply already delivered stays for its waiter to take.
+                .filter(|s| s.outcome.is_none())
+                .filter_map(|s| s.settle(None))
+                .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 }
 

@@ -46,18 +46,19 @@ impl VtpmManager {
         let engines = Arc::new(self.engines);
         let mut running = FuturesUnordered::new();
         loop {
-            futures::select! {
-                frame = rx.next() => {
-                    let Some(bytes) = frame else { break };
-                    let engines = engines.clone();
-                    running.push(async move { handle_frame(&engines, &bytes).await });
-                }
+            // Biased: replies first, so a finished request's answer is never held up.
+            futures::select_biased! {
                 reply = running.select_next_some() => {
                     if let Some(reply) = reply
                         && tx.unbounded_send(reply).is_err()
                     {
                         break;
                     }
+                }
+                frame = rx.next() => {
+                    let Some(bytes) = frame else { break };
+                    let engines = engines.clone();
+                    running.push(async move { handle_frame(&engines, bytes).await });
                 }
             }
         }
@@ -72,9 +73,9 @@ impl VtpmManager {
 
 async fn handle_frame(
     engines: &BTreeMap<u32, Arc<dyn TpmEngine>>,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Option<Vec<u8>> {
-    let frame = match Frame::decode_request(bytes) {
+    let frame = match Frame::into_request(bytes) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "malformed frame from the backend");

@@ -15,20 +15,27 @@ pub async fn data_round_trip(
     command: &[u8],
 ) -> Result<Vec<u8>, SwtpmError> {
     stream.write_all(command).await?;
-    read_response(stream).await
+    read_response(stream, &mut vec![0; FIRST_READ]).await
 }
 
+/// A buffer for [`read_response`]'s first read, kept with a connection so that a command
+/// does not allocate (and zero) one.
+pub(super) fn first_read_buffer() -> Vec<u8> {
+    vec![0; FIRST_READ]
+}
+
+/// Reads one response; `scratch` holds the first read ([`first_read_buffer`]).
 pub(super) async fn read_response(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    scratch: &mut [u8],
 ) -> Result<Vec<u8>, SwtpmError> {
     // One read takes a whole response that is already there, as a client reading straight
     // from swtpm would: reading the header first costs every command another system call.
     // swtpm answers one command at a time, so anything past the announced size is a fault.
-    let mut response = vec![0u8; FIRST_READ];
     let mut have = 0;
     let size = loop {
         if have >= TPM_HEADER_SIZE {
-            let header = TpmHeader::read_from_prefix(&response)
+            let header = TpmHeader::read_from_prefix(scratch)
                 .map_err(|_| SwtpmError::Protocol("short response header".into()))?
                 .0;
             let size = header.size.get() as usize;
@@ -42,12 +49,14 @@ pub(super) async fn read_response(
             }
             break size;
         }
-        let n = stream.read(&mut response[have..]).await?;
+        let n = stream.read(&mut scratch[have..]).await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
         have += n;
     };
+    let mut response = Vec::with_capacity(size);
+    response.extend_from_slice(&scratch[..have]);
     response.resize(size, 0);
     stream.read_exact(&mut response[have..]).await?;
     Ok(response)
@@ -111,7 +120,7 @@ mod tests {
     }
 
     async fn scripted_peer(chunks: Vec<Vec<u8>>) -> Result<Vec<u8>, SwtpmError> {
-        read_response(&mut Chunks(chunks.into())).await
+        read_response(&mut Chunks(chunks.into()), &mut first_read_buffer()).await
     }
 
     fn response(size: usize) -> Vec<u8> {
