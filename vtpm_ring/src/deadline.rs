@@ -77,7 +77,8 @@ impl Watchdog {
         std::future::poll_fn(|cx| self.poll_expired(cx)).await;
     }
 
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// [`Watchdog::expired`] as a poll.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Nothing to time: only `start` changes that, and it needs `&mut self`, so whoever
         // waits here drops this wait first.
         let Some(due) = self.due else {

@@ -237,7 +237,16 @@ impl EventChannel {
     /// Waits for a notification from the peer. A pending notification completes at once.
     /// Fails once either end is closed (pending notifications are still delivered first).
     pub async fn wait(&self) -> Result<(), EventError> {
-        poll_fn(|cx| {
+        poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// [`EventChannel::wait`] as a poll: ready once a notification is pending (taking it) or
+    /// the channel closed.
+    pub(crate) fn poll_wait(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), EventError>> {
+        {
             // Checked before registering too: a waiter woken by a notify (the usual case)
             // then takes it without touching the waker.
             if self.endpoint.pending.swap(false, Ordering::AcqRel) {
@@ -251,8 +260,7 @@ impl EventChannel {
                 return Poll::Ready(Err(EventError::Closed));
             }
             Poll::Pending
-        })
-        .await
+        }
     }
 
     /// Closes the channel; the peer's waiter wakes with [`EventError::Closed`].

@@ -86,4 +86,5 @@ pub mod store;
 pub mod testbed;
 pub mod tpm_command;
 pub mod tpm_header;
+mod wake_set;
 pub mod xenbus;

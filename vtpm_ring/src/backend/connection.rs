@@ -2,6 +2,9 @@
 //! time, until the frontend or the toolstack ends the connection.
 
 use super::*;
+use crate::wake_set::WakeSet;
+use std::task::Context;
+use std::task::Poll;
 
 /// The protocol a device speaks, each in its own module; this module decides what to do.
 pub(super) enum Transport {
@@ -78,6 +81,60 @@ enum Action {
     FrontChanged(bool),
 }
 
+/// What the connection waits on, in the order it looks at them (see [`next_action`]).
+const RESPONSE: usize = 0;
+const OWN: usize = 1;
+const FRONT: usize = 2;
+const EVENT: usize = 3;
+const EXPIRY: usize = 4;
+const SOURCES: usize = 5;
+
+/// The next thing to act on: the engine's response first, then the toolstack's and the
+/// frontend's store changes, then a doorbell, then the processing timeout. Each source is
+/// polled only when its own waker fired (or the loop marked it), not on every wakeup.
+fn next_action(
+    wake: &WakeSet,
+    inflight: &mut Option<BoxFuture<'static, Vec<u8>>>,
+    conn: &Connection,
+    own: &mut Watch,
+    front: &mut Watch,
+    watchdog: &mut deadline::Watchdog,
+    cx: &mut Context<'_>,
+) -> Poll<Action> {
+    let woken = wake.take(cx);
+    let ready = |source: usize, action: Action| {
+        wake.defer_from(woken, source);
+        Poll::Ready(action)
+    };
+    if woken.has(RESPONSE)
+        && let Some(f) = inflight.as_mut()
+        && let Poll::Ready(r) = f.as_mut().poll(&mut wake.context(RESPONSE))
+    {
+        return ready(RESPONSE, Action::Response(r));
+    }
+    if woken.has(OWN)
+        && let Poll::Ready(o) = own.poll_next_unpin(&mut wake.context(OWN))
+    {
+        return ready(OWN, Action::OwnChanged(o.is_some()));
+    }
+    if woken.has(FRONT)
+        && let Poll::Ready(f) = front.poll_next_unpin(&mut wake.context(FRONT))
+    {
+        return ready(FRONT, Action::FrontChanged(f.is_some()));
+    }
+    if woken.has(EVENT)
+        && let Poll::Ready(e) = conn.event.poll_wait(&mut wake.context(EVENT))
+    {
+        return ready(EVENT, Action::Event(e));
+    }
+    if woken.has(EXPIRY)
+        && let Poll::Ready(()) = watchdog.poll_expired(&mut wake.context(EXPIRY))
+    {
+        return ready(EXPIRY, Action::Expired);
+    }
+    Poll::Pending
+}
+
 pub(super) async fn serve(
     shared: &Shared,
     dir: &str,
@@ -99,6 +156,7 @@ pub(super) async fn serve(
         Transport::V2(_) => Action::Event(Ok(())),
         Transport::V1(_) => Action::Idle,
     };
+    let wake = WakeSet::new(SOURCES);
     let stop = loop {
         match action {
             Action::Idle => {}
@@ -149,6 +207,8 @@ pub(super) async fn serve(
                     inflight = Some(future);
                     expiry_answer = on_expiry;
                     watchdog.start();
+                    wake.mark(RESPONSE);
+                    wake.mark(EXPIRY);
                 }
             }
             Action::OwnChanged(alive) => {
@@ -171,25 +231,10 @@ pub(super) async fn serve(
                 }
             }
         }
-        action = {
-            let resp = async {
-                match inflight.as_mut() {
-                    Some(f) => f.await,
-                    None => std::future::pending().await,
-                }
-            }
-            .fuse();
-            let ev = conn.event.wait().fuse();
-            let expired = watchdog.expired().fuse();
-            pin_mut!(resp, ev, expired);
-            select_biased! {
-                r = resp => Action::Response(r),
-                o = own.next() => Action::OwnChanged(o.is_some()),
-                f = front.next() => Action::FrontChanged(f.is_some()),
-                e = ev => Action::Event(e),
-                () = expired => Action::Expired,
-            }
-        };
+        action = std::future::poll_fn(|cx| {
+            next_action(&wake, &mut inflight, conn, own, front, &mut watchdog, cx)
+        })
+        .await;
     };
     if inflight.is_some() && !cancel_sent {
         // Nobody waits for that answer any more (its slot went with `inflight`): ask the

@@ -110,11 +110,7 @@ impl SlotGuard<'_> {
         std::future::poll_fn(|cx| {
             let mut table = lock(self.pending);
             let closed = table.closed;
-            let Some(slot) = table
-                .slots
-                .get_mut(&self.tag)
-                .filter(|s| s.id == self.id)
-            else {
+            let Some(slot) = table.slots.get_mut(&self.tag).filter(|s| s.id == self.id) else {
                 return Poll::Ready(Err(FrameError::Closed));
             };
             match slot.outcome.take() {
