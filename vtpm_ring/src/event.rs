@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::sync::PoisonError;
-use std::sync::Weak;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -49,47 +47,34 @@ pub enum EventError {
     TooManyPorts(DomainId),
 }
 
-#[derive(Debug)]
-struct Endpoint {
+/// One side of a channel: its pending flag, whether it closed, and its waiter.
+#[derive(Debug, Default)]
+struct End {
     pending: AtomicBool,
     closed: AtomicBool,
     waker: AtomicWaker,
-    /// Weak: the two ends must not keep each other alive (a dropped end reads as closed).
-    /// Set once, when the channel is bound; read without a lock on every notify.
-    peer: OnceLock<Weak<Endpoint>>,
+}
+
+/// A channel: both sides in one place, so that a notify reaches the peer's side without
+/// taking a reference to it (the ends used to hold weak references to each other, and every
+/// notify and every wait upgraded one).
+#[derive(Debug, Default)]
+struct Link {
+    /// Side 0 allocated the port unbound; side 1 bound it.
+    ends: [End; 2],
     bound: AtomicBool,
 }
 
-impl Endpoint {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            pending: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-            peer: OnceLock::new(),
-            bound: AtomicBool::new(false),
-        })
-    }
-
-    fn peer(&self) -> Option<Arc<Endpoint>> {
-        self.peer.get().and_then(Weak::upgrade)
-    }
-
-    /// Bound once, but the peer end is gone.
-    fn peer_gone(&self) -> bool {
-        self.bound.load(Ordering::Acquire)
-            && self.peer().is_none_or(|p| p.closed.load(Ordering::Acquire))
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.waker.wake();
+impl Link {
+    /// Bound once, but the other side has closed.
+    fn peer_gone(&self, side: usize) -> bool {
+        self.bound.load(Ordering::Acquire) && self.ends[1 - side].closed.load(Ordering::Acquire)
     }
 }
 
 #[derive(Debug)]
 struct PortEntry {
-    endpoint: Arc<Endpoint>,
+    link: Arc<Link>,
     /// For an unbound port: who may bind. Once bound: `None`.
     unbound_for: Option<DomainId>,
 }
@@ -123,20 +108,21 @@ impl EventTable {
         domain: DomainId,
         remote: DomainId,
     ) -> Result<EventChannel, EventError> {
-        let endpoint = Endpoint::new();
+        let link = Arc::new(Link::default());
         let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
         let port = Self::insert(
             &mut ports,
             domain,
             PortEntry {
-                endpoint: endpoint.clone(),
+                link: link.clone(),
                 unbound_for: Some(remote),
             },
         )?;
         Ok(EventChannel {
             domain,
             port,
-            endpoint,
+            link,
+            side: 0,
             table: self.clone(),
         })
     }
@@ -159,13 +145,12 @@ impl EventTable {
         if remote_entry.unbound_for != Some(domain) {
             return Err(no_port);
         }
-        let remote_endpoint = remote_entry.endpoint.clone();
-        let endpoint = Endpoint::new();
+        let link = remote_entry.link.clone();
         let port = Self::insert(
             &mut ports,
             domain,
             PortEntry {
-                endpoint: endpoint.clone(),
+                link: link.clone(),
                 unbound_for: None,
             },
         )?;
@@ -175,15 +160,12 @@ impl EventTable {
         {
             entry.unbound_for = None;
         }
-        // Both ends are new or unbound, and the table's lock is held: neither is set yet.
-        let _ = endpoint.peer.set(Arc::downgrade(&remote_endpoint));
-        let _ = remote_endpoint.peer.set(Arc::downgrade(&endpoint));
-        endpoint.bound.store(true, Ordering::Release);
-        remote_endpoint.bound.store(true, Ordering::Release);
+        link.bound.store(true, Ordering::Release);
         Ok(EventChannel {
             domain,
             port,
-            endpoint,
+            link,
+            side: 1,
             table: self.clone(),
         })
     }
@@ -201,7 +183,9 @@ impl EventTable {
 pub struct EventChannel {
     domain: DomainId,
     port: Port,
-    endpoint: Arc<Endpoint>,
+    link: Arc<Link>,
+    /// This end's side of the link.
+    side: usize,
     table: EventTable,
 }
 
@@ -213,25 +197,32 @@ impl EventChannel {
 
     /// Signals the peer.
     pub fn notify(&self) -> Result<(), EventError> {
-        if self.endpoint.closed.load(Ordering::Acquire) {
+        if self.own().closed.load(Ordering::Acquire) {
             return Err(EventError::Closed);
         }
-        // One look at the peer (an upgrade) serves both checks.
-        let peer = self.endpoint.peer();
-        let bound = self.endpoint.bound.load(Ordering::Acquire);
-        let peer = match peer {
-            Some(p) if !p.closed.load(Ordering::Acquire) => p,
-            _ if bound => return Err(EventError::Closed),
-            _ => return Err(EventError::NotBound),
-        };
+        if !self.link.bound.load(Ordering::Acquire) {
+            return Err(EventError::NotBound);
+        }
+        let peer = self.peer();
+        if peer.closed.load(Ordering::Acquire) {
+            return Err(EventError::Closed);
+        }
         peer.pending.store(true, Ordering::Release);
         peer.waker.wake();
         Ok(())
     }
 
+    fn own(&self) -> &End {
+        &self.link.ends[self.side]
+    }
+
+    fn peer(&self) -> &End {
+        &self.link.ends[1 - self.side]
+    }
+
     /// Takes a pending notification without waiting.
     pub fn try_take(&self) -> bool {
-        self.endpoint.pending.swap(false, Ordering::AcqRel)
+        self.own().pending.swap(false, Ordering::AcqRel)
     }
 
     /// Waits for a notification from the peer. A pending notification completes at once.
@@ -246,21 +237,20 @@ impl EventChannel {
         &self,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Result<(), EventError>> {
-        {
-            // Checked before registering too: a waiter woken by a notify (the usual case)
-            // then takes it without touching the waker.
-            if self.endpoint.pending.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(Ok(()));
-            }
-            self.endpoint.waker.register(cx.waker());
-            if self.endpoint.pending.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(Ok(()));
-            }
-            if self.endpoint.closed.load(Ordering::Acquire) || self.endpoint.peer_gone() {
-                return Poll::Ready(Err(EventError::Closed));
-            }
-            Poll::Pending
+        let own = self.own();
+        // Checked before registering too: a waiter woken by a notify (the usual case) then
+        // takes it without touching the waker.
+        if own.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Ok(()));
         }
+        own.waker.register(cx.waker());
+        if own.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Ok(()));
+        }
+        if own.closed.load(Ordering::Acquire) || self.link.peer_gone(self.side) {
+            return Poll::Ready(Err(EventError::Closed));
+        }
+        Poll::Pending
     }
 
     /// Closes the channel; the peer's waiter wakes with [`EventError::Closed`].
@@ -271,10 +261,10 @@ impl EventChannel {
 
 impl Drop for EventChannel {
     fn drop(&mut self) {
-        self.endpoint.close();
-        if let Some(peer) = self.endpoint.peer() {
-            peer.waker.wake();
-        }
+        let own = self.own();
+        own.closed.store(true, Ordering::Release);
+        own.waker.wake();
+        self.peer().waker.wake();
         self.table.remove(self.domain, self.port);
     }
 }
@@ -371,6 +361,22 @@ mod tests {
             EventError::Closed
         );
         assert_eq!(b.notify().unwrap_err(), EventError::Closed);
+    }
+
+    #[test]
+    fn a_notification_sent_before_the_close_is_still_delivered_once() {
+        for binder_closes in [false, true] {
+            let (a, b) = pair();
+            let (closing, staying) = if binder_closes { (b, a) } else { (a, b) };
+            closing.notify().unwrap();
+            closing.close();
+            assert!(staying.wait().now_or_never().unwrap().is_ok());
+            assert_eq!(
+                staying.wait().now_or_never().unwrap().unwrap_err(),
+                EventError::Closed
+            );
+            assert_eq!(staying.notify().unwrap_err(), EventError::Closed);
+        }
     }
 
     #[tokio::test]
