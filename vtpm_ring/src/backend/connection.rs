@@ -94,7 +94,7 @@ const SOURCES: usize = 5;
 /// polled only when its own waker fired (or the loop marked it), not on every wakeup.
 fn next_action(
     wake: &WakeSet,
-    inflight: &mut Option<BoxFuture<'static, Vec<u8>>>,
+    inflight: &mut Option<BoxFuture<'_, Vec<u8>>>,
     conn: &Connection,
     own: &mut Watch,
     front: &mut Watch,
@@ -143,7 +143,7 @@ pub(super) async fn serve(
     own: &mut Watch,
     front: &mut Watch,
 ) -> Stop {
-    let mut inflight: Option<BoxFuture<'static, Vec<u8>>> = None;
+    let mut inflight: Option<BoxFuture<'_, Vec<u8>>> = None;
     // One timer for the connection, not one per command (see `deadline::Watchdog`).
     let mut watchdog = deadline::Watchdog::new(shared.config.processing_timeout);
     let mut cancel_sent = false;
@@ -190,7 +190,7 @@ pub(super) async fn serve(
                     on_event(shared, config, conn, inflight.is_some(), &mut cancel_sent)
                 {
                     BackendStats::bump(&shared.stats.requests);
-                    let client = shared.client.clone();
+                    let client = &shared.client;
                     let (future, on_expiry) = match req {
                         Forward::Command { command, locality } => (
                             forward(client, config.instance, command, locality),

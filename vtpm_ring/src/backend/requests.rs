@@ -13,11 +13,11 @@ pub(super) enum Forward {
 /// Sends a validated command to the manager; any failure becomes TPM_RC_FAILURE, so the
 /// frontend always gets an answer (the caller bounds the wait: the processing timeout).
 pub(super) fn forward(
-    client: MuxClient,
+    client: &MuxClient,
     instance: u32,
     command: Vec<u8>,
     locality: u8,
-) -> BoxFuture<'static, Vec<u8>> {
+) -> BoxFuture<'_, Vec<u8>> {
     Box::pin(async move {
         match client.command(instance, command, locality).await {
             Ok(r) if validate_response(&r) => r,
@@ -36,11 +36,11 @@ pub(super) fn forward(
 /// Sends a control operation to the manager; the reply (a failure included) goes back as
 /// swtpm's reply bytes (the caller bounds the wait, as for commands).
 pub(super) fn forward_control(
-    client: MuxClient,
+    client: &MuxClient,
     instance: u32,
     cmd: CtrlCmd,
     op: ControlOp,
-) -> BoxFuture<'static, Vec<u8>> {
+) -> BoxFuture<'_, Vec<u8>> {
     Box::pin(async move {
         let reply = client.control(instance, op).await.map_err(|e| {
             tracing::debug!(instance, error = %e, "control operation failed");

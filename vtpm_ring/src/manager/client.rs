@@ -16,7 +16,7 @@ use super::router::MuxRouter;
 use crate::engine::ControlOp;
 use crate::engine::ControlReply;
 use futures::channel::mpsc;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -54,7 +54,9 @@ impl Slot {
 pub(super) struct Table {
     next_tag: u32,
     next_id: u64,
-    pub(super) slots: HashMap<u32, Slot>,
+    /// A B-tree rather than a hash map: a few entries, looked up several times per
+    /// request, where hashing each tag would cost more than the search.
+    pub(super) slots: BTreeMap<u32, Slot>,
     /// The router has ended: no reply will come.
     pub(super) closed: bool,
 }
