@@ -55,6 +55,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::fence;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -327,8 +328,13 @@ impl SwtpmEngine {
     /// Counts commands written to swtpm so far; a test waits on it to know a command is in
     /// flight.
     pub fn commands_sent(&self) -> watch::Receiver<u64> {
+        // Brought up to date first, so the receiver starts with nothing unseen.
+        self.publish_sent(self.sent_count.load(Ordering::SeqCst));
         let receiver = self.sent.subscribe();
-        self.publish_sent(self.sent_count.load(Ordering::Relaxed));
+        // Pairs with the fence after a command is counted: that command either sees this
+        // receiver and publishes, or its count is published here.
+        fence(Ordering::SeqCst);
+        self.publish_sent(self.sent_count.load(Ordering::SeqCst));
         receiver
     }
 
@@ -483,8 +489,9 @@ impl SwtpmEngine {
         let result = watchdog
             .within(async {
                 stream.write_all(command).await?;
-                let sent = self.sent_count.fetch_add(1, Ordering::Relaxed) + 1;
-                // The watch's lock is taken only for someone watching.
+                let sent = self.sent_count.fetch_add(1, Ordering::SeqCst) + 1;
+                // The watch's lock is taken only for someone watching (see `commands_sent`).
+                fence(Ordering::SeqCst);
                 if self.sent.receiver_count() > 0 {
                     self.publish_sent(sent);
                 }

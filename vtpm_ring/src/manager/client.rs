@@ -115,8 +115,10 @@ impl SlotGuard<'_> {
             let Some(slot) = table.slots.get_mut(&self.tag).filter(|s| s.id == self.id) else {
                 return Poll::Ready(Err(FrameError::Closed));
             };
-            match slot.outcome.take() {
-                Some(outcome) => Poll::Ready(outcome.ok_or(FrameError::Closed)),
+            match &mut slot.outcome {
+                // Taken, but the slot stays settled until the guard removes it: another
+                // frame with this tag meanwhile finds it settled and is dropped.
+                Some(outcome) => Poll::Ready(outcome.take().ok_or(FrameError::Closed)),
                 None if closed => Poll::Ready(Err(FrameError::Closed)),
                 None => {
                     match &mut slot.waker {

@@ -46,6 +46,12 @@ impl MuxRouter {
             };
             let mut table = lock(&self.pending);
             let waker = match table.slots.get_mut(&tag) {
+                // Already settled: the first frame for a tag decides, as when the slot was
+                // removed on delivery.
+                Some(slot) if slot.outcome.is_some() => {
+                    tracing::debug!(tag, instance, "second reply for a settled request; dropped");
+                    None
+                }
                 Some(slot) if slot.instance == instance && slot.control == control => {
                     // The waiter takes it from the slot; one that gave up has removed the
                     // slot, and the reply is dropped.
@@ -234,5 +240,97 @@ mod tests {
         );
         assert!(control.await.is_err());
         routing.abort();
+    }
+
+    #[tokio::test]
+    async fn a_settled_reply_is_not_replaced_by_a_later_frame_with_its_tag() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = router.run();
+        futures::pin_mut!(routing);
+        let mine = client.command(1, vec![1], 0);
+        futures::pin_mut!(mine);
+        assert!(futures::poll!(mine.as_mut()).is_pending());
+        let req = next_request(&mut man).await;
+        // The right reply, then (before the waiter runs) a frame for another instance
+        // carrying the same tag.
+        reply(
+            &man,
+            Frame::Response {
+                instance: 1,
+                tag: req.tag(),
+                response: vec![0xaa],
+            },
+        );
+        reply(
+            &man,
+            Frame::Response {
+                instance: 2,
+                tag: req.tag(),
+                response: vec![0xee],
+            },
+        );
+        assert!(futures::poll!(routing.as_mut()).is_pending());
+        assert_eq!(mine.await.unwrap(), vec![0xaa]);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_reply_does_not_replace_the_first() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = router.run();
+        futures::pin_mut!(routing);
+        let mine = client.command(1, vec![1], 0);
+        futures::pin_mut!(mine);
+        assert!(futures::poll!(mine.as_mut()).is_pending());
+        let req = next_request(&mut man).await;
+        reply(
+            &man,
+            Frame::Response {
+                instance: 1,
+                tag: req.tag(),
+                response: vec![0xaa],
+            },
+        );
+        reply(
+            &man,
+            Frame::Response {
+                instance: 1,
+                tag: req.tag(),
+                response: vec![0xbb],
+            },
+        );
+        assert!(futures::poll!(routing.as_mut()).is_pending());
+        assert_eq!(mine.await.unwrap(), vec![0xaa]);
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_fails_the_request_even_if_the_right_reply_follows() {
+        let (back, mut man) = stream_pair();
+        let (client, router) = mux(back);
+        let routing = router.run();
+        futures::pin_mut!(routing);
+        let mine = client.command(1, vec![1], 0);
+        futures::pin_mut!(mine);
+        assert!(futures::poll!(mine.as_mut()).is_pending());
+        let req = next_request(&mut man).await;
+        reply(
+            &man,
+            Frame::Response {
+                instance: 2,
+                tag: req.tag(),
+                response: vec![0xee],
+            },
+        );
+        reply(
+            &man,
+            Frame::Response {
+                instance: 1,
+                tag: req.tag(),
+                response: vec![0xaa],
+            },
+        );
+        assert!(futures::poll!(routing.as_mut()).is_pending());
+        assert!(mine.await.is_err());
     }
 }

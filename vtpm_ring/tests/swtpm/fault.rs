@@ -242,3 +242,20 @@ async fn a_swtpm_orphaned_on_the_state_is_ended_and_one_another_host_runs_is_lef
     owned.kill().unwrap();
     owned.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_of_the_sent_count_starts_with_nothing_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = SwtpmEngine::start(1, &StateDirs::new(dir.path()), SwtpmConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(rc(&engine.command(get_random(8), 0).await.unwrap()), 0);
+    let sent = engine.commands_sent();
+    assert!(*sent.borrow() >= 1);
+    // As `watch::Sender::subscribe` promises: the current value counts as seen, so
+    // `changed()` waits for the next command.
+    assert!(
+        !sent.has_changed().unwrap(),
+        "a fresh subscriber sees a change nobody made"
+    );
+}
