@@ -242,8 +242,12 @@ mod tests {
         routing.abort();
     }
 
-    #[tokio::test]
-    async fn a_settled_reply_is_not_replaced_by_a_later_frame_with_its_tag() {
+    /// One command answered by two frames with its tag, from `first` and `second` (instance,
+    /// body), both routed before the caller looks: what the caller gets.
+    async fn answered_twice(
+        first: (u32, u8),
+        second: (u32, u8),
+    ) -> Result<Vec<u8>, super::super::FrameError> {
         let (back, mut man) = stream_pair();
         let (client, router) = mux(back);
         let routing = router.run();
@@ -251,86 +255,29 @@ mod tests {
         let mine = client.command(1, vec![1], 0);
         futures::pin_mut!(mine);
         assert!(futures::poll!(mine.as_mut()).is_pending());
-        let req = next_request(&mut man).await;
-        // The right reply, then (before the waiter runs) a frame for another instance
-        // carrying the same tag.
-        reply(
-            &man,
-            Frame::Response {
-                instance: 1,
-                tag: req.tag(),
-                response: vec![0xaa],
-            },
-        );
-        reply(
-            &man,
-            Frame::Response {
-                instance: 2,
-                tag: req.tag(),
-                response: vec![0xee],
-            },
-        );
+        let tag = next_request(&mut man).await.tag();
+        for (instance, body) in [first, second] {
+            let response = vec![body];
+            reply(
+                &man,
+                Frame::Response {
+                    instance,
+                    tag,
+                    response,
+                },
+            );
+        }
         assert!(futures::poll!(routing.as_mut()).is_pending());
-        assert_eq!(mine.await.unwrap(), vec![0xaa]);
+        mine.await
     }
 
     #[tokio::test]
-    async fn a_duplicate_reply_does_not_replace_the_first() {
-        let (back, mut man) = stream_pair();
-        let (client, router) = mux(back);
-        let routing = router.run();
-        futures::pin_mut!(routing);
-        let mine = client.command(1, vec![1], 0);
-        futures::pin_mut!(mine);
-        assert!(futures::poll!(mine.as_mut()).is_pending());
-        let req = next_request(&mut man).await;
-        reply(
-            &man,
-            Frame::Response {
-                instance: 1,
-                tag: req.tag(),
-                response: vec![0xaa],
-            },
-        );
-        reply(
-            &man,
-            Frame::Response {
-                instance: 1,
-                tag: req.tag(),
-                response: vec![0xbb],
-            },
-        );
-        assert!(futures::poll!(routing.as_mut()).is_pending());
-        assert_eq!(mine.await.unwrap(), vec![0xaa]);
-    }
-
-    #[tokio::test]
-    async fn a_mismatch_fails_the_request_even_if_the_right_reply_follows() {
-        let (back, mut man) = stream_pair();
-        let (client, router) = mux(back);
-        let routing = router.run();
-        futures::pin_mut!(routing);
-        let mine = client.command(1, vec![1], 0);
-        futures::pin_mut!(mine);
-        assert!(futures::poll!(mine.as_mut()).is_pending());
-        let req = next_request(&mut man).await;
-        reply(
-            &man,
-            Frame::Response {
-                instance: 2,
-                tag: req.tag(),
-                response: vec![0xee],
-            },
-        );
-        reply(
-            &man,
-            Frame::Response {
-                instance: 1,
-                tag: req.tag(),
-                response: vec![0xaa],
-            },
-        );
-        assert!(futures::poll!(routing.as_mut()).is_pending());
-        assert!(mine.await.is_err());
+    async fn the_first_frame_for_a_tag_settles_its_request() {
+        // A later frame for another instance does not take the delivered reply away.
+        assert_eq!(answered_twice((1, 0xaa), (2, 0xee)).await.unwrap(), [0xaa]);
+        // A duplicate does not replace it.
+        assert_eq!(answered_twice((1, 0xaa), (1, 0xbb)).await.unwrap(), [0xaa]);
+        // A mismatch fails the request even when the right reply follows.
+        assert!(answered_twice((2, 0xee), (1, 0xaa)).await.is_err());
     }
 }
