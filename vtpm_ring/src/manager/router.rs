@@ -3,7 +3,10 @@
 //! The ordering rule of the stream is enforced here: a reply goes to the one request whose
 //! tag, instance and kind (command or control) it carries, whatever order replies arrive in.
 //! Nothing is matched by arrival order, so an engine may answer in any order, and a reply
-//! nobody waits for any more (abandoned, timed out, posted cancel) is dropped.
+//! nobody waits for any more (abandoned, timed out, posted cancel) is dropped. The first frame
+//! with a request's tag settles it, as the reply or (wrong instance or kind) as a failure;
+//! later frames with that tag are dropped, so a duplicate can neither replace a delivered
+//! reply nor undo a failure.
 
 use super::client::Pending;
 use super::client::lock;
