@@ -15,6 +15,7 @@
 use crate::domain::DomainId;
 use futures::Stream;
 use futures::channel::mpsc;
+use futures::task::AtomicWaker;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -147,8 +148,17 @@ struct WatchReg {
     domain: DomainId,
     path: String,
     tx: mpsc::Sender<String>,
-    /// Set when an event was dropped because the queue was full.
-    overflow: Arc<AtomicBool>,
+    overflow: Arc<Overflow>,
+}
+
+/// A watch's lost events: set when an event was dropped because the queue was full, with the
+/// watch's waiter to wake then. The queue's own wakeup cannot stand in for it: the waiter may
+/// drain the queue and find no flag between the full send and the flag being set, and then
+/// nothing would wake it for that change.
+#[derive(Default)]
+struct Overflow {
+    flag: AtomicBool,
+    waker: AtomicWaker,
 }
 
 struct StoreState {
@@ -263,9 +273,11 @@ impl StoreState {
 fn queue_event(w: &mut WatchReg, path: &str) {
     if let Err(e) = w.tx.try_send(path.to_string())
         && e.is_full()
-        && !w.overflow.swap(true, Ordering::AcqRel)
     {
-        tracing::debug!(domain = %w.domain, watch = w.path, "watch queue full; events collapse");
+        if !w.overflow.flag.swap(true, Ordering::AcqRel) {
+            tracing::debug!(domain = %w.domain, watch = w.path, "watch queue full; events collapse");
+        }
+        w.overflow.waker.wake();
     }
 }
 
@@ -527,7 +539,7 @@ impl StoreHandle {
         }
         // The channel holds its buffer plus one slot per sender.
         let (tx, rx) = mpsc::channel(MAX_WATCH_EVENTS - 1);
-        let overflow = Arc::new(AtomicBool::new(false));
+        let overflow = Arc::new(Overflow::default());
         let id = state.next_watch;
         state.next_watch = state.next_watch.wrapping_add(1);
         let mut reg = WatchReg {
@@ -558,15 +570,17 @@ pub struct Watch {
     rx: mpsc::Receiver<String>,
     id: u64,
     path: String,
-    overflow: Arc<AtomicBool>,
+    overflow: Arc<Overflow>,
     store: Store,
 }
 
 impl Stream for Watch {
     type Item = String;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        // Registered before the flag is looked at (see `Overflow`).
+        self.overflow.waker.register(cx.waker());
         match Pin::new(&mut self.rx).poll_next(cx) {
-            Poll::Pending if self.overflow.swap(false, Ordering::AcqRel) => {
+            Poll::Pending if self.overflow.flag.swap(false, Ordering::AcqRel) => {
                 Poll::Ready(Some(self.path.clone()))
             }
             other => other,
@@ -853,6 +867,36 @@ mod tests {
             }
             // Events were lost, so the last one names the watched path: re-read everything.
             assert_eq!(events.last().map(String::as_str), Some("/local/domain/1"));
+        }
+
+        #[test]
+        fn an_event_dropped_for_a_full_queue_wakes_the_watch() {
+            let (_, dom0, a, _) = setup();
+            let mut w = dom0.watch("/local/domain/1").unwrap();
+            for i in 0..MAX_WATCH_EVENTS {
+                a.write(&format!("k{i}"), "v").unwrap();
+            }
+            // The waiter takes one event (a poll that finds one registers no queue waker),
+            // the queue fills again, and the next event is dropped.
+            let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = futures::task::waker(wakes.clone());
+            let mut cx = Context::from_waker(&waker);
+            assert!(Pin::new(&mut w).poll_next(&mut cx).is_ready());
+            a.write("fills", "v").unwrap();
+            assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+            a.write("dropped", "v").unwrap();
+            assert_eq!(
+                wakes.0.load(Ordering::Relaxed),
+                1,
+                "the dropped event woke nobody"
+            );
+        }
+
+        struct Wakes(std::sync::atomic::AtomicUsize);
+        impl futures::task::ArcWake for Wakes {
+            fn wake_by_ref(w: &Arc<Self>) {
+                w.0.fetch_add(1, Ordering::Relaxed);
+            }
         }
 
         use futures::FutureExt;
