@@ -6,7 +6,6 @@
 //! one and is dropped: it can never answer a later request, of this guest or the next.
 
 use super::StreamEnd;
-use super::codec::FRAME_HEADER_SIZE;
 use super::codec::Frame;
 use super::codec::FrameError;
 use super::codec::MAX_INSTANCE;
@@ -212,14 +211,13 @@ impl MuxClient {
         locality: u8,
     ) -> Result<Vec<u8>, FrameError> {
         self.request(instance, false, |tag| {
-            // The frame written directly, as `Frame::Command` encodes it, without first
-            // moving the command into a frame.
-            let mut frame = Vec::with_capacity(FRAME_HEADER_SIZE + 1 + command.len());
-            frame.extend_from_slice(&instance.to_be_bytes());
-            frame.extend_from_slice(&tag.to_be_bytes());
-            frame.push(locality);
-            frame.extend_from_slice(&command);
-            frame
+            Frame::Command {
+                instance,
+                tag,
+                locality,
+                command,
+            }
+            .encode()
         })
         .await
     }

@@ -15,7 +15,7 @@ pub async fn data_round_trip(
     command: &[u8],
 ) -> Result<Vec<u8>, SwtpmError> {
     stream.write_all(command).await?;
-    read_response(stream, &mut vec![0; FIRST_READ]).await
+    read_response(stream, &mut first_read_buffer()).await
 }
 
 /// A buffer for [`read_response`]'s first read, kept with a connection so that a command
