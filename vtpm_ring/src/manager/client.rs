@@ -41,8 +41,12 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    /// Settles the request; returns the waker to wake once the table's lock is released.
+    /// Settles the request unless it already is (the first outcome stands); returns the
+    /// waker to wake once the table's lock is released.
     pub(super) fn settle(&mut self, outcome: Option<Vec<u8>>) -> Option<Waker> {
+        if self.outcome.is_some() {
+            return None;
+        }
         self.outcome = Some(outcome);
         self.waker.take()
     }

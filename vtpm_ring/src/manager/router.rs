@@ -50,7 +50,8 @@ impl MuxRouter {
             let mut table = lock(&self.pending);
             let waker = match table.slots.get_mut(&tag) {
                 // Already settled: the first frame for a tag decides, as when the slot was
-                // removed on delivery.
+                // removed on delivery (`settle` keeps the first outcome; this arm only says
+                // so in the log).
                 Some(slot) if slot.outcome.is_some() => {
                     tracing::debug!(tag, instance, "second reply for a settled request; dropped");
                     None
@@ -87,8 +88,7 @@ impl MuxRouter {
             table
                 .slots
                 .values_mut()
-                // A reply already delivered stays for its waiter to take.
-                .filter(|s| s.outcome.is_none())
+                // A reply already delivered stays for its waiter to take (see `settle`).
                 .filter_map(|s| s.settle(None))
                 .collect()
         };
