@@ -12,19 +12,16 @@
 //! Each watch queues a bounded number of events (see [`Watch`]).
 //! Transactions are not implemented.
 
+mod watch;
+
+pub use watch::Watch;
+use watch::Watches;
+
 use crate::domain::DomainId;
-use futures::Stream;
-use futures::channel::mpsc;
-use futures::task::AtomicWaker;
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
-use std::task::Context;
-use std::task::Poll;
 use thiserror::Error;
 
 /// Longest path accepted.
@@ -143,28 +140,9 @@ struct Node {
     perms: Perms,
 }
 
-struct WatchReg {
-    id: u64,
-    domain: DomainId,
-    path: String,
-    tx: mpsc::Sender<String>,
-    overflow: Arc<Overflow>,
-}
-
-/// A watch's lost events: set when an event was dropped because the queue was full, with the
-/// watch's waiter to wake then. The queue's own wakeup cannot stand in for it: the waiter may
-/// drain the queue and find no flag between the full send and the flag being set, and then
-/// nothing would wake it for that change.
-#[derive(Default)]
-struct Overflow {
-    flag: AtomicBool,
-    waker: AtomicWaker,
-}
-
 struct StoreState {
     nodes: BTreeMap<String, Node>,
-    watches: Vec<WatchReg>,
-    next_watch: u64,
+    watches: Watches,
 }
 
 /// The store (the host owns one; domains reach it through a [`StoreHandle`] acting as them).
@@ -209,8 +187,7 @@ impl Store {
         Self {
             state: Arc::new(Mutex::new(StoreState {
                 nodes,
-                watches: Vec::new(),
-                next_watch: 0,
+                watches: Watches::default(),
             })),
         }
     }
@@ -256,28 +233,6 @@ impl StoreState {
             .values()
             .filter(|n| n.perms.owner == domain)
             .count()
-    }
-
-    /// Queues a watch event for `changed` to every matching watch whose domain could read it.
-    /// A full queue drops the event and marks the watch overflowed instead.
-    fn fire(&mut self, changed: &str, readable_by: impl Fn(DomainId) -> bool) {
-        self.watches.retain(|w| !w.tx.is_closed());
-        for w in &mut self.watches {
-            if is_at_or_below(changed, &w.path) && readable_by(w.domain) {
-                queue_event(w, changed);
-            }
-        }
-    }
-}
-
-fn queue_event(w: &mut WatchReg, path: &str) {
-    if let Err(e) = w.tx.try_send(path.to_string())
-        && e.is_full()
-    {
-        if !w.overflow.flag.swap(true, Ordering::AcqRel) {
-            tracing::debug!(domain = %w.domain, watch = w.path, "watch queue full; events collapse");
-        }
-        w.overflow.waker.wake();
     }
 }
 
@@ -420,9 +375,9 @@ impl StoreHandle {
             None => return Err(StoreError::NotFound(path)),
         };
         for c in created.iter().filter(|c| **c != path) {
-            state.fire(c, |d| perms.of(d).can_read());
+            state.watches.fire(c, |d| perms.of(d).can_read());
         }
-        state.fire(&path, |d| perms.of(d).can_read());
+        state.watches.fire(&path, |d| perms.of(d).can_read());
         Ok(())
     }
 
@@ -456,7 +411,7 @@ impl StoreHandle {
             .collect();
         for (p, perms) in &doomed {
             state.nodes.remove(p);
-            state.fire(p, |d| perms.of(d).can_read());
+            state.watches.fire(p, |d| perms.of(d).can_read());
         }
         Ok(())
     }
@@ -518,96 +473,25 @@ impl StoreHandle {
             return Err(self.denied("change the owner of", &path));
         }
         node.perms = perms.clone();
-        state.fire(&path, |d| perms.of(d).can_read());
+        state.watches.fire(&path, |d| perms.of(d).can_read());
         Ok(())
     }
 
     /// Watches `path` and everything below it. The first event names `path` itself.
     pub fn watch(&self, path: &str) -> Result<Watch, StoreError> {
         let path = self.resolve(path)?;
-        let mut state = self.store.lock();
-        state.watches.retain(|w| !w.tx.is_closed());
-        if self.domain != DomainId::DOM0
-            && state
-                .watches
-                .iter()
-                .filter(|w| w.domain == self.domain)
-                .count()
-                >= MAX_WATCHES_PER_DOMAIN
-        {
-            return Err(StoreError::Quota(self.domain));
-        }
-        // The channel holds its buffer plus one slot per sender.
-        let (tx, rx) = mpsc::channel(MAX_WATCH_EVENTS - 1);
-        let overflow = Arc::new(Overflow::default());
-        let id = state.next_watch;
-        state.next_watch = state.next_watch.wrapping_add(1);
-        let mut reg = WatchReg {
-            id,
-            domain: self.domain,
-            path: path.clone(),
-            tx,
-            overflow: overflow.clone(),
-        };
-        queue_event(&mut reg, &path);
-        state.watches.push(reg);
-        Ok(Watch {
-            rx,
-            id,
-            path,
-            overflow,
-            store: self.store.clone(),
-        })
-    }
-}
-
-/// A registered watch: a stream of changed paths. Dropping it unregisters.
-///
-/// At most [`MAX_WATCH_EVENTS`] events wait in its queue; events beyond that are dropped, and
-/// once the queue is drained the watch yields its own path once, meaning "something at or
-/// below changed: read again". Consumers therefore treat events as hints, never as a log.
-pub struct Watch {
-    rx: mpsc::Receiver<String>,
-    id: u64,
-    path: String,
-    overflow: Arc<Overflow>,
-    store: Store,
-}
-
-impl Stream for Watch {
-    type Item = String;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        // Registered before the flag is looked at (see `Overflow`).
-        self.overflow.waker.register(cx.waker());
-        match Pin::new(&mut self.rx).poll_next(cx) {
-            Poll::Pending if self.overflow.flag.swap(false, Ordering::AcqRel) => {
-                Poll::Ready(Some(self.path.clone()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl futures::stream::FusedStream for Watch {
-    fn is_terminated(&self) -> bool {
-        self.rx.is_terminated()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let id = self.id;
-        self.store.lock().watches.retain(|w| w.id != id);
+        let store = self.store.clone();
+        self.store.lock().watches.register(self.domain, path, store)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::Host;
-    use futures::StreamExt;
 
-    fn setup() -> (Host, StoreHandle, StoreHandle, StoreHandle) {
+    /// A host with domains 1 and 2: the host, dom0's store, domain 1's and domain 2's.
+    pub(in crate::store) fn setup() -> (Host, StoreHandle, StoreHandle, StoreHandle) {
         let host = Host::new();
         let a = host.create_domain(DomainId(1), 1).unwrap();
         let b = host.create_domain(DomainId(2), 1).unwrap();
@@ -785,120 +669,5 @@ mod tests {
             assert!(a.write(&"x".repeat(MAX_PATH_LEN + 1), "1").is_err());
             assert!(a.write("ok", &"v".repeat(MAX_VALUE_LEN + 1)).is_err());
         }
-    }
-
-    mod watches {
-        use super::*;
-
-        #[test]
-        fn watch_fires_initially_and_on_changes_below() {
-            let (_, _, a, _) = setup();
-            let mut w = a.watch("dev").unwrap();
-            assert_eq!(
-                w.next().now_or_never().flatten().as_deref(),
-                Some("/local/domain/1/dev")
-            );
-            a.write("dev/state", "1").unwrap();
-            assert_eq!(
-                w.next().now_or_never().flatten().as_deref(),
-                Some("/local/domain/1/dev")
-            );
-            assert_eq!(
-                w.next().now_or_never().flatten().as_deref(),
-                Some("/local/domain/1/dev/state")
-            );
-            a.write("devil", "x").unwrap();
-            assert!(w.next().now_or_never().is_none());
-        }
-
-        #[test]
-        fn watch_does_not_leak_unreadable_changes() {
-            let (_, _, a, b) = setup();
-            let mut w = b.watch("/local/domain/1").unwrap();
-            let _initial = w.next().now_or_never();
-            a.write("private", "p").unwrap();
-            assert!(w.next().now_or_never().is_none());
-        }
-
-        #[test]
-        fn removal_fires_watch() {
-            let (_, _, a, _) = setup();
-            a.write("n", "1").unwrap();
-            let mut w = a.watch("n").unwrap();
-            let _initial = w.next().now_or_never();
-            a.rm("n").unwrap();
-            assert_eq!(
-                w.next().now_or_never().flatten().as_deref(),
-                Some("/local/domain/1/n")
-            );
-        }
-
-        #[test]
-        fn a_guest_writing_nodes_cannot_grow_a_watchers_queue() {
-            let (_, dom0, a, _) = setup();
-            let mut w = dom0.watch("/local/domain/1").unwrap();
-            for i in 0..20 * MAX_WATCH_EVENTS {
-                a.write("n", &i.to_string()).unwrap();
-            }
-            let mut queued = 0;
-            while let Some(Some(_)) = w.next().now_or_never() {
-                queued += 1;
-            }
-            // The bound, plus one event standing for everything dropped.
-            assert!(queued <= MAX_WATCH_EVENTS + 1, "{queued} events queued");
-            // Drained, the watch delivers again.
-            a.write("n", "again").unwrap();
-            assert_eq!(
-                w.next().now_or_never().flatten().as_deref(),
-                Some("/local/domain/1/n")
-            );
-        }
-
-        #[test]
-        fn an_overflowing_watch_still_reports_a_change() {
-            let (_, dom0, a, _) = setup();
-            let mut w = dom0.watch("/local/domain/1").unwrap();
-            for i in 0..2 * MAX_WATCH_EVENTS {
-                a.write(&format!("k{i}"), "v").unwrap();
-            }
-            let mut events = Vec::new();
-            while let Some(Some(e)) = w.next().now_or_never() {
-                events.push(e);
-            }
-            // Events were lost, so the last one names the watched path: re-read everything.
-            assert_eq!(events.last().map(String::as_str), Some("/local/domain/1"));
-        }
-
-        #[test]
-        fn an_event_dropped_for_a_full_queue_wakes_the_watch() {
-            let (_, dom0, a, _) = setup();
-            let mut w = dom0.watch("/local/domain/1").unwrap();
-            for i in 0..MAX_WATCH_EVENTS {
-                a.write(&format!("k{i}"), "v").unwrap();
-            }
-            // The waiter takes one event (a poll that finds one registers no queue waker),
-            // the queue fills again, and the next event is dropped.
-            let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
-            let waker = futures::task::waker(wakes.clone());
-            let mut cx = Context::from_waker(&waker);
-            assert!(Pin::new(&mut w).poll_next(&mut cx).is_ready());
-            a.write("fills", "v").unwrap();
-            assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
-            a.write("dropped", "v").unwrap();
-            assert_eq!(
-                wakes.0.load(Ordering::Relaxed),
-                1,
-                "the dropped event woke nobody"
-            );
-        }
-
-        struct Wakes(std::sync::atomic::AtomicUsize);
-        impl futures::task::ArcWake for Wakes {
-            fn wake_by_ref(w: &Arc<Self>) {
-                w.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-
-        use futures::FutureExt;
     }
 }
