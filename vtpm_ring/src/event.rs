@@ -238,13 +238,20 @@ impl EventChannel {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Result<(), EventError>> {
         let own = self.own();
+        // The peer may notify from another thread as fast as it likes: without drawing on
+        // tokio's cooperative budget, a waiter that finds a notification on every poll would
+        // never yield, and it would starve every other task of its runtime thread. Asked
+        // before the flag is taken, so a refused poll leaves the notification pending.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         // Checked before registering too: a waiter woken by a notify (the usual case) then
         // takes it without touching the waker.
         if own.pending.swap(false, Ordering::AcqRel) {
+            coop.made_progress();
             return Poll::Ready(Ok(()));
         }
         own.waker.register(cx.waker());
         if own.pending.swap(false, Ordering::AcqRel) {
+            coop.made_progress();
             return Poll::Ready(Ok(()));
         }
         if own.closed.load(Ordering::Acquire) || self.link.peer_gone(self.side) {
@@ -377,6 +384,29 @@ mod tests {
             );
             assert_eq!(staying.notify().unwrap_err(), EventError::Closed);
         }
+    }
+
+    /// A peer that notifies between every two polls (as one on another thread can) would
+    /// otherwise keep the waiter ready forever, and its runtime thread with it.
+    #[tokio::test]
+    async fn a_peer_notifying_without_pause_cannot_keep_the_waiter_from_yielding() {
+        let (a, b) = pair();
+        let mut taken = 0;
+        let refused = loop {
+            a.notify().unwrap();
+            match b.wait().now_or_never() {
+                Some(r) => r.unwrap(),
+                None => break true,
+            }
+            taken += 1;
+            if taken == 10_000 {
+                break false;
+            }
+        };
+        assert!(refused, "{taken} notifications taken without yielding");
+        // The refused poll took nothing: after yielding, the notification is still there.
+        tokio::task::yield_now().await;
+        assert_eq!(b.wait().now_or_never(), Some(Ok(())));
     }
 
     #[tokio::test]

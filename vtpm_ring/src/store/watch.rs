@@ -130,14 +130,21 @@ pub struct Watch {
 impl Stream for Watch {
     type Item = String;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        // A domain writing nodes from another thread can keep this stream ready forever; the
+        // cooperative budget makes its consumer yield now and then (see `EventChannel::wait`).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         // Registered before the flag is looked at (see `Overflow`).
         self.overflow.waker.register(cx.waker());
-        match Pin::new(&mut self.rx).poll_next(cx) {
+        let next = match Pin::new(&mut self.rx).poll_next(cx) {
             Poll::Pending if self.overflow.flag.swap(false, Ordering::AcqRel) => {
                 Poll::Ready(Some(self.path.clone()))
             }
             other => other,
+        };
+        if next.is_ready() {
+            coop.made_progress();
         }
+        next
     }
 }
 
@@ -221,6 +228,28 @@ mod tests {
             w.next().now_or_never().flatten().as_deref(),
             Some("/local/domain/1/n")
         );
+    }
+
+    /// A domain writing nodes between every two polls (as one on another thread can) would
+    /// otherwise keep the watch ready forever, and its consumer's runtime thread with it.
+    #[tokio::test]
+    async fn a_domain_writing_without_pause_cannot_keep_the_watcher_from_yielding() {
+        let (_, dom0, a, _) = setup();
+        let mut w = dom0.watch("/local/domain/1").unwrap();
+        let mut taken = 0;
+        let refused = loop {
+            a.write("busy", &taken.to_string()).unwrap();
+            if w.next().now_or_never().is_none() {
+                break true;
+            }
+            taken += 1;
+            if taken == 10_000 {
+                break false;
+            }
+        };
+        assert!(refused, "{taken} events taken without yielding");
+        tokio::task::yield_now().await;
+        assert!(w.next().now_or_never().flatten().is_some());
     }
 
     #[test]
