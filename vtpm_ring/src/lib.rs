@@ -77,6 +77,7 @@ pub mod event;
 pub mod frontend;
 pub mod grant;
 pub mod manager;
+mod pace;
 pub mod page;
 pub mod protocol;
 pub mod qemu;

@@ -3,9 +3,11 @@
 //! write) costs the backend work, but must not starve the other guests served by the same
 //! backend task, nor the manager on the same (single) runtime thread.
 //!
-//! The bound itself is proved deterministically beside the code: the backend's event channels
-//! and watch streams draw on tokio's cooperative budget, so a waiter that finds a doorbell or
-//! an event on every poll still yields after a budget's worth (`event.rs`, `store/watch.rs`).
+//! The bound itself is proved deterministically beside the code: the backend's loops take at
+//! most a share of actions per poll of their task, whatever the executor (`pace.rs`; a guest
+//! that rings back from inside the backend's notify, in `backend/connection.rs`), and the
+//! event channels and watch streams draw on tokio's cooperative budget too (`event.rs`,
+//! `store/watch.rs`).
 //! A thread here cannot be made to keep ahead of the backend on every single poll (a poll that
 //! finds nothing yields anyway), so these tests check the outcome a user sees: the other
 //! guest's commands complete while the flood goes on. They need `swtpm` (`cargo xtask deps`).

@@ -2,6 +2,7 @@
 //! time, until the frontend or the toolstack ends the connection.
 
 use super::*;
+use crate::pace::Pace;
 use crate::wake_set::WakeSet;
 use std::task::Context;
 use std::task::Poll;
@@ -157,6 +158,7 @@ pub(super) async fn serve(
         Transport::V1(_) => Action::Idle,
     };
     let wake = WakeSet::new(SOURCES);
+    let mut pace = Pace::default();
     let stop = loop {
         match action {
             Action::Idle => {}
@@ -232,7 +234,9 @@ pub(super) async fn serve(
             }
         }
         action = std::future::poll_fn(|cx| {
-            next_action(&wake, &mut inflight, conn, own, front, &mut watchdog, cx)
+            pace.poll(cx, |cx| {
+                next_action(&wake, &mut inflight, conn, own, front, &mut watchdog, cx)
+            })
         })
         .await;
     };
@@ -247,4 +251,108 @@ pub(super) async fn serve(
         }
     }
     stop
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::BackendConfig;
+    use crate::domain::DomainId;
+    use crate::event::EventChannel;
+    use crate::pace::ACTIONS_PER_POLL;
+    use crate::page::OwnPage;
+    use crate::page::PageIo;
+    use crate::protocol::ProtocolVersion;
+    use crate::protocol::v2::STATE_OFFSET;
+    use crate::protocol::v2::V2State;
+    use crate::testbed::BACKEND_DOMAIN;
+    use crate::testbed::RawFrontend;
+    use crate::testbed::Testbed;
+    use crate::xenbus::XenbusState;
+    use crate::xenbus::backend_dir;
+    use crate::xenbus::read_state;
+    use futures::task::ArcWake;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::Weak;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+    use std::task::Context;
+
+    /// A guest whose vCPU answers every notification from the backend at once with a new
+    /// doorbell, played deterministically: its event channel waker, which the backend's
+    /// notify runs, writes CANCEL (with nothing under way, the backend acknowledges IDLE and
+    /// notifies again) and rings.
+    struct Echo {
+        event: Weak<EventChannel>,
+        page: OwnPage,
+        rings: AtomicUsize,
+    }
+
+    /// Far more than a fair share: a backend still running at this count never yielded.
+    const GIVE_UP: usize = 10_000;
+
+    impl Echo {
+        fn arm(me: &Arc<Self>) {
+            let Some(event) = me.event.upgrade() else {
+                return;
+            };
+            let waker = futures::task::waker(me.clone());
+            let mut cx = Context::from_waker(&waker);
+            while std::pin::pin!(event.wait()).poll(&mut cx).is_ready() {}
+        }
+    }
+
+    impl ArcWake for Echo {
+        fn wake_by_ref(me: &Arc<Self>) {
+            if me.rings.fetch_add(1, Ordering::SeqCst) >= GIVE_UP {
+                return;
+            }
+            let Some(event) = me.event.upgrade() else {
+                return;
+            };
+            me.page.store_u8(STATE_OFFSET, V2State::CANCEL.0).unwrap();
+            event.notify().unwrap();
+            Echo::arm(me);
+        }
+    }
+
+    #[test]
+    fn a_guest_ringing_back_at_once_cannot_hold_the_backend_in_one_poll() {
+        let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
+        let guest = bed.add_guest(DomainId(2)).unwrap();
+        bed.add_device(guest.id(), 0, 1).unwrap();
+        let raw = RawFrontend::publish(&guest, ProtocolVersion::V2).unwrap();
+        let mut run = Box::pin(run);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let bdir = backend_dir(BACKEND_DOMAIN, guest.id(), 0);
+        for _ in 0..100 {
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            if read_state(&guest.store(), &bdir) == XenbusState::CONNECTED {
+                break;
+            }
+        }
+        assert_eq!(read_state(&guest.store(), &bdir), XenbusState::CONNECTED);
+
+        let event = Arc::new(raw.event);
+        let echo = Arc::new(Echo {
+            event: Arc::downgrade(&event),
+            page: raw.pages[0].clone(),
+            rings: AtomicUsize::new(0),
+        });
+        Echo::arm(&echo);
+        raw.pages[0]
+            .store_u8(STATE_OFFSET, V2State::CANCEL.0)
+            .unwrap();
+        event.notify().unwrap();
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        let rings = echo.rings.load(Ordering::SeqCst);
+        assert!(
+            rings <= ACTIONS_PER_POLL as usize,
+            "one poll of the backend took {rings} doorbells"
+        );
+        // Yielding lost nothing: the next poll takes the next share.
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert!(echo.rings.load(Ordering::SeqCst) > rings);
+    }
 }

@@ -4,6 +4,8 @@
 //! connection; `connection` serves the connection in between.
 
 use super::*;
+use crate::pace::Pace;
+use std::task::Poll;
 
 pub(super) struct DeviceConfig {
     pub(super) frontend: DomainId,
@@ -30,11 +32,19 @@ pub(super) async fn device(shared: Arc<Shared>, dir: String) -> String {
     dir
 }
 
-pub(super) async fn next_change(own: &mut Watch, front: &mut Watch) -> bool {
-    select_biased! {
-        a = own.next() => a.is_some(),
-        b = front.next() => b.is_some(),
-    }
+/// Waits for a change to the device's or the frontend's directory (the toolstack's first);
+/// false once a watch ended. `pace` keeps a frontend that rewrites its directory without
+/// pause from holding the task (see [`Pace`]).
+pub(super) async fn next_change(pace: &mut Pace, own: &mut Watch, front: &mut Watch) -> bool {
+    std::future::poll_fn(|cx| {
+        pace.poll(cx, |cx| {
+            if let Poll::Ready(a) = own.poll_next_unpin(cx) {
+                return Poll::Ready(a.is_some());
+            }
+            front.poll_next_unpin(cx).map(|b| b.is_some())
+        })
+    })
+    .await
 }
 
 async fn device_inner(shared: &Shared, dir: &str) -> Result<(), BackendError> {
@@ -97,6 +107,7 @@ async fn serve_device(
     let store = &shared.store;
     let exists = || store.try_read(dir).ok().flatten().is_some();
     let mut front = store.watch(&config.front_dir)?;
+    let mut pace = Pace::default();
     if shared.config.protocols.v2 {
         store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
     }
@@ -114,7 +125,7 @@ async fn serve_device(
             if st == XenbusState::INITIALISED || st == XenbusState::CONNECTED {
                 break;
             }
-            if !next_change(own, &mut front).await {
+            if !next_change(&mut pace, own, &mut front).await {
                 return Ok(());
             }
         }
@@ -167,7 +178,7 @@ async fn serve_device(
             ) {
                 break;
             }
-            if !next_change(own, &mut front).await {
+            if !next_change(&mut pace, own, &mut front).await {
                 return Ok(());
             }
         }
