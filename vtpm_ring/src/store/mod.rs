@@ -14,6 +14,7 @@
 
 mod watch;
 
+use watch::Wakes;
 pub use watch::Watch;
 use watch::Watches;
 
@@ -32,6 +33,9 @@ pub const MAX_VALUE_LEN: usize = 4096;
 pub const MAX_NODES_PER_DOMAIN: usize = 1000;
 /// Most watches one domain may hold.
 pub const MAX_WATCHES_PER_DOMAIN: usize = 128;
+/// Most access list entries on one node (xenstored's default quota): every node created below
+/// copies the list, and every watch event consults it.
+pub const MAX_PERMS_PER_NODE: usize = 5;
 /// Most events one watch queues before further events collapse into one (XSA-349: a guest
 /// writing nodes must not grow the memory of whoever watches them).
 pub const MAX_WATCH_EVENTS: usize = 64;
@@ -122,6 +126,9 @@ pub enum StoreError {
     /// The domain owns too many nodes or watches.
     #[error("domain {0} exceeded its store quota")]
     Quota(DomainId),
+    /// An access list longer than [`MAX_PERMS_PER_NODE`].
+    #[error("access list of {0} entries is too long")]
+    TooManyPerms(usize),
     /// A value that should be a number or a state was not.
     #[error("node {path} holds {value:?}, not a valid {what}")]
     BadValue {
@@ -142,6 +149,9 @@ struct Node {
 
 struct StoreState {
     nodes: BTreeMap<String, Node>,
+    /// How many nodes each domain owns, kept with `nodes` (counting them on every create
+    /// would cost a scan of the whole store under its lock).
+    owned: BTreeMap<DomainId, usize>,
     watches: Watches,
 }
 
@@ -187,6 +197,7 @@ impl Store {
         Self {
             state: Arc::new(Mutex::new(StoreState {
                 nodes,
+                owned: BTreeMap::from([(DomainId::DOM0, 1)]),
                 watches: Watches::default(),
             })),
         }
@@ -228,11 +239,52 @@ impl StoreState {
         None
     }
 
+    /// The error for `who`, who tried to `op` the missing node `path`: that it is missing only
+    /// if `who` may read its nearest existing ancestor. Otherwise it is denied, as an existing
+    /// node it may not read would be, so that no domain learns which names exist in another's
+    /// private directory (xenstored answers EACCES there too).
+    fn missing(&self, who: &StoreHandle, op: &'static str, path: &str) -> StoreError {
+        match self.nearest_existing(path) {
+            Some(n) if n.perms.of(who.domain).can_read() => StoreError::NotFound(path.to_string()),
+            _ => who.denied(op, path),
+        }
+    }
+
     fn owned_by(&self, domain: DomainId) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.perms.owner == domain)
-            .count()
+        self.owned.get(&domain).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, owner: DomainId, delta: isize) {
+        let n = self.owned.entry(owner).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.owned.remove(&owner);
+        }
+    }
+
+    fn insert(&mut self, path: String, node: Node) {
+        self.count(node.perms.owner, 1);
+        if let Some(old) = self.nodes.insert(path, node) {
+            self.count(old.perms.owner, -1);
+        }
+    }
+
+    fn remove(&mut self, path: &str) {
+        if let Some(old) = self.nodes.remove(path) {
+            self.count(old.perms.owner, -1);
+        }
+    }
+
+    fn set_perms(&mut self, path: &str, perms: Perms) {
+        let new_owner = perms.owner;
+        let Some(node) = self.nodes.get_mut(path) else {
+            return;
+        };
+        let old_owner = std::mem::replace(&mut node.perms, perms).owner;
+        if old_owner != new_owner {
+            self.count(old_owner, -1);
+            self.count(new_owner, 1);
+        }
     }
 }
 
@@ -264,10 +316,15 @@ impl StoreHandle {
         } else {
             format!("/local/domain/{}/{path}", self.domain)
         };
-        let full = if full.len() > 1 {
-            full.trim_end_matches('/').to_string()
-        } else {
-            full
+        // One trailing slash is tolerated ("" names the domain's home); an empty component
+        // anywhere else is not a path (xenstored refuses "//" too), and trimming every
+        // slash would turn "//" into "", a path below nothing that every watch matched.
+        if full.contains("//") {
+            return Err(StoreError::InvalidPath(path.to_string()));
+        }
+        let full = match full.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => trimmed.to_string(),
+            _ => full,
         };
         if full.len() > MAX_PATH_LEN
             || (full != "/" && !full.split('/').skip(1).all(valid_component))
@@ -290,10 +347,9 @@ impl StoreHandle {
     pub fn read(&self, path: &str) -> Result<String, StoreError> {
         let path = self.resolve(path)?;
         let state = self.store.lock();
-        let node = state
-            .nodes
-            .get(&path)
-            .ok_or(StoreError::NotFound(path.clone()))?;
+        let Some(node) = state.nodes.get(&path) else {
+            return Err(state.missing(self, "read", &path));
+        };
         if !node.perms.of(self.domain).can_read() {
             return Err(self.denied("read", &path));
         }
@@ -335,8 +391,9 @@ impl StoreHandle {
             let parent = state
                 .nearest_existing(&path)
                 .ok_or(StoreError::InvalidPath(path.clone()))?;
+            // Named as for an existing node: the answer must not tell whether it exists.
             if !parent.perms.of(self.domain).can_write() {
-                return Err(self.denied("create", &path));
+                return Err(self.denied("write", &path));
             }
             let mut perms = parent.perms.clone();
             if self.domain != DomainId::DOM0 {
@@ -357,7 +414,7 @@ impl StoreHandle {
                 return Err(StoreError::Quota(self.domain));
             }
             for m in missing.into_iter().rev() {
-                state.nodes.insert(
+                state.insert(
                     m.clone(),
                     Node {
                         value: String::new(),
@@ -374,10 +431,17 @@ impl StoreHandle {
             }
             None => return Err(StoreError::NotFound(path)),
         };
+        let mut wakes = Wakes::default();
         for c in created.iter().filter(|c| **c != path) {
-            state.watches.fire(c, |d| perms.of(d).can_read());
+            state
+                .watches
+                .fire(c, |d| perms.of(d).can_read(), &mut wakes);
         }
-        state.watches.fire(&path, |d| perms.of(d).can_read());
+        state
+            .watches
+            .fire(&path, |d| perms.of(d).can_read(), &mut wakes);
+        drop(state);
+        wakes.wake();
         Ok(())
     }
 
@@ -396,10 +460,9 @@ impl StoreHandle {
             return Err(self.denied("remove", &path));
         }
         let mut state = self.store.lock();
-        let node = state
-            .nodes
-            .get(&path)
-            .ok_or(StoreError::NotFound(path.clone()))?;
+        let Some(node) = state.nodes.get(&path) else {
+            return Err(state.missing(self, "remove", &path));
+        };
         if !node.perms.of(self.domain).can_write() {
             return Err(self.denied("remove", &path));
         }
@@ -409,10 +472,15 @@ impl StoreHandle {
             .filter(|(p, _)| is_at_or_below(p, &path))
             .map(|(p, n)| (p.clone(), n.perms.clone()))
             .collect();
+        let mut wakes = Wakes::default();
         for (p, perms) in &doomed {
-            state.nodes.remove(p);
-            state.watches.fire(p, |d| perms.of(d).can_read());
+            state.remove(p);
+            state
+                .watches
+                .fire(p, |d| perms.of(d).can_read(), &mut wakes);
         }
+        drop(state);
+        wakes.wake();
         Ok(())
     }
 
@@ -420,10 +488,9 @@ impl StoreHandle {
     pub fn directory(&self, path: &str) -> Result<Vec<String>, StoreError> {
         let path = self.resolve(path)?;
         let state = self.store.lock();
-        let node = state
-            .nodes
-            .get(&path)
-            .ok_or(StoreError::NotFound(path.clone()))?;
+        let Some(node) = state.nodes.get(&path) else {
+            return Err(state.missing(self, "list", &path));
+        };
         if !node.perms.of(self.domain).can_read() {
             return Err(self.denied("list", &path));
         }
@@ -446,10 +513,9 @@ impl StoreHandle {
     pub fn get_perms(&self, path: &str) -> Result<Perms, StoreError> {
         let path = self.resolve(path)?;
         let state = self.store.lock();
-        let node = state
-            .nodes
-            .get(&path)
-            .ok_or(StoreError::NotFound(path.clone()))?;
+        let Some(node) = state.nodes.get(&path) else {
+            return Err(state.missing(self, "read permissions of", &path));
+        };
         if !node.perms.of(self.domain).can_read() {
             return Err(self.denied("read permissions of", &path));
         }
@@ -461,19 +527,27 @@ impl StoreHandle {
     /// escape its node quota and charge the nodes to the other domain.
     pub fn set_perms(&self, path: &str, perms: Perms) -> Result<(), StoreError> {
         let path = self.resolve(path)?;
+        if perms.acl.len() > MAX_PERMS_PER_NODE {
+            tracing::debug!(domain = %self.domain, path, entries = perms.acl.len(), "access list too long");
+            return Err(StoreError::TooManyPerms(perms.acl.len()));
+        }
         let mut state = self.store.lock();
-        let node = state
-            .nodes
-            .get_mut(&path)
-            .ok_or(StoreError::NotFound(path.clone()))?;
+        let Some(node) = state.nodes.get(&path) else {
+            return Err(state.missing(self, "change permissions of", &path));
+        };
         if self.domain != DomainId::DOM0 && node.perms.owner != self.domain {
             return Err(self.denied("change permissions of", &path));
         }
         if self.domain != DomainId::DOM0 && perms.owner != node.perms.owner {
             return Err(self.denied("change the owner of", &path));
         }
-        node.perms = perms.clone();
-        state.watches.fire(&path, |d| perms.of(d).can_read());
+        state.set_perms(&path, perms.clone());
+        let mut wakes = Wakes::default();
+        state
+            .watches
+            .fire(&path, |d| perms.of(d).can_read(), &mut wakes);
+        drop(state);
+        wakes.wake();
         Ok(())
     }
 
@@ -628,6 +702,89 @@ pub(super) mod tests {
         }
 
         #[test]
+        fn a_guest_cannot_tell_a_private_node_from_a_missing_one() {
+            let (_, _, a, b) = setup();
+            a.write("secret", "s").unwrap();
+            let there = "/local/domain/1/secret";
+            let absent = "/local/domain/1/absent";
+            let ops: [(&str, &dyn Fn(&str) -> StoreError); 6] = [
+                ("read", &|p| b.read(p).unwrap_err()),
+                ("write", &|p| b.write(p, "x").unwrap_err()),
+                ("remove", &|p| b.rm(p).unwrap_err()),
+                ("list", &|p| b.directory(p).unwrap_err()),
+                ("read permissions of", &|p| b.get_perms(p).unwrap_err()),
+                ("change permissions of", &|p| {
+                    b.set_perms(p, Perms::private(DomainId(2))).unwrap_err()
+                }),
+            ];
+            for (op, f) in ops {
+                let (e1, e2) = (f(there), f(absent));
+                assert!(
+                    matches!(&e1, StoreError::PermissionDenied { op: o, .. } if *o == op),
+                    "{e1:?}"
+                );
+                assert_eq!(
+                    e1.to_string().replace(there, "P"),
+                    e2.to_string().replace(absent, "P"),
+                    "{op}"
+                );
+            }
+            // Where it may look, a missing node is reported missing.
+            assert_eq!(
+                a.read("absent"),
+                Err(StoreError::NotFound(absent.to_string()))
+            );
+            assert_eq!(b.try_read("absent"), Ok(None));
+        }
+
+        #[test]
+        fn an_access_list_longer_than_the_quota_is_refused() {
+            let (_, dom0, a, _) = setup();
+            a.write("node", "").unwrap();
+            let mut perms = Perms::private(DomainId(1));
+            for d in 2..2 + MAX_PERMS_PER_NODE {
+                perms = perms.with(DomainId(u16::try_from(d).unwrap()), Perm::Read);
+            }
+            a.set_perms("node", perms.clone()).unwrap();
+            let long = perms.with(DomainId(99), Perm::Read);
+            let refused = Err(StoreError::TooManyPerms(MAX_PERMS_PER_NODE + 1));
+            assert_eq!(a.set_perms("node", long.clone()), refused);
+            assert_eq!(dom0.set_perms("/local/domain/1/node", long), refused);
+            assert_eq!(a.get_perms("node").unwrap().acl.len(), MAX_PERMS_PER_NODE);
+        }
+
+        #[test]
+        fn owner_counts_follow_creates_removals_and_owner_changes() {
+            let (_, dom0, a, b) = setup();
+            let scan = |d: DomainId| {
+                let state = dom0.store.lock();
+                let counted = state.owned_by(d);
+                let scanned = state.nodes.values().filter(|n| n.perms.owner == d).count();
+                (counted, scanned)
+            };
+            let check = || {
+                for d in [DomainId::DOM0, DomainId(1), DomainId(2)] {
+                    let (counted, scanned) = scan(d);
+                    assert_eq!(counted, scanned, "{d}");
+                }
+            };
+            check();
+            a.write("x/y/z", "1").unwrap();
+            check();
+            dom0.write("/local/domain/1/x/dom0", "").unwrap();
+            check();
+            dom0.set_perms("/local/domain/1/x/y", Perms::private(DomainId(2)))
+                .unwrap();
+            check();
+            b.write("/local/domain/1/x/y/b", "").unwrap();
+            check();
+            a.rm("x").unwrap();
+            check();
+            assert_eq!(scan(DomainId(1)).0, 1, "only the home is left");
+            assert_eq!(scan(DomainId(2)).0, 1);
+        }
+
+        #[test]
         fn node_quota_stops_a_flooding_guest() {
             let (_, _, a, _) = setup();
             let mut last = Ok(());
@@ -663,7 +820,19 @@ pub(super) mod tests {
 
         #[test]
         fn invalid_paths_are_refused() {
-            let (_, _, a, _) = setup();
+            let (_, dom0, a, _) = setup();
+            // "//" is no path: it once trimmed to "", below nothing, which every watch matched.
+            for p in ["//", "///", "/local//domain", "a//", "//local/domain/1"] {
+                assert!(
+                    matches!(a.resolve(p), Err(StoreError::InvalidPath(_))),
+                    "{p:?} resolved to {:?}",
+                    a.resolve(p)
+                );
+                assert!(dom0.watch(p).is_err(), "{p:?} watched");
+            }
+            assert_eq!(a.resolve("").as_deref(), Ok("/local/domain/1"));
+            assert_eq!(a.resolve("dev/").as_deref(), Ok("/local/domain/1/dev"));
+            assert_eq!(dom0.resolve("/").as_deref(), Ok("/"));
             assert!(a.write("a//b", "1").is_err());
             assert!(a.write("a/b c", "1").is_err());
             assert!(a.write(&"x".repeat(MAX_PATH_LEN + 1), "1").is_err());

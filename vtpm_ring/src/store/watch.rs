@@ -4,6 +4,10 @@
 //! Each watch queues at most [`MAX_WATCH_EVENTS`] events (XSA-349: a guest writing nodes must
 //! not grow the memory of whoever watches them). Events past that collapse: the watch yields
 //! its own path once its queue is drained.
+//!
+//! Firing only queues. The wakeups are handed back to the store, which runs them once it has
+//! released its lock: a waker is the watcher's code (a guest's, for a guest's watch), and one
+//! that touched the store from inside the lock would deadlock every domain's store calls.
 
 use super::MAX_WATCH_EVENTS;
 use super::MAX_WATCHES_PER_DOMAIN;
@@ -12,44 +16,79 @@ use super::StoreError;
 use super::is_at_or_below;
 use crate::domain::DomainId;
 use futures::Stream;
-use futures::channel::mpsc;
 use futures::task::AtomicWaker;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::task::Context;
 use std::task::Poll;
+
+/// One watch's queue, shared by the store (which fills it) and the [`Watch`] (which drains it).
+#[derive(Default)]
+struct Queue {
+    events: Mutex<Events>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct Events {
+    paths: VecDeque<String>,
+    /// Events were dropped because the queue was full: once drained, the watch says so.
+    overflowed: bool,
+}
+
+impl Queue {
+    /// Queues `path`, or drops it and marks the queue overflowed when full.
+    fn push(&self, domain: DomainId, watch: &str, path: &str) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.paths.len() < MAX_WATCH_EVENTS {
+            events.paths.push_back(path.to_string());
+        } else if !events.overflowed {
+            events.overflowed = true;
+            tracing::debug!(%domain, watch, "watch queue full; events collapse");
+        }
+    }
+
+    /// The next event: a queued path, then the watched path once if events were dropped.
+    fn pop(&self, watched: &str) -> Option<String> {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        match events.paths.pop_front() {
+            Some(p) => Some(p),
+            None if events.overflowed => {
+                events.overflowed = false;
+                Some(watched.to_string())
+            }
+            None => None,
+        }
+    }
+}
 
 /// The store's side of one watch.
 struct WatchReg {
     id: u64,
     domain: DomainId,
     path: String,
-    tx: mpsc::Sender<String>,
-    overflow: Arc<Overflow>,
+    queue: Arc<Queue>,
 }
 
-/// A watch's lost events: set when an event was dropped because the queue was full, with the
-/// watch's waiter to wake then. The queue's own wakeup cannot stand in for it: the waiter may
-/// drain the queue and find no flag between the full send and the flag being set, and then
-/// nothing would wake it for that change.
+/// Watches that got events and must be woken, once the store's lock is released.
+#[must_use = "the watchers are woken only by `wake`, after the store's lock is released"]
 #[derive(Default)]
-struct Overflow {
-    flag: AtomicBool,
-    waker: AtomicWaker,
-}
+pub(super) struct Wakes(Vec<Arc<Queue>>);
 
-impl WatchReg {
-    /// Queues `path`; a full queue drops it and marks the watch overflowed instead.
-    fn queue(&mut self, path: &str) {
-        if let Err(e) = self.tx.try_send(path.to_string())
-            && e.is_full()
-        {
-            if !self.overflow.flag.swap(true, Ordering::AcqRel) {
-                tracing::debug!(domain = %self.domain, watch = self.path, "watch queue full; events collapse");
-            }
-            self.overflow.waker.wake();
+impl Wakes {
+    /// Wakes every watcher that got an event. Call it without the store's lock held.
+    pub(super) fn wake(self) {
+        for q in self.0 {
+            q.waker.wake();
+        }
+    }
+
+    fn add(&mut self, queue: &Arc<Queue>) {
+        if !self.0.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            self.0.push(queue.clone());
         }
     }
 }
@@ -63,48 +102,48 @@ pub(super) struct Watches {
 
 impl Watches {
     /// Registers a watch of `path` (resolved) for `domain`, within its quota, with the initial
-    /// event Xen sends.
+    /// event Xen sends (queued; nobody waits on a new watch yet, so there is nobody to wake).
     pub(super) fn register(
         &mut self,
         domain: DomainId,
         path: String,
         store: Store,
     ) -> Result<Watch, StoreError> {
-        self.watches.retain(|w| !w.tx.is_closed());
         if domain != DomainId::DOM0
             && self.watches.iter().filter(|w| w.domain == domain).count() >= MAX_WATCHES_PER_DOMAIN
         {
             return Err(StoreError::Quota(domain));
         }
-        // The channel holds its buffer plus one slot per sender.
-        let (tx, rx) = mpsc::channel(MAX_WATCH_EVENTS - 1);
-        let overflow = Arc::new(Overflow::default());
+        let queue = Arc::new(Queue::default());
+        queue.push(domain, &path, &path);
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut reg = WatchReg {
+        self.watches.push(WatchReg {
             id,
             domain,
             path: path.clone(),
-            tx,
-            overflow: overflow.clone(),
-        };
-        reg.queue(&path);
-        self.watches.push(reg);
+            queue: queue.clone(),
+        });
         Ok(Watch {
-            rx,
+            queue,
             id,
             path,
-            overflow,
             store,
         })
     }
 
-    /// Queues `changed` to every watch at or above it whose domain could read it.
-    pub(super) fn fire(&mut self, changed: &str, readable_by: impl Fn(DomainId) -> bool) {
-        self.watches.retain(|w| !w.tx.is_closed());
-        for w in &mut self.watches {
+    /// Queues `changed` to every watch at or above it whose domain could read it, and notes
+    /// in `wakes` whom to wake.
+    pub(super) fn fire(
+        &self,
+        changed: &str,
+        readable_by: impl Fn(DomainId) -> bool,
+        wakes: &mut Wakes,
+    ) {
+        for w in &self.watches {
             if is_at_or_below(changed, &w.path) && readable_by(w.domain) {
-                w.queue(changed);
+                w.queue.push(w.domain, &w.path, changed);
+                wakes.add(&w.queue);
             }
         }
     }
@@ -118,39 +157,44 @@ impl Watches {
 ///
 /// At most [`MAX_WATCH_EVENTS`] events wait in its queue; events beyond that are dropped, and
 /// once the queue is drained the watch yields its own path once, meaning "something at or
-/// below changed: read again". Consumers therefore treat events as hints, never as a log.
+/// below changed: read again". Consumers therefore treat events as hints, never as a log. The
+/// stream never ends while the watch exists.
 pub struct Watch {
-    rx: mpsc::Receiver<String>,
+    queue: Arc<Queue>,
     id: u64,
     path: String,
-    overflow: Arc<Overflow>,
     store: Store,
 }
 
 impl Stream for Watch {
     type Item = String;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
         // A domain writing nodes from another thread can keep this stream ready forever; the
         // cooperative budget makes its consumer yield now and then (see `EventChannel::wait`).
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        // Registered before the flag is looked at (see `Overflow`).
-        self.overflow.waker.register(cx.waker());
-        let next = match Pin::new(&mut self.rx).poll_next(cx) {
-            Poll::Pending if self.overflow.flag.swap(false, Ordering::AcqRel) => {
-                Poll::Ready(Some(self.path.clone()))
+        // Checked before registering too: a watcher woken by an event (the usual case) then
+        // takes it without touching the waker.
+        let next = match self.queue.pop(&self.path) {
+            Some(p) => Some(p),
+            None => {
+                // Registered before looking again, so an event queued in between wakes us.
+                self.queue.waker.register(cx.waker());
+                self.queue.pop(&self.path)
             }
-            other => other,
         };
-        if next.is_ready() {
-            coop.made_progress();
+        match next {
+            Some(p) => {
+                coop.made_progress();
+                Poll::Ready(Some(p))
+            }
+            None => Poll::Pending,
         }
-        next
     }
 }
 
 impl futures::stream::FusedStream for Watch {
     fn is_terminated(&self) -> bool {
-        self.rx.is_terminated()
+        false
     }
 }
 
@@ -163,8 +207,12 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Perm;
+    use crate::store::Perms;
+    use crate::store::StoreHandle;
     use crate::store::tests::setup;
     use futures::StreamExt;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn watch_fires_initially_and_on_changes_below() {
@@ -267,27 +315,90 @@ mod tests {
         assert_eq!(events.last().map(String::as_str), Some("/local/domain/1"));
     }
 
+    /// Whatever happens to an event (queued, or dropped for a full queue), a watcher that
+    /// waits is woken for it, and then finds the change.
     #[test]
-    fn an_event_dropped_for_a_full_queue_wakes_the_watch() {
+    fn a_waiting_watcher_is_woken_for_queued_and_dropped_events() {
         let (_, dom0, a, _) = setup();
         let mut w = dom0.watch("/local/domain/1").unwrap();
-        for i in 0..MAX_WATCH_EVENTS {
-            a.write(&format!("k{i}"), "v").unwrap();
-        }
-        // The waiter takes one event (a poll that finds one registers no queue waker),
-        // the queue fills again, and the next event is dropped.
         let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
         let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut w).poll_next(&mut cx).is_ready());
-        a.write("fills", "v").unwrap();
-        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
-        a.write("dropped", "v").unwrap();
-        assert_eq!(
-            wakes.0.load(Ordering::Relaxed),
-            1,
-            "the dropped event woke nobody"
-        );
+        while Pin::new(&mut w).poll_next(&mut cx).is_ready() {}
+        a.write("queued", "v").unwrap();
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        for i in 0..MAX_WATCH_EVENTS {
+            a.write(&format!("k{i}"), "v").unwrap();
+        }
+        let mut last = None;
+        while let Poll::Ready(e) = Pin::new(&mut w).poll_next(&mut cx) {
+            last = e;
+        }
+        assert_eq!(last.as_deref(), Some("/local/domain/1"));
+        // Waiting again with a full history behind it: a dropped event still wakes.
+        for i in 0..=MAX_WATCH_EVENTS {
+            a.write(&format!("k{i}"), "w").unwrap();
+        }
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+        let mut last = None;
+        while let Poll::Ready(e) = Pin::new(&mut w).poll_next(&mut cx) {
+            last = e;
+        }
+        assert_eq!(last.as_deref(), Some("/local/domain/1"));
+    }
+
+    /// A watcher's waker is the watcher's code: it runs after the store's lock is released,
+    /// so one that uses the store (here, a guest's reading its own node) deadlocks nothing.
+    #[test]
+    fn a_watchers_waker_may_use_the_store() {
+        let (_, dom0, a, _) = setup();
+        a.write("x", "1").unwrap();
+        let mut w = a.watch("").unwrap();
+        struct Reenter(StoreHandle, std::sync::atomic::AtomicUsize);
+        impl futures::task::ArcWake for Reenter {
+            fn wake_by_ref(me: &Arc<Self>) {
+                assert_eq!(me.0.read("x").as_deref(), Ok("1"));
+                me.1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let hook = Arc::new(Reenter(a.clone(), std::sync::atomic::AtomicUsize::new(0)));
+        let waker = futures::task::waker(hook.clone());
+        let mut cx = Context::from_waker(&waker);
+        while Pin::new(&mut w).poll_next(&mut cx).is_ready() {}
+        // Each writer, on a thread of its own so that a deadlock fails the test instead of
+        // hanging it: dom0 writing into the guest's home, the guest's own write, a removal
+        // and a change of permissions.
+        let ops: [Box<dyn FnOnce() -> Result<(), StoreError> + Send>; 4] = [
+            Box::new({
+                let dom0 = dom0.clone();
+                move || dom0.write("/local/domain/1/device", "")
+            }),
+            Box::new({
+                let a = a.clone();
+                move || a.write("y", "2")
+            }),
+            Box::new({
+                let a = a.clone();
+                move || a.rm("y")
+            }),
+            Box::new({
+                let dom0 = dom0.clone();
+                move || {
+                    dom0.set_perms(
+                        "/local/domain/1/device",
+                        Perms::private(DomainId(1)).with(DomainId(2), Perm::Read),
+                    )
+                }
+            }),
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(op()));
+            let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(done, Ok(Ok(())), "store call {i} did not return");
+            assert_eq!(hook.1.load(Ordering::SeqCst), i + 1);
+            while Pin::new(&mut w).poll_next(&mut cx).is_ready() {}
+        }
     }
 
     struct Wakes(std::sync::atomic::AtomicUsize);
