@@ -707,7 +707,8 @@ pub(super) mod tests {
             a.write("secret", "s").unwrap();
             let there = "/local/domain/1/secret";
             let absent = "/local/domain/1/absent";
-            let ops: [(&str, &dyn Fn(&str) -> StoreError); 6] = [
+            type Probe<'a> = (&'a str, &'a dyn Fn(&str) -> StoreError);
+            let ops: [Probe<'_>; 6] = [
                 ("read", &|p| b.read(p).unwrap_err()),
                 ("write", &|p| b.write(p, "x").unwrap_err()),
                 ("remove", &|p| b.rm(p).unwrap_err()),
