@@ -49,8 +49,9 @@ const TPM2_STARTUP: [u8; 4] = [0, 0, 0x01, 0x44];
 #[derive(Default)]
 struct Recorder {
     log: Mutex<Vec<TpmRequest>>,
-    /// STOP never answers (a wedged engine).
+    /// STOP does not answer until `unhang` (a wedged engine).
     hang_stop: bool,
+    unhang: tokio::sync::Notify,
 }
 
 impl Recorder {
@@ -64,7 +65,7 @@ impl TpmEngine for Recorder {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         self.log.lock().unwrap().push(request.clone());
         if self.hang_stop && request == TpmRequest::Control(ControlOp::Stop) {
-            std::future::pending::<()>().await;
+            self.unhang.notified().await;
         }
         Ok(match request {
             TpmRequest::Command { .. } => {
@@ -362,9 +363,11 @@ async fn without_the_feature_there_is_no_control_and_the_backend_starts_the_tpm(
     }
 }
 
-/// A control operation the engine never answers costs the frontend swtpm's `TPM_FAIL` after
-/// the processing timeout (not a TPM response, which a control reader could not parse), and
-/// the ring serves the next request.
+/// A control operation the engine does not answer costs the frontend swtpm's `TPM_FAIL` after
+/// the processing timeout (not a TPM response, which a control reader could not parse). The
+/// instance's next operation waits behind it at the manager (nothing overtakes an earlier
+/// operation of the same instance), so it fails in time as well, truthfully; once the engine
+/// answers, the ring serves the next request.
 #[tokio::test]
 async fn a_control_the_engine_never_answers_fails_with_tpm_fail_in_time() {
     for protocols in [Protocols::V1_ONLY, Protocols::V2_ONLY] {
@@ -385,6 +388,13 @@ async fn a_control_the_engine_never_answers_fails_with_tpm_fail_in_time() {
             within(tpm.control(&ControlOp::Stop)).await.unwrap(),
             Err(CtrlResult::FAIL)
         );
+        assert_eq!(
+            within(tpm.control(&ControlOp::GetTpmEstablished))
+                .await
+                .unwrap(),
+            Err(CtrlResult::FAIL)
+        );
+        bed.engine.unhang.notify_one();
         assert_eq!(
             within(tpm.control(&ControlOp::GetTpmEstablished))
                 .await

@@ -1,7 +1,9 @@
-//! Replies never cross reconnects or instances: a command abandoned by a guest that went away
-//! is answered late, after the engine already answered the next guest of the same instance.
-//! The instance is a real swtpm behind a gate the test holds and releases, so the
-//! interleaving is explicit.
+//! Replies never cross reconnects: a command abandoned by a guest that went away is answered
+//! late, after the guest asked to close. The manager runs an instance's frames in order, so
+//! the instance's `Stop` (and the next guest's reset) wait behind the late command, never the
+//! other way round (see `late_command.rs`); the late answer, whose request is gone, is
+//! dropped rather than handed to the instance's next guest. The instance is a real swtpm
+//! behind a gate the test holds and releases.
 
 #![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
@@ -113,27 +115,20 @@ async fn late_answer_to_a_departed_guest_never_reaches_the_instances_next_guest(
     pending.abort();
     let _ = pending.await;
     let a = Arc::try_unwrap(a).expect("no other user of A's frontend");
-    within(a.close()).await.unwrap();
-    // The backend asked the engine to drop the command nobody waits for any more.
+    let closing = tokio::spawn(a.close());
+    // The backend asked the engine to drop the command nobody waits for any more; the engine
+    // answers it anyway, late, and then the instance stops.
     within(s.engine.canceled.notified()).await;
+    s.engine.release.notify_one();
+    within(closing).await.unwrap().unwrap();
     destroy_device(&toolstack, &device(guest_a.id(), 1)).unwrap();
     let guest_b = s.host.create_domain(DomainId(3), 32).unwrap();
     create_device(&toolstack, &device(guest_b.id(), 1)).unwrap();
-    let b = Arc::new(
-        within(Frontend::connect(&guest_b, FrontendConfig::default()))
-            .await
-            .unwrap(),
-    );
+    let b = within(Frontend::connect(&guest_b, FrontendConfig::default()))
+        .await
+        .unwrap();
 
-    // B's GetRandom(4) is answered by the engine before A's, which comes last.
-    let mine = {
-        let b = b.clone();
-        tokio::spawn(async move { b.transmit(&GET_RANDOM_4).await })
-    };
-    within(s.engine.answered_4.notified()).await;
-    s.engine.release.notify_one();
-
-    let r = within(mine).await.unwrap().unwrap();
+    let r = within(b.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     assert_eq!(r.len(), 10 + 2 + 4, "B got someone else's answer: {r:02x?}");
     // And B's next command gets its own answer too.

@@ -1,8 +1,10 @@
-//! Timeouts: an engine that never answers costs the guest TPM_RC_FAILURE after the backend's
+//! Timeouts: an engine that does not answer costs the guest TPM_RC_FAILURE after the backend's
 //! processing timeout, and a backend that never answers costs the frontend a timeout; both
-//! sides stay usable. The engine hangs for real (it never answers), so no timing luck is
-//! involved: only the configured timeouts end the waits. Everything but the hanging command
-//! is answered by a real swtpm.
+//! sides stay usable. The engine hangs for real (it answers the command only once told to
+//! cancel it, as swtpm ends a long command with TPM_RC_CANCELED), so no timing luck is
+//! involved: only the configured timeouts end the waits. The manager runs an instance's
+//! commands in order, so the next command runs once the canceled one has ended. Everything
+//! but the hanging command is answered by a real swtpm.
 
 #![forbid(unsafe_code)]
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
@@ -33,6 +35,7 @@ use vtpm_ring::frontend::FrontendConfig;
 use vtpm_ring::frontend::FrontendError;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::error_response;
 use vtpm_ring::tpm_header::response_code;
 use vtpm_ring::xenbus::create_device;
 
@@ -41,11 +44,15 @@ const HANGS: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 /// TPM2_GetRandom(4): answered at once.
 const GET_RANDOM_4: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 4];
 
-/// Never answers GetRandom(8); everything else goes to swtpm.
+/// Answers GetRandom(8) only when canceled (TPM_RC_CANCELED), or never if `deaf`; everything
+/// else goes to swtpm.
 struct HangingEngine {
     inner: Arc<SwtpmEngine>,
+    deaf: bool,
     cancels: AtomicU32,
     canceled: Notify,
+    /// Ends the hanging command.
+    cancel: Notify,
 }
 
 #[async_trait]
@@ -53,11 +60,16 @@ impl TpmEngine for HangingEngine {
     async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
         match &request {
             TpmRequest::Command { command, .. } if command.as_slice() == HANGS => {
-                std::future::pending().await
+                if self.deaf {
+                    std::future::pending::<()>().await;
+                }
+                self.cancel.notified().await;
+                Ok(TpmReply::Response(error_response(TpmRc::CANCELED)))
             }
             TpmRequest::Control(ControlOp::CancelCommand) => {
                 self.cancels.fetch_add(1, Ordering::Relaxed);
                 self.canceled.notify_one();
+                self.cancel.notify_one();
                 self.inner.execute(request).await
             }
             _ => self.inner.execute(request).await,
@@ -70,6 +82,7 @@ impl TpmEngine for HangingEngine {
 async fn setup(
     processing_timeout: Option<Duration>,
     front: FrontendConfig,
+    deaf: bool,
 ) -> (Arc<HangingEngine>, Frontend, tempfile::TempDir) {
     let backend = BackendConfig {
         processing_timeout,
@@ -80,8 +93,10 @@ async fn setup(
     let guest = host.create_domain(DomainId(2), 32).unwrap();
     let engine = Arc::new(HangingEngine {
         inner: swtpm(state.path(), 1).await,
+        deaf,
         cancels: AtomicU32::new(0),
         canceled: Notify::new(),
+        cancel: Notify::new(),
     });
     serve(&host, vec![(1, engine.clone())], backend);
     create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
@@ -94,7 +109,7 @@ async fn engine_timeout_answers_failure(protocols: Protocols) {
         protocols,
         ..FrontendConfig::default()
     };
-    let (engine, front, _state) = setup(Some(Duration::from_millis(100)), config).await;
+    let (engine, front, _state) = setup(Some(Duration::from_millis(100)), config, false).await;
     let r = within(front.transmit(&HANGS)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::FAILURE));
     // The engine is asked to stop working on it.
@@ -107,12 +122,12 @@ async fn engine_timeout_answers_failure(protocols: Protocols) {
 }
 
 #[tokio::test]
-async fn v2_engine_that_never_answers_gets_tpm_rc_failure() {
+async fn v2_engine_that_does_not_answer_in_time_gets_tpm_rc_failure() {
     engine_timeout_answers_failure(Protocols::V2_ONLY).await;
 }
 
 #[tokio::test]
-async fn v1_engine_that_never_answers_gets_tpm_rc_failure() {
+async fn v1_engine_that_does_not_answer_in_time_gets_tpm_rc_failure() {
     engine_timeout_answers_failure(Protocols::V1_ONLY).await;
 }
 
@@ -122,7 +137,7 @@ async fn silent_backend_times_the_frontend_out(protocols: Protocols) {
         timeout: Some(Duration::from_millis(100)),
         ..FrontendConfig::default()
     };
-    let (_engine, front, _state) = setup(None, config).await;
+    let (_engine, front, _state) = setup(None, config, true).await;
     assert_eq!(
         within(front.transmit(&HANGS)).await.unwrap_err(),
         FrontendError::Timeout
@@ -153,7 +168,7 @@ async fn a_timeout_counts_from_the_commands_own_start(protocols: Protocols) {
         protocols,
         ..FrontendConfig::default()
     };
-    let (engine, front, _state) = setup(Some(limit), config).await;
+    let (engine, front, _state) = setup(Some(limit), config, false).await;
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     // Half the limit later (time passing is the subject here, not a synchronisation).
@@ -189,7 +204,7 @@ async fn a_frontend_timeout_counts_from_the_commands_own_start() {
         timeout: Some(limit),
         ..FrontendConfig::default()
     };
-    let (_engine, front, _state) = setup(None, config).await;
+    let (_engine, front, _state) = setup(None, config, true).await;
     let r = within(front.transmit(&GET_RANDOM_4)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     tokio::time::sleep(limit / 2).await;

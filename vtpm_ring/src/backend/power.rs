@@ -9,7 +9,10 @@
 //!   does; a TPM that cannot be reset is not offered to the guest (the connection is
 //!   refused with the reason in the device's `error` node);
 //! - after the frontend disconnects (or the device is removed), the backend sends `Stop`, so
-//!   the instance executes nothing until the next connection's `Init`.
+//!   the instance executes nothing until the next connection's `Init`. The manager keeps an
+//!   instance's frames in order, so a command the guest abandoned runs before that `Stop`
+//!   (which waits for it, up to the processing timeout) and the next `Init` after both: a
+//!   late command never lands on the next boot.
 //!
 //! Persistent state (NV indices, persistent keys, hierarchy seeds) is the engine's and
 //! survives, as it survives a reboot.

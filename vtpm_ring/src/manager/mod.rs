@@ -6,9 +6,10 @@
 //! - `server`: [`VtpmManager`], which owns the engines and serves the manager's side.
 //!
 //! Ordering rule: replies are matched by tag, never by order ([`MuxRouter`] enforces it); the
-//! manager runs requests concurrently ([`VtpmManager::serve`]); each device keeps its own
-//! order by having one request outstanding at a time (the backend), its posted cancel
-//! excepted.
+//! manager runs each instance's requests one at a time in arrival order, a cancel alone
+//! overtaking, and different instances concurrently ([`VtpmManager::serve`] enforces it), so
+//! a reset never overtakes a command the backend gave up on; the backend has one request of
+//! a device outstanding at a time, its posted cancel excepted.
 
 pub mod codec;
 

@@ -14,6 +14,8 @@ use crate::tpm_header::error_response;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 /// The vTPM manager: owns one engine per instance and serves the multiplexed stream.
@@ -35,20 +37,35 @@ impl VtpmManager {
 
     /// Serves frames until the backend closes the stream.
     ///
-    /// Requests run concurrently and may finish in any order (so a cancel for an instance is
-    /// not stuck behind that instance's command); each reply carries its request's tag, which
-    /// is all the backend matches on. Per-device order is the backend's to keep: it has at
-    /// most one command of a device outstanding and awaits each control operation before the
-    /// next request, except the cancel it posts for the command under way.
+    /// Ordering rule, enforced here: an instance's frames run one at a time, in the order
+    /// they arrived ([`Lanes`]), so a `Stop` or `Init` (a guest's disconnect, the next
+    /// connection's reset) never overtakes a command the backend gave up waiting for: a late
+    /// command of the previous boot runs before the reset, never on the next boot's TPM. A
+    /// cancel alone skips the queue, since it must reach the engine while the command it
+    /// cancels runs. Different instances run concurrently. Replies carry their request's tag,
+    /// which is all the backend matches on.
     pub async fn serve(self, end: StreamEnd) {
         let StreamEnd { tx, mut rx } = end;
         // Shared, not copied, by every request in flight.
         let engines = Arc::new(self.engines);
+        let mut lanes = Lanes::default();
         let mut running = FuturesUnordered::new();
+        let run = |engines: &Arc<BTreeMap<u32, Arc<dyn TpmEngine>>>, job: Job| {
+            let engines = engines.clone();
+            async move {
+                let reply = handle_frame(&engines, job.frame).await;
+                (job.lane, reply)
+            }
+        };
         loop {
             // Biased: replies first, so a finished request's answer is never held up.
             futures::select_biased! {
-                reply = running.select_next_some() => {
+                (lane, reply) = running.select_next_some() => {
+                    if let Some(instance) = lane
+                        && let Some(next) = lanes.finished(instance)
+                    {
+                        running.push(run(&engines, next));
+                    }
                     if let Some(reply) = reply
                         && tx.unbounded_send(reply).is_err()
                     {
@@ -57,13 +74,32 @@ impl VtpmManager {
                 }
                 frame = rx.next() => {
                     let Some(bytes) = frame else { break };
-                    let engines = engines.clone();
-                    running.push(async move { handle_frame(&engines, bytes).await });
+                    let frame = match Frame::into_request(bytes) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed frame from the backend");
+                            continue;
+                        }
+                    };
+                    match lanes.admit(frame) {
+                        Admit::Run(job) => running.push(run(&engines, job)),
+                        Admit::Queued => {}
+                        Admit::Refused(reply) => {
+                            if tx.unbounded_send(reply).is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }
         // Finish what was accepted; replies to a closed stream are dropped.
-        while let Some(reply) = running.next().await {
+        while let Some((lane, reply)) = running.next().await {
+            if let Some(instance) = lane
+                && let Some(next) = lanes.finished(instance)
+            {
+                running.push(run(&engines, next));
+            }
             if let Some(reply) = reply {
                 let _ = tx.unbounded_send(reply);
             }
@@ -71,17 +107,123 @@ impl VtpmManager {
     }
 }
 
+/// Most frames one instance may have waiting behind the one it runs. The backend has one
+/// request of a device outstanding (and one device per instance), so only requests it gave
+/// up on pile up here while an engine is stuck; past this, frames are refused at once.
+const MAX_QUEUED_PER_INSTANCE: usize = 32;
+
+/// A frame to run, and the instance whose lane it holds (`None`: a cancel, which holds none).
+struct Job {
+    frame: Frame,
+    lane: Option<u32>,
+}
+
+enum Admit {
+    /// Run it now.
+    Run(Job),
+    /// Its instance is busy: it runs when the frames before it have.
+    Queued,
+    /// Its instance's queue is full: the reply to send at once.
+    Refused(Vec<u8>),
+}
+
+/// Each instance's frames waiting behind the one it runs. An instance with an entry is busy.
+#[derive(Default)]
+struct Lanes {
+    lanes: BTreeMap<u32, VecDeque<Frame>>,
+}
+
+impl Lanes {
+    fn admit(&mut self, frame: Frame) -> Admit {
+        let instance = match &frame {
+            // A response from the backend is refused by `handle_frame`, outside any lane.
+            Frame::Control { payload, .. } if is_cancel(payload) => None,
+            Frame::Response { .. } => None,
+            Frame::Command { instance, .. } | Frame::Control { instance, .. } => Some(*instance),
+        };
+        let Some(instance) = instance else {
+            return Admit::Run(Job { frame, lane: None });
+        };
+        match self.lanes.entry(instance) {
+            Entry::Vacant(v) => {
+                v.insert(VecDeque::new());
+                Admit::Run(Job {
+                    frame,
+                    lane: Some(instance),
+                })
+            }
+            Entry::Occupied(mut o) if o.get().len() < MAX_QUEUED_PER_INSTANCE => {
+                o.get_mut().push_back(frame);
+                Admit::Queued
+            }
+            Entry::Occupied(_) => {
+                tracing::warn!(instance, "vTPM instance has too many requests queued");
+                Admit::Refused(refusal(frame))
+            }
+        }
+    }
+
+    /// The instance's running frame finished: the next one to run, if any.
+    fn finished(&mut self, instance: u32) -> Option<Job> {
+        let Entry::Occupied(mut lane) = self.lanes.entry(instance) else {
+            return None;
+        };
+        match lane.get_mut().pop_front() {
+            Some(frame) => Some(Job {
+                frame,
+                lane: Some(instance),
+            }),
+            None => {
+                lane.remove();
+                None
+            }
+        }
+    }
+}
+
+fn is_cancel(payload: &[u8]) -> bool {
+    payload
+        .first_chunk::<4>()
+        .map(|c| CtrlCmd(u32::from_be_bytes(*c)))
+        == Some(CtrlCmd::CANCEL_TPM_CMD)
+}
+
+/// The answer to a frame that cannot be queued: a TPM failure for a command, swtpm's
+/// failure result for a control operation.
+fn refusal(frame: Frame) -> Vec<u8> {
+    match frame {
+        Frame::Command { instance, tag, .. } => Frame::Response {
+            instance,
+            tag,
+            response: error_response(TpmRc::FAILURE),
+        },
+        Frame::Control {
+            instance,
+            tag,
+            payload,
+        } => {
+            let cmd = payload
+                .first_chunk::<4>()
+                .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+            Frame::Control {
+                instance,
+                tag,
+                payload: encode_control_reply(
+                    cmd,
+                    Err(EngineError::Failed("instance busy".into())),
+                ),
+            }
+        }
+        // Never queued (see `Lanes::admit`).
+        response @ Frame::Response { .. } => response,
+    }
+    .encode()
+}
+
 async fn handle_frame(
     engines: &BTreeMap<u32, Arc<dyn TpmEngine>>,
-    bytes: Vec<u8>,
+    frame: Frame,
 ) -> Option<Vec<u8>> {
-    let frame = match Frame::into_request(bytes) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "malformed frame from the backend");
-            return None;
-        }
-    };
     let reply = match frame {
         Frame::Command {
             instance,
@@ -185,5 +327,154 @@ mod tests {
         drop(client);
         server.abort();
         routing.abort();
+    }
+
+    /// An engine that logs each request as it starts and holds commands while `hold` is set.
+    struct Gate {
+        name: &'static str,
+        inner: SimTpm,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+        hold: std::sync::atomic::AtomicBool,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl TpmEngine for Gate {
+        async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+            let what = match &request {
+                TpmRequest::Command { .. } => "command".to_string(),
+                TpmRequest::Control(op) => format!("{op:?}"),
+            };
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {what}", self.name));
+            if matches!(request, TpmRequest::Command { .. })
+                && self.hold.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                self.release.notified().await;
+            }
+            self.inner.execute(request).await
+        }
+    }
+
+    /// Every task of the (current-thread) runtime runs until it waits on something outside.
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_instances_reset_waits_for_its_earlier_command_and_only_a_cancel_overtakes_it() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gate = |name| {
+            Arc::new(Gate {
+                name,
+                inner: SimTpm::started(),
+                log: log.clone(),
+                hold: std::sync::atomic::AtomicBool::new(false),
+                release: tokio::sync::Notify::new(),
+            })
+        };
+        let (slow, other) = (gate("1"), gate("2"));
+        slow.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut manager = VtpmManager::new();
+        manager.add_instance(1, slow.clone());
+        manager.add_instance(2, other);
+        let (back, man) = stream_pair();
+        tokio::spawn(manager.serve(man));
+        let (client, router) = mux(back);
+        tokio::spawn(router.run());
+        let client = Arc::new(client);
+
+        let command = tokio::spawn({
+            let client = client.clone();
+            async move { client.command(1, GET_RANDOM_8.to_vec(), 0).await }
+        });
+        settle().await;
+        // The guest left and the next one connects: Stop, then Init, behind the command.
+        let reset = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let stop = client.control(1, ControlOp::Stop).await;
+                let init = client
+                    .control(
+                        1,
+                        ControlOp::Init {
+                            delete_volatile: true,
+                        },
+                    )
+                    .await;
+                (stop, init)
+            }
+        });
+        settle().await;
+        client.post_control(1, ControlOp::CancelCommand).unwrap();
+        let elsewhere = client.command(2, GET_RANDOM_8.to_vec(), 0).await.unwrap();
+        assert_eq!(
+            crate::tpm_header::response_code(&elsewhere),
+            Some(TpmRc::SUCCESS)
+        );
+        settle().await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["1 command", "1 CancelCommand", "2 command"],
+            "only the cancel reached instance 1 while its command ran"
+        );
+        assert!(!reset.is_finished());
+
+        slow.release.notify_one();
+        assert!(command.await.unwrap().is_ok());
+        let (stop, init) = reset.await.unwrap();
+        assert!(stop.is_ok() && init.is_ok());
+        assert_eq!(
+            log.lock().unwrap()[3..],
+            ["1 Stop", "1 Init { delete_volatile: true }"]
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_past_an_instances_queue_are_refused_at_once() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let slow = Arc::new(Gate {
+            name: "1",
+            inner: SimTpm::started(),
+            log: log.clone(),
+            hold: std::sync::atomic::AtomicBool::new(true),
+            release: tokio::sync::Notify::new(),
+        });
+        let mut manager = VtpmManager::new();
+        manager.add_instance(1, slow.clone());
+        let (mut back, man) = stream_pair();
+        tokio::spawn(manager.serve(man));
+        // Raw frames: one running, a full queue behind it, and one more.
+        for tag in 0..=u32::try_from(MAX_QUEUED_PER_INSTANCE + 1).unwrap() {
+            let frame = Frame::Command {
+                instance: 1,
+                tag,
+                locality: 0,
+                command: GET_RANDOM_8.to_vec(),
+            };
+            back.tx.unbounded_send(frame.encode()).unwrap();
+        }
+        settle().await;
+        let refused = Frame::into_reply(back.rx.next().await.unwrap()).unwrap();
+        assert_eq!(
+            refused,
+            Frame::Response {
+                instance: 1,
+                tag: u32::try_from(MAX_QUEUED_PER_INSTANCE + 1).unwrap(),
+                response: error_response(TpmRc::FAILURE),
+            }
+        );
+        assert_eq!(log.lock().unwrap().len(), 1);
+        // Released, the queue drains in order.
+        slow.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        slow.release.notify_one();
+        for tag in 0..=u32::try_from(MAX_QUEUED_PER_INSTANCE).unwrap() {
+            let reply = Frame::into_reply(back.rx.next().await.unwrap()).unwrap();
+            assert!(matches!(reply, Frame::Response { tag: t, .. } if t == tag));
+        }
     }
 }
