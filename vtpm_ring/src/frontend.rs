@@ -171,7 +171,9 @@ struct V1State {
     outstanding: bool,
     /// With control: the locality the backend last acknowledged (it starts at 0).
     locality: u8,
-    /// With control: the last request's number.
+    /// The last request's number (see [`v1`]: every request is numbered, with or without
+    /// control, so the backend never takes a command equal to its last response for a
+    /// spurious doorbell).
     number: u8,
 }
 
@@ -583,10 +585,8 @@ impl Frontend {
                 .and_then(|i| data.get(i).cloned())
                 .ok_or(RingError::Inconsistent("unknown reference"))
         };
-        if self.control {
-            io.number = v1::next_request_number(io.number);
-            v1::write_tag(ring, kind, io.number)?;
-        }
+        io.number = v1::next_request_number(io.number);
+        v1::write_tag(ring, kind, io.number)?;
         v1::write_packet(ring, entries, command, by_ref)?;
         io.outstanding = true;
         self.in_flight.store(true, Ordering::Release);

@@ -166,6 +166,39 @@ fn v1_the_same_command_sent_twice_is_served_twice() {
     assert_ne!(answers[1], answers[2]);
 }
 
+/// A 10-byte error response is also a well-formed command header (TPM_RC_COMMAND_SIZE, 0x142,
+/// reads as TPM_CC_IncrementalSelfTest), so a guest may send exactly the response it just got.
+/// A frontend that numbers its requests is served; its doorbell without a new number is still
+/// nothing.
+#[test]
+fn v1_a_numbered_command_equal_to_the_last_response_is_served() {
+    let mut t = Raw::connected(ProtocolVersion::V1);
+    let kind = vtpm_ring::protocol::PacketKind::TPM_COMMAND;
+    v1::write_tag(&t.raw.pages[0], kind, 1).unwrap();
+    // The header says 20 bytes, 10 are sent: the backend answers TPM_RC_COMMAND_SIZE itself.
+    t.submit_v1(&[0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7b]);
+    let response = t.packet_v1();
+    let incremental_self_test = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x42];
+    assert_eq!(response, incremental_self_test);
+    let s = t.t.bed.stats.snapshot();
+    assert_eq!((s.malformed, s.requests), (1, 0));
+
+    v1::write_tag(&t.raw.pages[0], kind, 2).unwrap();
+    t.submit_v1(&incremental_self_test);
+    let s = t.t.bed.stats.snapshot();
+    assert_eq!(
+        s.requests, 1,
+        "the command equal to the last response was dropped"
+    );
+    let answer = t.packet_v1();
+    assert!(response_code(&answer).is_some(), "{answer:02x?}");
+
+    // Ringing again with the same number announces nothing.
+    t.ring_doorbell();
+    assert_eq!(t.t.bed.stats.snapshot().requests, 1);
+    assert_eq!(t.packet_v1(), answer);
+}
+
 #[test]
 fn v2_spurious_doorbell_after_finish_is_not_a_command() {
     let mut t = Raw::connected(ProtocolVersion::V2);

@@ -2,6 +2,8 @@
 //! tests that prove each issue-14 bullet elsewhere:
 //! - a guest that reconnects, or the next guest the instance is given to, never inherits the
 //!   previous boot's PCRs (`tests/reset.rs` checks reconnects on one guest);
+//! - a v1 guest sending exactly the response it just got (a 10-byte error response is a
+//!   well-formed command header) is answered, and its device stays usable;
 //! - the toolstack snippet the `create_device` compile-fail doctest refuses to a guest does
 //!   compile with the [`Toolstack`](vtpm_ring::domain::Toolstack) capability, so the doctest
 //!   fails for the type, not for a typo;
@@ -142,6 +144,43 @@ async fn swtpm_v2_reconnect_and_reassignment_give_zeroed_pcrs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swtpm_v1_reconnect_and_reassignment_give_zeroed_pcrs() {
     reconnect_and_reassignment_give_zeroed_pcrs(Protocols::V1_ONLY).await;
+}
+
+/// A v1 guest (no control) that sends exactly the response it just got: the backend's own
+/// TPM_RC_COMMAND_SIZE answer is also TPM2_IncrementalSelfTest's header. It is answered, and
+/// the device stays usable (it used to be taken for a spurious doorbell and never answered,
+/// which left the frontend owing an answer for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_command_equal_to_the_last_response_is_answered() {
+    let state = tempfile::tempdir().unwrap();
+    let host = Host::new();
+    serve(
+        &host,
+        vec![(1, swtpm(state.path(), 1).await)],
+        BackendConfig::default(),
+    );
+    let guest = host.create_domain(DomainId(2), 32).unwrap();
+    create_device(&host.toolstack(), &device(guest.id(), 1)).unwrap();
+    let config = FrontendConfig {
+        protocols: Protocols::V1_ONLY,
+        control: false,
+        timeout: Some(Duration::from_secs(5)),
+        ..FrontendConfig::default()
+    };
+    let front = within(Frontend::connect(&guest, config)).await.unwrap();
+    let lying = [0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7b];
+    let response = within(front.transmit(&lying)).await.unwrap();
+    let incremental_self_test = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x42];
+    assert_eq!(response, incremental_self_test);
+    let answer = within(front.transmit(&incremental_self_test))
+        .await
+        .unwrap();
+    assert!(response_code(&answer).is_some(), "{answer:02x?}");
+    let r = within(front.transmit(&[0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8]))
+        .await
+        .unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    within(front.close()).await.unwrap();
 }
 
 /// The positive twin of `xenbus::create_device`'s compile-fail doctest: with the toolstack's

@@ -143,24 +143,34 @@ impl Harness {
                     let size = if i == 0 { packet.len() as u16 } else { 0 };
                     shared.write(i * 16 + 14, &size.to_le_bytes()).unwrap();
                 }
-                if self.control {
-                    // A number that differs from the field's current value and from the
-                    // harness's own last request. The backend may still have taken another
-                    // one (the fuzzer's, rung and then overwritten); `check_still_serves`
-                    // asks again with a fresh number then.
-                    let mut tag = [0u8; 2];
-                    shared.read(12, &mut tag).unwrap();
-                    let mut number = vtpm_ring::protocol::v1::next_request_number(tag[1]);
-                    if number == self.number {
-                        number = vtpm_ring::protocol::v1::next_request_number(number);
-                    }
-                    self.number = number;
-                    shared.write(12, &[kind.0, self.number]).unwrap();
+                // Numbered, as our frontend always is: a number that differs from the
+                // field's current value and from the harness's own last request. The
+                // backend may still have taken another one (the fuzzer's, rung and then
+                // overwritten); `submit_answered` asks again with a fresh number then.
+                let mut tag = [0u8; 2];
+                shared.read(12, &mut tag).unwrap();
+                let mut number = vtpm_ring::protocol::v1::next_request_number(tag[1]);
+                if number == self.number {
+                    number = vtpm_ring::protocol::v1::next_request_number(number);
                 }
+                self.number = number;
+                shared.write(12, &[kind.0, self.number]).unwrap();
                 self.raw.pages[1].write(0, packet).unwrap();
             }
         }
         let _ = self.raw.event.notify();
+    }
+
+    /// Submits and runs; on v1, once more if it went unanswered: numbering ignores a doorbell
+    /// whose number the backend took last, and the fuzzer can have rung with the number
+    /// chosen here and then overwritten the field. One more number cannot be that one too.
+    fn submit_answered(&mut self, kind: PacketKind, packet: &[u8]) {
+        self.submit(kind, packet);
+        self.run();
+        if self.version == ProtocolVersion::V1 && self.packet_in_pages() == packet {
+            self.submit(kind, packet);
+            self.run();
+        }
     }
 
     /// The bytes of the packet in the shared pages, as the frontend would read them.
@@ -196,15 +206,7 @@ impl Harness {
             // The fuzzer may have stopped or shut the TPM down through the ring: power it on
             // again the same way, as a VMM would after a reset.
             const INIT: [u8; 8] = [0, 0, 0, 2, 0, 0, 0, 1];
-            self.submit(PacketKind::CONTROL, &INIT);
-            self.run();
-            if self.version == ProtocolVersion::V1 && self.packet_in_pages() == INIT {
-                // Unanswered: v1 numbering ignores a doorbell whose number the backend took
-                // last, and the fuzzer can have rung with the number chosen here and then
-                // overwritten the field. One more number cannot be that one too.
-                self.submit(PacketKind::CONTROL, &INIT);
-                self.run();
-            }
+            self.submit_answered(PacketKind::CONTROL, &INIT);
             assert_eq!(
                 self.packet_in_pages(),
                 [0, 0, 0, 0],
@@ -213,8 +215,7 @@ impl Harness {
             self.submit(PacketKind::TPM_COMMAND, &STARTUP_CLEAR);
             self.run();
         }
-        self.submit(PacketKind::TPM_COMMAND, &GET_RANDOM_8);
-        self.run();
+        self.submit_answered(PacketKind::TPM_COMMAND, &GET_RANDOM_8);
         if self.version == ProtocolVersion::V2 {
             let state = self.raw.pages[0].load_u8(4).unwrap();
             assert_eq!(state, 2, "backend did not FINISH");

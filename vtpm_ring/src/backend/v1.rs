@@ -4,13 +4,16 @@
 //! v1 has no state on the wire: only the doorbell says a request is there. The ring is copied
 //! once per doorbell; its references name the pages the request is read from and the response
 //! is written back to. After an exchange the pages hold the backend's own response, so a
-//! doorbell that finds exactly that response there announces nothing: the frontend rang
-//! without writing a command. (A frontend never sends a command byte-identical to the
-//! response it just received: a response's third field is a response code, not a command
-//! code.) With `feature-vtpm-control` that no longer holds (a control request can equal the
-//! previous control reply), so requests are numbered instead and a doorbell whose number was
-//! already taken announces nothing. Every packet page is mapped only for the copy, by reference, from the
-//! frontend's own grant table, so an entry can never name another domain's page.
+//! doorbell must not make the backend take that response for a command. A frontend that
+//! numbers its requests (entry 0's `unused` field, see [`v1`]; ours always does, and with
+//! `feature-vtpm-control` it must) settles it: a doorbell whose number was already taken
+//! announces nothing, whatever the pages hold. For a frontend that leaves the field 0 (the
+//! original tpmfront), a doorbell that finds exactly the last response in the pages is taken
+//! as spurious; such a frontend cannot send a command byte-identical to the response it just
+//! got (a 10-byte error response is also a well-formed command header, e.g.
+//! TPM_RC_COMMAND_SIZE reads as TPM_CC_IncrementalSelfTest), which it would never get
+//! answered. Every packet page is mapped only for the copy, by reference, from the frontend's
+//! own grant table, so an entry can never name another domain's page.
 
 use super::Doorbell;
 use crate::domain::Domain;
@@ -30,7 +33,8 @@ pub(super) struct V1Transport {
     snapshot: Option<v1::Ring>,
     /// The response last written, while the pages may still hold it.
     last_response: Option<Vec<u8>>,
-    /// `feature-vtpm-control`: requests are numbered (see [`v1`]).
+    /// `feature-vtpm-control`: requests must be numbered (see [`v1`]). Without it, a request
+    /// is numbered if its number is not 0.
     numbered: bool,
     /// The number of the request last taken.
     last_number: Option<u8>,
@@ -68,8 +72,9 @@ impl V1Transport {
                 return Doorbell::Nothing;
             }
         };
-        if self.numbered {
-            let number = v1::request_number(&entries);
+        let number = v1::request_number(&entries);
+        let numbered = self.numbered || number != 0;
+        if numbered {
             if self.last_number == Some(number) {
                 tracing::debug!(
                     number,
@@ -87,7 +92,7 @@ impl V1Transport {
             })
         });
         match packet {
-            Ok(packet) if !self.numbered && self.last_response.as_ref() == Some(&packet) => {
+            Ok(packet) if !numbered && self.last_response.as_ref() == Some(&packet) => {
                 tracing::debug!("v1 doorbell with our own response in the pages; ignored");
                 Doorbell::Nothing
             }

@@ -5,13 +5,15 @@
 //! unused entries have size 0. Requests and responses travel the same ring, strictly
 //! alternating: the frontend writes a request and notifies, the backend writes the response
 //! into the same pages and notifies back. There is no locality and no cancel on the wire.
-//! `addr` is informational (the frame's address); the backend trusts only `ref`. With
-//! `feature-vtpm-control` negotiated, entry 0's `unused` field tags each request: its low
-//! byte is the [`PacketKind`](super::PacketKind), its high byte a request number (1..=255,
-//! never 0) that changes with every request, so a doorbell that finds the number already
-//! answered is spurious whatever the pages hold (a control request can be byte-identical to
-//! the previous control reply: `STORE_VOLATILE` is `0000000a`, `TPM_BAD_ORDINAL` too). The
-//! backend never writes the field.
+//! `addr` is informational (the frame's address); the backend trusts only `ref`. Entry 0's
+//! `unused` field tags each request: its low byte is the [`PacketKind`](super::PacketKind)
+//! (meaningful with `feature-vtpm-control` negotiated), its high byte a request number
+//! (1..=255, never 0) that changes with every request, so a doorbell that finds the number
+//! already answered is spurious whatever the pages hold (a command can be byte-identical to
+//! the previous response: TPM_RC_COMMAND_SIZE's 10 bytes are also TPM2_IncrementalSelfTest's
+//! header; a control request to the previous control reply: `STORE_VOLATILE` is `0000000a`,
+//! `TPM_BAD_ORDINAL` too). With control the number is required; without it, 0 means "not
+//! numbered" (the original tpmfront leaves the field 0). The backend never writes the field.
 
 use super::RingError;
 use crate::page::PAGE_SIZE;
