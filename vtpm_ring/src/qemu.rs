@@ -210,20 +210,20 @@ impl Session {
                 stream: &stream,
                 fds: &mut fds,
             };
-            let got = match read_ctrl_request(&mut source, &mut buf).await {
-                Ok(0) => return,
-                Ok(n) => n,
+            let request = match read_ctrl_request(&mut source, &mut buf).await {
+                Ok(r) if r.len == 0 => return,
+                Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "control socket read failed");
                     return;
                 }
             };
-            let (reply, after) = self.answer(&buf[..got], fds).await;
+            let (reply, after) = self.answer(&buf[..request.len], fds).await;
             if let Err(e) = stream.write_all(&reply).await {
                 tracing::debug!(error = %e, "control socket write failed");
                 return;
             }
-            if matches!(after, After::Close) {
+            if matches!(after, After::Close) || request.cut {
                 return;
             }
         }

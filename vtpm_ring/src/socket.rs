@@ -5,8 +5,8 @@
 //! The peer is tpm2-tss's `swtpm` TCTI (`TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=P`):
 //! - the **data port** `P` takes raw TPM commands and returns raw responses, each response in
 //!   one write. A client may send any number of commands per connection (tpm2-tss opens one
-//!   per command); connections are served concurrently and the frontend runs their commands
-//!   one at a time. A header whose size is below 10 or above what the shared pages hold gets
+//!   per command); up to [`MAX_CONNECTIONS`] connections per port are served concurrently
+//!   (more are closed at once) and the frontend runs their commands one at a time. A header whose size is below 10 or above what the shared pages hold gets
 //!   `TPM_RC_COMMAND_SIZE` and the connection is closed, since the stream can no longer be
 //!   framed; a command the ring fails to deliver gets `TPM_RC_FAILURE`.
 //! - the **control port** `P + 1` speaks swtpm's control channel ([`crate::engine::ctrl`]).
@@ -120,6 +120,13 @@ impl TpmSocket {
     }
 }
 
+/// Most connections one port serves at a time. swtpm serves one; tpm2-tss opens one per
+/// tool. The bound keeps a client that opens connections and leaves them idle from using up
+/// the host process's descriptors, which every other guest's socket and swtpm link need.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Pause after a failed accept (out of descriptors, say), so the loop does not spin on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 async fn accept<F, Fut>(listener: TcpListener, handler: F)
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
@@ -130,12 +137,20 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                // Closed at once: the client sees the end of the stream instead of waiting
+                // in the backlog, and the descriptor is back.
+                Ok((_, peer)) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(%peer, max = MAX_CONNECTIONS, "TPM socket busy; connection refused");
+                }
                 Ok((stream, peer)) => {
                     tracing::debug!(%peer, "TPM socket connection");
                     let _ = stream.set_nodelay(true);
                     connections.spawn(handler(stream));
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -275,16 +290,29 @@ impl CtrlSource for TcpStream {
     }
 }
 
+/// One control request as [`read_ctrl_request`] read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CtrlRequest {
+    /// Bytes of it in the buffer; 0 when the peer has gone.
+    pub(crate) len: usize,
+    /// It announced more than the buffer holds: the rest was read and thrown away (as far as
+    /// it came within the assembly time), so nothing of it is taken for a next request. The
+    /// caller answers what it has (decoding the cut request fails) and closes the stream,
+    /// whose framing it can no longer vouch for.
+    pub(crate) cut: bool,
+}
+
 /// Reads one control request into `buf` as swtpm does: what the first receive brings is the
 /// request, topped up until it is complete or the assembly time is over (then the short
-/// request is judged as it is). `Ok(0)` when the peer has gone.
+/// request is judged as it is).
 pub(crate) async fn read_ctrl_request(
     source: &mut impl CtrlSource,
     buf: &mut [u8],
-) -> std::io::Result<usize> {
+) -> std::io::Result<CtrlRequest> {
+    let gone = CtrlRequest { len: 0, cut: false };
     let mut got = source.recv(buf).await?;
     if got == 0 {
-        return Ok(0);
+        return Ok(gone);
     }
     let deadline = tokio::time::Instant::now() + CTRL_ASSEMBLY;
     while got < ctrl::request_len(&buf[..got]).min(buf.len()) {
@@ -292,24 +320,50 @@ pub(crate) async fn read_ctrl_request(
             break;
         };
         match tokio::time::timeout_at(deadline, source.recv(rest)).await {
-            Ok(Ok(0)) => return Ok(0),
+            Ok(Ok(0)) => return Ok(gone),
             Ok(Ok(n)) => got += n,
             Ok(Err(e)) => return Err(e),
             Err(_) => break,
         }
     }
-    Ok(got)
+    let announced = ctrl::request_len(&buf[..got]);
+    if announced <= buf.len() {
+        return Ok(CtrlRequest {
+            len: got,
+            cut: false,
+        });
+    }
+    tracing::debug!(
+        announced,
+        max = buf.len(),
+        "control request larger than the buffer"
+    );
+    let mut left = announced - got;
+    let mut scratch = [0u8; 512];
+    while left > 0 {
+        let n = left.min(scratch.len());
+        match tokio::time::timeout_at(deadline, source.recv(&mut scratch[..n])).await {
+            Ok(Ok(0)) => return Ok(gone),
+            Ok(Ok(n)) => left -= n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(CtrlRequest {
+        len: got,
+        cut: true,
+    })
 }
 
 async fn serve_ctrl(frontend: Arc<Frontend>, mut stream: TcpStream) {
     let mut buf = vec![0u8; CTRL_BUFFER];
     loop {
-        let got = match read_ctrl_request(&mut stream, &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let request = match read_ctrl_request(&mut stream, &mut buf).await {
+            Ok(r) if r.len > 0 => r,
+            Ok(_) | Err(_) => return,
         };
-        let reply = answer(&frontend, &buf[..got]);
-        if stream.write_all(&reply).await.is_err() {
+        let reply = answer(&frontend, &buf[..request.len]);
+        if stream.write_all(&reply).await.is_err() || request.cut {
             return;
         }
     }

@@ -251,7 +251,11 @@ async fn every_vtpmctl_command_answers_help() {
 
 /// `vtpmctl run --domains N` on `state`: the child and the data ports it printed.
 async fn run(state: &Path, domains: &str) -> (Child, Vec<u16>) {
-    let mut child = vtpmctl_run::spawn_run(state, domains);
+    ready(vtpmctl_run::spawn_run(state, domains)).await
+}
+
+/// Waits for a `vtpmctl run` child to be ready: the child and the data ports it printed.
+async fn ready(mut child: Child) -> (Child, Vec<u16>) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut ports = Vec::new();
     while let Some(line) = within_slow(lines.next_line()).await.unwrap() {
@@ -628,5 +632,59 @@ async fn stock_tool_sessions_the_other_tests_do_not_list_work_against_vtpmctl_ru
     tool_flushed(p, w, &["tpm2_clear", "-c", "p"]).await;
     let nv = tool_flushed(p, w, &["tpm2_getcap", "handles-nv-index"]).await;
     assert!(!nv.contains("0x1500030"), "{nv}");
+    interrupt(child).await;
+}
+
+/// A client of one guest's TPM socket opens far more connections than the host process has
+/// descriptors for and leaves them idle. The socket serves a few and closes the rest at once,
+/// so the other guest's socket still answers (it used to accept them all, run out of
+/// descriptors, and then accept nothing anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_flood_on_one_guest_denies_no_other_guest() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+    let dir = tempfile::tempdir().unwrap();
+    let (child, ports) = ready(vtpmctl_run::spawn_run_with_fd_limit(dir.path(), "2", 256)).await;
+    let ask = |port: u16| async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(&GET_RANDOM_8).await.unwrap();
+        let mut r = [0u8; 20];
+        s.read_exact(&mut r).await.map(|_| r)
+    };
+    let r = within_slow(ask(ports[1])).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(
+            within_slow(TcpStream::connect(("127.0.0.1", ports[0])))
+                .await
+                .unwrap(),
+        );
+    }
+    // The server takes connections in order: once the last one is closed on it, it has dealt
+    // with all of them.
+    let mut last = flood.pop().unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        within_slow(last.read(&mut byte)).await.unwrap(),
+        0,
+        "the connection past the limit was not closed"
+    );
+    let r = within_slow(ask(ports[1])).await.unwrap();
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    // The flooded guest's own socket works again once the idle connections go.
+    drop(flood);
+    let r = within_slow(async {
+        loop {
+            if let Ok(r) = ask(ports[0]).await {
+                break r;
+            }
+        }
+    })
+    .await;
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     interrupt(child).await;
 }

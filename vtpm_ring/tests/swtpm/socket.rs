@@ -49,6 +49,53 @@ async fn control_port_answers_like_swtpm_and_advertises_only_what_it_does() {
     stack.shutdown().await.unwrap();
 }
 
+/// A control request longer than the port reads (SET_STATEBLOB of 6000 bytes, its blob made
+/// of bytes that also read as GET_CAPABILITY requests) gets one reply and the connection is
+/// closed: nothing of the blob is taken for further requests, whose replies would then answer
+/// the client's next requests. A new connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_port_answers_a_request_longer_than_it_reads_once_and_hangs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), 1).await;
+    let guest = &stack.guests()[0];
+    let mut c = TcpStream::connect(guest.ctrl_addr()).await.unwrap();
+    let blob_len: u32 = 6000;
+    let mut request = vec![0, 0, 0, 0x0d];
+    request.extend_from_slice(&0u32.to_be_bytes());
+    request.extend_from_slice(&1u32.to_be_bytes());
+    request.extend_from_slice(&blob_len.to_be_bytes());
+    for _ in 0..blob_len / 4 {
+        request.extend_from_slice(&[0, 0, 0, 1]);
+    }
+    c.write_all(&request).await.unwrap();
+    let mut replies = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        c.read_to_end(&mut replies),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "still open after {} reply bytes: {:02x?}",
+        replies.len(),
+        &replies[..replies.len().min(32)]
+    );
+    assert_eq!(
+        replies.len(),
+        4,
+        "{:02x?}",
+        &replies[..replies.len().min(32)]
+    );
+    assert_ne!(replies, [0; 4], "SET_STATEBLOB is refused on the socket");
+
+    let mut c = TcpStream::connect(guest.ctrl_addr()).await.unwrap();
+    assert_eq!(
+        ctrl(&mut c, &[0, 0, 0, 1], 8).await,
+        [0, 0, 0, 0, 0, 0, 0, 0x28]
+    );
+    stack.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_port_answers_an_unframeable_command_with_command_size_and_hangs_up() {
     let dir = tempfile::tempdir().unwrap();
