@@ -646,7 +646,7 @@ async fn an_idle_connection_flood_on_one_guest_denies_no_other_guest() {
     use tokio::net::TcpStream;
     const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
     let dir = tempfile::tempdir().unwrap();
-    let (child, ports) = ready(vtpmctl_run::spawn_run_with_fd_limit(dir.path(), "2", 256)).await;
+    let (child, ports) = ready(spawn_run_with_fd_limit(dir.path(), "2", 256)).await;
     let ask = |port: u16| async move {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         s.write_all(&GET_RANDOM_8).await.unwrap();
@@ -687,4 +687,26 @@ async fn an_idle_connection_flood_on_one_guest_denies_no_other_guest() {
     .await;
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     interrupt(child).await;
+}
+
+/// `vtpmctl run` with the child's open-descriptor limit lowered to `limit` (through the
+/// shell's `ulimit`), so that running out of descriptors is quick to provoke.
+fn spawn_run_with_fd_limit(state: &Path, domains: &str, limit: u32) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(vtpmctl_run::VTPMCTL)
+        .args([
+            "run",
+            "--domains",
+            domains,
+            "--base-port",
+            "0",
+            "--state-dir",
+        ])
+        .arg(state)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("vtpmctl starts: {e}"))
 }

@@ -25,29 +25,3 @@ pub fn spawn_run(state: &Path, domains: &str) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("vtpmctl starts: {e}"))
 }
-
-/// [`spawn_run`] with the child's open-descriptor limit lowered to `limit` (through the
-/// shell's `ulimit`), so that running out of descriptors is quick to provoke.
-#[allow(
-    dead_code,
-    reason = "not every test binary including this file floods a socket"
-)]
-pub fn spawn_run_with_fd_limit(state: &Path, domains: &str, limit: u32) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-        .arg(VTPMCTL)
-        .args([
-            "run",
-            "--domains",
-            domains,
-            "--base-port",
-            "0",
-            "--state-dir",
-        ])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("vtpmctl starts: {e}"))
-}
