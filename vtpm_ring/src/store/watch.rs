@@ -22,6 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
 
@@ -29,6 +31,10 @@ use std::task::Poll;
 #[derive(Default)]
 struct Queue {
     events: Mutex<Events>,
+    /// Whether `events` has anything to deliver (kept with it, under its lock): a watcher
+    /// polled for another reason (the backend's device loop is polled for every command)
+    /// finds out without taking the lock.
+    ready: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -49,19 +55,27 @@ impl Queue {
             events.overflowed = true;
             tracing::debug!(%domain, watch, "watch queue full; events collapse");
         }
+        self.ready.store(true, Ordering::Release);
     }
 
     /// The next event: a queued path, then the watched path once if events were dropped.
     fn pop(&self, watched: &str) -> Option<String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        match events.paths.pop_front() {
+        let next = match events.paths.pop_front() {
             Some(p) => Some(p),
             None if events.overflowed => {
                 events.overflowed = false;
                 Some(watched.to_string())
             }
             None => None,
+        };
+        if events.paths.is_empty() && !events.overflowed {
+            self.ready.store(false, Ordering::Release);
         }
+        next
     }
 }
 
