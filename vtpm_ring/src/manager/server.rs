@@ -38,7 +38,7 @@ impl VtpmManager {
     /// Serves frames until the backend closes the stream.
     ///
     /// Ordering rule, enforced here: an instance's frames run one at a time, in the order
-    /// they arrived ([`Lanes`]), so a `Stop` or `Init` (a guest's disconnect, the next
+    /// they arrived (a queue per instance), so a `Stop` or `Init` (a guest's disconnect, the next
     /// connection's reset) never overtakes a command the backend gave up waiting for: a late
     /// command of the previous boot runs before the reset, never on the next boot's TPM. A
     /// cancel alone skips the queue, since it must reach the engine while the command it
