@@ -29,6 +29,7 @@ use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::Domain;
 use vtpm_ring::domain::DomainId;
 use vtpm_ring::domain::Host;
+use vtpm_ring::engine::SwtpmEngine;
 use vtpm_ring::event::EventChannel;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
@@ -78,105 +79,99 @@ async fn connect_raw(guest: &Domain) -> (OwnPage, EventChannel) {
     (page, event)
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_guest_ringing_its_doorbell_without_pause_starves_no_other_guest() {
-    let dir = tempfile::tempdir().unwrap();
-    let busy_engine = swtpm(dir.path(), 1).await;
-    let quiet_engine = swtpm(dir.path(), 2).await;
-    let host = Host::new();
-    serve(
-        &host,
-        vec![(1, busy_engine.clone()), (2, quiet_engine.clone())],
-        BackendConfig::default(),
-    );
-    let busy = host.create_domain(DomainId(2), 16).unwrap();
-    let quiet = host.create_domain(DomainId(3), 16).unwrap();
-    let toolstack = host.toolstack();
-    create_device(&toolstack, &device(busy.id(), 1)).unwrap();
-    create_device(&toolstack, &device(quiet.id(), 2)).unwrap();
-    let (_page, event) = connect_raw(&busy).await;
-    let quiet_front = within(Frontend::connect(&quiet, FrontendConfig::default()))
-        .await
-        .unwrap();
+/// A backend serving two guests on swtpm: `busy` (domain 2, instance 1) and `quiet`
+/// (domain 3, instance 2), both devices created; neither connected yet.
+struct Bed {
+    _dir: tempfile::TempDir,
+    engines: [Arc<SwtpmEngine>; 2],
+    _host: Host,
+    busy: Domain,
+    quiet: Domain,
+}
 
+impl Bed {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let engines = [swtpm(dir.path(), 1).await, swtpm(dir.path(), 2).await];
+        let host = Host::new();
+        serve(
+            &host,
+            vec![(1, engines[0].clone()), (2, engines[1].clone())],
+            BackendConfig::default(),
+        );
+        let busy = host.create_domain(DomainId(2), 16).unwrap();
+        let quiet = host.create_domain(DomainId(3), 16).unwrap();
+        let toolstack = host.toolstack();
+        create_device(&toolstack, &device(busy.id(), 1)).unwrap();
+        create_device(&toolstack, &device(quiet.id(), 2)).unwrap();
+        Self {
+            _dir: dir,
+            engines,
+            _host: host,
+            busy,
+            quiet,
+        }
+    }
+
+    async fn shutdown(self) {
+        for engine in &self.engines {
+            engine.save_and_shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Runs `act` without pause on a thread of its own; once it has run 1000 times (so the
+/// backend has plenty queued before the first command), `quiet` must still be served.
+async fn while_flooding(act: impl Fn(u64) + Send + 'static, quiet: &Frontend) {
     let stop = Arc::new(AtomicBool::new(false));
-    let rings = Arc::new(AtomicU64::new(0));
-    let ringer = {
-        let (stop, rings) = (stop.clone(), rings.clone());
+    let count = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, count) = (stop.clone(), count.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                rings.fetch_add(1, Ordering::Relaxed);
-                event.notify().unwrap();
+                act(count.fetch_add(1, Ordering::Relaxed));
             }
         })
     };
-    while rings.load(Ordering::Relaxed) < 1000 {
+    while count.load(Ordering::Relaxed) < 1000 {
         std::thread::yield_now();
     }
     for _ in 0..20 {
-        let r = within(quiet_front.transmit(&GET_RANDOM_8)).await.unwrap();
+        let r = within(quiet.transmit(&GET_RANDOM_8)).await.unwrap();
         assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
     }
     stop.store(true, Ordering::Relaxed);
-    ringer.join().unwrap();
+    flood.join().unwrap();
+}
 
-    within(quiet_front.close()).await.unwrap();
-    busy_engine.save_and_shutdown().await.unwrap();
-    quiet_engine.save_and_shutdown().await.unwrap();
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_ringing_its_doorbell_without_pause_starves_no_other_guest() {
+    let bed = Bed::new().await;
+    let (_page, event) = connect_raw(&bed.busy).await;
+    let quiet = within(Frontend::connect(&bed.quiet, FrontendConfig::default()))
+        .await
+        .unwrap();
+    while_flooding(move |_| event.notify().unwrap(), &quiet).await;
+    within(quiet.close()).await.unwrap();
+    bed.shutdown().await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_guest_rewriting_its_directory_without_pause_starves_no_other_guest() {
-    let dir = tempfile::tempdir().unwrap();
-    let busy_engine = swtpm(dir.path(), 1).await;
-    let quiet_engine = swtpm(dir.path(), 2).await;
-    let host = Host::new();
-    serve(
-        &host,
-        vec![(1, busy_engine.clone()), (2, quiet_engine.clone())],
-        BackendConfig::default(),
-    );
-    let busy = host.create_domain(DomainId(2), 16).unwrap();
-    let quiet = host.create_domain(DomainId(3), 16).unwrap();
-    let toolstack = host.toolstack();
-    create_device(&toolstack, &device(busy.id(), 1)).unwrap();
-    create_device(&toolstack, &device(quiet.id(), 2)).unwrap();
-    let busy_front = within(Frontend::connect(&busy, FrontendConfig::default()))
+    let bed = Bed::new().await;
+    let busy = within(Frontend::connect(&bed.busy, FrontendConfig::default()))
         .await
         .unwrap();
-    let quiet_front = within(Frontend::connect(&quiet, FrontendConfig::default()))
+    let quiet = within(Frontend::connect(&bed.quiet, FrontendConfig::default()))
         .await
         .unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let store = busy.store();
-        let node = format!("{}/noise", frontend_dir(busy.id(), 0));
-        let (stop, writes) = (stop.clone(), writes.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let n = writes.fetch_add(1, Ordering::Relaxed);
-                store.write(&node, &n.to_string()).unwrap();
-            }
-        })
-    };
-    // Let the flood get going, so the backend has a full watch queue before the first command.
-    while writes.load(Ordering::Relaxed) < 1000 {
-        std::thread::yield_now();
-    }
-    for _ in 0..20 {
-        let r = within(quiet_front.transmit(&GET_RANDOM_8)).await.unwrap();
-        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
-    }
+    let store = bed.busy.store();
+    let node = format!("{}/noise", frontend_dir(bed.busy.id(), 0));
+    while_flooding(move |n| store.write(&node, &n.to_string()).unwrap(), &quiet).await;
     // The busy guest's own device keeps working too.
-    let r = within(busy_front.transmit(&GET_RANDOM_8)).await.unwrap();
+    let r = within(busy.transmit(&GET_RANDOM_8)).await.unwrap();
     assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-
-    within(quiet_front.close()).await.unwrap();
-    within(busy_front.close()).await.unwrap();
-    busy_engine.save_and_shutdown().await.unwrap();
-    quiet_engine.save_and_shutdown().await.unwrap();
+    within(quiet.close()).await.unwrap();
+    within(busy.close()).await.unwrap();
+    bed.shutdown().await;
 }

@@ -692,21 +692,10 @@ async fn an_idle_connection_flood_on_one_guest_denies_no_other_guest() {
 /// `vtpmctl run` with the child's open-descriptor limit lowered to `limit` (through the
 /// shell's `ulimit`), so that running out of descriptors is quick to provoke.
 fn spawn_run_with_fd_limit(state: &Path, domains: &str, limit: u32) -> Child {
-    Command::new("sh")
+    let mut shell = Command::new("sh");
+    shell
         .arg("-c")
         .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-        .arg(vtpmctl_run::VTPMCTL)
-        .args([
-            "run",
-            "--domains",
-            domains,
-            "--base-port",
-            "0",
-            "--state-dir",
-        ])
-        .arg(state)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("vtpmctl starts: {e}"))
+        .arg(vtpmctl_run::VTPMCTL);
+    vtpmctl_run::spawn_run_in(shell, state, domains)
 }

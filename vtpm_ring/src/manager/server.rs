@@ -182,10 +182,7 @@ impl Lanes {
 }
 
 fn is_cancel(payload: &[u8]) -> bool {
-    payload
-        .first_chunk::<4>()
-        .map(|c| CtrlCmd(u32::from_be_bytes(*c)))
-        == Some(CtrlCmd::CANCEL_TPM_CMD)
+    payload.len() >= 4 && ctrl::request_cmd(payload) == CtrlCmd::CANCEL_TPM_CMD
 }
 
 /// The answer to a frame that cannot be queued: a TPM failure for a command, swtpm's
@@ -202,9 +199,7 @@ fn refusal(frame: Frame) -> Vec<u8> {
             tag,
             payload,
         } => {
-            let cmd = payload
-                .first_chunk::<4>()
-                .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+            let cmd = ctrl::request_cmd(&payload);
             Frame::Control {
                 instance,
                 tag,
@@ -257,9 +252,7 @@ async fn handle_frame(
         } => {
             // The reply's layout depends on the command, even for a request that failed to
             // decode: swtpm answers an unknown or short request with its result code.
-            let cmd = payload
-                .first_chunk::<4>()
-                .map_or(CtrlCmd(0), |c| CtrlCmd(u32::from_be_bytes(*c)));
+            let cmd = ctrl::request_cmd(&payload);
             let reply = match (ctrl::decode_request(&payload), engines.get(&instance)) {
                 (Ok(op), Some(engine)) => encode_control_reply(cmd, engine.control(op).await),
                 (Err(e), _) => {

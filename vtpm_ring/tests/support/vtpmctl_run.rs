@@ -10,7 +10,13 @@ pub const VTPMCTL: &str = env!("CARGO_BIN_EXE_vtpmctl");
 
 /// `vtpmctl run --domains N` on `state`, on ports the system picks, its output piped.
 pub fn spawn_run(state: &Path, domains: &str) -> Child {
-    Command::new(VTPMCTL)
+    spawn_run_in(Command::new(VTPMCTL), state, domains)
+}
+
+/// [`spawn_run`] through `launcher`, a command that ends in running `vtpmctl` with the
+/// arguments appended here (`vtpmctl` itself, or a shell that sets limits and execs it).
+pub fn spawn_run_in(mut launcher: Command, state: &Path, domains: &str) -> Child {
+    launcher
         .args([
             "run",
             "--domains",
