@@ -3,6 +3,7 @@
 use super::StreamEnd;
 use super::codec::Frame;
 use super::codec::encode_control_reply;
+use crate::engine::ControlReply;
 use crate::engine::EngineError;
 use crate::engine::TpmEngine;
 use crate::engine::TpmReply;
@@ -61,9 +62,7 @@ impl VtpmManager {
             // Biased: replies first, so a finished request's answer is never held up.
             futures::select_biased! {
                 (lane, reply) = running.select_next_some() => {
-                    if let Some(instance) = lane
-                        && let Some(next) = lanes.finished(instance)
-                    {
+                    if let Some(next) = lanes.finished(lane) {
                         running.push(run(&engines, next));
                     }
                     if let Some(reply) = reply
@@ -95,9 +94,7 @@ impl VtpmManager {
         }
         // Finish what was accepted; replies to a closed stream are dropped.
         while let Some((lane, reply)) = running.next().await {
-            if let Some(instance) = lane
-                && let Some(next) = lanes.finished(instance)
-            {
+            if let Some(next) = lanes.finished(lane) {
                 running.push(run(&engines, next));
             }
             if let Some(reply) = reply {
@@ -163,8 +160,9 @@ impl Lanes {
         }
     }
 
-    /// The instance's running frame finished: the next one to run, if any.
-    fn finished(&mut self, instance: u32) -> Option<Job> {
+    /// A job holding `lane` finished: the next one of its instance to run, if any.
+    fn finished(&mut self, lane: Option<u32>) -> Option<Job> {
+        let instance = lane?;
         let Entry::Occupied(mut lane) = self.lanes.entry(instance) else {
             return None;
         };
@@ -186,31 +184,48 @@ fn is_cancel(payload: &[u8]) -> bool {
 }
 
 /// The answer to a frame that cannot be queued: a TPM failure for a command, swtpm's
-/// failure result for a control operation.
+/// failure result for a control operation (a response is never queued, see `Lanes::admit`).
 fn refusal(frame: Frame) -> Vec<u8> {
     match frame {
-        Frame::Command { instance, tag, .. } => Frame::Response {
-            instance,
-            tag,
-            response: error_response(TpmRc::FAILURE),
-        },
+        Frame::Command { instance, tag, .. } | Frame::Response { instance, tag, .. } => {
+            failed_command(instance, tag)
+        }
         Frame::Control {
             instance,
             tag,
             payload,
-        } => {
-            let cmd = ctrl::request_cmd(&payload);
-            Frame::Control {
-                instance,
-                tag,
-                payload: encode_control_reply(
-                    cmd,
-                    Err(EngineError::Failed("instance busy".into())),
-                ),
-            }
-        }
-        // Never queued (see `Lanes::admit`).
-        response @ Frame::Response { .. } => response,
+        } => control_reply(
+            instance,
+            tag,
+            &payload,
+            Err(EngineError::Failed("instance busy".into())),
+        ),
+    }
+}
+
+/// A command's reply when the engine did not answer it: TPM_RC_FAILURE.
+fn failed_command(instance: u32, tag: u32) -> Vec<u8> {
+    Frame::Response {
+        instance,
+        tag,
+        response: error_response(TpmRc::FAILURE),
+    }
+    .encode()
+}
+
+/// The reply frame to the control request `payload`: its layout depends on the command, even
+/// for a request that failed to decode (swtpm answers an unknown or short request with its
+/// result code).
+fn control_reply(
+    instance: u32,
+    tag: u32,
+    payload: &[u8],
+    result: Result<ControlReply, EngineError>,
+) -> Vec<u8> {
+    Frame::Control {
+        instance,
+        tag,
+        payload: encode_control_reply(ctrl::request_cmd(payload), result),
     }
     .encode()
 }
@@ -219,30 +234,30 @@ async fn handle_frame(
     engines: &BTreeMap<u32, Arc<dyn TpmEngine>>,
     frame: Frame,
 ) -> Option<Vec<u8>> {
-    let reply = match frame {
+    match frame {
         Frame::Command {
             instance,
             tag,
             locality,
             command,
         } => {
-            let response = match engines.get(&instance) {
-                Some(engine) => match engine
-                    .execute(TpmRequest::Command { command, locality })
-                    .await
-                {
-                    Ok(TpmReply::Response(r)) => r,
-                    Ok(TpmReply::Control(_)) | Err(_) => error_response(TpmRc::FAILURE),
-                },
-                None => {
-                    tracing::warn!(instance, "command for unknown vTPM instance");
-                    error_response(TpmRc::FAILURE)
-                }
+            let Some(engine) = engines.get(&instance) else {
+                tracing::warn!(instance, "command for unknown vTPM instance");
+                return Some(failed_command(instance, tag));
             };
-            Frame::Response {
-                instance,
-                tag,
-                response,
+            match engine
+                .execute(TpmRequest::Command { command, locality })
+                .await
+            {
+                Ok(TpmReply::Response(response)) => Some(
+                    Frame::Response {
+                        instance,
+                        tag,
+                        response,
+                    }
+                    .encode(),
+                ),
+                Ok(TpmReply::Control(_)) | Err(_) => Some(failed_command(instance, tag)),
             }
         }
         Frame::Control {
@@ -250,30 +265,22 @@ async fn handle_frame(
             tag,
             payload,
         } => {
-            // The reply's layout depends on the command, even for a request that failed to
-            // decode: swtpm answers an unknown or short request with its result code.
-            let cmd = ctrl::request_cmd(&payload);
-            let reply = match (ctrl::decode_request(&payload), engines.get(&instance)) {
-                (Ok(op), Some(engine)) => encode_control_reply(cmd, engine.control(op).await),
+            let result = match (ctrl::decode_request(&payload), engines.get(&instance)) {
+                (Ok(op), Some(engine)) => engine.control(op).await,
                 (Err(e), _) => {
                     tracing::warn!(instance, error = %e, "bad control frame");
-                    encode_control_reply(cmd, Err(EngineError::Refused(e.result_code())))
+                    Err(EngineError::Refused(e.result_code()))
                 }
-                (_, None) => encode_control_reply(cmd, Err(EngineError::NotRunning)),
+                (_, None) => Err(EngineError::NotRunning),
             };
-            Frame::Control {
-                instance,
-                tag,
-                payload: reply,
-            }
+            Some(control_reply(instance, tag, &payload, result))
         }
         // Only the manager sends responses.
         Frame::Response { instance, .. } => {
             tracing::warn!(instance, "response frame from the backend");
-            return None;
+            None
         }
-    };
-    Some(reply.encode())
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +289,6 @@ mod tests {
     use super::super::stream_pair;
     use super::*;
     use crate::engine::ControlOp;
-    use crate::engine::ControlReply;
     use crate::engine::SimTpm;
 
     const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
