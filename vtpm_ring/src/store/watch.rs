@@ -17,6 +17,7 @@ use super::is_at_or_below;
 use crate::domain::DomainId;
 use futures::Stream;
 use futures::task::AtomicWaker;
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,20 +91,20 @@ struct WatchReg {
 /// Watches that got events and must be woken, once the store's lock is released.
 #[must_use = "the watchers are woken only by `wake`, after the store's lock is released"]
 #[derive(Default)]
-pub(super) struct Wakes(Vec<Arc<Queue>>);
+pub(super) struct Wakes(BTreeMap<u64, Arc<Queue>>);
 
 impl Wakes {
     /// Wakes every watcher that got an event. Call it without the store's lock held.
     pub(super) fn wake(self) {
-        for q in self.0 {
+        for q in self.0.into_values() {
             q.waker.wake();
         }
     }
 
-    fn add(&mut self, queue: &Arc<Queue>) {
-        if !self.0.iter().any(|q| Arc::ptr_eq(q, queue)) {
-            self.0.push(queue.clone());
-        }
+    /// Notes watch `id` once, however many of the change's nodes it got (a removal fires
+    /// every node of the subtree, under the store's lock).
+    fn add(&mut self, id: u64, queue: &Arc<Queue>) {
+        self.0.entry(id).or_insert_with(|| queue.clone());
     }
 }
 
@@ -157,7 +158,7 @@ impl Watches {
         for w in &self.watches {
             if is_at_or_below(changed, &w.path) && readable_by(w.domain) {
                 w.queue.push(w.domain, &w.path, changed);
-                wakes.add(&w.queue);
+                wakes.add(w.id, &w.queue);
             }
         }
     }
