@@ -12,14 +12,21 @@
 //! Each watch queues a bounded number of events (see [`Watch`]).
 //! Transactions are not implemented.
 
+mod perms;
+mod tree;
 mod watch;
 
+pub use perms::Perm;
+pub use perms::Perms;
+use tree::Node;
+use tree::StoreState;
+use tree::is_at_or_below;
+use tree::parent_of;
+use tree::valid_component;
 use watch::Wakes;
 pub use watch::Watch;
-use watch::Watches;
 
 use crate::domain::DomainId;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -39,67 +46,6 @@ pub const MAX_PERMS_PER_NODE: usize = 5;
 /// Most events one watch queues before further events collapse into one (XSA-349: a guest
 /// writing nodes must not grow the memory of whoever watches them).
 pub const MAX_WATCH_EVENTS: usize = 64;
-
-/// What a domain may do with a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Perm {
-    /// Nothing.
-    None,
-    /// Read the value and list children.
-    Read,
-    /// Write the value, create children, remove.
-    Write,
-    /// Read and write.
-    Both,
-}
-
-impl Perm {
-    fn can_read(self) -> bool {
-        matches!(self, Perm::Read | Perm::Both)
-    }
-    fn can_write(self) -> bool {
-        matches!(self, Perm::Write | Perm::Both)
-    }
-}
-
-/// The permissions of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Perms {
-    /// Owner: full access, may change permissions.
-    pub owner: DomainId,
-    /// Access for domains not in `acl`.
-    pub others: Perm,
-    /// Per-domain access.
-    pub acl: Vec<(DomainId, Perm)>,
-}
-
-impl Perms {
-    /// Owned by `owner`, nobody else may do anything.
-    pub fn private(owner: DomainId) -> Self {
-        Self {
-            owner,
-            others: Perm::None,
-            acl: Vec::new(),
-        }
-    }
-
-    /// Adds an access list entry.
-    pub fn with(mut self, domain: DomainId, perm: Perm) -> Self {
-        self.acl.retain(|(d, _)| *d != domain);
-        self.acl.push((domain, perm));
-        self
-    }
-
-    fn of(&self, domain: DomainId) -> Perm {
-        if domain == DomainId::DOM0 || domain == self.owner {
-            return Perm::Both;
-        }
-        self.acl
-            .iter()
-            .find(|(d, _)| *d == domain)
-            .map_or(self.others, |(_, p)| *p)
-    }
-}
 
 /// Errors from store operations.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -141,65 +87,16 @@ pub enum StoreError {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Node {
-    value: String,
-    perms: Perms,
-}
-
-struct StoreState {
-    nodes: BTreeMap<String, Node>,
-    /// How many nodes each domain owns, kept with `nodes` (counting them on every create
-    /// would cost a scan of the whole store under its lock).
-    owned: BTreeMap<DomainId, usize>,
-    watches: Watches,
-}
-
 /// The store (the host owns one; domains reach it through a [`StoreHandle`] acting as them).
 #[derive(Clone)]
 pub struct Store {
     state: Arc<Mutex<StoreState>>,
 }
 
-fn is_at_or_below(path: &str, base: &str) -> bool {
-    base == "/"
-        || path == base
-        || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
-}
-
-fn parent_of(path: &str) -> Option<&str> {
-    if path == "/" {
-        return None;
-    }
-    match path.rfind('/') {
-        Some(0) => Some("/"),
-        Some(i) => path.get(..i),
-        None => None,
-    }
-}
-
-fn valid_component(c: &str) -> bool {
-    !c.is_empty()
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'@' | b'.' | b':'))
-}
-
 impl Store {
     pub(crate) fn new() -> Self {
-        let mut nodes = BTreeMap::new();
-        nodes.insert(
-            "/".to_string(),
-            Node {
-                value: String::new(),
-                perms: Perms::private(DomainId::DOM0),
-            },
-        );
         Self {
-            state: Arc::new(Mutex::new(StoreState {
-                nodes,
-                owned: BTreeMap::from([(DomainId::DOM0, 1)]),
-                watches: Watches::default(),
-            })),
+            state: Arc::new(Mutex::new(StoreState::new())),
         }
     }
 
@@ -224,67 +121,6 @@ impl Store {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl StoreState {
-    fn nearest_existing(&self, path: &str) -> Option<&Node> {
-        let mut p = Some(path);
-        while let Some(cur) = p {
-            if let Some(n) = self.nodes.get(cur) {
-                return Some(n);
-            }
-            p = parent_of(cur);
-        }
-        None
-    }
-
-    /// The error for `who`, who tried to `op` the missing node `path`: that it is missing only
-    /// if `who` may read its nearest existing ancestor. Otherwise it is denied, as an existing
-    /// node it may not read would be, so that no domain learns which names exist in another's
-    /// private directory (xenstored answers EACCES there too).
-    fn missing(&self, who: &StoreHandle, op: &'static str, path: &str) -> StoreError {
-        match self.nearest_existing(path) {
-            Some(n) if n.perms.of(who.domain).can_read() => StoreError::NotFound(path.to_string()),
-            _ => who.denied(op, path),
-        }
-    }
-
-    fn owned_by(&self, domain: DomainId) -> usize {
-        self.owned.get(&domain).copied().unwrap_or(0)
-    }
-
-    fn count(&mut self, owner: DomainId, delta: isize) {
-        let n = self.owned.entry(owner).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            self.owned.remove(&owner);
-        }
-    }
-
-    fn insert(&mut self, path: String, node: Node) {
-        self.count(node.perms.owner, 1);
-        if let Some(old) = self.nodes.insert(path, node) {
-            self.count(old.perms.owner, -1);
-        }
-    }
-
-    fn remove(&mut self, path: &str) {
-        if let Some(old) = self.nodes.remove(path) {
-            self.count(old.perms.owner, -1);
-        }
-    }
-
-    fn set_perms(&mut self, path: &str, perms: Perms) {
-        let new_owner = perms.owner;
-        let Some(node) = self.nodes.get_mut(path) else {
-            return;
-        };
-        let old_owner = std::mem::replace(&mut node.perms, perms).owner;
-        if old_owner != new_owner {
-            self.count(old_owner, -1);
-            self.count(new_owner, 1);
-        }
     }
 }
 
