@@ -82,6 +82,26 @@ enum Action {
     FrontChanged(bool),
 }
 
+/// The kind of request under way, which decides the answer should it expire.
+enum Expiry {
+    /// A TPM command: TPM_RC_FAILURE.
+    Command,
+    /// A control operation: swtpm's TPM_FAIL in the layout of its reply.
+    Control(CtrlCmd),
+}
+
+impl Expiry {
+    fn answer(&self) -> Vec<u8> {
+        match self {
+            Expiry::Command => error_response(TpmRc::FAILURE),
+            Expiry::Control(cmd) => ctrl::encode_reply(
+                *cmd,
+                &Err(EngineError::Failed("processing timeout".into())),
+            ),
+        }
+    }
+}
+
 /// What the connection waits on, in the order it looks at them (see [`next_action`]).
 const RESPONSE: usize = 0;
 const OWN: usize = 1;
@@ -148,9 +168,9 @@ pub(super) async fn serve(
     // One timer for the connection, not one per command (see `deadline::Watchdog`).
     let mut watchdog = deadline::Watchdog::new(shared.config.processing_timeout);
     let mut cancel_sent = false;
-    // What the frontend gets if the request under way expires: TPM_RC_FAILURE for a command,
-    // TPM_FAIL for a control operation.
-    let mut expiry_answer = Vec::new();
+    // What the request under way is, for the answer should it expire (built only then: a
+    // command's round trip allocates nothing for an answer it almost never needs).
+    let mut under_way = Expiry::Command;
     // v2: a request may have been submitted before we bound the channel, and the state byte
     // says so. v1 has no such state: only a notification announces a request.
     let mut action = match conn.transport {
@@ -184,7 +204,7 @@ pub(super) async fn serve(
                 {
                     tracing::warn!(instance = config.instance, error = %e, "cancel after timeout not sent");
                 }
-                respond(shared, conn, &expiry_answer);
+                respond(shared, conn, &under_way.answer());
             }
             Action::Event(Err(_)) => break Stop::Closed,
             Action::Event(Ok(())) => {
@@ -193,21 +213,18 @@ pub(super) async fn serve(
                 {
                     BackendStats::bump(&shared.stats.requests);
                     let client = &shared.client;
-                    let (future, on_expiry) = match req {
+                    let (future, kind) = match req {
                         Forward::Command { command, locality } => (
                             forward(client, config.instance, command, locality),
-                            error_response(TpmRc::FAILURE),
+                            Expiry::Command,
                         ),
                         Forward::Control { cmd, op } => (
                             forward_control(client, config.instance, cmd, op),
-                            ctrl::encode_reply(
-                                cmd,
-                                &Err(EngineError::Failed("processing timeout".into())),
-                            ),
+                            Expiry::Control(cmd),
                         ),
                     };
                     inflight = Some(future);
-                    expiry_answer = on_expiry;
+                    under_way = kind;
                     watchdog.start();
                     wake.mark(RESPONSE);
                     wake.mark(EXPIRY);
