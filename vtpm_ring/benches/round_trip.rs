@@ -23,7 +23,8 @@
 //! Every measured loop runs inside a task on one current-thread tokio runtime (as the TPM
 //! socket serving a client does), for the reference too; swtpm runs in its own process.
 //! After the criterion groups, `paired` prints medians of the commands sent in turn on every
-//! path, round after round, so a slow spell on the shared machine hits all paths alike.
+//! path, round after round, so a slow spell on the shared machine hits all paths alike, and
+//! the spread of each round's overhead over the reference's batch run just before it.
 //!
 //! Where the scheduler puts each swtpm matters more than anything the ring does: on a small
 //! VM, a swtpm on the other (idle) vCPU costs every round trip two cross-vCPU wakeups, about
@@ -199,8 +200,10 @@ const PAIRED_ROUNDS: usize = 200;
 const PAIRED_BATCH: u64 = 10;
 
 /// The same-run comparison made robust to a busy machine: every path runs a batch of the
-/// same operation in turn, round after round; medians of the per-operation time are printed
-/// with each path's overhead over swtpm alone.
+/// same operation in turn, round after round. Printed per path: the median per-operation
+/// time and its overhead over swtpm alone; then the overhead of each round against the
+/// reference's batch just before it (a slow spell hits both alike), as the median and the
+/// middle half of the rounds, which shows how far one run's figure can be trusted.
 fn paired(rt: &Runtime, label: &str, paths: &[(&str, Path, Vec<u8>)]) {
     let mut samples = vec![Vec::with_capacity(PAIRED_ROUNDS); paths.len()];
     for _ in 0..PAIRED_ROUNDS {
@@ -208,19 +211,29 @@ fn paired(rt: &Runtime, label: &str, paths: &[(&str, Path, Vec<u8>)]) {
             times.push(path.run(rt, c, PAIRED_BATCH) / PAIRED_BATCH as u32);
         }
     }
-    let medians: Vec<_> = samples
-        .iter_mut()
-        .map(|t| {
-            t.sort_unstable();
-            t[t.len() / 2]
-        })
-        .collect();
-    let reference = medians[0].as_secs_f64();
-    for ((name, _, _), median) in paths.iter().zip(&medians) {
+    let percent = |ratio: f64| (ratio - 1.0) * 100.0;
+    let reference = &samples[0];
+    for ((name, _, _), times) in paths.iter().zip(&samples) {
+        let mut ratios: Vec<f64> = times
+            .iter()
+            .zip(reference)
+            .map(|(t, r)| t.as_secs_f64() / r.as_secs_f64())
+            .collect();
+        ratios.sort_unstable_by(f64::total_cmp);
+        let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+        let mut sorted = times.clone();
+        sorted.sort_unstable();
+        let mut reference = reference.clone();
+        reference.sort_unstable();
+        let (median, reference) = (sorted[sorted.len() / 2], reference[reference.len() / 2]);
         println!(
-            "paired {label} {name:>14}: median {:>7.1} us ({:+.0}% over swtpm alone)",
+            "paired {label} {name:>14}: median {:>7.1} us ({:+.0}% over swtpm alone; \
+             by round {:+.1}%, middle half {:+.1}%..{:+.1}%)",
             median.as_secs_f64() * 1e6,
-            (median.as_secs_f64() / reference - 1.0) * 100.0
+            percent(median.as_secs_f64() / reference.as_secs_f64()),
+            percent(at(2)),
+            percent(at(1)),
+            percent(at(3)),
         );
     }
 }

@@ -14,7 +14,7 @@
 //! under the backend's reset policy the TPM was already stopped when its frontend left (and the
 //! next connection starts with a fresh INIT that drops volatile state anyway). It needs a
 //! tokio runtime (swtpm and the sockets are process edges); the backend and the manager run as
-//! one task on it.
+//! two tasks on it.
 //!
 //! The engines use [`Startup::Clear`](crate::engine::swtpm::Startup): a swtpm restarted after a
 //! crash is usable at once. The backend's own `TPM2_Startup` on connect is then answered
@@ -234,6 +234,7 @@ pub struct VtpmStack {
     qemu_guests: Vec<QemuGuest>,
     engines: BTreeMap<u32, Arc<SwtpmEngine>>,
     backend: tokio::task::JoinHandle<()>,
+    manager: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for VtpmStack {
@@ -308,13 +309,14 @@ impl VtpmStack {
         }
         let (back_end, manager_end) = stream_pair();
         let server = Backend::new(backend_domain, back_end, config.backend);
+        // Two tasks, as two domains would be: each is polled only when its own side has
+        // work (one task joining both polled the idle half at every wakeup of the other;
+        // measured: about 0.15 us a command more).
+        let manager = tokio::spawn(manager.serve(manager_end));
         let backend = tokio::spawn(async move {
-            let backend = async {
-                if let Err(e) = server.run().await {
-                    tracing::error!(error = %e, "backend stopped");
-                }
-            };
-            futures::join!(backend, manager.serve(manager_end));
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "backend stopped");
+            }
         });
         let mut stack = Self {
             host,
@@ -322,6 +324,7 @@ impl VtpmStack {
             qemu_guests: Vec::new(),
             engines,
             backend,
+            manager,
         };
         let qemu_domains = domains.split_off(tcp_guests);
         for ((_, instance, domain, guest), path) in
@@ -448,6 +451,7 @@ impl VtpmStack {
             }
         }
         self.backend.abort();
+        self.manager.abort();
         first.map_or(Ok(()), Err)
     }
 }
