@@ -91,10 +91,12 @@ pub fn read_state(store: &StoreHandle, dir: &str) -> XenbusState {
         .map_or(XenbusState::UNKNOWN, XenbusState)
 }
 
-/// Writes a state node.
+/// Writes a device directory's state node; fails (`NotFound`) once the toolstack removed the
+/// directory, which a late state change must not bring back
+/// ([`StoreHandle::write_in_place`]).
 pub fn write_state(store: &StoreHandle, dir: &str, state: XenbusState) -> Result<(), StoreError> {
     tracing::debug!(dir, ?state, "xenbus state");
-    store.write(&format!("{dir}/{}", keys::STATE), &state.0.to_string())
+    store.write_in_place(&format!("{dir}/{}", keys::STATE), &state.0.to_string())
 }
 
 /// A vTPM device as the toolstack configures it.

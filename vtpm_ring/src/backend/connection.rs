@@ -94,10 +94,9 @@ impl Expiry {
     fn answer(&self) -> Vec<u8> {
         match self {
             Expiry::Command => error_response(TpmRc::FAILURE),
-            Expiry::Control(cmd) => ctrl::encode_reply(
-                *cmd,
-                &Err(EngineError::Failed("processing timeout".into())),
-            ),
+            Expiry::Control(cmd) => {
+                ctrl::encode_reply(*cmd, &Err(EngineError::Failed("processing timeout".into())))
+            }
         }
     }
 }
@@ -231,7 +230,7 @@ pub(super) async fn serve(
                 }
             }
             Action::OwnChanged(alive) => {
-                if !alive || shared.store.try_read(dir).ok().flatten().is_none() {
+                if !alive || !device::is_current(&shared.store, dir, config) {
                     break Stop::Gone;
                 }
             }

@@ -7,6 +7,11 @@ use super::*;
 use crate::pace::Pace;
 use std::task::Poll;
 
+/// What the toolstack configured for a device. A device task serves one configuration: if the
+/// toolstack removes the directory and creates it again routed elsewhere (another instance,
+/// another frontend), the task ends and a new one serves the new device, so a guest can
+/// never keep reaching an instance that is no longer its own.
+#[derive(PartialEq, Eq)]
 pub(super) struct DeviceConfig {
     pub(super) frontend: DomainId,
     pub(super) front_dir: String,
@@ -21,12 +26,26 @@ fn read_device_config(store: &StoreHandle, dir: &str) -> Result<DeviceConfig, St
     })
 }
 
-/// Runs one device until its directory disappears; returns the directory.
+/// Whether `dir` still holds the device `config` describes.
+pub(super) fn is_current(store: &StoreHandle, dir: &str, config: &DeviceConfig) -> bool {
+    read_device_config(store, dir).is_ok_and(|c| c == *config)
+}
+
+/// Runs one device until its directory disappears or is configured anew; returns the
+/// directory.
 pub(super) async fn device(shared: Arc<Shared>, dir: String) -> String {
     let span = tracing::info_span!("vtpm_backend", dir = %dir);
     BackendStats::bump(&shared.stats.devices);
-    if let Err(e) = device_inner(&shared, &dir).instrument(span).await {
-        tracing::warn!(dir, error = %e, "vTPM device stopped");
+    match device_inner(&shared, &dir).instrument(span).await {
+        Ok(()) => {}
+        // The toolstack removed the directory between a check and a write: the device is
+        // gone, which is no failure.
+        Err(BackendError::Store(StoreError::NotFound(_)))
+            if shared.store.try_read(&dir).ok().flatten().is_none() =>
+        {
+            tracing::debug!(dir, "vTPM device removed");
+        }
+        Err(e) => tracing::warn!(dir, error = %e, "vTPM device stopped"),
     }
     shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
     dir
@@ -105,20 +124,22 @@ async fn serve_device(
     own: &mut Watch,
 ) -> Result<(), BackendError> {
     let store = &shared.store;
-    let exists = || store.try_read(dir).ok().flatten().is_some();
+    // Checked before every step that acts on the device, and every write is in place: a
+    // removed directory is never written back.
+    let still_mine = || is_current(store, dir, config);
     let mut front = store.watch(&config.front_dir)?;
     let mut pace = Pace::default();
     if shared.config.protocols.v2 {
-        store.write(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
+        store.write_in_place(&format!("{dir}/{}", keys::FEATURE_V2), "1")?;
     }
     if shared.config.control {
-        store.write(&format!("{dir}/{}", keys::FEATURE_CONTROL), "1")?;
+        store.write_in_place(&format!("{dir}/{}", keys::FEATURE_CONTROL), "1")?;
     }
     write_state(store, dir, XenbusState::INIT_WAIT)?;
     loop {
         // Wait for the frontend to publish its ring.
         loop {
-            if !exists() {
+            if !still_mine() {
                 return Ok(());
             }
             let st = read_state(store, &config.front_dir);
@@ -155,20 +176,25 @@ async fn serve_device(
                 power::power_off(&shared.client, config.instance, &shared.config).await;
                 drop(claim);
                 BackendStats::bump(&shared.stats.disconnects);
-                if matches!(stop, Stop::Gone) {
+                // The directory may have gone (or been re-created for another device)
+                // while the TPM stopped.
+                if matches!(stop, Stop::Gone) || !still_mine() {
                     return Ok(());
                 }
             }
             Err(e) => {
                 BackendStats::bump(&shared.stats.failed_connects);
                 tracing::warn!(frontend = %config.frontend, error = %e, "vTPM connect refused");
-                store.write(&format!("{dir}/{}", keys::ERROR), &e.to_string())?;
+                if !still_mine() {
+                    return Ok(());
+                }
+                store.write_in_place(&format!("{dir}/{}", keys::ERROR), &e.to_string())?;
             }
         }
         write_state(store, dir, XenbusState::CLOSED)?;
         // Wait for the frontend to finish closing, then offer a new connection.
         loop {
-            if !exists() {
+            if !still_mine() {
                 return Ok(());
             }
             let st = read_state(store, &config.front_dir);

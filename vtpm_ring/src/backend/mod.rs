@@ -232,20 +232,31 @@ impl Backend {
                 }
                 done = devices.select_next_some() => {
                     known.remove(&done);
+                    // The toolstack may have created the device again while its old task
+                    // was ending (stopping the TPM): the changes fired then found it known.
+                    for dir in unserved(&store, &root, &mut known) {
+                        devices.push(device(shared.clone(), dir));
+                    }
                 }
                 changed = watch.next() => {
                     if changed.is_none() {
                         return Ok(());
                     }
-                    for dir in device_dirs(&store, &root) {
-                        if known.insert(dir.clone()) {
-                            devices.push(device(shared.clone(), dir));
-                        }
+                    for dir in unserved(&store, &root, &mut known) {
+                        devices.push(device(shared.clone(), dir));
                     }
                 }
             }
         }
     }
+}
+
+/// The device directories no task serves yet, now noted as served.
+fn unserved(store: &StoreHandle, root: &str, known: &mut BTreeSet<String>) -> Vec<String> {
+    device_dirs(store, root)
+        .into_iter()
+        .filter(|dir| known.insert(dir.clone()))
+        .collect()
 }
 
 /// Every `<root>/<frontend>/<handle>` directory.

@@ -139,6 +139,13 @@ impl std::fmt::Debug for StoreHandle {
     }
 }
 
+/// Whether a write may create the missing ancestors of its node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ancestors {
+    Create,
+    MustExist,
+}
+
 impl StoreHandle {
     /// The domain this connection acts as.
     pub fn domain(&self) -> DomainId {
@@ -213,6 +220,20 @@ impl StoreHandle {
 
     /// Writes a node's value, creating it (and missing ancestors) if needed.
     pub fn write(&self, path: &str, value: &str) -> Result<(), StoreError> {
+        self.write_node(path, value, Ancestors::Create)
+    }
+
+    /// Writes a node's value, creating the node if needed but never its parent: a write
+    /// into a directory that is gone fails (`NotFound`, or the denial a missing node gets
+    /// when its nearest ancestor is unreadable) instead of bringing the directory back. A
+    /// device's driver writes its keys this way, so a directory the toolstack removed
+    /// stays removed (Linux's `xenbus_switch_state` checks the node in a transaction, to
+    /// the same end).
+    pub fn write_in_place(&self, path: &str, value: &str) -> Result<(), StoreError> {
+        self.write_node(path, value, Ancestors::MustExist)
+    }
+
+    fn write_node(&self, path: &str, value: &str, ancestors: Ancestors) -> Result<(), StoreError> {
         if value.len() > MAX_VALUE_LEN {
             return Err(StoreError::ValueTooLarge(value.len()));
         }
@@ -224,6 +245,11 @@ impl StoreHandle {
                 return Err(self.denied("write", &path));
             }
         } else {
+            if ancestors == Ancestors::MustExist
+                && !parent_of(&path).is_some_and(|p| state.nodes.contains_key(p))
+            {
+                return Err(state.missing(self, "write", &path));
+            }
             let parent = state
                 .nearest_existing(&path)
                 .ok_or(StoreError::InvalidPath(path.clone()))?;
@@ -444,6 +470,28 @@ pub(super) mod tests {
                 Err(StoreError::PermissionDenied { .. })
             ));
             assert_eq!(a.read("secret").unwrap(), "s");
+        }
+
+        #[test]
+        fn an_in_place_write_never_brings_a_removed_directory_back() {
+            let (_, _, a, b) = setup();
+            a.write("device/vtpm/0/state", "1").unwrap();
+            // Updates and new keys in a directory that exists.
+            a.write_in_place("device/vtpm/0/state", "2").unwrap();
+            a.write_in_place("device/vtpm/0/error", "e").unwrap();
+            assert_eq!(a.read("device/vtpm/0/state").unwrap(), "2");
+            a.rm("device/vtpm/0").unwrap();
+            assert!(matches!(
+                a.write_in_place("device/vtpm/0/state", "6"),
+                Err(StoreError::NotFound(_))
+            ));
+            assert_eq!(a.try_read("device/vtpm/0").unwrap(), None);
+            assert_eq!(a.try_read("device/vtpm").unwrap(), Some(String::new()));
+            // Another domain learns no more than from a plain write.
+            assert!(matches!(
+                b.write_in_place("/local/domain/1/device/vtpm/0/state", "6"),
+                Err(StoreError::PermissionDenied { .. })
+            ));
         }
 
         #[test]
