@@ -418,9 +418,15 @@ impl Frontend {
             return Ok(());
         }
         match &self.transport {
+            // Only a submitted command can be canceled: CANCEL written over FINISH would
+            // ask the backend to cancel a command that already ran. (Should the backend
+            // write FINISH between this check and the write, it answers the late CANCEL
+            // with FINISH again.)
             Transport::V2(page) => {
-                page.set_state(V2State::CANCEL)?;
-                self.event.notify()?;
+                if page.state()? == V2State::SUBMIT {
+                    page.set_state(V2State::CANCEL)?;
+                    self.event.notify()?;
+                }
             }
             Transport::V1 { .. } => self.cancel.raise(),
         }
@@ -577,6 +583,14 @@ impl Frontend {
             // Strict request/response: the abandoned command's answer comes first.
             self.event.wait().await?;
             io.outstanding = false;
+        } else if self.event.try_take() {
+            // A notification while nothing was outstanding answers nothing. Left pending, it
+            // would end the wait below at once: the pages still hold this command, which
+            // would come back as its own response, and every later answer one behind.
+            tracing::debug!(
+                dir = self.dir,
+                "stray notification from the backend dropped"
+            );
         }
         let by_ref = |r: u32| {
             entries

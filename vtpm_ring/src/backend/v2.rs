@@ -17,6 +17,11 @@ use crate::protocol::v2::V2State;
 /// A connected v2 device, as the backend sees it.
 pub(super) struct V2Transport {
     page: V2Page<MappedPage>,
+    /// The last request was answered and no new one was submitted since: its response is
+    /// still in the page. A CANCEL now is the frontend's cancel crossing our FINISH, and
+    /// must get FINISH back, not IDLE, or the frontend would report a command that ran
+    /// (a PCR extended) as canceled and lose its response.
+    answered: bool,
 }
 
 impl V2Transport {
@@ -35,6 +40,7 @@ impl V2Transport {
         }
         Ok(Self {
             page: V2Page::new(pages)?,
+            answered: false,
         })
     }
 
@@ -48,14 +54,18 @@ impl V2Transport {
             }
         };
         match (state, busy) {
-            (V2State::SUBMIT, false) => match self.page.read_request() {
-                Ok(r) => Doorbell::Request {
-                    packet: r.packet,
-                    locality: Some(r.locality),
-                    kind: r.kind,
-                },
-                Err(e) => Doorbell::Malformed(e),
-            },
+            (V2State::SUBMIT, false) => {
+                // The frontend wrote a new request over the last response.
+                self.answered = false;
+                match self.page.read_request() {
+                    Ok(r) => Doorbell::Request {
+                        packet: r.packet,
+                        locality: Some(r.locality),
+                        kind: r.kind,
+                    },
+                    Err(e) => Doorbell::Malformed(e),
+                }
+            }
             (V2State::CANCEL, true) => Doorbell::Cancel,
             (V2State::CANCEL, false) => Doorbell::CancelIdle,
             // SUBMIT while busy: the frontend is ahead of itself; it gets the answer to the
@@ -64,15 +74,21 @@ impl V2Transport {
         }
     }
 
-    /// Acknowledges a cancel with nothing under way: IDLE.
+    /// Acknowledges a cancel with nothing under way: FINISH again when the last response is
+    /// still in the page (the cancel came too late), IDLE when no command was.
     pub(super) fn ack_cancel(&mut self) -> Result<(), RingError> {
-        self.page.set_state(V2State::IDLE)
+        match self.answered {
+            true => self.page.set_state(V2State::FINISH),
+            false => self.page.set_state(V2State::IDLE),
+        }
     }
 
     /// Writes a response and its length, then FINISH (never the locality: that is the
     /// frontend's byte).
     pub(super) fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
         self.page.write_response(response)?;
-        self.page.set_state(V2State::FINISH)
+        self.page.set_state(V2State::FINISH)?;
+        self.answered = true;
+        Ok(())
     }
 }
