@@ -3,12 +3,7 @@
 //! (Found by review; each test failed before its fix.)
 
 #![forbid(unsafe_code)]
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail by panicking"
-)]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
