@@ -87,6 +87,9 @@ pub(crate) struct DomainInner {
     pages: usize,
     /// Which frames are handed out by the page allocator.
     used: Mutex<Vec<bool>>,
+    /// Grants given up on while still mapped, with their pages: neither is reused until the
+    /// grantee unmaps (see [`Domain::release_grant`]).
+    deferred: Mutex<Vec<(GrantRef, OwnPage)>>,
 }
 
 struct HostInner {
@@ -145,6 +148,7 @@ impl Host {
             memory,
             pages,
             used: Mutex::new(vec![false; pages]),
+            deferred: Mutex::default(),
         });
         domains.insert(id, inner.clone());
         drop(domains);
@@ -232,6 +236,7 @@ impl Domain {
 
     /// Allocates a free page of this domain's memory and zeroes it.
     pub fn alloc_page(&self) -> Result<OwnPage, DomainError> {
+        self.retry_deferred();
         let mut used = self
             .inner
             .used
@@ -292,6 +297,8 @@ impl Domain {
         if usize::try_from(gfn.0).map_or(true, |g| g >= self.inner.pages) {
             return Err(GrantError::BadFrame(gfn));
         }
+        // Set-aside grants count against the table: give back those now free.
+        self.retry_deferred();
         self.host
             .inner
             .grants
@@ -301,6 +308,62 @@ impl Domain {
     /// Revokes a grant; refused while the grantee still has it mapped.
     pub fn end_access(&self, gref: GrantRef) -> Result<(), GrantError> {
         self.host.inner.grants.revoke(self.id(), gref)
+    }
+
+    /// Revokes `gref` and frees `page`, the frame it grants. While the grantee still maps
+    /// it (a backend that has not let go yet), both are set aside instead, and a later
+    /// allocation or grant of this domain releases them once it has unmapped: the page is
+    /// never reused while another domain can see it, and never lost either (Linux's
+    /// `gnttab_end_foreign_access` defers a busy grant the same way). Other failures are
+    /// returned, and the page is kept out of reuse.
+    pub fn release_grant(&self, gref: GrantRef, page: OwnPage) -> Result<(), GrantError> {
+        match self.end_access(gref) {
+            Ok(()) => {
+                self.free_page(page);
+                Ok(())
+            }
+            Err(GrantError::InUse(_)) => {
+                tracing::debug!(domain = %self.id(), gref = gref.0, "grant still mapped; released later");
+                self.deferred().push((gref, page));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<(GrantRef, OwnPage)>> {
+        self.inner
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Releases the set-aside grants whose grantee has unmapped them.
+    fn retry_deferred(&self) {
+        let ready: Vec<OwnPage> = {
+            let mut deferred = self.deferred();
+            if deferred.is_empty() {
+                return;
+            }
+            let mut ready = Vec::new();
+            deferred.retain(|(gref, page)| match self.end_access(*gref) {
+                Err(GrantError::InUse(_)) => true,
+                Ok(()) => {
+                    ready.push(page.clone());
+                    false
+                }
+                // Gone some other way: nobody can map it any more, but the page is not
+                // known to be free of other uses either; keep it out.
+                Err(e) => {
+                    tracing::warn!(error = %e, "set-aside grant vanished; page kept out");
+                    false
+                }
+            });
+            ready
+        };
+        for page in ready {
+            self.free_page(page);
+        }
     }
 
     /// Maps page `gref` that `granter` granted to this domain, with `access`.
@@ -370,6 +433,40 @@ mod tests {
         assert_eq!(buf, [0; 5]);
         a.own_page(Gfn(0)).unwrap().read(0, &mut buf).unwrap();
         assert_eq!(&buf, b"alpha");
+    }
+
+    #[test]
+    fn a_grant_released_while_mapped_frees_its_page_only_after_the_unmap() {
+        let host = Host::new();
+        let guest = host.create_domain(DomainId(2), 1).unwrap();
+        let backend = host.create_domain(DomainId(1), 1).unwrap();
+        let page = guest.alloc_page().unwrap();
+        let gref = guest
+            .grant_access(backend.id(), page.gfn(), GrantAccess::ReadWrite)
+            .unwrap();
+        let mapped = backend
+            .map_grant(guest.id(), gref, GrantAccess::ReadWrite)
+            .unwrap();
+        guest.release_grant(gref, page).unwrap();
+        // Still visible to the backend: not reused.
+        assert!(matches!(
+            guest.alloc_page(),
+            Err(DomainError::OutOfPages(_))
+        ));
+        drop(mapped);
+        // Unmapped: the next allocation gets it back, and the grant is gone.
+        let again = guest.alloc_page().unwrap();
+        assert!(
+            backend
+                .map_grant(guest.id(), gref, GrantAccess::ReadOnly)
+                .is_err()
+        );
+        // A grant nobody maps is released at once.
+        let gref = guest
+            .grant_access(backend.id(), again.gfn(), GrantAccess::ReadOnly)
+            .unwrap();
+        guest.release_grant(gref, again).unwrap();
+        guest.alloc_page().unwrap();
     }
 
     #[test]

@@ -225,20 +225,26 @@ async fn wait_backend(
         .unwrap_or(Err(FrontendError::Timeout))
 }
 
-/// Revokes grants and frees pages; a page whose grant is still mapped is kept out of reuse.
+/// Revokes grants and frees pages; a grant the backend still maps is released once it lets
+/// go ([`Domain::release_grant`]), so its page is neither reused meanwhile nor lost.
 fn release(domain: &Domain, pages: Vec<OwnPage>, grants: &[GrantRef]) -> Result<(), FrontendError> {
     let mut first_error = None;
     for (page, gref) in pages.into_iter().zip(grants) {
-        match domain.end_access(*gref) {
-            Ok(()) => domain.free_page(page),
-            Err(e) => {
-                // Not freed: the backend could still see whatever the page is reused for.
-                tracing::warn!(error = %e, "grant still in use; page not reused");
-                first_error.get_or_insert(e);
-            }
+        if let Err(e) = domain.release_grant(*gref, page) {
+            tracing::warn!(error = %e, "grant could not be revoked; page not reused");
+            first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Ends a connect that failed with `error`: undoes what it set up and reports `error`, what
+/// went wrong, whatever the clean-up meets (it is logged).
+fn abandon_connect(frontend: Frontend, error: FrontendError) -> FrontendError {
+    if let Err(e) = frontend.teardown() {
+        tracing::warn!(error = %e, "clean-up after a failed connect");
+    }
+    error
 }
 
 impl Frontend {
@@ -361,8 +367,7 @@ impl Frontend {
             write_state(&store, &dir, XenbusState::INITIALISED)
         })();
         if let Err(e) = published {
-            frontend.teardown()?;
-            return Err(e.into());
+            return Err(abandon_connect(frontend, e.into()));
         }
         let connected = wait_backend(&store, &backend_dir, config.timeout, |s| match s {
             XenbusState::CONNECTED => Some(Ok(())),
@@ -373,9 +378,10 @@ impl Frontend {
         })
         .await;
         if let Err(e) = connected {
-            write_state(&store, &dir, XenbusState::CLOSED)?;
-            frontend.teardown()?;
-            return Err(e);
+            if let Err(w) = write_state(&store, &dir, XenbusState::CLOSED) {
+                tracing::warn!(error = %w, "Closed not written after a failed connect");
+            }
+            return Err(abandon_connect(frontend, e));
         }
         write_state(&store, &dir, XenbusState::CONNECTED)?;
         tracing::info!(dir, ?version, "vTPM frontend connected");
