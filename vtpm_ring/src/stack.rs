@@ -233,8 +233,22 @@ pub struct VtpmStack {
     guests: Vec<GuestTpm>,
     qemu_guests: Vec<QemuGuest>,
     engines: BTreeMap<u32, Arc<SwtpmEngine>>,
+    tasks: Tasks,
+}
+
+/// The backend's and the manager's tasks, ended when the stack is dropped (a failed start, a
+/// stack never shut down): a detached task would keep the engines, and their swtpm
+/// processes, running for as long as the runtime.
+struct Tasks {
     backend: tokio::task::JoinHandle<()>,
     manager: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.backend.abort();
+        self.manager.abort();
+    }
 }
 
 impl std::fmt::Debug for VtpmStack {
@@ -260,6 +274,27 @@ impl VtpmStack {
             .collect::<Option<_>>()
             .filter(|v: &Vec<u32>| v.iter().all(|&i| i <= crate::manager::MAX_INSTANCE))
             .ok_or_else(|| StackError::Config("instance ids out of range".into()))?;
+        // The sockets first: a port or path that is taken fails the start before any swtpm
+        // runs.
+        let mut tcp_listeners = Vec::with_capacity(tcp_guests);
+        for i in 0..config.guests {
+            let base = match config.base_port {
+                Some(p) => Some(
+                    p.checked_add(2 * i)
+                        .ok_or_else(|| StackError::Config("ports beyond 65535".into()))?,
+                ),
+                None => None,
+            };
+            let pair = bind_pair(base)
+                .await
+                .map_err(|source| StackError::Ports { port: base, source })?;
+            tcp_listeners.push(pair);
+        }
+        let qemu_listeners = config
+            .qemu_sockets
+            .iter()
+            .map(|path| QemuSocket::bind(path).map(|l| (path, l)))
+            .collect::<Result<Vec<_>, _>>()?;
         std::fs::create_dir_all(&config.state_root)?;
         let dirs = StateDirs::new(&config.state_root);
         let engine_config = |index: usize| {
@@ -318,17 +353,18 @@ impl VtpmStack {
                 tracing::error!(error = %e, "backend stopped");
             }
         });
+        // From here on, a failure drops the stack, whose tasks then end (and with them
+        // their hold on the engines, whose swtpm processes are killed when dropped).
         let mut stack = Self {
             host,
             guests: Vec::new(),
             qemu_guests: Vec::new(),
             engines,
-            backend,
-            manager,
+            tasks: Tasks { backend, manager },
         };
         let qemu_domains = domains.split_off(tcp_guests);
-        for ((_, instance, domain, guest), path) in
-            qemu_domains.into_iter().zip(&config.qemu_sockets)
+        for ((_, instance, domain, guest), (path, listener)) in
+            qemu_domains.into_iter().zip(qemu_listeners)
         {
             let front_config = FrontendConfig {
                 control: true,
@@ -336,7 +372,7 @@ impl VtpmStack {
                 ..config.frontend
             };
             let frontend = Arc::new(Frontend::connect(&guest, front_config).await?);
-            let socket = QemuSocket::serve(frontend.clone(), QemuSocket::bind(path)?)?;
+            let socket = QemuSocket::serve(frontend.clone(), listener)?;
             tracing::info!(%domain, instance, path = %path.display(), "QEMU guest vTPM served");
             stack.qemu_guests.push(QemuGuest {
                 domain,
@@ -345,18 +381,8 @@ impl VtpmStack {
                 socket,
             });
         }
-        for (i, instance, domain, guest) in domains {
+        for ((_, instance, domain, guest), (data, ctrl)) in domains.into_iter().zip(tcp_listeners) {
             let frontend = Arc::new(Frontend::connect(&guest, config.frontend).await?);
-            let base = match config.base_port {
-                Some(p) => Some(
-                    p.checked_add(2 * i)
-                        .ok_or_else(|| StackError::Config("ports beyond 65535".into()))?,
-                ),
-                None => None,
-            };
-            let (data, ctrl) = bind_pair(base)
-                .await
-                .map_err(|source| StackError::Ports { port: base, source })?;
             let socket = TpmSocket::serve(frontend.clone(), data, ctrl)?;
             tracing::info!(%domain, instance, data = %socket.data_addr(), "guest vTPM served");
             stack.guests.push(GuestTpm {
@@ -450,8 +476,7 @@ impl VtpmStack {
                 first.get_or_insert(e.into());
             }
         }
-        self.backend.abort();
-        self.manager.abort();
+        drop(self.tasks);
         first.map_or(Ok(()), Err)
     }
 }
