@@ -36,22 +36,26 @@ impl StateDirs {
         Ok(dir)
     }
 
-    /// Instances that have a state directory, sorted.
+    /// Instances that have a state directory, sorted. Only an entry named exactly as
+    /// [`dir`](Self::dir) names it counts: `instance-07` or `instance-+7` would parse as 7,
+    /// but instance 7's state is not there.
     pub fn instances(&self) -> std::io::Result<Vec<u32>> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {
             let name = entry?.file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("instance-"))
-                .and_then(|n| n.parse().ok())
-            {
+            if let Some(id) = name.to_str().and_then(instance_of) {
                 ids.push(id);
             }
         }
         ids.sort_unstable();
         Ok(ids)
     }
+}
+
+/// The instance whose directory is named `name`, if any.
+fn instance_of(name: &str) -> Option<u32> {
+    let id = name.strip_prefix("instance-")?.parse().ok()?;
+    (format!("instance-{id}") == name).then_some(id)
 }
 
 #[cfg(test)]
@@ -76,5 +80,32 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dirs.dir(2)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    /// `instances` lists ids whose state lives in their own directory: an entry that is not
+    /// `dir(id)` (leading zeros, a sign) is not that instance's state.
+    #[test]
+    fn state_dirs_list_only_instances_whose_directory_is_theirs() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = StateDirs::new(root.path());
+        dirs.create(7).unwrap();
+        for alias in [
+            "instance-07",
+            "instance-+7",
+            "instance-0008",
+            "instance-",
+            "instance-4294967296",
+        ] {
+            std::fs::create_dir(root.path().join(alias)).unwrap();
+        }
+        let listed = dirs.instances().unwrap();
+        for id in &listed {
+            assert!(
+                dirs.dir(*id).is_dir(),
+                "instances() lists {id} (from {listed:?}) but {} does not exist",
+                dirs.dir(*id).display()
+            );
+        }
+        assert_eq!(listed, [7], "each instance once, from its own directory");
     }
 }
