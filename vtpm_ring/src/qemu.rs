@@ -61,6 +61,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
@@ -71,6 +72,9 @@ use tokio::task::JoinHandle;
 pub const MIN_BUFFER_SIZE: u32 = 0xAF8;
 /// swtpm's largest (and default) TPM 2.0 I/O buffer.
 pub const MAX_BUFFER_SIZE: u32 = 4096;
+/// Pause after a failed accept, so the loop does not spin on it: the TCP TPM sockets' pause
+/// (`ACCEPT_BACKOFF` in `socket.rs`, private there).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A running control socket in front of one frontend. Dropping it stops serving.
 #[derive(Debug)]
@@ -131,13 +135,7 @@ async fn accept(
     loop {
         let stream = tokio::select! {
             _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    return;
-                }
-            },
+            stream = next_connection(&listener) => stream,
         };
         tracing::info!("QEMU connected to the vTPM control socket");
         let mut session = Session::new(frontend.clone());
@@ -150,11 +148,9 @@ async fn accept(
                     _ = stop.changed() => break true,
                     // One VMM at a time, like swtpm: a second connection is closed at once
                     // rather than left waiting.
-                    other = listener.accept() => {
-                        if let Ok((extra, _)) = other {
-                            tracing::warn!("a second control connection refused while one is served");
-                            drop(extra);
-                        }
+                    extra = next_connection(&listener) => {
+                        tracing::warn!("a second control connection refused while one is served");
+                        drop(extra);
                     }
                 }
             }
@@ -163,6 +159,22 @@ async fn accept(
         tracing::info!("QEMU control connection ended");
         if stopping {
             return;
+        }
+    }
+}
+
+/// The next connection on `listener`. A failed accept (out of descriptors, say) is logged
+/// and retried after [`ACCEPT_BACKOFF`]: giving up would leave the guest without its QEMU
+/// socket for the rest of the run, retrying at once would spin. The pause is part of this
+/// future, so a session served meanwhile is not held up by it.
+async fn next_connection(listener: &UnixListener) -> UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "QEMU socket accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
 }
