@@ -1,5 +1,6 @@
-//! The edges of the `vtpmctl` tool facing a hostile or broken peer: a `run` whose process
-//! runs out of descriptors while QEMU connects. They start the `vtpmctl` binary (`run` needs
+//! The edges of the `vtpmctl` tool facing a hostile or broken peer: `list` against a listing
+//! socket that never answers or never stops, and a `run` whose process runs out of
+//! descriptors while QEMU or `list` connects. They start the `vtpmctl` binary (`run` needs
 //! `swtpm`) and lower its descriptor limit with `prlimit`.
 //! (From the adversarial reviews A and B, kept as regression tests.)
 
@@ -33,6 +34,66 @@ async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
 }
 
 // ---------------------------------------------------------------------------------------------
+// `vtpmctl list` against a hostile listing socket.
+// ---------------------------------------------------------------------------------------------
+
+/// `vtpmctl list --state-dir <state>`, killed after `secs`: `None` if it had not ended.
+async fn list_within(state: &Path, secs: u64) -> Option<std::process::Output> {
+    let child = Command::new(VTPMCTL)
+        .args(["list", "--state-dir"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(secs), child.wait_with_output())
+        .await
+        .ok()
+        .map(Result::unwrap)
+}
+
+/// A `run` that is stopped (Ctrl-Z, SIGSTOP) or wedged still has its listening socket: the
+/// kernel completes the connection, and nobody ever writes. `list` must give up, fail, and
+/// say which process does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtpmctl_list_gives_up_on_a_listing_socket_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bound and listening, never accepting: what a SIGSTOPped `run` looks like.
+    let _silent = std::os::unix::net::UnixListener::bind(dir.path().join("vtpmctl.sock")).unwrap();
+    let out = list_within(dir.path(), 6)
+        .await
+        .expect("vtpmctl list still waiting after 6 s on a listener that never answers");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())),
+        "names the silent process: {stderr}"
+    );
+}
+
+/// A hostile process on the listing socket that streams without end: `list` must bound
+/// what it reads instead of growing without limit, and refuse the listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtpmctl_list_bounds_what_it_reads_from_the_listing_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::UnixListener::bind(dir.path().join("vtpmctl.sock")).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let chunk = vec![b' '; 1 << 16];
+        while s.write_all(&chunk).await.is_ok() {}
+    });
+    let out = list_within(dir.path(), 6).await;
+    server.abort();
+    let out =
+        out.expect("vtpmctl list still reading (unbounded) after 6 s from an endless listing");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("longer than"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // `vtpmctl run --qemu-socket` in a child process whose descriptor limit the test lowers
 // (`prlimit`) to provoke running out of descriptors.
 // ---------------------------------------------------------------------------------------------
@@ -42,6 +103,7 @@ struct Run {
     pid: u32,
     data_port: u16,
     qemu: PathBuf,
+    state: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -53,9 +115,10 @@ impl Run {
             .tempdir_in("/tmp")
             .unwrap();
         let qemu = dir.path().join("q");
+        let state = dir.path().join("state");
         let mut child = Command::new(VTPMCTL)
             .args(["run", "--domains", "1", "--base-port", "0", "--state-dir"])
-            .arg(dir.path().join("state"))
+            .arg(&state)
             .arg("--qemu-socket")
             .arg(&qemu)
             .stdout(Stdio::piped())
@@ -85,6 +148,7 @@ impl Run {
             pid,
             data_port,
             qemu,
+            state,
             _dir: dir,
         }
     }
@@ -234,5 +298,27 @@ async fn a_qemu_socket_out_of_descriptors_does_not_spin_on_accept() {
     );
     // The session it served throughout still answers.
     capability(&mut served).await.unwrap();
+    drop(run.child);
+}
+
+/// The same for `run`'s listing socket: a `list` waiting in its backlog while the process is
+/// out of descriptors must not make `run` spin on the failing accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtpmctl_run_out_of_descriptors_does_not_spin_on_the_listing_socket() {
+    let run = Run::start().await;
+    let (idle, busy) = run
+        .ticks_idle_and_with(&run.state.join("vtpmctl.sock"))
+        .await;
+    assert!(
+        busy <= idle + 20,
+        "one second with a listing client waiting cost {busy} ticks of CPU (idle: {idle})"
+    );
+    // Descriptors back: the listing is served again.
+    let out = list_within(&run.state, 4)
+        .await
+        .expect("vtpmctl list answers");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("pid {}", run.pid)), "{stdout}");
     drop(run.child);
 }

@@ -14,8 +14,9 @@
 //!   operations and TPM commands go through the ring to that instance's swtpm.
 //! - `vtpmctl list` asks the `run` serving a state directory for its guests, instances, engine
 //!   states and ports. `run` answers on a unix socket, `<state-dir>/vtpmctl.sock`: a client
-//!   connects and reads one JSON document until end of stream. With no `run` serving, `list`
-//!   shows the instances that have state there, as stopped.
+//!   connects and reads one JSON document until end of stream (`list` gives up after 3 s and
+//!   refuses one over 1 MiB). With no `run` serving, `list` shows the instances that have
+//!   state there, as stopped.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use std::path::Path;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
@@ -42,6 +44,14 @@ use vtpm_ring::stack::VtpmStack;
 
 /// Name of the listing socket in the state directory.
 const SOCKET: &str = "vtpmctl.sock";
+/// How long `list` waits for the whole listing. A `run` answers at once; one that is stopped
+/// (SIGSTOP) or wedged still has its socket listening, and the connection succeeds.
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest listing `list` reads (a thousand guests take a few hundred KiB).
+const MAX_LISTING: u64 = 1 << 20;
+/// Pause after a failed accept on the listing socket (out of descriptors, say), so the loop
+/// does not spin on it; the TPM sockets pause as long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(
@@ -219,7 +229,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let _ = client.write_all(&bytes).await;
                     });
                 }
-                Err(e) => tracing::warn!(error = %e, "listing socket accept failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing socket accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
         }
     }
@@ -233,11 +246,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let socket_path = args.state_dir.join(SOCKET);
-    let Ok(mut stream) = UnixStream::connect(&socket_path).await else {
+    let Ok(stream) = UnixStream::connect(&socket_path).await else {
         return list_stopped(&args.state_dir);
     };
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).await?;
+    let bytes = read_listing(stream, &socket_path).await?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&bytes));
         return Ok(());
@@ -277,6 +289,35 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads the listing `run` writes on `stream`, bounded in time and size: whatever listens
+/// on the socket may never answer, or never stop.
+async fn read_listing(stream: UnixStream, socket_path: &Path) -> anyhow::Result<Vec<u8>> {
+    // The kernel reports the process that listens, whether or not it ever accepts.
+    let who = match stream.peer_cred().ok().and_then(|c| c.pid()) {
+        Some(pid) => format!("the vtpmctl run (pid {pid}) listening on"),
+        None => "the vtpmctl run listening on".to_owned(),
+    };
+    let mut bytes = Vec::new();
+    let mut limited = stream.take(MAX_LISTING + 1);
+    let read = tokio::time::timeout(LIST_TIMEOUT, limited.read_to_end(&mut bytes)).await;
+    let Ok(read) = read else {
+        bail!(
+            "{who} {} did not answer within {} s (stopped or wedged?)",
+            socket_path.display(),
+            LIST_TIMEOUT.as_secs()
+        );
+    };
+    read.with_context(|| format!("reading the listing from {who} {}", socket_path.display()))?;
+    // Nothing left of the allowance: the listing goes on past the limit.
+    if limited.limit() == 0 {
+        bail!(
+            "the listing from {who} {} is longer than {MAX_LISTING} bytes; refused",
+            socket_path.display()
+        );
+    }
+    Ok(bytes)
 }
 
 fn list_stopped(state_dir: &Path) -> anyhow::Result<()> {
