@@ -43,6 +43,7 @@ use crate::engine::ctrl;
 use crate::engine::ctrl::BufferSizes;
 use crate::frontend::Frontend;
 use crate::protocol::ProtocolVersion;
+use crate::socket::ACCEPT_BACKOFF;
 use crate::socket::CTRL_BUFFER;
 use crate::socket::CtrlSource;
 use crate::socket::read_ctrl_request;
@@ -61,7 +62,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
@@ -72,9 +72,6 @@ use tokio::task::JoinHandle;
 pub const MIN_BUFFER_SIZE: u32 = 0xAF8;
 /// swtpm's largest (and default) TPM 2.0 I/O buffer.
 pub const MAX_BUFFER_SIZE: u32 = 4096;
-/// Pause after a failed accept, so the loop does not spin on it: the TCP TPM sockets' pause
-/// (`ACCEPT_BACKOFF` in `socket.rs`, private there).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A running control socket in front of one frontend. Dropping it stops serving.
 #[derive(Debug)]

@@ -124,8 +124,9 @@ impl TpmSocket {
 /// tool. The bound keeps a client that opens connections and leaves them idle from using up
 /// the host process's descriptors, which every other guest's socket and swtpm link need.
 pub const MAX_CONNECTIONS: usize = 8;
-/// Pause after a failed accept (out of descriptors, say), so the loop does not spin on it.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause after a failed accept (out of descriptors, say), so an accept loop does not spin on
+/// it; every listening socket of the crate and of `vtpmctl` pauses this long.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 async fn accept<F, Fut>(listener: TcpListener, handler: F)
 where

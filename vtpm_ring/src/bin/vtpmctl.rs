@@ -39,6 +39,7 @@ use tokio::signal::unix::signal;
 use vtpm_ring::engine::swtpm::Startup;
 use vtpm_ring::engine::swtpm::StateDirs;
 use vtpm_ring::protocol::Protocols;
+use vtpm_ring::socket::ACCEPT_BACKOFF;
 use vtpm_ring::stack::StackConfig;
 use vtpm_ring::stack::VtpmStack;
 
@@ -49,9 +50,6 @@ const SOCKET: &str = "vtpmctl.sock";
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest listing `list` reads (a thousand guests take a few hundred KiB).
 const MAX_LISTING: u64 = 1 << 20;
-/// Pause after a failed accept on the listing socket (out of descriptors, say), so the loop
-/// does not spin on it; the TPM sockets pause as long.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(
