@@ -45,8 +45,9 @@ use vtpm_ring::stack::VtpmStack;
 
 /// Name of the listing socket in the state directory.
 const SOCKET: &str = "vtpmctl.sock";
-/// How long `list` waits for the whole listing. A `run` answers at once; one that is stopped
-/// (SIGSTOP) or wedged still has its socket listening, and the connection succeeds.
+/// How long `list` waits for the whole listing (and `run` for a client to take it). A `run`
+/// answers at once; one that is stopped (SIGSTOP) or wedged still has its socket listening,
+/// and the connection succeeds.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest listing `list` reads (a thousand guests take a few hundred KiB).
 const MAX_LISTING: u64 = 1 << 20;
@@ -221,10 +222,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         .filter_map(|g| serde_json::to_value(g).ok())
                         .collect();
                     let listing = Listing { pid: std::process::id(), guests };
-                    let bytes = serde_json::to_vec(&listing)?;
-                    // A slow or vanished client must not stall the host.
+                    let bytes = match serde_json::to_vec(&listing) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // A listing that fails must not end the host without its
+                            // planned shutdown.
+                            tracing::warn!(error = %e, "listing not encoded");
+                            continue;
+                        }
+                    };
+                    // A slow or vanished client must not stall the host, nor keep a task
+                    // for ever by never reading.
                     tokio::spawn(async move {
-                        let _ = client.write_all(&bytes).await;
+                        let _ = tokio::time::timeout(LIST_TIMEOUT, client.write_all(&bytes)).await;
                     });
                 }
                 Err(e) => {
