@@ -276,15 +276,18 @@ impl VtpmStack {
             .ok_or_else(|| StackError::Config("instance ids out of range".into()))?;
         // The sockets first: a port or path that is taken fails the start before any swtpm
         // runs.
+        if let Some(p) = config.base_port
+            && u32::from(p) + 2 * u32::from(config.guests) > 65536
+        {
+            return Err(StackError::Config(format!(
+                "{} guests from port {p} need ports beyond 65535",
+                config.guests
+            )));
+        }
         let mut tcp_listeners = Vec::with_capacity(tcp_guests);
         for i in 0..config.guests {
-            let base = match config.base_port {
-                Some(p) => Some(
-                    p.checked_add(2 * i)
-                        .ok_or_else(|| StackError::Config("ports beyond 65535".into()))?,
-                ),
-                None => None,
-            };
+            // Checked above: no overflow.
+            let base = config.base_port.map(|p| p + 2 * i);
             let pair = bind_pair(base)
                 .await
                 .map_err(|source| StackError::Ports { port: base, source })?;

@@ -86,3 +86,16 @@ async fn a_stack_dropped_without_shutdown_leaves_no_swtpm() {
     let left = swtpm_left(dir.path()).await;
     assert!(left.is_empty(), "swtpm {left:?} outlived their stack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_port_too_high_for_its_guests_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path(), 2);
+    config.base_port = Some(65533);
+    let err = VtpmStack::start(config).await.unwrap_err();
+    assert!(
+        matches!(&err, StackError::Config(m) if m.contains("beyond 65535")),
+        "{err}"
+    );
+    assert!(swtpm_left(dir.path()).await.is_empty());
+}
