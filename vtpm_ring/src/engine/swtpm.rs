@@ -23,6 +23,12 @@
 //! Volatile state (PCRs, loaded objects, sessions) is lost in a crash, as on real hardware;
 //! permanent state is not.
 //!
+//! Ownership: an engine holds its instance's state directory from its start, across swtpm
+//! restarts after a crash, until it is dropped or shut down the planned way (SHUTDOWN; the
+//! INIT after it takes the state again), so a second engine on the same state (another
+//! manager or stack on the same root) is refused with [`SwtpmError::StateLocked`] instead of
+//! racing it.
+//!
 //! Lifecycle: swtpm starts powered on (`--flags not-need-init`). [`Startup::Clear`] (the
 //! default) also sends `TPM2_Startup(CLEAR)` after every power-on and every INIT, so clients
 //! such as tpm2-tools, which never send it, find a usable TPM; [`Startup::None`] leaves it to
@@ -73,6 +79,7 @@ mod process;
 mod state_dirs;
 mod wire;
 
+use process::StateLock;
 pub use process::SwtpmProcess;
 pub use state_dirs::StateDirs;
 pub use wire::ctrl_round_trip;
@@ -86,6 +93,9 @@ const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0
 const PID_FILE: &str = "swtpm.pid";
 /// Name of swtpm's log file in the state directory.
 const LOG_FILE: &str = "swtpm.log";
+/// Name of the file in the state directory an engine holds locked while it runs the instance
+/// (not swtpm's own `.lock`, which is taken and dropped with each swtpm process).
+const LOCK_FILE: &str = "engine.lock";
 
 /// What the engine sends after swtpm powers on or is re-initialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -143,8 +153,8 @@ pub enum SwtpmError {
     /// A control reply that does not parse.
     #[error("malformed control reply from swtpm: {0}")]
     Ctrl(#[from] CtrlError),
-    /// Another host's swtpm runs on the instance's state (its parent lives), so the state is
-    /// not shared; starting again cannot help until that one ends.
+    /// Another host's swtpm runs on the instance's state (its parent lives, or it would not
+    /// end), so the state is not shared; starting again cannot help until that one ends.
     #[error("{dir} is in use by swtpm pid {pid} (parent {parent})")]
     StateInUse {
         /// The state directory.
@@ -153,6 +163,14 @@ pub enum SwtpmError {
         pid: i32,
         /// Its parent.
         parent: u32,
+    },
+    /// Another engine runs the instance's state (another manager or stack on the same state
+    /// root, in this process or another), so the state is not shared. Its hold ends with that
+    /// engine, or with its process however that ends.
+    #[error("{dir} is locked by another engine running this instance")]
+    StateLocked {
+        /// The state directory.
+        dir: PathBuf,
     },
 }
 
@@ -218,6 +236,10 @@ struct Slot {
     live: Option<Arc<Live>>,
     state: EngineState,
     restarts: u64,
+    /// The engine's hold of the state directory: kept across crashes and restarts, so no
+    /// other engine takes the state over between two of its processes; let go at a planned
+    /// SHUTDOWN (the engine then runs nothing there), and taken again by the INIT after it.
+    hold: Option<Arc<StateLock>>,
 }
 
 /// Whether any child process of ours has exited since the last look: SIGCHLD, as tokio's
@@ -285,13 +307,16 @@ pub struct SwtpmEngine {
 }
 
 impl SwtpmEngine {
-    /// Starts the engine of `instance` with its state in `dirs` (created if new).
+    /// Starts the engine of `instance` with its state in `dirs` (created if new). The engine
+    /// runs that state alone until it is dropped or shut down (see the module docs): while
+    /// another engine runs it, this fails at once with [`SwtpmError::StateLocked`].
     pub async fn start(
         instance: u32,
         dirs: &StateDirs,
         config: SwtpmConfig,
     ) -> Result<Self, SwtpmError> {
         let state_dir = dirs.create(instance)?;
+        let hold = Arc::new(StateLock::take(&state_dir)?);
         let engine = Self {
             instance,
             state_dir,
@@ -300,6 +325,7 @@ impl SwtpmEngine {
                 live: None,
                 state: EngineState::Dead,
                 restarts: 0,
+                hold: Some(hold),
             }),
             sent_count: AtomicU64::new(0),
             sent: watch::channel(0).0,
@@ -308,7 +334,7 @@ impl SwtpmEngine {
         };
         {
             let mut slot = engine.slot.lock().await;
-            let live = engine.launch().await?;
+            let live = engine.launch(&mut slot.hold).await?;
             slot.live = Some(live);
             slot.state = EngineState::Running;
         }
@@ -387,8 +413,14 @@ impl SwtpmEngine {
         self.control_op(ControlOp::Shutdown).await.map(|_| ())
     }
 
-    async fn launch(&self) -> Result<Arc<Live>, SwtpmError> {
-        let process = SwtpmProcess::spawn(&self.config, &self.state_dir).await?;
+    /// Starts swtpm under the engine's `hold` of the state, taking it first if a planned
+    /// shutdown let it go (and keeping it then only if swtpm starts).
+    async fn launch(&self, hold: &mut Option<Arc<StateLock>>) -> Result<Arc<Live>, SwtpmError> {
+        let lock = match hold {
+            Some(lock) => lock.clone(),
+            None => Arc::new(StateLock::take(&self.state_dir)?),
+        };
+        let process = SwtpmProcess::spawn_locked(&self.config, &lock).await?;
         let data = TcpStream::connect(process.data_addr()).await?;
         data.set_nodelay(true)?;
         let ctrl = TcpStream::connect(process.ctrl_addr()).await?;
@@ -398,6 +430,7 @@ impl SwtpmEngine {
             pid = process.pid(),
             "swtpm running"
         );
+        *hold = Some(lock);
         Ok(Arc::new(Live {
             pid: process.pid(),
             data_port: process.data_port,
@@ -434,7 +467,7 @@ impl SwtpmEngine {
             instance = self.instance,
             "swtpm is gone; restarting on its state"
         );
-        let live = self.launch().await.map_err(|e| {
+        let live = self.launch(&mut slot.hold).await.map_err(|e| {
             slot.state = EngineState::Dead;
             EngineError::Failed(e.to_string())
         })?;
@@ -589,7 +622,7 @@ impl SwtpmEngine {
                 let mut slot = self.slot.lock().await;
                 if slot.state == EngineState::ShutDown {
                     let live = self
-                        .launch()
+                        .launch(&mut slot.hold)
                         .await
                         .map_err(|e| EngineError::Failed(e.to_string()))?;
                     slot.live = Some(live);
@@ -612,6 +645,13 @@ impl SwtpmEngine {
                     .await
                     .finish(self.config.io_timeout)
                     .await;
+                // Now that swtpm is gone the state is let go, so that another engine (the next
+                // manager on this root) may run it; unless an INIT came meanwhile.
+                let mut slot = self.slot.lock().await;
+                if slot.state == EngineState::ShutDown {
+                    slot.hold = None;
+                }
+                drop(slot);
                 tracing::info!(instance = self.instance, "swtpm shut down");
                 Ok(reply)
             }

@@ -14,6 +14,7 @@
 
 mod engine;
 mod fault;
+mod lifetime;
 mod load;
 mod persistence;
 mod socket;

@@ -1,11 +1,15 @@
 //! One swtpm process: starting it on loopback ports it binds itself, and stopping it.
 //!
-//! Before starting, a swtpm still running on the same state (named by the pid file it wrote)
-//! is dealt with: one adopted by init, left by a host that died before connecting to it, is
-//! ended; one whose parent lives belongs to another host and the state is refused.
+//! An instance's state directory is run by one engine at a time: the engine holds a lock of
+//! its own on the directory ([`StateLock`]) while it runs the instance, restarts included,
+//! and only a holder starts swtpm there. Under that lock, a swtpm still running on the same
+//! state (named by the pid file it wrote) is dealt with before a new one starts: one adopted
+//! by init, left by a host that died before connecting to it, is ended; one whose parent
+//! lives belongs to another program and the state is refused.
 
 use super::*;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// One running swtpm process and the loopback ports it listens on. The process is killed
 /// when this is dropped, and exits by itself once its first data connection closes (swtpm's
@@ -16,6 +20,52 @@ pub struct SwtpmProcess {
     pub(super) pid: u32,
     pub(super) data_port: u16,
     pub(super) ctrl_port: u16,
+    /// The state directory's lock, held while the process may run on it.
+    _lock: Arc<StateLock>,
+}
+
+/// An exclusive hold of one instance's state directory: whoever holds it is the only one to
+/// start swtpm there, so two engines (two managers or stacks on one state root, in one
+/// process or two) never race each other over the directory and its pid file. It is an
+/// `flock` on [`LOCK_FILE`], which the kernel drops when the file is closed: when the holder
+/// is dropped, or its process dies however it dies. A swtpm left running by a dead host does
+/// not hold it (the descriptor is close-on-exec), so such an orphan is dealt with under it.
+#[derive(Debug)]
+pub(super) struct StateLock {
+    dir: PathBuf,
+    /// Open (and locked) for as long as the hold lasts.
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of `dir`, or fails with [`SwtpmError::StateLocked`] while another holder
+    /// has it (it never waits).
+    pub(super) fn take(dir: &Path) -> Result<Self, SwtpmError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self {
+                dir: dir.to_path_buf(),
+                _file: file,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(dir = %dir.display(), "state refused: another engine runs it");
+                Err(SwtpmError::StateLocked {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
+    /// The state directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 fn free_port_pair() -> std::io::Result<(u16, u16)> {
@@ -50,9 +100,10 @@ fn swtpm_on(pid: i32, dir: &Path) -> Option<u32> {
 }
 
 /// A swtpm left on `dir` by a host that died before its first data connection (so
-/// `--terminate` never fired) holds the directory's lock, and no new swtpm could start on it.
-/// Reparented to init, it serves nobody: it is ended. One whose parent lives belongs to
-/// another host, and the state is refused rather than shared.
+/// `--terminate` never fired) holds swtpm's own lock on the directory, and no new swtpm could
+/// start on it. Reparented to init, it serves nobody: it is ended. One whose parent lives
+/// belongs to another program, and the state is refused rather than shared. `Ok` means the
+/// pid file names no swtpm that still runs on `dir`.
 async fn end_orphan(dir: &Path, pid_file: &Path) -> Result<(), SwtpmError> {
     let Some(pid) = std::fs::read_to_string(pid_file)
         .ok()
@@ -77,26 +128,54 @@ async fn end_orphan(dir: &Path, pid_file: &Path) -> Result<(), SwtpmError> {
     };
     // It may exit by itself meanwhile: then there is nothing left to end.
     let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+    if gone(pid, dir).await {
+        return Ok(());
+    }
+    let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+    if gone(pid, dir).await {
+        return Ok(());
+    }
+    // Not even SIGKILL ended it (stuck in the kernel, on storage say): it still holds the
+    // state, and its pid file must stay.
+    Err(SwtpmError::StateInUse {
+        dir: dir.to_path_buf(),
+        pid,
+        parent,
+    })
+}
+
+/// Whether the swtpm `pid` on `dir` ends within [`ORPHAN_WAITS`] looks.
+async fn gone(pid: i32, dir: &Path) -> bool {
     for _ in 0..ORPHAN_WAITS {
         if swtpm_on(pid, dir).is_none() {
-            return Ok(());
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
-    Ok(())
+    false
 }
 
-/// 10 ms apart: how long an orphaned swtpm gets to end on SIGTERM before SIGKILL.
+/// 10 ms apart: how long an orphaned swtpm gets to end on SIGTERM before SIGKILL (and after).
 const ORPHAN_WAITS: usize = 200;
 
 impl SwtpmProcess {
     /// Starts `swtpm socket --tpm2` on `state_dir` with fresh loopback ports, retrying on
-    /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports.
+    /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports. The
+    /// directory's lock is taken first and held as long as the process object lives: while
+    /// another holder (an engine, say) has it, this fails with [`SwtpmError::StateLocked`].
     pub async fn spawn(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
+        let lock = Arc::new(StateLock::take(state_dir)?);
+        Self::spawn_locked(config, &lock).await
+    }
+
+    /// [`SwtpmProcess::spawn`] on the directory `lock` holds.
+    pub(super) async fn spawn_locked(
+        config: &SwtpmConfig,
+        lock: &Arc<StateLock>,
+    ) -> Result<Self, SwtpmError> {
         let mut last = String::from("no attempt made");
         for attempt in 0..config.spawn_attempts.max(1) {
-            match Self::spawn_once(config, state_dir).await {
+            match Self::spawn_once(config, lock).await {
                 Ok(p) => return Ok(p),
                 Err(SwtpmError::Spawn(why)) => {
                     tracing::debug!(attempt, why, "swtpm start failed, retrying on other ports");
@@ -108,10 +187,16 @@ impl SwtpmProcess {
         Err(SwtpmError::Spawn(last))
     }
 
-    async fn spawn_once(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
+    async fn spawn_once(config: &SwtpmConfig, lock: &Arc<StateLock>) -> Result<Self, SwtpmError> {
+        let state_dir = lock.dir();
         let (data_port, ctrl_port) = free_port_pair()?;
         let pid_file = state_dir.join(PID_FILE);
+        // The lock keeps every other engine off this directory, so a swtpm the pid file still
+        // names is a dead host's (ended) or another program's (refused), never a competitor
+        // starting at the same time.
         end_orphan(state_dir, &pid_file).await?;
+        // The file now names no swtpm running here. It goes, so that a stale pid that the new
+        // swtpm happens to reuse cannot pass for its own before it writes the file.
         match std::fs::remove_file(&pid_file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -151,6 +236,7 @@ impl SwtpmProcess {
         let deadline = tokio::time::Instant::now() + config.spawn_timeout;
         // swtpm writes its pid file only after binding both ports: until then nothing proves
         // that whoever listens on them is this process. Polling is the only signal it gives.
+        // Under the lock only this child writes the file, and it is known by its own pid.
         loop {
             if let Some(status) = child.try_wait()? {
                 return Err(SwtpmError::Spawn(format!(
@@ -174,6 +260,7 @@ impl SwtpmProcess {
             pid,
             data_port,
             ctrl_port,
+            _lock: lock.clone(),
         })
     }
 
@@ -212,5 +299,23 @@ impl SwtpmProcess {
         if let Err(e) = self.child.kill().await {
             tracing::debug!(pid = self.pid, error = %e, "swtpm already gone");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_directory_is_held_by_one_lock_at_a_time_until_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::take(dir.path()).unwrap();
+        let second = StateLock::take(dir.path());
+        assert!(
+            matches!(&second, Err(SwtpmError::StateLocked { dir: d }) if d == dir.path()),
+            "{second:?}"
+        );
+        drop(first);
+        StateLock::take(dir.path()).unwrap();
     }
 }
