@@ -27,7 +27,8 @@
 //! restarts after a crash, until it is dropped or shut down the planned way (SHUTDOWN; the
 //! INIT after it takes the state again), so a second engine on the same state (another
 //! manager or stack on the same root) is refused with [`SwtpmError::StateLocked`] instead of
-//! racing it.
+//! racing it. Every swtpm it starts dies with it: killed when the engine drops it, and by the
+//! kernel when the host process dies, however it dies ([`SwtpmProcess::spawn`]).
 //!
 //! Lifecycle: swtpm starts powered on (`--flags not-need-init`). [`Startup::Clear`] (the
 //! default) also sends `TPM2_Startup(CLEAR)` after every power-on and every INIT, so clients

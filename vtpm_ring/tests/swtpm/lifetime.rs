@@ -85,6 +85,37 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A `vtpmctl run` killed outright (SIGKILL, OOM killer) during start-up must not leave
+/// swtpm processes behind: most of its swtpm are then started but not connected to yet, so
+/// swtpm's `--terminate` cannot end them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtpmctl_killed_during_startup_leaves_no_swtpm_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut run = spawn_run(&state, "8");
+    let pid = run.id().unwrap();
+    // Killed as soon as the first swtpm appears (start-up under way).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let appeared = loop {
+        if !swtpm_under(&state).is_empty() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    signal(pid, "-KILL");
+    let _ = bounded(5, "vtpmctl exit", run.wait()).await;
+    let left = swtpm_left_after(&state, 3).await;
+    kill_all_under(&state);
+    assert!(appeared, "vtpmctl run started no swtpm within 8 s");
+    assert!(
+        left.is_empty(),
+        "vtpmctl run was killed during start-up; swtpm pids {left:?} still run on its state"
+    );
+}
+
 /// Two engines (two managers, say) started at the same moment on the same instance state:
 /// exactly one runs it, the other gets a truthful refusal at once, and neither hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

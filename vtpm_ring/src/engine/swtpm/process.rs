@@ -6,14 +6,20 @@
 //! state (named by the pid file it wrote) is dealt with before a new one starts: one adopted
 //! by init, left by a host that died before connecting to it, is ended; one whose parent
 //! lives belongs to another program and the state is refused.
+//!
+//! swtpm is started through util-linux's `setpriv --pdeathsig KILL`, so the kernel kills it
+//! when its host dies, however it dies (SIGKILL and the OOM killer run no destructor, and
+//! swtpm's `--terminate` only fires once a data connection was made and closed).
 
 use super::*;
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 
 /// One running swtpm process and the loopback ports it listens on. The process is killed
-/// when this is dropped, and exits by itself once its first data connection closes (swtpm's
-/// `--terminate`), so it never outlives its user.
+/// when this is dropped, when the thread that started it ends (see [`SwtpmProcess::spawn`]),
+/// and exits by itself once its first data connection closes (swtpm's `--terminate`), so it
+/// never outlives its user.
 #[derive(Debug)]
 pub struct SwtpmProcess {
     pub(super) child: Child,
@@ -158,11 +164,85 @@ async fn gone(pid: i32, dir: &Path) -> bool {
 /// 10 ms apart: how long an orphaned swtpm gets to end on SIGTERM before SIGKILL (and after).
 const ORPHAN_WAITS: usize = 200;
 
+/// util-linux's `setpriv`: sets the parent-death signal, then execs the rest of its command
+/// line, so the process keeps the pid it was spawned with.
+const SETPRIV: &str = "setpriv";
+
+/// Run by `sh` between `setpriv` and swtpm, with the host's pid as `$1`. The parent-death
+/// signal only covers a parent that dies after `setpriv` set it: a host killed before that
+/// (engines start together, so several can be in that window) sends none, and its child, now
+/// init's, would start a swtpm nobody ever ends. Checked after the signal is set, the parent
+/// leaves no gap: still the host, the signal will come when it dies; another, swtpm is not
+/// started.
+const PARENT_GUARD: &str = r#"test "$PPID" = "$1" || exit 1; shift; exec "$@""#;
+
+/// Exit codes that mean swtpm never ran: a shell's (and `setpriv`'s) for a command not found
+/// (127, also `setpriv`'s when it cannot set what it was asked to) or not executable (126).
+const EXEC_FAILED: [i32; 2] = [127, 126];
+
+/// `binary` with `args`: through `setpriv` and [`PARENT_GUARD`] when `setpriv` is given, else
+/// directly.
+fn command(binary: &Path, args: &[OsString], setpriv: Option<&str>) -> Command {
+    let mut command = match setpriv {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--", "sh", "-c", PARENT_GUARD, "sh"])
+                .arg(std::process::id().to_string())
+                .arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts swtpm through `setpriv` (see [`PARENT_GUARD`]); without `setpriv` on the system,
+/// directly, with a warning: `--terminate` then is all that ends a swtpm whose host was killed,
+/// and only once the host had connected to it.
+fn start(config: &SwtpmConfig, args: &[OsString], setpriv: &str) -> Result<Child, SwtpmError> {
+    let spawn_error = |program: &Path, e: std::io::Error| {
+        SwtpmError::Spawn(format!("{}: {e}", program.display()))
+    };
+    match command(&config.binary, args, Some(setpriv)).spawn() {
+        // `setpriv` itself is missing (its exec is the only one done here).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    setpriv,
+                    "setpriv (util-linux) not found: swtpm starts without a parent-death \
+                     signal, and outlives a host killed before connecting to it"
+                );
+            });
+            command(&config.binary, args, None)
+                .spawn()
+                .map_err(|e| spawn_error(&config.binary, e))
+        }
+        spawned => spawned.map_err(|e| spawn_error(Path::new(setpriv), e)),
+    }
+}
+
 impl SwtpmProcess {
     /// Starts `swtpm socket --tpm2` on `state_dir` with fresh loopback ports, retrying on
     /// other ports when swtpm cannot bind them. Returns once swtpm has bound both ports. The
     /// directory's lock is taken first and held as long as the process object lives: while
     /// another holder (an engine, say) has it, this fails with [`SwtpmError::StateLocked`].
+    ///
+    /// # Threads
+    ///
+    /// swtpm gets SIGKILL when the *thread* that started it ends (that is what a parent-death
+    /// signal watches), not only the process. A tokio runtime's threads live as long as the
+    /// runtime (the worker threads of a multi-thread runtime, the thread of a current-thread
+    /// one), which is as long as anything can use the process. A thread that ends earlier
+    /// (a blocking-pool thread idling out, a worker that gave its place away in
+    /// `block_in_place`) is not one to start swtpm from: the swtpm would die with it (an
+    /// engine then sees a crash, and starts another). Nothing in this crate does.
     pub async fn spawn(config: &SwtpmConfig, state_dir: &Path) -> Result<Self, SwtpmError> {
         let lock = Arc::new(StateLock::take(state_dir)?);
         Self::spawn_locked(config, &lock).await
@@ -175,7 +255,7 @@ impl SwtpmProcess {
     ) -> Result<Self, SwtpmError> {
         let mut last = String::from("no attempt made");
         for attempt in 0..config.spawn_attempts.max(1) {
-            match Self::spawn_once(config, lock).await {
+            match Self::spawn_once(config, lock, SETPRIV).await {
                 Ok(p) => return Ok(p),
                 Err(SwtpmError::Spawn(why)) => {
                     tracing::debug!(attempt, why, "swtpm start failed, retrying on other ports");
@@ -187,7 +267,11 @@ impl SwtpmProcess {
         Err(SwtpmError::Spawn(last))
     }
 
-    async fn spawn_once(config: &SwtpmConfig, lock: &Arc<StateLock>) -> Result<Self, SwtpmError> {
+    async fn spawn_once(
+        config: &SwtpmConfig,
+        lock: &Arc<StateLock>,
+        setpriv: &str,
+    ) -> Result<Self, SwtpmError> {
         let state_dir = lock.dir();
         let (data_port, ctrl_port) = free_port_pair()?;
         let pid_file = state_dir.join(PID_FILE);
@@ -206,30 +290,26 @@ impl SwtpmProcess {
         if config.startup == Startup::Clear {
             flags.push_str(",startup-clear");
         }
-        let mut child = Command::new(&config.binary)
-            .arg("socket")
-            .arg("--tpm2")
-            // Exit when the data connection goes: a manager that dies (even without running
-            // destructors) leaves no orphaned swtpm behind.
-            .arg("--terminate")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state_dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={data_port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl_port},bindaddr=127.0.0.1"))
-            .arg("--flags")
-            .arg(flags)
-            .arg("--pid")
-            .arg(format!("file={}", pid_file.display()))
-            .arg("--log")
-            .arg(format!("file={}", state_dir.join(LOG_FILE).display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| SwtpmError::Spawn(format!("{}: {e}", config.binary.display())))?;
+        let args: Vec<OsString> = vec![
+            "socket".into(),
+            "--tpm2".into(),
+            // Exit when the data connection goes: a manager that dies after connecting leaves
+            // no swtpm behind even without the parent-death signal (no `setpriv`).
+            "--terminate".into(),
+            "--tpmstate".into(),
+            format!("dir={}", state_dir.display()).into(),
+            "--server".into(),
+            format!("type=tcp,port={data_port},bindaddr=127.0.0.1").into(),
+            "--ctrl".into(),
+            format!("type=tcp,port={ctrl_port},bindaddr=127.0.0.1").into(),
+            "--flags".into(),
+            flags.into(),
+            "--pid".into(),
+            format!("file={}", pid_file.display()).into(),
+            "--log".into(),
+            format!("file={}", state_dir.join(LOG_FILE).display()).into(),
+        ];
+        let mut child = start(config, &args, setpriv)?;
         let pid = child
             .id()
             .ok_or_else(|| SwtpmError::Spawn("swtpm exited at once".into()))?;
@@ -239,10 +319,14 @@ impl SwtpmProcess {
         // Under the lock only this child writes the file, and it is known by its own pid.
         loop {
             if let Some(status) = child.try_wait()? {
-                return Err(SwtpmError::Spawn(format!(
-                    "swtpm exited with {status}: {}",
-                    log_tail(state_dir)
-                )));
+                let why = match status.code() {
+                    Some(code) if EXEC_FAILED.contains(&code) => format!(
+                        "{} never ran ({status}: not found, not executable, or setpriv failed)",
+                        config.binary.display()
+                    ),
+                    _ => format!("swtpm exited with {status}: {}", log_tail(state_dir)),
+                };
+                return Err(SwtpmError::Spawn(why));
             }
             let written = std::fs::read_to_string(&pid_file).unwrap_or_default();
             if written.trim().parse::<u32>().ok() == Some(pid) {
@@ -317,5 +401,25 @@ mod tests {
         );
         drop(first);
         StateLock::take(dir.path()).unwrap();
+    }
+
+    /// Through `setpriv` and its guard, or directly when `setpriv` is missing: either way the
+    /// spawned pid is swtpm's, a child of this process.
+    #[tokio::test]
+    async fn swtpm_starts_with_and_without_setpriv_as_a_child_of_its_host() {
+        for setpriv in [SETPRIV, "/nonexistent/setpriv"] {
+            let dir = tempfile::tempdir().unwrap();
+            let lock = Arc::new(StateLock::take(dir.path()).unwrap());
+            let mut process = SwtpmProcess::spawn_once(&SwtpmConfig::default(), &lock, setpriv)
+                .await
+                .unwrap_or_else(|e| panic!("through {setpriv} (is swtpm installed?): {e}"));
+            let pid = i32::try_from(process.pid()).unwrap();
+            assert_eq!(
+                swtpm_on(pid, dir.path()),
+                Some(std::process::id()),
+                "through {setpriv}"
+            );
+            process.kill().await;
+        }
     }
 }
