@@ -14,6 +14,7 @@
 
 mod engine;
 mod fault;
+mod guest_power;
 mod lifetime;
 mod load;
 mod persistence;
