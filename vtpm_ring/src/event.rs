@@ -220,6 +220,18 @@ impl EventChannel {
         &self.link.ends[1 - self.side]
     }
 
+    /// Whether the peer has bound this channel and neither end has closed it: a frontend
+    /// knows from it that the backend that says Connected is connected to this channel, not
+    /// to one of an abandoned attempt.
+    pub fn is_connected(&self) -> bool {
+        self.link.bound.load(Ordering::Acquire)
+            && !self
+                .link
+                .ends
+                .iter()
+                .any(|e| e.closed.load(Ordering::Acquire))
+    }
+
     /// Takes a pending notification without waiting.
     pub fn try_take(&self) -> bool {
         self.own().pending.swap(false, Ordering::AcqRel)

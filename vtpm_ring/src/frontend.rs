@@ -47,7 +47,6 @@ use crate::xenbus::read_state;
 use crate::xenbus::write_state;
 use futures::FutureExt;
 use futures::StreamExt;
-use futures::lock::Mutex;
 use futures::pin_mut;
 use futures::select_biased;
 use std::sync::atomic::AtomicBool;
@@ -55,6 +54,9 @@ use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use thiserror::Error;
+// Fair (first come, first served): with futures' lock a caller sending commands back to back
+// retook the lock before the caller it had just woken could run, and starved it.
+use tokio::sync::Mutex;
 use zerocopy::little_endian::U32;
 use zerocopy::little_endian::U64;
 
@@ -118,6 +120,9 @@ pub enum FrontendError {
     /// The backend closed instead of connecting.
     #[error("backend refused the connection (state {0:?})")]
     BackendRefused(XenbusState),
+    /// The toolstack removed the device (its backend directory is gone).
+    #[error("the device was removed")]
+    DeviceRemoved,
     /// The store connection ended while waiting.
     #[error("store watch ended")]
     WatchEnded,
@@ -179,7 +184,6 @@ struct V1State {
 
 /// A connected vTPM frontend.
 pub struct Frontend {
-    domain: Domain,
     store: StoreHandle,
     dir: String,
     backend_dir: String,
@@ -187,8 +191,9 @@ pub struct Frontend {
     control: bool,
     event: EventChannel,
     transport: Transport,
-    pages: Vec<OwnPage>,
-    grants: Vec<GrantRef>,
+    /// Declared after the event channel and the transport, so that a frontend dropped
+    /// without `close` releases its pages last.
+    granted: Granted,
     io: Mutex<IoState>,
     locality: AtomicU8,
     in_flight: AtomicBool,
@@ -214,6 +219,9 @@ async fn wait_backend(
     let mut watch = store.watch(backend_dir)?;
     let wait = async {
         loop {
+            if store.try_read(backend_dir)?.is_none() {
+                return Err(FrontendError::DeviceRemoved);
+            }
             if let Some(r) = done(read_state(store, backend_dir)) {
                 return r;
             }
@@ -225,17 +233,36 @@ async fn wait_backend(
         .unwrap_or(Err(FrontendError::Timeout))
 }
 
-/// Revokes grants and frees pages; a grant the backend still maps is released once it lets
-/// go ([`Domain::release_grant`]), so its page is neither reused meanwhile nor lost.
-fn release(domain: &Domain, pages: Vec<OwnPage>, grants: &[GrantRef]) -> Result<(), FrontendError> {
-    let mut first_error = None;
-    for (page, gref) in pages.into_iter().zip(grants) {
-        if let Err(e) = domain.release_grant(*gref, page) {
-            tracing::warn!(error = %e, "grant could not be revoked; page not reused");
-            first_error.get_or_insert(e);
+/// The pages a frontend shares and their grants. However the frontend ends (closed, a connect
+/// that failed or was dropped half-way, a frontend dropped without `close`), they are
+/// released: a grant the backend still maps is released once it lets go
+/// ([`Domain::release_grant`]), so its page is neither reused meanwhile nor lost.
+struct Granted {
+    domain: Domain,
+    pages: Vec<OwnPage>,
+    grants: Vec<GrantRef>,
+}
+
+impl Granted {
+    fn release(&mut self) -> Result<(), FrontendError> {
+        let mut first_error = None;
+        let pages = std::mem::take(&mut self.pages);
+        let grants = std::mem::take(&mut self.grants);
+        for (page, gref) in pages.into_iter().zip(grants) {
+            if let Err(e) = self.domain.release_grant(gref, page) {
+                tracing::warn!(error = %e, "grant could not be revoked; page not reused");
+                first_error.get_or_insert(e);
+            }
         }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
-    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+impl Drop for Granted {
+    fn drop(&mut self) {
+        // Errors were logged; a destructor has no one to report them to.
+        let _ = self.release();
+    }
 }
 
 /// Ends a connect that failed with `error`: undoes what it set up and reports `error`, what
@@ -279,15 +306,27 @@ impl Frontend {
             ProtocolVersion::V1 => 1 + v1::RING_SIZE,
             ProtocolVersion::V2 => 1 + usize::from(config.extra_pages),
         };
-        let mut pages = Vec::with_capacity(page_count);
-        let mut grants = Vec::with_capacity(page_count);
-        let built = (|| -> Result<Transport, FrontendError> {
-            for _ in 0..page_count {
-                let page = domain.alloc_page()?;
-                let gref = domain.grant_access(backend, page.gfn(), GrantAccess::ReadWrite)?;
-                pages.push(page);
-                grants.push(gref);
+        // Released on every way out of this function but success (see `Granted`).
+        let mut granted = Granted {
+            domain: domain.clone(),
+            pages: Vec::with_capacity(page_count),
+            grants: Vec::with_capacity(page_count),
+        };
+        for _ in 0..page_count {
+            let page = domain.alloc_page()?;
+            match domain.grant_access(backend, page.gfn(), GrantAccess::ReadWrite) {
+                Ok(gref) => {
+                    granted.pages.push(page);
+                    granted.grants.push(gref);
+                }
+                Err(e) => {
+                    domain.free_page(page);
+                    return Err(e.into());
+                }
             }
+        }
+        let (pages, grants) = (&granted.pages, &granted.grants);
+        let transport = (|| -> Result<Transport, FrontendError> {
             Ok(match version {
                 ProtocolVersion::V2 => {
                     let view = V2Page::new(pages.clone())?;
@@ -309,23 +348,9 @@ impl Frontend {
                     }
                 }
             })
-        })();
-        let transport = match built {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = release(domain, pages, &grants);
-                return Err(e);
-            }
-        };
-        let event = match domain.alloc_unbound(backend) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = release(domain, pages, &grants);
-                return Err(e.into());
-            }
-        };
+        })()?;
+        let event = domain.alloc_unbound(backend)?;
         let frontend = Self {
-            domain: domain.clone(),
             store: store.clone(),
             dir: dir.clone(),
             backend_dir: backend_dir.clone(),
@@ -333,8 +358,7 @@ impl Frontend {
             control,
             event,
             transport,
-            pages,
-            grants,
+            granted,
             io: Mutex::new(IoState {
                 v1: V1State::default(),
                 watchdog: deadline::Watchdog::new(config.timeout),
@@ -344,12 +368,13 @@ impl Frontend {
             timeout: config.timeout,
             cancel: Signal::default(),
         };
+        // In place: a device the toolstack removed meanwhile is not written back.
         let published = (|| -> Result<(), StoreError> {
-            store.write(
+            store.write_in_place(
                 &format!("{dir}/{}", keys::RING_REF),
-                &frontend.grants[0].0.to_string(),
+                &frontend.granted.grants[0].0.to_string(),
             )?;
-            store.write(
+            store.write_in_place(
                 &format!("{dir}/{}", keys::EVENT_CHANNEL),
                 &frontend.event.port().0.to_string(),
             )?;
@@ -359,7 +384,7 @@ impl Frontend {
             ] {
                 let feature = format!("{dir}/{key}");
                 if on {
-                    store.write(&feature, "1")?;
+                    store.write_in_place(&feature, "1")?;
                 } else if store.try_read(&feature)?.is_some() {
                     store.rm(&feature)?;
                 }
@@ -370,7 +395,9 @@ impl Frontend {
             return Err(abandon_connect(frontend, e.into()));
         }
         let connected = wait_backend(&store, &backend_dir, config.timeout, |s| match s {
-            XenbusState::CONNECTED => Some(Ok(())),
+            // Connected to this attempt's channel; a backend still finishing an abandoned
+            // attempt's connection says Connected for the old one, and then closes it.
+            XenbusState::CONNECTED if frontend.event.is_connected() => Some(Ok(())),
             XenbusState::CLOSING | XenbusState::CLOSED => {
                 Some(Err(FrontendError::BackendRefused(s)))
             }
@@ -378,7 +405,11 @@ impl Frontend {
         })
         .await;
         if let Err(e) = connected {
-            if let Err(w) = write_state(&store, &dir, XenbusState::CLOSED) {
+            // Another attempt may have published its ring since (a second driver of the
+            // device, or a retry): the device's state is then that one's, not ours to close.
+            if frontend.published_last()
+                && let Err(w) = write_state(&store, &dir, XenbusState::CLOSED)
+            {
                 tracing::warn!(error = %w, "Closed not written after a failed connect");
             }
             return Err(abandon_connect(frontend, e));
@@ -386,6 +417,18 @@ impl Frontend {
         write_state(&store, &dir, XenbusState::CONNECTED)?;
         tracing::info!(dir, ?version, "vTPM frontend connected");
         Ok(frontend)
+    }
+
+    /// Whether the ring and channel the device's directory names are this frontend's.
+    fn published_last(&self) -> bool {
+        let read = |key: &str| {
+            self.store
+                .try_read(&format!("{}/{key}", self.dir))
+                .ok()
+                .flatten()
+        };
+        read(keys::RING_REF) == Some(self.granted.grants[0].0.to_string())
+            && read(keys::EVENT_CHANNEL) == Some(self.event.port().0.to_string())
     }
 
     /// The protocol version in use.
@@ -408,10 +451,15 @@ impl Frontend {
 
     /// Sets the locality of the following commands (0..=4). v2 carries it with each command;
     /// v1 carries it only with control negotiated (as a SET_LOCALITY control request before
-    /// the next command), and otherwise not at all.
+    /// the next command); without control, v1 has locality 0 only, and any other is refused
+    /// ([`FrontendError::NoControl`]).
     pub fn set_locality(&self, locality: u8) -> Result<(), FrontendError> {
         if locality > 4 {
             return Err(FrontendError::BadLocality(locality));
+        }
+        // Nothing would carry it: the TPM would run the next commands at locality 0.
+        if locality != 0 && self.version == ProtocolVersion::V1 && !self.control {
+            return Err(FrontendError::NoControl);
         }
         self.locality.store(locality, Ordering::Relaxed);
         Ok(())
@@ -646,15 +694,13 @@ impl Frontend {
 
     fn teardown(self) -> Result<(), FrontendError> {
         let Frontend {
-            domain,
             event,
-            pages,
-            grants,
+            mut granted,
             transport,
             ..
         } = self;
         drop(event);
         drop(transport);
-        release(&domain, pages, &grants)
+        granted.release()
     }
 }

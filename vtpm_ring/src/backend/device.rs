@@ -31,21 +31,37 @@ pub(super) fn is_current(store: &StoreHandle, dir: &str, config: &DeviceConfig) 
     read_device_config(store, dir).is_ok_and(|c| c == *config)
 }
 
+/// First pause before a device that failed is served again; it doubles with each failure in
+/// a row, up to [`RETRY_LONGEST`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts at a failing device.
+const RETRY_LONGEST: Duration = Duration::from_secs(10);
+
 /// Runs one device until its directory disappears or is configured anew; returns the
-/// directory.
+/// directory. A device that fails (its store writes refused, say) is served again after a
+/// pause, by this task: a task that ended at once and was started again at once would hold
+/// the backend in one poll, and every other device with it.
 pub(super) async fn device(shared: Arc<Shared>, dir: String) -> String {
     let span = tracing::info_span!("vtpm_backend", dir = %dir);
     BackendStats::bump(&shared.stats.devices);
-    match device_inner(&shared, &dir).instrument(span).await {
-        Ok(()) => {}
-        // The toolstack removed the directory between a check and a write: the device is
-        // gone, which is no failure.
-        Err(BackendError::Store(StoreError::NotFound(_)))
-            if shared.store.try_read(&dir).ok().flatten().is_none() =>
-        {
-            tracing::debug!(dir, "vTPM device removed");
+    let mut pause = RETRY_FIRST;
+    loop {
+        match device_inner(&shared, &dir).instrument(span.clone()).await {
+            Ok(()) => break,
+            // The toolstack removed the directory between a check and a write: the device
+            // is gone, which is no failure.
+            Err(BackendError::Store(StoreError::NotFound(_)))
+                if shared.store.try_read(&dir).ok().flatten().is_none() =>
+            {
+                tracing::debug!(dir, "vTPM device removed");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(dir, error = %e, ?pause, "vTPM device failed; served again after a pause");
+                futures_timer::Delay::new(pause).await;
+                pause = pause.saturating_mul(2).min(RETRY_LONGEST);
+            }
         }
-        Err(e) => tracing::warn!(dir, error = %e, "vTPM device stopped"),
     }
     shared.stats.devices.fetch_sub(1, Ordering::Relaxed);
     dir
@@ -164,18 +180,35 @@ async fn serve_device(
         }
         .await;
         match connected {
+            Ok((claim, conn)) if !conn.event.is_connected() => {
+                // The frontend gave this attempt up while the TPM powered on (its connect
+                // timed out) and may have published another ring since: stop the TPM and
+                // serve what the frontend publishes now, without a Closed it never asked for.
+                tracing::info!(frontend = %config.frontend, "vTPM frontend left during power-on");
+                drop(conn);
+                power::power_off(&shared.client, config.instance, &shared.config).await;
+                drop(claim);
+                continue;
+            }
             Ok((claim, mut conn)) => {
                 BackendStats::bump(&shared.stats.connects);
-                write_state(store, dir, XenbusState::CONNECTED)?;
-                tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
-                let stop = serve(shared, dir, config, &mut conn, own, &mut front).await;
+                let announced = write_state(store, dir, XenbusState::CONNECTED);
+                let stop = match announced {
+                    Ok(()) => {
+                        tracing::info!(frontend = %config.frontend, instance = config.instance, "vTPM connected");
+                        serve(shared, dir, config, &mut conn, own, &mut front).await
+                    }
+                    Err(_) => Stop::Gone,
+                };
                 // Unmap and unbind before saying Closed: the frontend revokes its grants next.
                 drop(conn);
                 // Stopped before the instance is free and before Closed, so the next
-                // connection's Init always comes after this Stop.
+                // connection's Init always comes after this Stop; and stopped whatever
+                // ended the connection, a refused Connected included.
                 power::power_off(&shared.client, config.instance, &shared.config).await;
                 drop(claim);
                 BackendStats::bump(&shared.stats.disconnects);
+                announced?;
                 // The directory may have gone (or been re-created for another device)
                 // while the TPM stopped.
                 if matches!(stop, Stop::Gone) || !still_mine() {
