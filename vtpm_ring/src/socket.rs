@@ -230,6 +230,12 @@ pub(crate) async fn serve_commands(
         if !keep {
             return;
         }
+        // Let the other connections in before the next command. A client that pipelines
+        // has that command in the buffer already, and the frontend's lock, just let go,
+        // would be free again when this task asks for it: without a suspension here this
+        // task takes it back before the connection it woke gets to run, and keeps it as
+        // long as the client keeps sending.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -1,0 +1,172 @@
+//! Edges of the TPM socket and of the manager stream found by adversarial review C, kept as
+//! regression tests. Each test names the behaviour it expects; every wait is bounded, and
+//! none of them starts swtpm.
+
+#![forbid(unsafe_code)]
+#![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+#![expect(clippy::panic, reason = "tests fail by panicking")]
+
+use std::io::Read;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use vtpm_ring::backend::BackendConfig;
+use vtpm_ring::domain::DomainId;
+use vtpm_ring::engine::SimTpm;
+use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::frontend::Frontend;
+use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::socket::TpmSocket;
+use vtpm_ring::socket::bind_pair;
+use vtpm_ring::testbed::Testbed;
+use vtpm_ring::tpm_command;
+use vtpm_ring::tpm_header::TpmRc;
+use vtpm_ring::tpm_header::response_code;
+
+async fn bounded<T>(what: &str, d: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or_else(|_| panic!("bounded wait expired: {what}"))
+}
+
+/// TPM2_Startup(CLEAR).
+const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
+
+/// A ring over `engines` (backend config `config`), one guest (domain 2) with device 0 on
+/// instance 1, its frontend (`front`) served as a TPM socket. A frontend with control owns
+/// its TPM's power, so the TPM is started through it first, as its firmware would.
+async fn socket_over<E: TpmEngine + 'static>(
+    config: BackendConfig,
+    engines: Vec<(u32, Arc<E>)>,
+    front: FrontendConfig,
+) -> (Testbed<E>, Arc<Frontend>, TpmSocket) {
+    let (bed, run) = Testbed::with_engines(config, engines).unwrap();
+    tokio::spawn(run);
+    let guest = bed.add_guest(DomainId(2)).unwrap();
+    bed.add_device(guest.id(), 0, 1).unwrap();
+    let frontend = Arc::new(
+        bounded(
+            "connect",
+            Duration::from_secs(5),
+            Frontend::connect(&guest, front),
+        )
+        .await
+        .unwrap(),
+    );
+    if frontend.has_control() {
+        let r = bounded(
+            "startup",
+            Duration::from_secs(3),
+            frontend.transmit(&STARTUP_CLEAR),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    }
+    let (data, ctrl) = bind_pair(None).await.unwrap();
+    let socket = TpmSocket::serve(frontend.clone(), data, ctrl).unwrap();
+    (bed, frontend, socket)
+}
+
+async fn read_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+    let mut out = head.to_vec();
+    out.resize(len.max(10), 0);
+    s.read_exact(&mut out[10..]).await.unwrap();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The data port.
+// ---------------------------------------------------------------------------------------
+
+/// One client pipelines commands without pause on the data port (it reads its answers, so
+/// nothing backs up); a second client sends one command. The frontend runs commands one at
+/// a time, but the second client must get its turn within a few of the first's commands,
+/// not only once the first client stops.
+#[tokio::test]
+async fn a_pipelining_data_connection_does_not_starve_another_connection() {
+    pipelining_client_vs_one_command().await;
+}
+
+/// The same on a runtime with several workers, as `vtpmctl run` uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_data_connection_does_not_starve_another_one_on_several_workers() {
+    pipelining_client_vs_one_command().await;
+}
+
+async fn pipelining_client_vs_one_command() {
+    let (_bed, _front, socket) = socket_over(
+        BackendConfig::default(),
+        vec![(1, Arc::new(SimTpm::started()))],
+        FrontendConfig::default(),
+    )
+    .await;
+    let addr = socket.data_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    // Client A, on threads of its own: a writer that never pauses, a reader that drains.
+    let a = std::net::TcpStream::connect(addr).unwrap();
+    let mut a_read = a.try_clone().unwrap();
+    let writer = {
+        let stop = stop.clone();
+        let mut a = a;
+        std::thread::spawn(move || {
+            let batch: Vec<u8> = (0..256).flat_map(|_| tpm_command::get_random(8)).collect();
+            while !stop.load(Ordering::Relaxed) {
+                if a.write_all(&batch).is_err() {
+                    return;
+                }
+            }
+            let _ = a.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    let reader = {
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            while let Ok(n) = a_read.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                total += n;
+                // GetRandom(8) answers are 20 bytes.
+                answered.store(total / 20, Ordering::Relaxed);
+            }
+        })
+    };
+    // Let A get going.
+    let t0 = Instant::now();
+    while answered.load(Ordering::Relaxed) < 50 && t0.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = answered.load(Ordering::Relaxed);
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    b.write_all(&tpm_command::get_random(4)).await.unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(3), read_response(&mut b)).await;
+    let waited = started.elapsed();
+    let a_during = answered.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    socket.stop().await;
+    let _ = writer.join();
+    let _ = reader.join();
+    assert!(before > 0, "client A never got going");
+    let b_response = got.unwrap_or_else(|_| {
+        panic!(
+            "client B got no answer in {waited:?} while client A got {a_during} answers: \
+             one connection starves the others"
+        )
+    });
+    assert_eq!(response_code(&b_response), Some(TpmRc::SUCCESS));
+}
