@@ -10,11 +10,12 @@
 //!   `TPM_RC_COMMAND_SIZE` and the connection is closed, since the stream can no longer be
 //!   framed; a command the ring fails to deliver gets `TPM_RC_FAILURE`.
 //! - the **control port** `P + 1` speaks swtpm's control channel ([`crate::engine::ctrl`]).
-//!   It carries what the frontend itself can do: GET_CAPABILITY (advertising exactly
-//!   SET_LOCALITY and CANCEL_TPM_CMD), SET_LOCALITY and CANCEL_TPM_CMD. Every other command is
-//!   answered with `TPM_BAD_ORDINAL`, as swtpm answers one it does not know: INIT, STOP and the
-//!   others would have to travel over the ring to the instance's swtpm, which the ring does
-//!   not carry yet.
+//!   It carries what the frontend itself can do: GET_CAPABILITY (advertising exactly what
+//!   the ring carries, see [`capabilities`]), SET_LOCALITY and CANCEL_TPM_CMD. A v1 ring
+//!   without `feature-vtpm-control` carries no locality: SET_LOCALITY is then refused with
+//!   `TPM_BAD_LOCALITY` for any locality but 0. Every other command is answered with
+//!   `TPM_BAD_ORDINAL`, as swtpm answers one it does not know: INIT, STOP and the others would
+//!   have to travel over the ring to the instance's swtpm, which the ring does not carry yet.
 //!
 //! Not implemented: the MS simulator framing some swtpm versions also accept on the data port
 //! (clients use `swtpm:`, not `mssim:`).
@@ -27,6 +28,7 @@ use crate::engine::ctrl::Capabilities;
 use crate::engine::ctrl::CtrlResult;
 use crate::frontend::Frontend;
 use crate::frontend::FrontendError;
+use crate::protocol::ProtocolVersion;
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmHeader;
 use crate::tpm_header::TpmRc;
@@ -239,20 +241,37 @@ pub(crate) async fn serve_commands(
     }
 }
 
-/// What the control port advertises: exactly what it carries out (SET_LOCALITY, CANCEL_TPM_CMD).
-pub fn capabilities() -> Capabilities {
+/// What the control port in front of `frontend` advertises: exactly what reaches the TPM.
+/// SET_LOCALITY unless the ring carries no locality (v1 without `feature-vtpm-control`), and
+/// CANCEL_TPM_CMD.
+pub fn capabilities(frontend: &Frontend) -> Capabilities {
     Capabilities::new()
-        .with_set_locality(true)
+        .with_set_locality(carries_locality(frontend))
         .with_cancel_tpm_cmd(true)
+}
+
+/// Whether a locality reaches the TPM: v2 carries it with each command, v1 only as a control
+/// request before the next command, which needs `feature-vtpm-control`.
+fn carries_locality(frontend: &Frontend) -> bool {
+    frontend.protocol() == ProtocolVersion::V2 || frontend.has_control()
 }
 
 /// Carries out one control operation on the frontend.
 fn control(frontend: &Frontend, op: &ControlOp) -> Result<ControlReply, EngineError> {
     match op {
-        ControlOp::GetCapability => Ok(ControlReply::Capabilities(capabilities())),
+        ControlOp::GetCapability => Ok(ControlReply::Capabilities(capabilities(frontend))),
+        // Accepting it would have the next commands run at locality 0 all the same. swtpm
+        // answers a locality it cannot set with TPM_BAD_LOCALITY.
+        ControlOp::SetLocality(l) if *l != 0 && !carries_locality(frontend) => {
+            tracing::debug!(
+                locality = l,
+                "locality refused: the v1 ring without control carries none"
+            );
+            Err(EngineError::Refused(CtrlResult::BAD_LOCALITY))
+        }
         ControlOp::SetLocality(l) => match frontend.set_locality(*l) {
             Ok(()) => Ok(ControlReply::Done),
-            Err(FrontendError::BadLocality(_)) => {
+            Err(FrontendError::BadLocality(_) | FrontendError::NoControl) => {
                 Err(EngineError::Refused(CtrlResult::BAD_LOCALITY))
             }
             Err(e) => Err(EngineError::Failed(e.to_string())),

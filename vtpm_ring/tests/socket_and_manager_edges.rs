@@ -19,10 +19,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vtpm_ring::backend::BackendConfig;
 use vtpm_ring::domain::DomainId;
+use vtpm_ring::engine::Capabilities;
+use vtpm_ring::engine::ControlOp;
+use vtpm_ring::engine::ControlReply;
+use vtpm_ring::engine::CtrlResult;
 use vtpm_ring::engine::SimTpm;
 use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::ctrl;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::protocol::ProtocolVersion;
+use vtpm_ring::protocol::Protocols;
 use vtpm_ring::socket::TpmSocket;
 use vtpm_ring::socket::bind_pair;
 use vtpm_ring::testbed::Testbed;
@@ -75,6 +82,15 @@ async fn socket_over<E: TpmEngine + 'static>(
     (bed, frontend, socket)
 }
 
+/// A backend speaking v1 only, with or without `feature-vtpm-control`.
+fn v1_backend(control: bool) -> BackendConfig {
+    BackendConfig {
+        protocols: Protocols::V1_ONLY,
+        control,
+        ..BackendConfig::default()
+    }
+}
+
 async fn read_response(s: &mut TcpStream) -> Vec<u8> {
     let mut head = [0u8; 10];
     s.read_exact(&mut head).await.unwrap();
@@ -83,6 +99,36 @@ async fn read_response(s: &mut TcpStream) -> Vec<u8> {
     out.resize(len.max(10), 0);
     s.read_exact(&mut out[10..]).await.unwrap();
     out
+}
+
+/// Sends `op` on the control connection `c` and decodes the reply: `Err` is swtpm's failure
+/// result.
+async fn ctrl_op(c: &mut TcpStream, op: &ControlOp) -> Result<ControlReply, CtrlResult> {
+    c.write_all(&ctrl::encode_request(op)).await.unwrap();
+    let mut reply = vec![0u8; ctrl::reply_fixed_len(op.cmd())];
+    bounded(
+        "control reply",
+        Duration::from_secs(2),
+        c.read_exact(&mut reply),
+    )
+    .await
+    .unwrap();
+    ctrl::decode_reply(op.cmd(), &reply).unwrap()
+}
+
+async fn capabilities(c: &mut TcpStream) -> Capabilities {
+    match ctrl_op(c, &ControlOp::GetCapability).await {
+        Ok(ControlReply::Capabilities(caps)) => caps,
+        other => panic!("GET_CAPABILITY answered {other:?}"),
+    }
+}
+
+/// Runs GetRandom(4) on the data port and checks it succeeds.
+async fn command_succeeds(socket: &TpmSocket) {
+    let mut d = TcpStream::connect(socket.data_addr()).await.unwrap();
+    d.write_all(&tpm_command::get_random(4)).await.unwrap();
+    let r = bounded("command", Duration::from_secs(3), read_response(&mut d)).await;
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -169,4 +215,137 @@ async fn pipelining_client_vs_one_command() {
         )
     });
     assert_eq!(response_code(&b_response), Some(TpmRc::SUCCESS));
+}
+
+// ---------------------------------------------------------------------------------------
+// The control port: SET_LOCALITY.
+// ---------------------------------------------------------------------------------------
+
+/// Over a v1 ring without `feature-vtpm-control` (`vtpmctl run --protocol v1`) the locality
+/// cannot reach the TPM, so the control port must either refuse SET_LOCALITY or the
+/// following command must run at it.
+#[tokio::test]
+async fn v1_socket_set_locality_reaches_the_tpm_or_is_refused() {
+    let sim = Arc::new(SimTpm::started());
+    let (_bed, front, socket) = socket_over(
+        v1_backend(false),
+        vec![(1, sim.clone())],
+        FrontendConfig::default(),
+    )
+    .await;
+    assert_eq!(front.protocol(), ProtocolVersion::V1);
+    let mut c = TcpStream::connect(socket.ctrl_addr()).await.unwrap();
+    // GET_CAPABILITY: what the port claims.
+    c.write_all(&[0, 0, 0, 1]).await.unwrap();
+    let mut caps = [0u8; 8];
+    bounded("caps", Duration::from_secs(2), c.read_exact(&mut caps))
+        .await
+        .unwrap();
+    // SET_LOCALITY 3 (tpm2-tss sends the byte alone).
+    c.write_all(&[0, 0, 0, 5, 3]).await.unwrap();
+    let mut reply = [0u8; 4];
+    bounded(
+        "set locality",
+        Duration::from_secs(2),
+        c.read_exact(&mut reply),
+    )
+    .await
+    .unwrap();
+    let mut d = TcpStream::connect(socket.data_addr()).await.unwrap();
+    d.write_all(&tpm_command::get_random(4)).await.unwrap();
+    let r = bounded("command", Duration::from_secs(3), read_response(&mut d)).await;
+    assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
+    let advertised = u64::from_be_bytes(caps) & 0x08 != 0;
+    let accepted = reply == [0, 0, 0, 0];
+    assert!(
+        !accepted || sim.last_locality() == 3,
+        "SET_LOCALITY(3) answered {reply:?} (advertised: {advertised}) but the next command \
+         ran at locality {}",
+        sim.last_locality()
+    );
+    socket.stop().await;
+}
+
+/// v1 without control: SET_LOCALITY is not advertised, a locality other than 0 is refused
+/// with swtpm's TPM_BAD_LOCALITY, and 0 (the only one the ring gives) is accepted.
+#[tokio::test]
+async fn v1_without_control_the_control_port_refuses_any_locality_but_0() {
+    let sim = Arc::new(SimTpm::started());
+    let (_bed, _front, socket) = socket_over(
+        v1_backend(false),
+        vec![(1, sim.clone())],
+        FrontendConfig::default(),
+    )
+    .await;
+    let mut c = TcpStream::connect(socket.ctrl_addr()).await.unwrap();
+    let caps = capabilities(&mut c).await;
+    assert!(!caps.set_locality(), "{caps:?}");
+    for l in [1, 3, 4, 5] {
+        assert_eq!(
+            ctrl_op(&mut c, &ControlOp::SetLocality(l)).await,
+            Err(CtrlResult::BAD_LOCALITY),
+            "SET_LOCALITY({l})"
+        );
+    }
+    assert_eq!(
+        ctrl_op(&mut c, &ControlOp::SetLocality(0)).await,
+        Ok(ControlReply::Done)
+    );
+    command_succeeds(&socket).await;
+    assert_eq!(sim.last_locality(), 0);
+    socket.stop().await;
+}
+
+/// v1 with `feature-vtpm-control` carries the locality as a control request before the
+/// next command: SET_LOCALITY is advertised and reaches the TPM.
+#[tokio::test]
+async fn v1_with_control_the_control_port_carries_a_locality() {
+    let sim = Arc::new(SimTpm::started());
+    let (_bed, front, socket) = socket_over(
+        v1_backend(true),
+        vec![(1, sim.clone())],
+        FrontendConfig {
+            control: true,
+            ..FrontendConfig::default()
+        },
+    )
+    .await;
+    assert!(front.has_control());
+    let mut c = TcpStream::connect(socket.ctrl_addr()).await.unwrap();
+    let caps = capabilities(&mut c).await;
+    assert!(caps.set_locality(), "{caps:?}");
+    assert_eq!(
+        ctrl_op(&mut c, &ControlOp::SetLocality(3)).await,
+        Ok(ControlReply::Done)
+    );
+    command_succeeds(&socket).await;
+    assert_eq!(sim.last_locality(), 3);
+    socket.stop().await;
+}
+
+/// v2 carries both with the page: both are advertised and the locality reaches the TPM.
+#[tokio::test]
+async fn v2_the_control_port_carries_a_locality_and_a_cancel() {
+    let sim = Arc::new(SimTpm::started());
+    let (_bed, front, socket) = socket_over(
+        BackendConfig::default(),
+        vec![(1, sim.clone())],
+        FrontendConfig::default(),
+    )
+    .await;
+    assert_eq!(front.protocol(), ProtocolVersion::V2);
+    let mut c = TcpStream::connect(socket.ctrl_addr()).await.unwrap();
+    let caps = capabilities(&mut c).await;
+    assert!(caps.set_locality() && caps.cancel_tpm_cmd(), "{caps:?}");
+    assert_eq!(
+        ctrl_op(&mut c, &ControlOp::SetLocality(2)).await,
+        Ok(ControlReply::Done)
+    );
+    assert_eq!(
+        ctrl_op(&mut c, &ControlOp::SetLocality(5)).await,
+        Err(CtrlResult::BAD_LOCALITY)
+    );
+    command_succeeds(&socket).await;
+    assert_eq!(sim.last_locality(), 2);
+    socket.stop().await;
 }
