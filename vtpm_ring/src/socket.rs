@@ -13,9 +13,12 @@
 //!   It carries what the frontend itself can do: GET_CAPABILITY (advertising exactly what
 //!   the ring carries, see [`capabilities`]), SET_LOCALITY and CANCEL_TPM_CMD. A v1 ring
 //!   without `feature-vtpm-control` carries no locality: SET_LOCALITY is then refused with
-//!   `TPM_BAD_LOCALITY` for any locality but 0. Every other command is answered with
-//!   `TPM_BAD_ORDINAL`, as swtpm answers one it does not know: INIT, STOP and the others would
-//!   have to travel over the ring to the instance's swtpm, which the ring does not carry yet.
+//!   `TPM_BAD_LOCALITY` for any locality but 0. v1 carries no cancel at all: CANCEL_TPM_CMD is
+//!   then answered with success and does nothing (swtpm's cancel is best effort too), so the
+//!   command, which runs to completion anyway, gets its real response. Every other command is
+//!   answered with `TPM_BAD_ORDINAL`, as swtpm answers one it does not know: INIT, STOP and the
+//!   others would have to travel over the ring to the instance's swtpm, which the ring does
+//!   not carry yet.
 //!
 //! Not implemented: the MS simulator framing some swtpm versions also accept on the data port
 //! (clients use `swtpm:`, not `mssim:`).
@@ -242,18 +245,25 @@ pub(crate) async fn serve_commands(
 }
 
 /// What the control port in front of `frontend` advertises: exactly what reaches the TPM.
-/// SET_LOCALITY unless the ring carries no locality (v1 without `feature-vtpm-control`), and
-/// CANCEL_TPM_CMD.
+/// SET_LOCALITY unless the ring carries no locality (v1 without `feature-vtpm-control`);
+/// CANCEL_TPM_CMD only over v2, the one protocol with a cancel on the wire.
 pub fn capabilities(frontend: &Frontend) -> Capabilities {
     Capabilities::new()
         .with_set_locality(carries_locality(frontend))
-        .with_cancel_tpm_cmd(true)
+        .with_cancel_tpm_cmd(carries_cancel(frontend))
 }
 
 /// Whether a locality reaches the TPM: v2 carries it with each command, v1 only as a control
 /// request before the next command, which needs `feature-vtpm-control`.
 fn carries_locality(frontend: &Frontend) -> bool {
     frontend.protocol() == ProtocolVersion::V2 || frontend.has_control()
+}
+
+/// Whether a cancel reaches the TPM: only v2's, which marks the shared page. On v1 (with or
+/// without control) [`Frontend::cancel`] only stops the wait: the command still runs to the
+/// end, and its client would be told it failed when it took effect.
+fn carries_cancel(frontend: &Frontend) -> bool {
+    frontend.protocol() == ProtocolVersion::V2
 }
 
 /// Carries out one control operation on the frontend.
@@ -276,6 +286,12 @@ fn control(frontend: &Frontend, op: &ControlOp) -> Result<ControlReply, EngineEr
             }
             Err(e) => Err(EngineError::Failed(e.to_string())),
         },
+        // Best effort, as swtpm's own cancel: nothing to do where no cancel reaches the TPM.
+        // Passed on, it would end the client's wait with a failure while the command runs on.
+        ControlOp::CancelCommand if !carries_cancel(frontend) => {
+            tracing::debug!("cancel ignored: the v1 ring carries none");
+            Ok(ControlReply::Done)
+        }
         ControlOp::CancelCommand => frontend
             .cancel()
             .map(|()| ControlReply::Done)

@@ -6,6 +6,7 @@
 #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
 #![expect(clippy::panic, reason = "tests fail by panicking")]
 
+use async_trait::async_trait;
 use std::io::Read;
 use std::io::Write;
 use std::sync::Arc;
@@ -23,8 +24,11 @@ use vtpm_ring::engine::Capabilities;
 use vtpm_ring::engine::ControlOp;
 use vtpm_ring::engine::ControlReply;
 use vtpm_ring::engine::CtrlResult;
+use vtpm_ring::engine::EngineError;
 use vtpm_ring::engine::SimTpm;
 use vtpm_ring::engine::TpmEngine;
+use vtpm_ring::engine::TpmReply;
+use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::engine::ctrl;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
@@ -347,5 +351,108 @@ async fn v2_the_control_port_carries_a_locality_and_a_cancel() {
     );
     command_succeeds(&socket).await;
     assert_eq!(sim.last_locality(), 2);
+    socket.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The control port: CANCEL_TPM_CMD.
+// ---------------------------------------------------------------------------------------
+
+/// A SimTpm whose PCR_Extend commands wait until the test lets them through.
+struct GatedSim {
+    sim: SimTpm,
+    /// PCR_Extend commands the engine has received.
+    seen: AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+const TPM_CC_PCR_EXTEND: u32 = 0x182;
+
+#[async_trait]
+impl TpmEngine for GatedSim {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        if let TpmRequest::Command { command, .. } = &request
+            && command.len() >= 10
+            && u32::from_be_bytes([command[6], command[7], command[8], command[9]])
+                == TPM_CC_PCR_EXTEND
+        {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.sim.execute(request).await
+    }
+}
+
+/// tpm2-tss cancels a command through the control port (CANCEL_TPM_CMD). The TPM either
+/// completes the command (its real response comes back) or abandons it (TPM_RC_CANCELED and
+/// no effect). v1 has no cancel on the wire, so the command always runs to completion: the
+/// client must get its real response, never TPM_RC_FAILURE for a PCR_Extend that took effect
+/// (a retry would extend twice). Run without and with `feature-vtpm-control`, which carries
+/// no cancel either.
+#[tokio::test]
+async fn v1_socket_cancel_never_reports_failure_for_a_command_that_took_effect() {
+    for control in [false, true] {
+        v1_cancel_during_extend(control).await;
+    }
+}
+
+async fn v1_cancel_during_extend(control: bool) {
+    let engine = Arc::new(GatedSim {
+        sim: SimTpm::started(),
+        seen: AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let (_bed, _front, socket) = socket_over(
+        v1_backend(control),
+        vec![(1, engine.clone())],
+        FrontendConfig {
+            control,
+            ..FrontendConfig::default()
+        },
+    )
+    .await;
+    let mut d = TcpStream::connect(socket.data_addr()).await.unwrap();
+    let before = {
+        d.write_all(&tpm_command::pcr_read_sha256(16).unwrap())
+            .await
+            .unwrap();
+        let r = bounded("read", Duration::from_secs(3), read_response(&mut d)).await;
+        tpm_command::pcr_digest_sha256(&r).unwrap()
+    };
+    d.write_all(&tpm_command::pcr_extend_sha256(16, &[7; 32]))
+        .await
+        .unwrap();
+    bounded("extend reaches the engine", Duration::from_secs(3), async {
+        while engine.seen.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let mut c = TcpStream::connect(socket.ctrl_addr()).await.unwrap();
+    let cancel = ctrl_op(&mut c, &ControlOp::CancelCommand).await;
+    // The engine finishes the command after all (a TPM may ignore a cancel).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    engine.gate.add_permits(1);
+    let extend = bounded(
+        "extend answer",
+        Duration::from_secs(3),
+        read_response(&mut d),
+    )
+    .await;
+    d.write_all(&tpm_command::pcr_read_sha256(16).unwrap())
+        .await
+        .unwrap();
+    let r = bounded("read after", Duration::from_secs(3), read_response(&mut d)).await;
+    let after = tpm_command::pcr_digest_sha256(&r).unwrap();
+    let rc = response_code(&extend);
+    assert!(
+        rc == Some(TpmRc::SUCCESS) || after == before,
+        "control {control}: the client was told {rc:?} for a PCR_Extend that took effect \
+         (PCR 16 changed)"
+    );
+    // Best effort, as swtpm's: answered with success, and not advertised.
+    assert_eq!(cancel, Ok(ControlReply::Done), "control {control}");
+    let caps = capabilities(&mut c).await;
+    assert!(!caps.cancel_tpm_cmd(), "control {control}: {caps:?}");
     socket.stop().await;
 }
