@@ -32,6 +32,9 @@ use vtpm_ring::engine::TpmRequest;
 use vtpm_ring::engine::ctrl;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::manager::VtpmManager;
+use vtpm_ring::manager::mux;
+use vtpm_ring::manager::stream_pair;
 use vtpm_ring::protocol::ProtocolVersion;
 use vtpm_ring::protocol::Protocols;
 use vtpm_ring::socket::TpmSocket;
@@ -455,4 +458,79 @@ async fn v1_cancel_during_extend(control: bool) {
     let caps = capabilities(&mut c).await;
     assert!(!caps.cancel_tpm_cmd(), "control {control}: {caps:?}");
     socket.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The manager stream.
+// ---------------------------------------------------------------------------------------
+
+/// An engine whose cancel never returns (the engine is wedged), counting the cancel calls
+/// it has running at once.
+#[derive(Default)]
+struct WedgedCancel {
+    running: AtomicUsize,
+    most: AtomicUsize,
+}
+
+struct Running<'a>(&'a AtomicUsize);
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl TpmEngine for WedgedCancel {
+    async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+        match request {
+            TpmRequest::Control(ControlOp::CancelCommand) => {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                let _running = Running(&self.running);
+                std::future::pending::<()>().await;
+                Ok(TpmReply::Control(ControlReply::Done))
+            }
+            TpmRequest::Control(_) => Ok(TpmReply::Control(ControlReply::Done)),
+            TpmRequest::Command { .. } => Ok(TpmReply::Response(
+                vtpm_ring::tpm_header::error_response(TpmRc::SUCCESS),
+            )),
+        }
+    }
+}
+
+/// Cancels skip the instance's queue, but a backend side that posts cancel after cancel to
+/// an instance whose engine does not answer them must not make the manager run an unbounded
+/// number of them at once (each is a future in the manager and a call into the engine).
+#[tokio::test]
+async fn the_manager_bounds_the_cancels_it_runs_for_one_instance() {
+    let engine = Arc::new(WedgedCancel::default());
+    let mut manager = VtpmManager::new();
+    manager.add_instance(1, engine.clone());
+    let (back, man) = stream_pair();
+    let serving = tokio::spawn(manager.serve(man));
+    let (client, router) = mux(back);
+    let routing = tokio::spawn(router.run());
+    const POSTED: usize = 5000;
+    for _ in 0..POSTED {
+        client.post_control(1, ControlOp::CancelCommand).unwrap();
+    }
+    // Let the manager take everything it was sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let most = engine.most.load(Ordering::SeqCst);
+    // The instance still answers: a cancel that merges does not hold up what follows.
+    let after = bounded(
+        "command after the cancels",
+        Duration::from_secs(2),
+        client.command(1, tpm_command::get_random(4), 0),
+    )
+    .await
+    .unwrap();
+    serving.abort();
+    routing.abort();
+    assert!(
+        most <= 64,
+        "the manager ran {most} of {POSTED} posted cancels for one instance at once"
+    );
+    assert_eq!(most, 1);
+    assert_eq!(response_code(&after), Some(TpmRc::SUCCESS));
 }

@@ -1,4 +1,6 @@
-//! The vTPM manager: owns one engine per instance and serves the multiplexed stream.
+//! The vTPM manager: owns one engine per instance and serves the multiplexed stream, running
+//! each instance's frames one at a time in arrival order (cancels excepted, at most one of
+//! them at a time per instance; see [`VtpmManager::serve`]).
 
 use super::StreamEnd;
 use super::codec::Frame;
@@ -15,6 +17,7 @@ use crate::tpm_header::error_response;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::VecDeque;
 use std::collections::btree_map::Entry;
 use std::sync::Arc;
@@ -43,8 +46,12 @@ impl VtpmManager {
     /// connection's reset) never overtakes a command the backend gave up waiting for: a late
     /// command of the previous boot runs before the reset, never on the next boot's TPM. A
     /// cancel alone skips the queue, since it must reach the engine while the command it
-    /// cancels runs. Different instances run concurrently. Replies carry their request's tag,
-    /// which is all the backend matches on.
+    /// cancels runs; but at most one cancel per instance runs at a time: a cancel that
+    /// arrives while its instance's previous one still runs is merged into it and answered
+    /// at once as done (the running one already asks the engine to stop), so a backend side
+    /// posting cancels to an engine that does not answer them cannot pile them up here.
+    /// Different instances run concurrently. Replies carry their request's tag, which is all
+    /// the backend matches on.
     pub async fn serve(self, end: StreamEnd) {
         let StreamEnd { tx, mut rx } = end;
         // Shared, not copied, by every request in flight.
@@ -55,14 +62,14 @@ impl VtpmManager {
             let engines = engines.clone();
             async move {
                 let reply = handle_frame(&engines, job.frame).await;
-                (job.lane, reply)
+                (job.hold, reply)
             }
         };
         loop {
             // Biased: replies first, so a finished request's answer is never held up.
             futures::select_biased! {
-                (lane, reply) = running.select_next_some() => {
-                    if let Some(next) = lanes.finished(lane) {
+                (hold, reply) = running.select_next_some() => {
+                    if let Some(next) = lanes.finished(hold) {
                         running.push(run(&engines, next));
                     }
                     if let Some(reply) = reply
@@ -88,13 +95,20 @@ impl VtpmManager {
                                 break;
                             }
                         }
+                        Admit::Merged { instance, tag, payload } => {
+                            tracing::debug!(instance, "cancel merged into the one running");
+                            let reply = merged_cancel(&engines, instance, tag, &payload);
+                            if tx.unbounded_send(reply).is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
             }
         }
         // Finish what was accepted; replies to a closed stream are dropped.
-        while let Some((lane, reply)) = running.next().await {
-            if let Some(next) = lanes.finished(lane) {
+        while let Some((hold, reply)) = running.next().await {
+            if let Some(next) = lanes.finished(hold) {
                 running.push(run(&engines, next));
             }
             if let Some(reply) = reply {
@@ -109,10 +123,21 @@ impl VtpmManager {
 /// up on pile up here while an engine is stuck; past this, frames are refused at once.
 const MAX_QUEUED_PER_INSTANCE: usize = 32;
 
-/// A frame to run, and the instance whose lane it holds (`None`: a cancel, which holds none).
+/// What a running frame holds until it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Nothing: a response from the backend, refused by `handle_frame` at once.
+    Nothing,
+    /// Its instance's lane: the frames queued behind it wait for it.
+    Lane(u32),
+    /// Its instance's one cancel: further cancels for the instance are merged into it.
+    Cancel(u32),
+}
+
+/// A frame to run, and what it holds.
 struct Job {
     frame: Frame,
-    lane: Option<u32>,
+    hold: Hold,
 }
 
 enum Admit {
@@ -122,31 +147,64 @@ enum Admit {
     Queued,
     /// Its instance's queue is full: the reply to send at once.
     Refused(Vec<u8>),
+    /// A cancel for an instance whose cancel still runs: answered at once (`merged_cancel`).
+    Merged {
+        instance: u32,
+        tag: u32,
+        payload: Vec<u8>,
+    },
 }
 
-/// Each instance's frames waiting behind the one it runs. An instance with an entry is busy.
+/// Each instance's frames waiting behind the one it runs (an instance with an entry is busy),
+/// and the instances with a cancel running.
 #[derive(Default)]
 struct Lanes {
     lanes: BTreeMap<u32, VecDeque<Frame>>,
+    cancelling: BTreeSet<u32>,
 }
 
 impl Lanes {
     fn admit(&mut self, frame: Frame) -> Admit {
-        let instance = match &frame {
-            // A response from the backend is refused by `handle_frame`, outside any lane.
-            Frame::Control { payload, .. } if is_cancel(payload) => None,
-            Frame::Response { .. } => None,
-            Frame::Command { instance, .. } | Frame::Control { instance, .. } => Some(*instance),
-        };
-        let Some(instance) = instance else {
-            return Admit::Run(Job { frame, lane: None });
+        let instance = match frame {
+            Frame::Response { .. } => {
+                return Admit::Run(Job {
+                    frame,
+                    hold: Hold::Nothing,
+                });
+            }
+            // Outside the lane, so it reaches the engine while the command it cancels runs;
+            // one at a time, so cancels posted to an engine that does not answer them do not
+            // pile up.
+            Frame::Control {
+                instance,
+                tag,
+                payload,
+            } if is_cancel(&payload) => {
+                return if self.cancelling.insert(instance) {
+                    Admit::Run(Job {
+                        frame: Frame::Control {
+                            instance,
+                            tag,
+                            payload,
+                        },
+                        hold: Hold::Cancel(instance),
+                    })
+                } else {
+                    Admit::Merged {
+                        instance,
+                        tag,
+                        payload,
+                    }
+                };
+            }
+            Frame::Command { instance, .. } | Frame::Control { instance, .. } => instance,
         };
         match self.lanes.entry(instance) {
             Entry::Vacant(v) => {
                 v.insert(VecDeque::new());
                 Admit::Run(Job {
                     frame,
-                    lane: Some(instance),
+                    hold: Hold::Lane(instance),
                 })
             }
             Entry::Occupied(mut o) if o.get().len() < MAX_QUEUED_PER_INSTANCE => {
@@ -160,16 +218,23 @@ impl Lanes {
         }
     }
 
-    /// A job holding `lane` finished: the next one of its instance to run, if any.
-    fn finished(&mut self, lane: Option<u32>) -> Option<Job> {
-        let instance = lane?;
+    /// A job holding `hold` finished: the next one of its instance to run, if any.
+    fn finished(&mut self, hold: Hold) -> Option<Job> {
+        let instance = match hold {
+            Hold::Nothing => return None,
+            Hold::Cancel(instance) => {
+                self.cancelling.remove(&instance);
+                return None;
+            }
+            Hold::Lane(instance) => instance,
+        };
         let Entry::Occupied(mut lane) = self.lanes.entry(instance) else {
             return None;
         };
         match lane.get_mut().pop_front() {
             Some(frame) => Some(Job {
                 frame,
-                lane: Some(instance),
+                hold: Hold::Lane(instance),
             }),
             None => {
                 lane.remove();
@@ -181,6 +246,26 @@ impl Lanes {
 
 fn is_cancel(payload: &[u8]) -> bool {
     payload.len() >= 4 && ctrl::request_cmd(payload) == CtrlCmd::CANCEL_TPM_CMD
+}
+
+/// The reply to a cancel merged into the one its instance runs: done, since the running one
+/// already asks the engine to stop; or what running it would have answered without reaching
+/// an engine (a request that does not decode, an unknown instance).
+fn merged_cancel(
+    engines: &BTreeMap<u32, Arc<dyn TpmEngine>>,
+    instance: u32,
+    tag: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let result = match ctrl::decode_request(payload) {
+        Err(e) => {
+            tracing::warn!(instance, error = %e, "bad control frame");
+            Err(EngineError::Refused(e.result_code()))
+        }
+        Ok(_) if !engines.contains_key(&instance) => Err(EngineError::NotRunning),
+        Ok(_) => Ok(ControlReply::Done),
+    };
+    control_reply(instance, tag, payload, result)
 }
 
 /// The answer to a frame that cannot be queued: a TPM failure for a command, swtpm's
@@ -289,6 +374,7 @@ mod tests {
     use super::super::stream_pair;
     use super::*;
     use crate::engine::ControlOp;
+    use crate::engine::CtrlResult;
     use crate::engine::SimTpm;
 
     const GET_RANDOM_8: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
@@ -475,5 +561,114 @@ mod tests {
             let reply = Frame::into_reply(back.rx.next().await.unwrap()).unwrap();
             assert!(matches!(reply, Frame::Response { tag: t, .. } if t == tag));
         }
+    }
+
+    /// An engine whose cancels wait until the test lets each through, counting them.
+    struct HeldCancel {
+        cancels: std::sync::atomic::AtomicUsize,
+        release: tokio::sync::Semaphore,
+    }
+
+    impl HeldCancel {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                cancels: std::sync::atomic::AtomicUsize::new(0),
+                release: tokio::sync::Semaphore::new(0),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl TpmEngine for HeldCancel {
+        async fn execute(&self, request: TpmRequest) -> Result<TpmReply, EngineError> {
+            if matches!(request, TpmRequest::Control(ControlOp::CancelCommand)) {
+                self.cancels
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.release.acquire().await.unwrap().forget();
+            }
+            SimTpm::started().execute(request).await
+        }
+    }
+
+    fn cancel_frame(instance: u32, tag: u32) -> Vec<u8> {
+        Frame::Control {
+            instance,
+            tag,
+            payload: ctrl::encode_request(&ControlOp::CancelCommand),
+        }
+        .encode()
+    }
+
+    /// A cancel reply's tag and what it says.
+    fn cancel_reply(bytes: Vec<u8>) -> (u32, Result<ControlReply, CtrlResult>) {
+        let Frame::Control { tag, payload, .. } = Frame::into_reply(bytes).unwrap() else {
+            panic!("not a control reply");
+        };
+        let reply = ctrl::decode_reply(CtrlCmd::CANCEL_TPM_CMD, &payload).unwrap();
+        (tag, reply)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cancel_while_its_instances_cancel_runs_is_merged_and_answered_at_once() {
+        let (one, two) = (HeldCancel::new(), HeldCancel::new());
+        let mut manager = VtpmManager::new();
+        manager.add_instance(1, one.clone());
+        manager.add_instance(2, two.clone());
+        let (mut back, man) = stream_pair();
+        tokio::spawn(manager.serve(man));
+        // Instance 1's first cancel runs and stays; its next two are merged into it; instance
+        // 2's runs alongside; instance 9 has no engine.
+        for (instance, tag) in [(1, 0), (1, 1), (1, 2), (2, 3), (9, 4), (9, 5)] {
+            back.tx.unbounded_send(cancel_frame(instance, tag)).unwrap();
+        }
+        // A cancel whose body does not decode is refused as running it would be.
+        let mut bad = ctrl::encode_request(&ControlOp::CancelCommand);
+        bad.push(0);
+        let bad_rc = ctrl::decode_request(&bad).unwrap_err().result_code();
+        let bad = Frame::Control {
+            instance: 1,
+            tag: 6,
+            payload: bad,
+        };
+        back.tx.unbounded_send(bad.encode()).unwrap();
+        settle().await;
+        let done = Ok(ControlReply::Done);
+        let not_running = Err(EngineError::NotRunning.result_code());
+        let mut answered = BTreeMap::new();
+        while let Ok(reply) = back.rx.try_recv() {
+            let (tag, reply) = cancel_reply(reply);
+            answered.insert(tag, reply);
+        }
+        assert_eq!(
+            answered,
+            BTreeMap::from([
+                (1, done.clone()),
+                (2, done.clone()),
+                (4, not_running.clone()),
+                (5, not_running),
+                (6, Err(bad_rc)),
+            ])
+        );
+        let ordering = std::sync::atomic::Ordering::SeqCst;
+        assert_eq!(one.cancels.load(ordering), 1);
+        assert_eq!(two.cancels.load(ordering), 1);
+
+        // Once instance 1's cancel is done, its next cancel runs again.
+        one.release.add_permits(1);
+        assert_eq!(
+            cancel_reply(back.rx.next().await.unwrap()),
+            (0, done.clone())
+        );
+        back.tx.unbounded_send(cancel_frame(1, 7)).unwrap();
+        settle().await;
+        assert_eq!(one.cancels.load(ordering), 2);
+        one.release.add_permits(1);
+        two.release.add_permits(1);
+        let mut last = [
+            cancel_reply(back.rx.next().await.unwrap()),
+            cancel_reply(back.rx.next().await.unwrap()),
+        ];
+        last.sort_unstable_by_key(|(tag, _)| *tag);
+        assert_eq!(last, [(3, done.clone()), (7, done)]);
     }
 }
