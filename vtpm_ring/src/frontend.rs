@@ -137,7 +137,10 @@ pub enum FrontendError {
     /// The backend's response is larger than the shared pages or inconsistent.
     #[error("malformed response from the backend")]
     BadResponse,
-    /// The command was canceled before the backend answered.
+    /// The call stopped waiting for the command's answer. On v2 the backend acknowledged the
+    /// cancel with nothing under way (the engine was asked to stop the command). v1 has no
+    /// cancel on the wire: the command may still run to its end, and its late answer is
+    /// drained before the next command.
     #[error("command canceled")]
     Canceled,
     /// The backend did not answer in time. A command that timed out is canceled; the next
@@ -466,7 +469,8 @@ impl Frontend {
     }
 
     /// Asks to cancel the command under way, if any. The pending [`Frontend::transmit`] then
-    /// returns the response (the backend finished anyway) or [`FrontendError::Canceled`].
+    /// returns the response (the backend finished anyway) or [`FrontendError::Canceled`]
+    /// (which on v1 only means the call stopped waiting: see there).
     pub fn cancel(&self) -> Result<(), FrontendError> {
         if !self.in_flight.load(Ordering::Acquire) {
             return Ok(());

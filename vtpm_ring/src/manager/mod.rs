@@ -7,9 +7,10 @@
 //!
 //! Ordering rule: replies are matched by tag, never by order ([`MuxRouter`] enforces it); the
 //! manager runs each instance's requests one at a time in arrival order, a cancel alone
-//! overtaking, and different instances concurrently ([`VtpmManager::serve`] enforces it), so
-//! a reset never overtakes a command the backend gave up on; the backend has one request of
-//! a device outstanding at a time, its posted cancel excepted.
+//! overtaking (at most one cancel per instance runs; one arriving meanwhile is merged into
+//! it), and different instances concurrently ([`VtpmManager::serve`] enforces it), so a
+//! reset never overtakes a command the backend gave up on; the backend has one request of a
+//! device outstanding at a time, its posted cancel excepted.
 
 pub mod codec;
 
