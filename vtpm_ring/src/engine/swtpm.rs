@@ -14,6 +14,12 @@
 //! stuck behind it. The locality of each command is applied with SET_LOCALITY first when it
 //! changes.
 //!
+//! Cancellation: a request whose caller goes away half-way (its future dropped) leaves
+//! nothing to be read as the next one's answer. swtpm still runs a command it got and
+//! answers it; the next command reads that answer off first, before it sets its locality or
+//! goes out itself, so the swtpm and its volatile state stay. A control operation's
+//! connection is dropped with it, and the next operation connects afresh.
+//!
 //! Faults: a data or control socket that fails or times out means the process is dead or
 //! wedged. The engine kills it, fails the request in flight with [`EngineError::Failed`]
 //! (which the manager answers as `TPM_RC_FAILURE`: a guest never waits on silence) and starts
@@ -59,7 +65,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::AtomicU16;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::fence;
@@ -83,8 +89,10 @@ mod wire;
 use process::StateLock;
 pub use process::SwtpmProcess;
 pub use state_dirs::StateDirs;
+use wire::Counted;
 pub use wire::ctrl_round_trip;
 pub use wire::data_round_trip;
+use wire::discard_response;
 use wire::first_read_buffer;
 use wire::read_response;
 
@@ -97,6 +105,8 @@ const LOG_FILE: &str = "swtpm.log";
 /// Name of the file in the state directory an engine holds locked while it runs the instance
 /// (not swtpm's own `.lock`, which is taken and dropped with each swtpm process).
 const LOCK_FILE: &str = "engine.lock";
+/// [`Live::locality`] while a SET_LOCALITY is unconfirmed: no locality a command asks for.
+const UNKNOWN_LOCALITY: u16 = u16::MAX;
 
 /// What the engine sends after swtpm powers on or is re-initialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -154,6 +164,15 @@ pub enum SwtpmError {
     /// A control reply that does not parse.
     #[error("malformed control reply from swtpm: {0}")]
     Ctrl(#[from] CtrlError),
+    /// A command's caller went away while the command was partly written: swtpm waits for
+    /// the rest, which nobody has, so its data connection cannot carry another command.
+    #[error("a command was dropped with {sent} of its {length} bytes sent")]
+    DroppedMidWrite {
+        /// Bytes written.
+        sent: usize,
+        /// The command's length.
+        length: usize,
+    },
     /// Another host's swtpm runs on the instance's state (its parent lives, or it would not
     /// end), so the state is not shared; starting again cannot help until that one ends.
     #[error("{dir} is in use by swtpm pid {pid} (parent {parent})")]
@@ -217,6 +236,38 @@ struct DataLink {
     watchdog: Watchdog,
     /// Where each response's first read lands.
     scratch: Vec<u8>,
+    /// How far the command under way got, for when its caller goes away.
+    progress: Progress,
+}
+
+impl DataLink {
+    /// Drops the connection after a failure (swtpm, run with `--terminate`, ends with it).
+    fn close(&mut self) {
+        self.stream = None;
+        self.progress = Progress::default();
+    }
+}
+
+/// How far the command under way on the data connection got.
+///
+/// It lives with the connection, not in the future that sends the command, so that it
+/// outlasts that future: a caller that goes away half-way (its future dropped: a timeout of
+/// its own, an aborted task) leaves swtpm with a command it still runs and answers, and that
+/// answer has to be read off before the next command's, or every later command gets the
+/// answer before its own. Closing the connection instead is no way out: swtpm runs with
+/// `--terminate` and ends when its data connection closes, and the TPM's volatile state
+/// (PCRs, sessions, loaded objects) with it. Keeping count costs a few stores per command,
+/// no allocation and no system call; the next command reads what is left (see
+/// [`SwtpmEngine::settle`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// Length of the command under way; 0 when none is.
+    command: usize,
+    /// Bytes of it written to swtpm.
+    written: usize,
+    /// Bytes of its response read (the first of them, up to a header's worth, at the start
+    /// of the link's scratch buffer).
+    read: usize,
 }
 
 /// One swtpm process with its connections.
@@ -228,8 +279,9 @@ struct Live {
     ctrl_port: u16,
     data: Mutex<DataLink>,
     ctrl: Mutex<Option<TcpStream>>,
-    /// The locality swtpm applies to the next command.
-    locality: AtomicU8,
+    /// The locality swtpm applies to the next command; [`UNKNOWN_LOCALITY`] while a change
+    /// of it is unconfirmed.
+    locality: AtomicU16,
 }
 
 #[derive(Debug)]
@@ -441,9 +493,10 @@ impl SwtpmEngine {
                 stream: Some(data),
                 watchdog: Watchdog::new(Some(self.config.io_timeout)),
                 scratch: first_read_buffer(),
+                progress: Progress::default(),
             }),
             ctrl: Mutex::new(Some(ctrl)),
-            locality: AtomicU8::new(0),
+            locality: AtomicU16::new(0),
         }))
     }
 
@@ -504,39 +557,110 @@ impl SwtpmEngine {
         self.send_on(live, &mut data, command).await
     }
 
-    /// Sends `command` on the data connection the caller holds.
+    /// Sends `command` on the data connection the caller holds. A failure closes the
+    /// connection.
     async fn send_on(
         &self,
         live: &Live,
         data: &mut DataLink,
         command: &[u8],
     ) -> Result<Vec<u8>, SwtpmError> {
+        let result = self.round_trip(live, data, command).await;
+        if result.is_err() {
+            data.close();
+        }
+        result
+    }
+
+    async fn round_trip(
+        &self,
+        live: &Live,
+        data: &mut DataLink,
+        command: &[u8],
+    ) -> Result<Vec<u8>, SwtpmError> {
+        self.settle(data).await?;
         let DataLink {
             stream: link,
             watchdog,
             scratch,
+            progress,
         } = data;
         let stream = match link.as_mut() {
             Some(s) => s,
             None => link.insert(TcpStream::connect(("127.0.0.1", live.data_port)).await?),
         };
-        let result = watchdog
+        watchdog
             .within(async {
-                stream.write_all(command).await?;
+                // Counted as it goes, in case this future is dropped (see `Progress`).
+                *progress = Progress {
+                    command: command.len(),
+                    written: 0,
+                    read: 0,
+                };
+                while progress.written < command.len() {
+                    let n = stream.write(&command[progress.written..]).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                    progress.written += n;
+                }
                 let sent = self.sent_count.fetch_add(1, Ordering::SeqCst) + 1;
                 // The watch's lock is taken only for someone watching (see `commands_sent`).
                 fence(Ordering::SeqCst);
                 if self.sent.receiver_count() > 0 {
                     self.publish_sent(sent);
                 }
-                read_response(stream, scratch).await
+                let mut counted = Counted {
+                    inner: stream,
+                    count: &mut progress.read,
+                };
+                let response = read_response(&mut counted, scratch).await?;
+                *progress = Progress::default();
+                Ok::<_, SwtpmError>(response)
             })
             .await
-            .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)));
-        if result.is_err() {
-            *link = None;
+            .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)))
+    }
+
+    /// Clears what a round trip dropped half-way left on the data connection (see
+    /// [`Progress`]): the rest of the answer to its command is read and dropped, so the next
+    /// command reads its own. Costs one comparison when nothing was left. An error leaves the
+    /// connection to be closed.
+    async fn settle(&self, data: &mut DataLink) -> Result<(), SwtpmError> {
+        if data.progress.command == 0 {
+            return Ok(());
         }
-        result
+        let DataLink {
+            stream,
+            watchdog,
+            scratch,
+            progress,
+        } = data;
+        let abandoned = *progress;
+        let Some(stream) = stream.as_mut().filter(|_| abandoned.written > 0) else {
+            // Nothing of it reached swtpm.
+            *progress = Progress::default();
+            return Ok(());
+        };
+        if abandoned.written < abandoned.command {
+            return Err(SwtpmError::DroppedMidWrite {
+                sent: abandoned.written,
+                length: abandoned.command,
+            });
+        }
+        tracing::info!(
+            instance = self.instance,
+            read = abandoned.read,
+            "reading off the answer to a command whose caller went away"
+        );
+        // A dropped wait here is taken up again by the next command: `read` counts on.
+        let size = watchdog
+            .within(discard_response(stream, scratch, &mut progress.read))
+            .await
+            .unwrap_or(Err(SwtpmError::Timeout(self.config.io_timeout)))?;
+        *progress = Progress::default();
+        tracing::debug!(instance = self.instance, size, "answer dropped");
+        Ok(())
     }
 
     async fn send_control(
@@ -545,34 +669,63 @@ impl SwtpmEngine {
         op: &ControlOp,
     ) -> Result<Result<ControlReply, CtrlResult>, SwtpmError> {
         let mut ctrl = live.ctrl.lock().await;
-        let stream = match ctrl.as_mut() {
+        // The connection is taken out for the round trip and put back only once its reply
+        // was read whole. So a round trip dropped half-way (its caller went away) leaves no
+        // connection whose next read would be its reply: the next operation connects afresh. swtpm serves one control connection at a time: it answers what
+        // the old one carried, sees it closed, and only then accepts the new one, so the
+        // replies cannot mix. (Unlike the data connection's, this one's end does not end
+        // swtpm, and control operations are rare: a new connection is cheap enough.)
+        let mut stream = match ctrl.take() {
             Some(s) => s,
-            None => ctrl.insert(TcpStream::connect(("127.0.0.1", live.ctrl_port)).await?),
+            None => {
+                let s = TcpStream::connect(("127.0.0.1", live.ctrl_port)).await?;
+                s.set_nodelay(true)?;
+                s
+            }
         };
-        let result = self.timed(ctrl_round_trip(stream, op)).await;
-        if !matches!(result, Ok(Ok(_))) {
-            // After a refusal swtpm may or may not send more; start the next one afresh.
-            *ctrl = None;
+        let result = self.timed(ctrl_round_trip(&mut stream, op)).await;
+        // After a refusal swtpm may or may not send more; the next one starts afresh.
+        if matches!(result, Ok(Ok(_))) {
+            *ctrl = Some(stream);
         }
         result
     }
 
     async fn run_command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
-        let live = self.live().await?;
-        // Locality and command go out under one hold of the data lock: a command abandoned
-        // after a timeout may still be inside, and it must never run at the next one's
-        // locality (or the next one at its).
-        let mut data = live.data.lock().await;
-        if live.locality.load(Ordering::Acquire) != locality {
-            self.control_on(&live, ControlOp::SetLocality(locality))
-                .await?;
-        }
-        match self.send_on(&live, &mut data, &command).await {
-            Ok(response) => Ok(response),
-            Err(e) => {
+        let mut live = self.live().await?;
+        let mut on_new_swtpm = false;
+        loop {
+            // Locality and command go out under one hold of the data lock: a command
+            // abandoned after a timeout may still be inside, and it must never run at the next
+            // one's locality (or the next one at its).
+            let mut data = live.data.lock().await;
+            // The answer to a command whose caller went away is read off before anything else
+            // goes to swtpm, the SET_LOCALITY included: swtpm may not even have read that
+            // command yet, and it reads its control connection before its data connection,
+            // so a locality set now could apply to it.
+            if let Err(e) = self.settle(&mut data).await {
+                data.close();
+                drop(data);
                 self.retire(&live, &e).await;
-                Err(EngineError::Failed(e.to_string()))
+                if on_new_swtpm {
+                    return Err(EngineError::Failed(e.to_string()));
+                }
+                // This command has not gone out: a new swtpm runs it.
+                on_new_swtpm = true;
+                live = self.live().await?;
+                continue;
             }
+            if live.locality.load(Ordering::Acquire) != u16::from(locality) {
+                self.control_on(&live, ControlOp::SetLocality(locality))
+                    .await?;
+            }
+            return match self.send_on(&live, &mut data, &command).await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    self.retire(&live, &e).await;
+                    Err(EngineError::Failed(e.to_string()))
+                }
+            };
         }
     }
 
@@ -595,10 +748,17 @@ impl SwtpmEngine {
         live: &Arc<Live>,
         op: ControlOp,
     ) -> Result<ControlReply, EngineError> {
+        if let ControlOp::SetLocality(_) = op {
+            // Unknown until swtpm confirms the new one: if this is dropped once swtpm has it,
+            // the next command sets its own again instead of trusting the old value.
+            live.locality.store(UNKNOWN_LOCALITY, Ordering::Release);
+        }
         match self.send_control(live, &op).await {
             Ok(Ok(reply)) => {
                 match op {
-                    ControlOp::SetLocality(l) => live.locality.store(l, Ordering::Release),
+                    ControlOp::SetLocality(l) => {
+                        live.locality.store(u16::from(l), Ordering::Release);
+                    }
                     ControlOp::Stop => self.slot.lock().await.state = EngineState::Stopped,
                     ControlOp::Init { .. } => {
                         self.slot.lock().await.state = EngineState::Running;

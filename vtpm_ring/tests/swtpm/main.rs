@@ -12,6 +12,7 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod dropped;
 mod engine;
 mod fault;
 mod guest_power;

@@ -35,13 +35,7 @@ pub(super) async fn read_response(
     let mut have = 0;
     let size = loop {
         if have >= TPM_HEADER_SIZE {
-            let header = TpmHeader::read_from_prefix(scratch)
-                .map_err(|_| SwtpmError::Protocol("short response header".into()))?
-                .0;
-            let size = header.size.get() as usize;
-            if !(TPM_HEADER_SIZE..=MAX_RESPONSE).contains(&size) {
-                return Err(SwtpmError::Protocol(format!("response size {size}")));
-            }
+            let size = response_size(scratch)?;
             if have > size {
                 return Err(SwtpmError::Protocol(format!(
                     "{have} bytes for a {size}-byte response"
@@ -49,17 +43,85 @@ pub(super) async fn read_response(
             }
             break size;
         }
-        let n = stream.read(&mut scratch[have..]).await?;
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-        have += n;
+        have += read_some(stream, &mut scratch[have..]).await?;
     };
     let mut response = Vec::with_capacity(size);
     response.extend_from_slice(&scratch[..have]);
     response.resize(size, 0);
     stream.read_exact(&mut response[have..]).await?;
     Ok(response)
+}
+
+/// Reads and drops the rest of a response of which `read` bytes were read already, through
+/// [`read_response`] or an earlier call of this (so the first `read` of them, up to the
+/// header's size, are at the start of `scratch`). `read` counts on as bytes come in, so a
+/// call dropped half-way can be taken up again where it stopped. Returns the response's size.
+pub(super) async fn discard_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    scratch: &mut [u8],
+    read: &mut usize,
+) -> Result<usize, SwtpmError> {
+    // No further than the header: anything after it is kept from view until it is known
+    // to belong to this response.
+    while *read < TPM_HEADER_SIZE {
+        *read += read_some(stream, &mut scratch[*read..TPM_HEADER_SIZE]).await?;
+    }
+    let size = response_size(scratch)?;
+    if *read > size {
+        return Err(SwtpmError::Protocol(format!(
+            "{read} bytes for a {size}-byte response"
+        )));
+    }
+    let (_, sink) = scratch.split_at_mut(TPM_HEADER_SIZE);
+    while *read < size {
+        let want = (size - *read).min(sink.len());
+        *read += read_some(stream, &mut sink[..want]).await?;
+    }
+    Ok(size)
+}
+
+/// The size a response announces in its header, at the start of `bytes`.
+fn response_size(bytes: &[u8]) -> Result<usize, SwtpmError> {
+    let header = TpmHeader::read_from_prefix(bytes)
+        .map_err(|_| SwtpmError::Protocol("short response header".into()))?
+        .0;
+    let size = header.size.get() as usize;
+    if !(TPM_HEADER_SIZE..=MAX_RESPONSE).contains(&size) {
+        return Err(SwtpmError::Protocol(format!("response size {size}")));
+    }
+    Ok(size)
+}
+
+/// One read into `buf` (not empty) that got something; the end of the stream is an error.
+async fn read_some(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> Result<usize, SwtpmError> {
+    match stream.read(buf).await? {
+        0 => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        n => Ok(n),
+    }
+}
+
+/// A reader that counts what it reads into `count`, where it outlives a read dropped
+/// half-way.
+pub(super) struct Counted<'a, R> {
+    pub(super) inner: &'a mut R,
+    pub(super) count: &'a mut usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        *this.count += buf.filled().len() - before;
+        polled
+    }
 }
 
 /// One control operation on a swtpm control connection. `Ok(Err(rc))` is swtpm's refusal;
@@ -158,6 +220,90 @@ mod tests {
             let err = scripted_peer(vec![r]).await.unwrap_err();
             assert!(matches!(err, SwtpmError::Protocol(_)), "size {size}: {err}");
         }
+    }
+
+    /// A peer that serves its chunks in turn and stalls (pending) at each `None`.
+    struct Stalling(std::collections::VecDeque<Option<Vec<u8>>>);
+
+    impl tokio::io::AsyncRead for Stalling {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            match self.0.pop_front() {
+                Some(None) => return std::task::Poll::Pending,
+                Some(Some(mut chunk)) => {
+                    let n = chunk.len().min(buf.remaining());
+                    buf.put_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.0.push_front(Some(chunk.split_off(n)));
+                    }
+                }
+                None => {}
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_whose_read_was_dropped_is_discarded_to_its_end_and_no_further() {
+        use futures::FutureExt;
+        let whole = response(FIRST_READ + 900);
+        let next = response(12);
+        let mut peer = Stalling(
+            [
+                Some(whole[..7].to_vec()),
+                None,
+                Some(whole[7..100].to_vec()),
+                None,
+                Some(whole[100..].to_vec()),
+                Some(next.clone()),
+            ]
+            .into(),
+        );
+        let mut scratch = first_read_buffer();
+        let mut read = 0;
+        // Dropped with part of the header in.
+        let mut counted = Counted {
+            inner: &mut peer,
+            count: &mut read,
+        };
+        assert!(
+            read_response(&mut counted, &mut scratch)
+                .now_or_never()
+                .is_none()
+        );
+        assert_eq!(read, 7);
+        // The discard itself is dropped half-way, and taken up again.
+        assert!(
+            discard_response(&mut peer, &mut scratch, &mut read)
+                .now_or_never()
+                .is_none()
+        );
+        assert_eq!(read, 100);
+        let size = discard_response(&mut peer, &mut scratch, &mut read).await;
+        assert_eq!(size.unwrap(), whole.len());
+        assert_eq!(read, whole.len());
+        // What follows is left whole.
+        let after = read_response(&mut peer, &mut scratch).await.unwrap();
+        assert_eq!(after, next);
+    }
+
+    #[tokio::test]
+    async fn discarding_a_response_with_a_bad_size_or_cut_short_is_an_error() {
+        let mut r = response(12);
+        r[2..6].copy_from_slice(&((MAX_RESPONSE + 1) as u32).to_be_bytes());
+        let mut peer = Stalling([Some(r)].into());
+        let err = discard_response(&mut peer, &mut first_read_buffer(), &mut 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SwtpmError::Protocol(_)), "{err}");
+        let mut peer = Stalling([Some(response(44)[..20].to_vec())].into());
+        let err = discard_response(&mut peer, &mut first_read_buffer(), &mut 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SwtpmError::Io(_)), "{err}");
     }
 
     #[tokio::test]
