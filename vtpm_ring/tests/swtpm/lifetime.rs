@@ -4,8 +4,10 @@
 use super::get_random;
 use super::init_tracing;
 use super::rc;
+use super::swtpm_procs::kill_all_under;
+use super::swtpm_procs::swtpm_left_after;
+use super::swtpm_procs::swtpm_under;
 use super::vtpmctl_run::spawn_run;
-use std::path::Path;
 use std::time::Duration;
 use std::time::Instant;
 use tokio::io::AsyncBufReadExt;
@@ -22,55 +24,6 @@ async fn bounded<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {secs} s"))
-}
-
-/// Pids of swtpm processes whose `--tpmstate dir=` lies under `root`.
-fn swtpm_under(root: &Path) -> Vec<u32> {
-    let needle = format!("dir={}", root.display());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_swtpm = args
-            .first()
-            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "swtpm"));
-        // A zombie has an empty cmdline: not running.
-        if is_swtpm && args.iter().any(|a| a.starts_with(&needle)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Kills every swtpm on `root` (clean-up after a test that found some left).
-fn kill_all_under(root: &Path) {
-    for pid in swtpm_under(root) {
-        signal(pid, "-KILL");
-    }
-}
-
-/// Waits up to `secs` for no swtpm to run on `root`; returns those still running.
-async fn swtpm_left_after(root: &Path, secs: u64) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let left = swtpm_under(root);
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Whether a start was refused because another engine runs the state.

@@ -20,6 +20,8 @@ mod lifetime;
 mod load;
 mod persistence;
 mod socket;
+#[path = "../support/swtpm_procs.rs"]
+mod swtpm_procs;
 mod tools;
 mod vtpmctl;
 #[path = "../support/vtpmctl_run.rs"]
