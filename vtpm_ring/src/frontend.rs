@@ -476,13 +476,9 @@ impl Frontend {
             return Ok(());
         }
         match &self.transport {
-            // Only a submitted command can be canceled: CANCEL written over FINISH would
-            // ask the backend to cancel a command that already ran. (Should the backend
-            // write FINISH between this check and the write, it answers the late CANCEL
-            // with FINISH again.)
+            // Only a submitted command can be canceled (see `cancel_submitted`).
             Transport::V2(page) => {
-                if page.state()? == V2State::SUBMIT {
-                    page.set_state(V2State::CANCEL)?;
+                if page.cancel_submitted()? {
                     self.event.notify()?;
                 }
             }
@@ -590,10 +586,12 @@ impl Frontend {
     /// first waits for the backend to be done with this one.
     fn abandon(&self) {
         if let Transport::V2(page) = &self.transport {
-            let canceled = page
-                .set_state(V2State::CANCEL)
-                .map_err(FrontendError::from)
-                .and_then(|()| Ok(self.event.notify()?));
+            let canceled = match page.cancel_submitted() {
+                Ok(true) => self.event.notify().map_err(FrontendError::from),
+                // Answered just now: nothing left to cancel.
+                Ok(false) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
             if let Err(e) = canceled {
                 tracing::warn!(error = %e, "cancel after timeout not sent");
             }

@@ -240,6 +240,10 @@ impl PageIo for MappedPage {
         self.writable()?;
         self.raw.store_u8(offset, value)
     }
+    fn compare_exchange_u8(&self, offset: usize, current: u8, new: u8) -> Result<bool, PageError> {
+        self.writable()?;
+        self.raw.compare_exchange_u8(offset, current, new)
+    }
 }
 
 impl Drop for MappedPage {

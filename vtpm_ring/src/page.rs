@@ -11,6 +11,7 @@ use vm_memory::Bytes;
 use vm_memory::GuestAddress;
 use vm_memory::GuestMemoryBackend;
 use vm_memory::GuestMemoryMmap;
+use vm_memory::VolatileMemory;
 
 /// Size of a page in bytes.
 pub const PAGE_SIZE: usize = 4096;
@@ -57,6 +58,10 @@ pub trait PageIo {
     fn load_u8(&self, offset: usize) -> Result<u8, PageError>;
     /// Writes one byte with release ordering, publishing every earlier write to the peer.
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), PageError>;
+    /// Atomically replaces the byte at `offset` with `new` if it holds `current`, and says
+    /// whether it did. Where both sides write one byte, a plain store can overwrite the
+    /// peer's newer value: the frontend's CANCEL over the backend's FINISH.
+    fn compare_exchange_u8(&self, offset: usize, current: u8, new: u8) -> Result<bool, PageError>;
 }
 
 /// Checks that `len` bytes at `offset` fit in a page and returns the offset as a `u64`.
@@ -127,6 +132,25 @@ impl RawPage {
             .store(value, addr, Ordering::Release)
             .map_err(|_| PageError::Memory(addr.0))
     }
+
+    pub(crate) fn compare_exchange_u8(
+        &self,
+        offset: usize,
+        current: u8,
+        new: u8,
+    ) -> Result<bool, PageError> {
+        let addr = self.addr(offset, 1)?;
+        let slice = self
+            .memory
+            .get_slice(addr, 1)
+            .map_err(|_| PageError::Memory(addr.0))?;
+        let byte = slice
+            .get_atomic_ref::<std::sync::atomic::AtomicU8>(0)
+            .map_err(|_| PageError::Memory(addr.0))?;
+        Ok(byte
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok())
+    }
 }
 
 /// A page of a domain's own memory, accessed by that domain (read-write).
@@ -154,6 +178,9 @@ impl PageIo for OwnPage {
     }
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), PageError> {
         self.raw.store_u8(offset, value)
+    }
+    fn compare_exchange_u8(&self, offset: usize, current: u8, new: u8) -> Result<bool, PageError> {
+        self.raw.compare_exchange_u8(offset, current, new)
     }
 }
 

@@ -19,6 +19,7 @@ use vtpm_ring::event::EventChannel;
 use vtpm_ring::event::Port;
 use vtpm_ring::frontend::Frontend;
 use vtpm_ring::frontend::FrontendConfig;
+use vtpm_ring::frontend::FrontendError;
 use vtpm_ring::grant::GrantAccess;
 use vtpm_ring::grant::GrantRef;
 use vtpm_ring::grant::MappedPage;
@@ -255,4 +256,33 @@ fn v2_a_cancel_that_arrives_after_finish_still_returns_the_commands_response() {
         Ok(r) => assert_eq!(response_code(&r), Some(TpmRc::SUCCESS)),
         Err(e) => panic!("the extend ran, but the frontend reported {e:?}"),
     }
+}
+
+/// v2: a cancel raised after the command was submitted but before the backend looked at the
+/// ring ends in `Canceled` (the backend acknowledges IDLE), never in the command's own bytes
+/// read back as its response. (Found by review of the fix above: the backend had been made
+/// to answer a cancel FINISH whenever its previous response was answered, and here the page
+/// held the new request instead.)
+#[test]
+fn v2_a_cancel_before_the_backend_saw_the_command_ends_in_canceled_not_in_its_own_bytes() {
+    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
+    let mut pool = LocalPool::new();
+    pool.spawner().spawn_local(run).unwrap();
+    let guest = bed.add_guest(GUEST).unwrap();
+    bed.add_device(GUEST, 0, 1).unwrap();
+    let front = pool
+        .run_until(Frontend::connect(&guest, short_timeout(Protocols::V2_ONLY)))
+        .unwrap();
+    let command = get_random(8);
+    let first = pool.run_until(front.transmit(&command)).unwrap();
+    assert_eq!(response_code(&first), Some(TpmRc::SUCCESS));
+
+    let mut transmit = Box::pin(front.transmit(&command));
+    assert!(poll_once(&mut transmit).is_pending(), "submitted");
+    // The backend has not run since the SUBMIT.
+    front.cancel().unwrap();
+    let result = pool.run_until(transmit);
+    assert_eq!(result, Err(FrontendError::Canceled));
+    let next = pool.run_until(front.transmit(&command)).unwrap();
+    assert_eq!(response_code(&next), Some(TpmRc::SUCCESS));
 }

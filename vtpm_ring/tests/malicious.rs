@@ -423,37 +423,6 @@ mod races {
     }
 
     #[test]
-    fn a_cancel_landing_after_the_answer_gets_finish_again_with_the_response_kept() {
-        let (mut t, guest) = start();
-        let raw = Raw::v2(&mut t, &guest);
-        // Nothing submitted yet: a cancel is acknowledged IDLE.
-        raw.pages[0].store_u8(4, V2State::CANCEL.0).unwrap();
-        raw.event.notify().unwrap();
-        t.settle();
-        assert_eq!(raw.state(), V2State::IDLE);
-        raw.submit_v2(&GET_RANDOM_8, 12);
-        let answer = raw.answer_v2(&mut t);
-        assert_eq!(response_code(&answer), Some(TpmRc::SUCCESS));
-        // The frontend's cancel crosses the FINISH: the command ran, and the frontend must
-        // learn so (twice, for a frontend that insists).
-        for _ in 0..2 {
-            raw.pages[0].store_u8(4, V2State::CANCEL.0).unwrap();
-            raw.event.notify().unwrap();
-            t.settle();
-            assert_eq!(raw.state(), V2State::FINISH);
-            assert_eq!(raw.response_v2(), answer);
-        }
-        // The next command is served as usual, and a cancel after it is FINISH again.
-        raw.submit_v2(&GET_RANDOM_8, 12);
-        let r = raw.answer_v2(&mut t);
-        assert_eq!(response_code(&r), Some(TpmRc::SUCCESS));
-        raw.pages[0].store_u8(4, V2State::CANCEL.0).unwrap();
-        raw.event.notify().unwrap();
-        t.settle();
-        assert_eq!(raw.state(), V2State::FINISH);
-    }
-
-    #[test]
     fn cancel_storm_always_settles_in_idle_or_finish() {
         let (mut t, guest) = start();
         let raw = Raw::v2(&mut t, &guest);

@@ -17,11 +17,6 @@ use crate::protocol::v2::V2State;
 /// A connected v2 device, as the backend sees it.
 pub(super) struct V2Transport {
     page: V2Page<MappedPage>,
-    /// The last request was answered and no new one was submitted since: its response is
-    /// still in the page. A CANCEL now is the frontend's cancel crossing our FINISH, and
-    /// must get FINISH back, not IDLE, or the frontend would report a command that ran
-    /// (a PCR extended) as canceled and lose its response.
-    answered: bool,
 }
 
 impl V2Transport {
@@ -40,7 +35,6 @@ impl V2Transport {
         }
         Ok(Self {
             page: V2Page::new(pages)?,
-            answered: false,
         })
     }
 
@@ -54,18 +48,14 @@ impl V2Transport {
             }
         };
         match (state, busy) {
-            (V2State::SUBMIT, false) => {
-                // The frontend wrote a new request over the last response.
-                self.answered = false;
-                match self.page.read_request() {
-                    Ok(r) => Doorbell::Request {
-                        packet: r.packet,
-                        locality: Some(r.locality),
-                        kind: r.kind,
-                    },
-                    Err(e) => Doorbell::Malformed(e),
-                }
-            }
+            (V2State::SUBMIT, false) => match self.page.read_request() {
+                Ok(r) => Doorbell::Request {
+                    packet: r.packet,
+                    locality: Some(r.locality),
+                    kind: r.kind,
+                },
+                Err(e) => Doorbell::Malformed(e),
+            },
             (V2State::CANCEL, true) => Doorbell::Cancel,
             (V2State::CANCEL, false) => Doorbell::CancelIdle,
             // SUBMIT while busy: the frontend is ahead of itself; it gets the answer to the
@@ -74,21 +64,18 @@ impl V2Transport {
         }
     }
 
-    /// Acknowledges a cancel with nothing under way: FINISH again when the last response is
-    /// still in the page (the cancel came too late), IDLE when no command was.
+    /// Acknowledges a cancel with nothing under way: IDLE. (Whether the page still holds our
+    /// last response or a request submitted and canceled before we saw it cannot be told
+    /// from here; a frontend cancels only a SUBMIT, atomically, so it never needs FINISH
+    /// again: see `V2Page::cancel_submitted`.)
     pub(super) fn ack_cancel(&mut self) -> Result<(), RingError> {
-        match self.answered {
-            true => self.page.set_state(V2State::FINISH),
-            false => self.page.set_state(V2State::IDLE),
-        }
+        self.page.set_state(V2State::IDLE)
     }
 
     /// Writes a response and its length, then FINISH (never the locality: that is the
     /// frontend's byte).
     pub(super) fn write_response(&mut self, response: &[u8]) -> Result<(), RingError> {
         self.page.write_response(response)?;
-        self.page.set_state(V2State::FINISH)?;
-        self.answered = true;
-        Ok(())
+        self.page.set_state(V2State::FINISH)
     }
 }

@@ -146,6 +146,19 @@ impl<P: PageIo> V2Page<P> {
         Ok(self.shared()?.store_u8(STATE_OFFSET, state.0)?)
     }
 
+    /// Frontend: asks to cancel the submitted command, turning SUBMIT into CANCEL in one
+    /// atomic step; false (nothing written) when the state is no longer SUBMIT: the backend
+    /// answered meanwhile, and its FINISH and response stand. A plain store could write
+    /// CANCEL over that FINISH, and the backend would then acknowledge IDLE for a command
+    /// that ran.
+    pub fn cancel_submitted(&self) -> Result<bool, RingError> {
+        Ok(self.shared()?.compare_exchange_u8(
+            STATE_OFFSET,
+            V2State::SUBMIT.0,
+            V2State::CANCEL.0,
+        )?)
+    }
+
     /// Frontend: writes a command, its length and its locality (not the state), marked as a
     /// TPM command.
     pub fn write_command(&self, packet: &[u8], locality: u8) -> Result<(), RingError> {
@@ -258,6 +271,21 @@ mod tests {
         let v = V2Page::new(pages).unwrap();
         v.init_header(&vec![0; extra]).unwrap();
         v
+    }
+
+    #[test]
+    fn a_cancel_replaces_only_a_submit() {
+        let v = page_set(0);
+        for (from, canceled, after) in [
+            (V2State::SUBMIT, true, V2State::CANCEL),
+            (V2State::FINISH, false, V2State::FINISH),
+            (V2State::IDLE, false, V2State::IDLE),
+            (V2State::CANCEL, false, V2State::CANCEL),
+        ] {
+            v.set_state(from).unwrap();
+            assert_eq!(v.cancel_submitted().unwrap(), canceled, "{from:?}");
+            assert_eq!(v.state().unwrap(), after);
+        }
     }
 
     #[test]
