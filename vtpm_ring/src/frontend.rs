@@ -452,6 +452,19 @@ impl Frontend {
         self.control
     }
 
+    /// Whether a locality reaches the TPM: v2 carries it with each command, v1 only as a
+    /// control request before the next command, which needs `feature-vtpm-control`.
+    pub fn carries_locality(&self) -> bool {
+        self.version == ProtocolVersion::V2 || self.control
+    }
+
+    /// Whether a cancel reaches the TPM: only v2's, which marks the shared page. On v1 (with
+    /// or without control) [`Frontend::cancel`] only ends the wait, and the command runs to
+    /// its end.
+    pub fn carries_cancel(&self) -> bool {
+        self.version == ProtocolVersion::V2
+    }
+
     /// Sets the locality of the following commands (0..=4). v2 carries it with each command;
     /// v1 carries it only with control negotiated (as a SET_LOCALITY control request before
     /// the next command); without control, v1 has locality 0 only, and any other is refused
@@ -461,7 +474,7 @@ impl Frontend {
             return Err(FrontendError::BadLocality(locality));
         }
         // Nothing would carry it: the TPM would run the next commands at locality 0.
-        if locality != 0 && self.version == ProtocolVersion::V1 && !self.control {
+        if locality != 0 && !self.carries_locality() {
             return Err(FrontendError::NoControl);
         }
         self.locality.store(locality, Ordering::Relaxed);

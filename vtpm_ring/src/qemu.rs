@@ -286,7 +286,7 @@ impl Session {
                 Ok(()) => Ok(ControlReply::Done),
                 Err(_) => Err(EngineError::Refused(CtrlResult::BAD_LOCALITY)),
             },
-            ControlOp::CancelCommand if self.can_cancel() => self
+            ControlOp::CancelCommand if self.frontend.carries_cancel() => self
                 .frontend
                 .cancel()
                 .map(|()| ControlReply::Done)
@@ -303,10 +303,6 @@ impl Session {
             data.abort();
             let _ = data.await;
         }
-    }
-
-    fn can_cancel(&self) -> bool {
-        self.frontend.protocol() == ProtocolVersion::V2
     }
 
     /// What this socket carries: the backend's share asked over the ring, plus what it does
@@ -329,7 +325,7 @@ impl Session {
             .with_set_locality(
                 self.frontend.protocol() == ProtocolVersion::V2 || carried.set_locality(),
             )
-            .with_cancel_tpm_cmd(self.can_cancel())
+            .with_cancel_tpm_cmd(self.frontend.carries_cancel())
             .with_set_datafd(true)
             .with_set_buffersize(true)
     }

@@ -31,7 +31,6 @@ use crate::engine::ctrl::Capabilities;
 use crate::engine::ctrl::CtrlResult;
 use crate::frontend::Frontend;
 use crate::frontend::FrontendError;
-use crate::protocol::ProtocolVersion;
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmHeader;
 use crate::tpm_header::TpmRc;
@@ -249,46 +248,27 @@ pub(crate) async fn serve_commands(
 /// CANCEL_TPM_CMD only over v2, the one protocol with a cancel on the wire.
 pub fn capabilities(frontend: &Frontend) -> Capabilities {
     Capabilities::new()
-        .with_set_locality(carries_locality(frontend))
-        .with_cancel_tpm_cmd(carries_cancel(frontend))
-}
-
-/// Whether a locality reaches the TPM: v2 carries it with each command, v1 only as a control
-/// request before the next command, which needs `feature-vtpm-control`.
-fn carries_locality(frontend: &Frontend) -> bool {
-    frontend.protocol() == ProtocolVersion::V2 || frontend.has_control()
-}
-
-/// Whether a cancel reaches the TPM: only v2's, which marks the shared page. On v1 (with or
-/// without control) [`Frontend::cancel`] only stops the wait: the command still runs to the
-/// end, and its client would be told it failed when it took effect.
-fn carries_cancel(frontend: &Frontend) -> bool {
-    frontend.protocol() == ProtocolVersion::V2
+        .with_set_locality(frontend.carries_locality())
+        .with_cancel_tpm_cmd(frontend.carries_cancel())
 }
 
 /// Carries out one control operation on the frontend.
 fn control(frontend: &Frontend, op: &ControlOp) -> Result<ControlReply, EngineError> {
     match op {
         ControlOp::GetCapability => Ok(ControlReply::Capabilities(capabilities(frontend))),
-        // Accepting it would have the next commands run at locality 0 all the same. swtpm
-        // answers a locality it cannot set with TPM_BAD_LOCALITY.
-        ControlOp::SetLocality(l) if *l != 0 && !carries_locality(frontend) => {
-            tracing::debug!(
-                locality = l,
-                "locality refused: the v1 ring without control carries none"
-            );
-            Err(EngineError::Refused(CtrlResult::BAD_LOCALITY))
-        }
+        // swtpm answers a locality it cannot set with TPM_BAD_LOCALITY; the frontend refuses
+        // one out of range, and any but 0 where the ring carries none (v1 without control).
         ControlOp::SetLocality(l) => match frontend.set_locality(*l) {
             Ok(()) => Ok(ControlReply::Done),
-            Err(FrontendError::BadLocality(_) | FrontendError::NoControl) => {
+            Err(e @ (FrontendError::BadLocality(_) | FrontendError::NoControl)) => {
+                tracing::debug!(locality = l, error = %e, "locality refused");
                 Err(EngineError::Refused(CtrlResult::BAD_LOCALITY))
             }
             Err(e) => Err(EngineError::Failed(e.to_string())),
         },
         // Best effort, as swtpm's own cancel: nothing to do where no cancel reaches the TPM.
         // Passed on, it would end the client's wait with a failure while the command runs on.
-        ControlOp::CancelCommand if !carries_cancel(frontend) => {
+        ControlOp::CancelCommand if !frontend.carries_cancel() => {
             tracing::debug!("cancel ignored: the v1 ring carries none");
             Ok(ControlReply::Done)
         }
