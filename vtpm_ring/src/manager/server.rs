@@ -5,6 +5,7 @@
 use super::StreamEnd;
 use super::codec::Frame;
 use super::codec::encode_control_reply;
+use crate::engine::ControlOp;
 use crate::engine::ControlReply;
 use crate::engine::EngineError;
 use crate::engine::TpmEngine;
@@ -257,15 +258,26 @@ fn merged_cancel(
     tag: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let result = match ctrl::decode_request(payload) {
-        Err(e) => {
+    let result = control_target(engines, instance, payload).map(|_| ControlReply::Done);
+    control_reply(instance, tag, payload, result)
+}
+
+/// The control operation `payload` asks of `instance`, and that instance's engine; or the
+/// failure to answer when the request does not decode (swtpm's own result code) or the
+/// instance is unknown.
+fn control_target<'a>(
+    engines: &'a BTreeMap<u32, Arc<dyn TpmEngine>>,
+    instance: u32,
+    payload: &[u8],
+) -> Result<(ControlOp, &'a Arc<dyn TpmEngine>), EngineError> {
+    match (ctrl::decode_request(payload), engines.get(&instance)) {
+        (Ok(op), Some(engine)) => Ok((op, engine)),
+        (Err(e), _) => {
             tracing::warn!(instance, error = %e, "bad control frame");
             Err(EngineError::Refused(e.result_code()))
         }
-        Ok(_) if !engines.contains_key(&instance) => Err(EngineError::NotRunning),
-        Ok(_) => Ok(ControlReply::Done),
-    };
-    control_reply(instance, tag, payload, result)
+        (_, None) => Err(EngineError::NotRunning),
+    }
 }
 
 /// The answer to a frame that cannot be queued: a TPM failure for a command, swtpm's
@@ -350,13 +362,9 @@ async fn handle_frame(
             tag,
             payload,
         } => {
-            let result = match (ctrl::decode_request(&payload), engines.get(&instance)) {
-                (Ok(op), Some(engine)) => engine.control(op).await,
-                (Err(e), _) => {
-                    tracing::warn!(instance, error = %e, "bad control frame");
-                    Err(EngineError::Refused(e.result_code()))
-                }
-                (_, None) => Err(EngineError::NotRunning),
+            let result = match control_target(engines, instance, &payload) {
+                Ok((op, engine)) => engine.control(op).await,
+                Err(e) => Err(e),
             };
             Some(control_reply(instance, tag, &payload, result))
         }
