@@ -343,7 +343,7 @@ impl VtpmStack {
                     uuid: Uuid::from_u128(u128::from(instance)),
                 },
             )?;
-            domains.push((i, instance, domain, guest));
+            domains.push((instance, domain, guest));
         }
         let (back_end, manager_end) = stream_pair();
         let server = Backend::new(backend_domain, back_end, config.backend);
@@ -366,7 +366,7 @@ impl VtpmStack {
             tasks: Tasks { backend, manager },
         };
         let qemu_domains = domains.split_off(tcp_guests);
-        for ((_, instance, domain, guest), (path, listener)) in
+        for ((instance, domain, guest), (path, listener)) in
             qemu_domains.into_iter().zip(qemu_listeners)
         {
             let front_config = FrontendConfig {
@@ -384,7 +384,7 @@ impl VtpmStack {
                 socket,
             });
         }
-        for ((_, instance, domain, guest), (data, ctrl)) in domains.into_iter().zip(tcp_listeners) {
+        for ((instance, domain, guest), (data, ctrl)) in domains.into_iter().zip(tcp_listeners) {
             let frontend = Arc::new(Frontend::connect(&guest, config.frontend).await?);
             let socket = TpmSocket::serve(frontend.clone(), data, ctrl)?;
             tracing::info!(%domain, instance, data = %socket.data_addr(), "guest vTPM served");

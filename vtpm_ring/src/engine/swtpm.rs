@@ -671,9 +671,10 @@ impl SwtpmEngine {
         let mut ctrl = live.ctrl.lock().await;
         // The connection is taken out for the round trip and put back only once its reply
         // was read whole. So a round trip dropped half-way (its caller went away) leaves no
-        // connection whose next read would be its reply: the next operation connects afresh. swtpm serves one control connection at a time: it answers what
-        // the old one carried, sees it closed, and only then accepts the new one, so the
-        // replies cannot mix. (Unlike the data connection's, this one's end does not end
+        // connection whose next read would be its reply: the next operation connects
+        // afresh. swtpm serves one control connection at a time: it answers what the old
+        // one carried, sees it closed, and only then accepts the new one, so the replies
+        // cannot mix. (Unlike the data connection's, this one's end does not end
         // swtpm, and control operations are rare: a new connection is cheap enough.)
         let mut stream = match ctrl.take() {
             Some(s) => s,

@@ -24,7 +24,7 @@ impl StateDirs {
 
     /// The directory of `instance`.
     pub fn dir(&self, instance: u32) -> PathBuf {
-        self.root.join(format!("instance-{instance}"))
+        self.root.join(dir_name(instance))
     }
 
     /// Creates the directory of `instance` (owner-only) and returns it.
@@ -52,10 +52,19 @@ impl StateDirs {
     }
 }
 
-/// The instance whose directory is named `name`, if any.
+/// What an instance's directory is named after its id.
+const DIR_PREFIX: &str = "instance-";
+
+/// The name of `instance`'s directory.
+fn dir_name(instance: u32) -> String {
+    format!("{DIR_PREFIX}{instance}")
+}
+
+/// The instance whose directory is named `name`, if any: the name must be exactly the one
+/// [`dir_name`] gives that id.
 fn instance_of(name: &str) -> Option<u32> {
-    let id = name.strip_prefix("instance-")?.parse().ok()?;
-    (format!("instance-{id}") == name).then_some(id)
+    let id = name.strip_prefix(DIR_PREFIX)?.parse().ok()?;
+    (dir_name(id) == name).then_some(id)
 }
 
 #[cfg(test)]
