@@ -84,6 +84,7 @@ pub mod qemu;
 pub mod socket;
 pub mod stack;
 pub mod store;
+mod task_set;
 pub mod testbed;
 pub mod tpm_command;
 pub mod tpm_header;

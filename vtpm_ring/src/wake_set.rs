@@ -8,8 +8,8 @@
 //! loop, so the loop polls only the sources that woke it (and those it marks itself after
 //! changing what they wait for).
 //!
-//! It pays where several sources rarely fire, as in a backend connection. Over a
-//! `FuturesUnordered`, which already tracks which of its futures woke, the second layer of
+//! It pays where several sources rarely fire, as in a backend connection. Over a set of
+//! futures (`TaskSet`), which already tracks which of its futures woke, the second layer of
 //! wakers cost more than the polls it saved (measured on the backend's and the manager's
 //! top-level loops, and dropped there).
 

@@ -86,6 +86,7 @@ use crate::tpm_header::validate_command;
 use crate::xenbus::XenbusState;
 use crate::xenbus::backend_root;
 use crate::xenbus::keys;
+use crate::task_set::TaskSet;
 use crate::xenbus::read_state;
 use crate::xenbus::write_state;
 use futures::FutureExt;
@@ -93,7 +94,6 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::pin_mut;
 use futures::select_biased;
-use futures::stream::FuturesUnordered;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -221,7 +221,7 @@ impl Backend {
             instances: Mutex::default(),
         });
         let mut known = BTreeSet::new();
-        let mut devices = FuturesUnordered::new();
+        let mut devices = TaskSet::new();
         let router = self.router.run().fuse();
         pin_mut!(router);
         loop {

@@ -14,9 +14,9 @@ use crate::engine::TpmRequest;
 use crate::engine::ctrl;
 use crate::engine::ctrl::CtrlCmd;
 use crate::tpm_header::TpmRc;
+use crate::task_set::TaskSet;
 use crate::tpm_header::error_response;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::VecDeque;
@@ -58,7 +58,7 @@ impl VtpmManager {
         // Shared, not copied, by every request in flight.
         let engines = Arc::new(self.engines);
         let mut lanes = Lanes::default();
-        let mut running = FuturesUnordered::new();
+        let mut running = TaskSet::new();
         let run = |engines: &Arc<BTreeMap<u32, Arc<dyn TpmEngine>>>, job: Job| {
             let engines = engines.clone();
             async move {
