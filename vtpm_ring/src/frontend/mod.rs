@@ -181,16 +181,27 @@ struct IoState {
     watchdog: deadline::Watchdog,
 }
 
-#[derive(Default)]
 struct V1State {
     /// A canceled (or abandoned) command's response has not arrived yet.
     outstanding: bool,
-    /// With control: the locality the backend last acknowledged (it starts at 0).
-    locality: u8,
+    /// With control: the locality the backend last acknowledged (it starts at 0); `None`
+    /// from the moment a SET_LOCALITY goes out until it is acknowledged, since one that
+    /// failed or timed out may still have been applied.
+    locality: Option<u8>,
     /// The last request's number (see [`v1`]: every request is numbered, with or without
     /// control, so the backend never takes a command equal to its last response for a
     /// spurious doorbell).
     number: u8,
+}
+
+impl Default for V1State {
+    fn default() -> Self {
+        Self {
+            outstanding: false,
+            locality: Some(0),
+            number: 0,
+        }
+    }
 }
 
 /// A connected vTPM frontend.
@@ -293,17 +304,11 @@ impl Frontend {
         let mut io = self.io.lock().await;
         if self.control && self.version == ProtocolVersion::V1 {
             let wanted = self.locality.load(Ordering::Relaxed);
-            if wanted != io.v1.locality {
-                match self
-                    .control_locked(&mut io, &ControlOp::SetLocality(wanted))
-                    .await?
-                {
-                    Ok(_) => io.v1.locality = wanted,
-                    Err(rc) => {
-                        tracing::warn!(?rc, wanted, "backend refused the locality");
-                        return Err(FrontendError::BadLocality(wanted));
-                    }
-                }
+            if io.v1.locality != Some(wanted)
+                && let Err(rc) = self.set_v1_locality(&mut io, wanted).await?
+            {
+                tracing::warn!(?rc, wanted, "backend refused the locality");
+                return Err(FrontendError::BadLocality(wanted));
             }
         }
         let response = self
@@ -318,12 +323,43 @@ impl Frontend {
     /// Sends one swtpm control operation over the ring (needs `feature-vtpm-control`) and
     /// returns its reply: `Ok(Err(rc))` is the engine's (or the backend's) own refusal, with
     /// swtpm's result code. Serialized with [`Self::transmit`].
+    ///
+    /// A SET_LOCALITY the backend acknowledges (v1; v2's backend refuses it, the locality
+    /// being the page's) is the locality of the following commands, as if set with
+    /// [`Self::set_locality`].
     pub async fn control(
         &self,
         op: &ControlOp,
     ) -> Result<Result<ControlReply, CtrlResult>, FrontendError> {
         let mut io = self.io.lock().await;
-        self.control_locked(&mut io, op).await
+        match *op {
+            ControlOp::SetLocality(locality) if self.version == ProtocolVersion::V1 => {
+                let reply = self.set_v1_locality(&mut io, locality).await?;
+                if reply.is_ok() {
+                    self.locality.store(locality, Ordering::Relaxed);
+                }
+                Ok(reply)
+            }
+            _ => self.control_locked(&mut io, op).await,
+        }
+    }
+
+    /// v1: SET_LOCALITY over the ring, the backend's locality tracked. It is unknown while
+    /// the request is out, so one that fails or times out (and that the backend may still
+    /// apply) makes the next command send its own again.
+    async fn set_v1_locality(
+        &self,
+        io: &mut IoState,
+        locality: u8,
+    ) -> Result<Result<ControlReply, CtrlResult>, FrontendError> {
+        io.v1.locality = None;
+        let reply = self
+            .control_locked(io, &ControlOp::SetLocality(locality))
+            .await?;
+        if reply.is_ok() {
+            io.v1.locality = Some(locality);
+        }
+        Ok(reply)
     }
 
     async fn control_locked(
