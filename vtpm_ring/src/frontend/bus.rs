@@ -158,6 +158,7 @@ impl Frontend {
             }),
             locality: AtomicU8::new(0),
             in_flight: AtomicBool::new(false),
+            submit: std::sync::Mutex::new(()),
             timeout: config.timeout,
             cancel: Signal::default(),
         };

@@ -57,6 +57,7 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::pin_mut;
 use futures::select_biased;
+use std::sync::PoisonError;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
@@ -219,6 +220,11 @@ pub struct Frontend {
     io: Mutex<IoState>,
     locality: AtomicU8,
     in_flight: AtomicBool,
+    /// Held by a cancel from its look at [`Self::in_flight`] to its mark (v2's SUBMIT to
+    /// CANCEL, v1's cancel signal), and by a submit while it publishes its command: otherwise
+    /// the command looked at could end and the next caller's be submitted in between, and the
+    /// mark would cancel that one. Held for a few stores, never across an await.
+    submit: std::sync::Mutex<()>,
     timeout: Option<Duration>,
     cancel: Signal,
 }
@@ -284,9 +290,17 @@ impl Frontend {
     /// returns the response (the backend finished anyway) or [`FrontendError::Canceled`]
     /// (which on v1 only means the call stopped waiting: see there).
     pub fn cancel(&self) -> Result<(), FrontendError> {
+        self.cancel_between(|| ())
+    }
+
+    /// [`Self::cancel`], running `between` after the look at the command in flight and before
+    /// the mark: the window a test fills with another caller's command.
+    fn cancel_between(&self, between: impl FnOnce()) -> Result<(), FrontendError> {
+        let _submit = self.submit.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.in_flight.load(Ordering::Acquire) {
             return Ok(());
         }
+        between();
         match &self.transport {
             // Only a submitted command can be canceled (see `cancel_submitted`).
             Transport::V2(page) => {
@@ -390,7 +404,6 @@ impl Frontend {
                 capacity: self.max_packet(),
             });
         }
-        self.cancel.reset();
         let exchange = async {
             match &self.transport {
                 Transport::V2(page) => self.transmit_v2(page, kind, packet).await,
@@ -446,8 +459,11 @@ impl Frontend {
             self.event.wait().await?;
         }
         page.write_request(command, self.locality.load(Ordering::Relaxed), kind)?;
-        self.in_flight.store(true, Ordering::Release);
-        page.set_state(V2State::SUBMIT)?;
+        {
+            let _submit = self.submit.lock().unwrap_or_else(PoisonError::into_inner);
+            self.in_flight.store(true, Ordering::Release);
+            page.set_state(V2State::SUBMIT)?;
+        }
         self.event.notify()?;
         loop {
             match page.state()? {
@@ -496,7 +512,13 @@ impl Frontend {
         v1::write_tag(ring, kind, io.number)?;
         v1::write_packet(ring, entries, command, by_ref)?;
         io.outstanding = true;
-        self.in_flight.store(true, Ordering::Release);
+        {
+            let _submit = self.submit.lock().unwrap_or_else(PoisonError::into_inner);
+            // A cancel meant for an earlier command (raised after it was answered) is
+            // dropped here, and one that comes later is meant for this one.
+            self.cancel.reset();
+            self.in_flight.store(true, Ordering::Release);
+        }
         self.event.notify()?;
         let answered = {
             let ev = self.event.wait().fuse();
@@ -516,3 +538,6 @@ impl Frontend {
         Ok(v1::read_packet(&snapshot, len, by_ref)?)
     }
 }
+
+#[cfg(test)]
+mod tests;
