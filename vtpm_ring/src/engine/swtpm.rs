@@ -18,7 +18,10 @@
 //! nothing to be read as the next one's answer. swtpm still runs a command it got and
 //! answers it; the next command reads that answer off first, before it sets its locality or
 //! goes out itself, so the swtpm and its volatile state stay. A control operation's
-//! connection is dropped with it, and the next operation connects afresh.
+//! connection is dropped with it, and the next operation connects afresh. A power operation
+//! (STOP, INIT, SHUTDOWN) leaves the state [`EngineState::Unsettled`] from when it goes out
+//! until its answer is read: dropped in between, swtpm may have done it or not, and the next
+//! power operation settles the state.
 //!
 //! Faults: a data or control socket that fails or times out means the process is dead or
 //! wedged. The engine kills it, fails the request in flight with [`EngineError::Failed`]
@@ -205,6 +208,10 @@ pub enum EngineState {
     ShutDown,
     /// swtpm died or was killed; the next request restarts it.
     Dead,
+    /// A power operation (STOP, INIT, SHUTDOWN) went to swtpm and its answer is not in: it
+    /// is under way, or its caller went away after sending it, and swtpm may have done it or
+    /// not. The answer to it, or to the next power operation, settles the state.
+    Unsettled,
 }
 
 /// A snapshot of an engine, for `vtpmctl list` and logs.
@@ -435,10 +442,12 @@ impl SwtpmEngine {
         {
             slot.state = EngineState::Dead;
         }
-        let live = slot
-            .live
-            .as_ref()
-            .filter(|_| matches!(slot.state, EngineState::Running | EngineState::Stopped));
+        let live = slot.live.as_ref().filter(|_| {
+            matches!(
+                slot.state,
+                EngineState::Running | EngineState::Stopped | EngineState::Unsettled
+            )
+        });
         EngineStatus {
             instance: self.instance,
             state: slot.state,
@@ -754,6 +763,15 @@ impl SwtpmEngine {
             // the next command sets its own again instead of trusting the old value.
             live.locality.store(UNKNOWN_LOCALITY, Ordering::Release);
         }
+        // Likewise the power state: from before the operation goes out until its answer is
+        // read, swtpm may be in the state before it or after it, and a caller that goes away
+        // in between must not leave the state before it reported.
+        let before = match op {
+            ControlOp::Stop | ControlOp::Init { .. } | ControlOp::Shutdown => Some(
+                std::mem::replace(&mut self.slot.lock().await.state, EngineState::Unsettled),
+            ),
+            _ => None,
+        };
         match self.send_control(live, &op).await {
             Ok(Ok(reply)) => {
                 match op {
@@ -765,11 +783,25 @@ impl SwtpmEngine {
                         self.slot.lock().await.state = EngineState::Running;
                         self.startup(live).await;
                     }
+                    ControlOp::Shutdown => {
+                        let mut slot = self.slot.lock().await;
+                        slot.state = EngineState::ShutDown;
+                        slot.live = None;
+                    }
                     _ => {}
                 }
                 Ok(reply)
             }
-            Ok(Err(rc)) => Err(EngineError::Refused(rc)),
+            Ok(Err(rc)) => {
+                // Refused: swtpm stays as it was.
+                if let Some(before) = before {
+                    let mut slot = self.slot.lock().await;
+                    if slot.state == EngineState::Unsettled {
+                        slot.state = before;
+                    }
+                }
+                Err(EngineError::Refused(rc))
+            }
             Err(e) => {
                 self.retire(live, &e).await;
                 Err(EngineError::Failed(e.to_string()))
@@ -797,10 +829,6 @@ impl SwtpmEngine {
             ControlOp::Shutdown => {
                 let live = self.live().await?;
                 let reply = self.control_on(&live, op).await?;
-                let mut slot = self.slot.lock().await;
-                slot.state = EngineState::ShutDown;
-                slot.live = None;
-                drop(slot);
                 // swtpm exits after answering; reap it (or kill a straggler).
                 live.process
                     .lock()

@@ -325,3 +325,49 @@ async fn a_command_dropped_half_written_costs_a_new_swtpm_and_not_the_next_comma
     assert_eq!((status.state, status.restarts), (EngineState::Running, 1));
     assert_ne!(status.pid, Some(pid));
 }
+
+/// Sends `op` and drops it while swtpm (frozen) has it unanswered; returns the state the
+/// engine reports then.
+async fn state_after_dropped(engine: &SwtpmEngine, pid: u32, op: ControlOp) -> EngineState {
+    freeze(pid);
+    let mut abandoned = Box::pin(engine.control(op));
+    assert!(futures::poll!(abandoned.as_mut()).is_pending());
+    drop(abandoned);
+    let state = engine.status().await.state;
+    thaw(pid);
+    state
+}
+
+/// A STOP, INIT or SHUTDOWN dropped after it went to swtpm: swtpm may have done it or not, so
+/// the engine must not go on reporting the state from before it; the next power operation
+/// settles the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_operation_dropped_after_it_was_sent_leaves_the_state_unsettled_not_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path()).await;
+    let (pid, _, _) = same_swtpm(&engine).await;
+    assert_eq!(
+        state_after_dropped(&engine, pid, ControlOp::Stop).await,
+        EngineState::Unsettled,
+        "a dropped STOP left the TPM reported running"
+    );
+    within(engine.control(ControlOp::Stop)).await.unwrap();
+    assert_eq!(engine.status().await.state, EngineState::Stopped);
+    let init = ControlOp::Init {
+        delete_volatile: false,
+    };
+    assert_eq!(
+        state_after_dropped(&engine, pid, init.clone()).await,
+        EngineState::Unsettled,
+        "a dropped INIT left the TPM reported stopped"
+    );
+    within(engine.control(init)).await.unwrap();
+    assert_eq!(same_swtpm(&engine).await.0, pid);
+    let random = within(engine.command(get_random(8), 0)).await.unwrap();
+    assert_eq!((random.len(), rc(&random)), (20, 0), "{random:02x?}");
+    assert_eq!(
+        state_after_dropped(&engine, pid, ControlOp::Shutdown).await,
+        EngineState::Unsettled,
+        "a dropped SHUTDOWN left the TPM reported running"
+    );
+}
