@@ -9,7 +9,8 @@
 //! and the engine retries on fresh ports.
 //!
 //! Commands go over the data socket one at a time (raw TPM packets, as swtpm's `socket`
-//! interface takes them). Control operations go over the control socket exactly as QEMU's
+//! interface takes them). swtpm reads a command as long as its header says, so one whose
+//! header's size is not its length is answered `TPM_RC_COMMAND_SIZE` without reaching swtpm. Control operations go over the control socket exactly as QEMU's
 //! tpm-emulator drives it ([`super::ctrl`]), concurrently with a command so a cancel is not
 //! stuck behind it. The locality of each command is applied with SET_LOCALITY first when it
 //! changes.
@@ -59,6 +60,8 @@ use super::ctrl::CtrlResult;
 use crate::deadline::Watchdog;
 use crate::tpm_header::TPM_HEADER_SIZE;
 use crate::tpm_header::TpmHeader;
+use crate::tpm_header::TpmRc;
+use crate::tpm_header::error_response;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -703,6 +706,14 @@ impl SwtpmEngine {
 
     async fn run_command(&self, command: Vec<u8>, locality: u8) -> Result<Vec<u8>, EngineError> {
         let mut live = self.live().await?;
+        // swtpm reads a command as long as its header's size says. One claiming more bytes
+        // than it has would leave swtpm waiting for the rest, and the next command waiting on
+        // swtpm until the I/O timeout kills it; one claiming fewer would leave the rest to be
+        // read as a command of its own. Answered here, as a TPM answers a wrong size field,
+        // and nothing goes to swtpm.
+        if !TpmHeader::read_from_prefix_checked(&command) {
+            return Ok(error_response(TpmRc::COMMAND_SIZE));
+        }
         let mut on_new_swtpm = false;
         loop {
             // Locality and command go out under one hold of the data lock: a command

@@ -371,3 +371,43 @@ async fn a_power_operation_dropped_after_it_was_sent_leaves_the_state_unsettled_
         "a dropped SHUTDOWN left the TPM reported running"
     );
 }
+
+/// A command whose size field claims more bytes than it has: written, swtpm would wait for
+/// the rest, and the next command on swtpm's answer until the I/O timeout killed swtpm. It is
+/// refused before anything is written, whether its caller waits for the answer or goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_a_wrong_size_field_is_refused_and_never_holds_up_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path()).await;
+    let (pid, _, _) = same_swtpm(&engine).await;
+    let mut sent = engine.commands_sent();
+    let before = *sent.borrow_and_update();
+    let with_size = |size: u32| {
+        let mut command = get_random(8);
+        command[2..6].copy_from_slice(&size.to_be_bytes());
+        command
+    };
+    let mut abandoned = Box::pin(engine.command(with_size(100), 0));
+    let _ = futures::poll!(abandoned.as_mut());
+    drop(abandoned);
+    let next = within(engine.command(get_random(8), 0)).await.unwrap();
+    assert_eq!((next.len(), rc(&next)), (20, 0), "{next:02x?}");
+    for size in [100, 11, 0] {
+        let refused = within(engine.command(with_size(size), 0)).await.unwrap();
+        assert_eq!(
+            rc(&refused),
+            TpmRc::COMMAND_SIZE.0,
+            "size {size}: {refused:02x?}"
+        );
+    }
+    let short = within(engine.command(vec![0x80, 0x01, 0, 0], 0))
+        .await
+        .unwrap();
+    assert_eq!(rc(&short), TpmRc::COMMAND_SIZE.0, "{short:02x?}");
+    assert_eq!(
+        *sent.borrow(),
+        before + 1,
+        "only the GetRandom went to swtpm"
+    );
+    assert_eq!(same_swtpm(&engine).await.0, pid);
+}
