@@ -30,6 +30,8 @@
 //! a new swtpm on the same state directory at the next request. A swtpm that exits between
 //! requests is noticed through SIGCHLD (no system call per command) and replaced before the
 //! next request goes out; one whose exit is not delivered yet fails that request instead.
+//! While the new one starts, [`SwtpmEngine::status`] answers at once with
+//! [`EngineState::Restarting`]: what it reports is kept apart from the lock a start holds.
 //! Volatile state (PCRs, loaded objects, sessions) is lost in a crash, as on real hardware;
 //! permanent state is not.
 //!
@@ -211,6 +213,9 @@ pub enum EngineState {
     ShutDown,
     /// swtpm died or was killed; the next request restarts it.
     Dead,
+    /// swtpm died or was killed and a new one is starting on the same state (a request
+    /// found it gone); no process runs for the instance until it has bound its ports.
+    Restarting,
     /// A power operation (STOP, INIT, SHUTDOWN) went to swtpm and its answer is not in: it
     /// is under way, or its caller went away after sending it, and swtpm may have done it or
     /// not. The answer to it, or to the next power operation, settles the state.
@@ -294,15 +299,66 @@ struct Live {
     locality: AtomicU16,
 }
 
+/// What swtpm the engine runs now and in what state: what a request goes to, and what
+/// [`SwtpmEngine::status`] reports. Behind a lock of its own, held for a few loads and stores
+/// and never across an await, so that a status never waits on a start of swtpm (which holds
+/// the [`Slot`] for up to the spawn timeout on each attempt).
 #[derive(Debug)]
-struct Slot {
+struct Current {
     live: Option<Arc<Live>>,
     state: EngineState,
     restarts: u64,
+}
+
+/// Held across a start of swtpm (a restart, the INIT after SHUTDOWN), so that one starts at a
+/// time.
+#[derive(Debug)]
+struct Slot {
     /// The engine's hold of the state directory: kept across crashes and restarts, so no
     /// other engine takes the state over between two of its processes; let go at a planned
     /// SHUTDOWN (the engine then runs nothing there), and taken again by the INIT after it.
     hold: Option<Arc<StateLock>>,
+}
+
+/// A restart under way: [`EngineState::Restarting`] from its start until it is settled, and
+/// [`EngineState::Dead`] again if its future is dropped first, since no start is under way
+/// then.
+struct Restart<'a> {
+    engine: &'a SwtpmEngine,
+}
+
+impl<'a> Restart<'a> {
+    fn begin(engine: &'a SwtpmEngine) -> Self {
+        let mut current = engine.current();
+        current.restarts += 1;
+        current.state = EngineState::Restarting;
+        Self { engine }
+    }
+
+    /// Publishes the new swtpm, or the failure to start one.
+    fn settle(self, launched: Result<Arc<Live>, SwtpmError>) -> Result<Arc<Live>, EngineError> {
+        let mut current = self.engine.current();
+        match launched {
+            Ok(live) => {
+                current.live = Some(live.clone());
+                current.state = EngineState::Running;
+                Ok(live)
+            }
+            Err(e) => {
+                current.state = EngineState::Dead;
+                Err(EngineError::Failed(e.to_string()))
+            }
+        }
+    }
+}
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        let mut current = self.engine.current();
+        if current.state == EngineState::Restarting {
+            current.state = EngineState::Dead;
+        }
+    }
 }
 
 /// Whether any child process of ours has exited since the last look: SIGCHLD, as tokio's
@@ -363,6 +419,7 @@ pub struct SwtpmEngine {
     state_dir: PathBuf,
     config: SwtpmConfig,
     slot: Mutex<Slot>,
+    current: std::sync::Mutex<Current>,
     /// Commands written to swtpm, and a watch of that count for whoever subscribes.
     sent_count: AtomicU64,
     sent: watch::Sender<u64>,
@@ -384,11 +441,11 @@ impl SwtpmEngine {
             instance,
             state_dir,
             config,
-            slot: Mutex::new(Slot {
+            slot: Mutex::new(Slot { hold: Some(hold) }),
+            current: std::sync::Mutex::new(Current {
                 live: None,
                 state: EngineState::Dead,
                 restarts: 0,
-                hold: Some(hold),
             }),
             sent_count: AtomicU64::new(0),
             sent: watch::channel(0).0,
@@ -398,10 +455,18 @@ impl SwtpmEngine {
         {
             let mut slot = engine.slot.lock().await;
             let live = engine.launch(&mut slot.hold).await?;
-            slot.live = Some(live);
-            slot.state = EngineState::Running;
+            let mut current = engine.current();
+            current.live = Some(live);
+            current.state = EngineState::Running;
         }
         Ok(engine)
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        // Nothing panics while it is held; a poisoned lock still holds a whole value.
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The instance id.
@@ -436,28 +501,30 @@ impl SwtpmEngine {
         });
     }
 
-    /// A snapshot of the engine.
+    /// A snapshot of the engine. It never waits on a request or a start of swtpm: during a
+    /// restart it says [`EngineState::Restarting`].
     pub async fn status(&self) -> EngineStatus {
-        let mut slot = self.slot.lock().await;
-        if let Some(live) = &slot.live
-            && live.process.lock().await.has_exited()
-            && slot.state != EngineState::ShutDown
+        let mut current = self.current();
+        // A swtpm whose process is busy (killed, reaped) is being dealt with already.
+        if let Some(live) = &current.live
+            && current.state != EngineState::ShutDown
+            && live.process.try_lock().is_ok_and(|mut p| p.has_exited())
         {
-            slot.state = EngineState::Dead;
+            current.state = EngineState::Dead;
         }
-        let live = slot.live.as_ref().filter(|_| {
+        let live = current.live.as_ref().filter(|_| {
             matches!(
-                slot.state,
+                current.state,
                 EngineState::Running | EngineState::Stopped | EngineState::Unsettled
             )
         });
         EngineStatus {
             instance: self.instance,
-            state: slot.state,
+            state: current.state,
             pid: live.map(|l| l.pid),
             data_port: live.map(|l| l.data_port),
             ctrl_port: live.map(|l| l.ctrl_port),
-            restarts: slot.restarts,
+            restarts: current.restarts,
             state_dir: self.state_dir.clone(),
         }
     }
@@ -467,7 +534,7 @@ impl SwtpmEngine {
     /// shut down the orderly way (a VMM's SHUTDOWN) has nothing left to do.
     pub async fn save_and_shutdown(&self) -> Result<(), EngineError> {
         // Already shut down the orderly way (a VMM's SHUTDOWN through the ring): done.
-        if self.slot.lock().await.state == EngineState::ShutDown {
+        if self.current().state == EngineState::ShutDown {
             return Ok(());
         }
         match self.control_op(ControlOp::StoreVolatile).await {
@@ -515,41 +582,46 @@ impl SwtpmEngine {
     /// The live process, restarted first if it died. `None` after a requested shutdown.
     async fn live(&self) -> Result<Arc<Live>, EngineError> {
         let mut slot = self.slot.lock().await;
-        if slot.state == EngineState::ShutDown {
-            return Err(EngineError::NotRunning);
-        }
+        let live = {
+            let current = self.current();
+            if current.state == EngineState::ShutDown {
+                return Err(EngineError::NotRunning);
+            }
+            current.live.clone()
+        };
         // A swtpm that died since the last look is replaced before the request goes out;
         // one that dies later fails the request in flight (see `run_command`).
-        if let Some(live) = &slot.live
-            && !(self.exits.any_since_last_look() && live.process.lock().await.has_exited())
-        {
-            return Ok(live.clone());
+        if let Some(live) = live {
+            if !(self.exits.any_since_last_look() && live.process.lock().await.has_exited()) {
+                return Ok(live);
+            }
+            {
+                let mut current = self.current();
+                current.live = None;
+                current.state = EngineState::Dead;
+            }
+            live.process.lock().await.kill().await;
         }
-        if let Some(old) = slot.live.take() {
-            old.process.lock().await.kill().await;
-        }
-        slot.restarts += 1;
+        let restart = Restart::begin(self);
         tracing::warn!(
             instance = self.instance,
             "swtpm is gone; restarting on its state"
         );
-        let live = self.launch(&mut slot.hold).await.map_err(|e| {
-            slot.state = EngineState::Dead;
-            EngineError::Failed(e.to_string())
-        })?;
-        slot.live = Some(live.clone());
-        slot.state = EngineState::Running;
-        Ok(live)
+        let launched = self.launch(&mut slot.hold).await;
+        restart.settle(launched)
     }
 
     /// Kills `live` after a failure (unless it was already replaced); the next request
     /// restarts swtpm.
     async fn retire(&self, live: &Arc<Live>, why: &SwtpmError) {
         tracing::warn!(instance = self.instance, pid = live.pid, error = %why, "swtpm failed; killing it");
-        let mut slot = self.slot.lock().await;
-        if slot.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
-            slot.live = None;
-            slot.state = EngineState::Dead;
+        let slot = self.slot.lock().await;
+        {
+            let mut current = self.current();
+            if current.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+                current.live = None;
+                current.state = EngineState::Dead;
+            }
         }
         drop(slot);
         live.process.lock().await.kill().await;
@@ -779,7 +851,7 @@ impl SwtpmEngine {
         // in between must not leave the state before it reported.
         let before = match op {
             ControlOp::Stop | ControlOp::Init { .. } | ControlOp::Shutdown => Some(
-                std::mem::replace(&mut self.slot.lock().await.state, EngineState::Unsettled),
+                std::mem::replace(&mut self.current().state, EngineState::Unsettled),
             ),
             _ => None,
         };
@@ -789,15 +861,15 @@ impl SwtpmEngine {
                     ControlOp::SetLocality(l) => {
                         live.locality.store(u16::from(l), Ordering::Release);
                     }
-                    ControlOp::Stop => self.slot.lock().await.state = EngineState::Stopped,
+                    ControlOp::Stop => self.current().state = EngineState::Stopped,
                     ControlOp::Init { .. } => {
-                        self.slot.lock().await.state = EngineState::Running;
+                        self.current().state = EngineState::Running;
                         self.startup(live).await;
                     }
                     ControlOp::Shutdown => {
-                        let mut slot = self.slot.lock().await;
-                        slot.state = EngineState::ShutDown;
-                        slot.live = None;
+                        let mut current = self.current();
+                        current.state = EngineState::ShutDown;
+                        current.live = None;
                     }
                     _ => {}
                 }
@@ -806,9 +878,9 @@ impl SwtpmEngine {
             Ok(Err(rc)) => {
                 // Refused: swtpm stays as it was.
                 if let Some(before) = before {
-                    let mut slot = self.slot.lock().await;
-                    if slot.state == EngineState::Unsettled {
-                        slot.state = before;
+                    let mut current = self.current();
+                    if current.state == EngineState::Unsettled {
+                        current.state = before;
                     }
                 }
                 Err(EngineError::Refused(rc))
@@ -825,13 +897,14 @@ impl SwtpmEngine {
             ControlOp::Init { .. } => {
                 // INIT after SHUTDOWN powers on a new swtpm on the same state.
                 let mut slot = self.slot.lock().await;
-                if slot.state == EngineState::ShutDown {
+                if self.current().state == EngineState::ShutDown {
                     let live = self
                         .launch(&mut slot.hold)
                         .await
                         .map_err(|e| EngineError::Failed(e.to_string()))?;
-                    slot.live = Some(live);
-                    slot.state = EngineState::Running;
+                    let mut current = self.current();
+                    current.live = Some(live);
+                    current.state = EngineState::Running;
                 }
                 drop(slot);
                 let live = self.live().await?;
@@ -849,7 +922,7 @@ impl SwtpmEngine {
                 // Now that swtpm is gone the state is let go, so that another engine (the next
                 // manager on this root) may run it; unless an INIT came meanwhile.
                 let mut slot = self.slot.lock().await;
-                if slot.state == EngineState::ShutDown {
+                if self.current().state == EngineState::ShutDown {
                     slot.hold = None;
                 }
                 drop(slot);

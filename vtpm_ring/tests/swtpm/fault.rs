@@ -8,6 +8,8 @@ use super::init_tracing;
 use super::rc;
 use super::stack;
 use super::tool;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::Duration;
 use vtpm_ring::engine::EngineError;
 use vtpm_ring::engine::TpmEngine;
@@ -258,4 +260,75 @@ async fn a_new_subscriber_of_the_sent_count_starts_with_nothing_unseen() {
         !sent.has_changed().unwrap(),
         "a fresh subscriber sees a change nobody made"
     );
+}
+
+/// While a new swtpm starts (the old one failed), status answers at once and says so, instead
+/// of waiting for the start, which may take the spawn timeout on each attempt (`vtpmctl list`
+/// and Ctrl-C wait on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_at_once_while_a_new_swtpm_starts() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // swtpm through a script that, while `hold` exists, says so in `holding` and waits for
+    // `hold` to go before it starts swtpm.
+    let hold = dir.path().join("hold");
+    let holding = dir.path().join("holding");
+    let script = dir.path().join("held-swtpm");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{hold}' ]; then\n  : > '{holding}'\n  \
+             while [ -e '{hold}' ]; do sleep 0.01; done\nfi\nexec swtpm \"$@\"\n",
+            hold = hold.display(),
+            holding = holding.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = SwtpmConfig {
+        binary: script,
+        io_timeout: Duration::from_millis(300),
+        spawn_timeout: Duration::from_secs(20),
+        ..SwtpmConfig::default()
+    };
+    let engine = SwtpmEngine::start(1, &StateDirs::new(dir.path().join("state")), config)
+        .await
+        .unwrap();
+    let engine = Arc::new(engine);
+    let pid = engine.status().await.pid.unwrap();
+    // Wedged, swtpm costs a command its I/O timeout and is killed; the next command starts a
+    // new one.
+    signal(pid, "-STOP");
+    let err = engine.command(get_random(8), 0).await.unwrap_err();
+    assert!(matches!(err, EngineError::Failed(_)), "{err}");
+    std::fs::write(&hold, b"").unwrap();
+    let restart = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.command(get_random(8), 0).await }
+    });
+    let waited = std::time::Instant::now();
+    while !holding.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the new swtpm never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(1), engine.status())
+        .await
+        .expect("status waited for the new swtpm to start");
+    assert_eq!(
+        (status.state, status.pid, status.restarts),
+        (EngineState::Restarting, None, 1)
+    );
+    std::fs::remove_file(&hold).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), restart)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(rc(&answer), 0, "{answer:02x?}");
+    let status = engine.status().await;
+    assert_eq!((status.state, status.restarts), (EngineState::Running, 1));
+    assert_ne!(status.pid, Some(pid));
 }
