@@ -15,9 +15,9 @@
 //! than one of its own polls per call, and an idle set costs nothing.
 
 use futures::Stream;
+use futures::stream::FusedStream;
 use futures::task::ArcWake;
 use futures::task::AtomicWaker;
-use futures::stream::FusedStream;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;

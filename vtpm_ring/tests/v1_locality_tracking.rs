@@ -163,7 +163,12 @@ async fn a_v1_control_set_locality_acknowledged_is_the_next_commands_locality() 
     f.transmit(&get_random(8)).await.unwrap();
     assert_eq!(engine.last_locality(), 3);
     // One the backend refuses changes nothing.
-    assert!(f.control(&ControlOp::SetLocality(5)).await.unwrap().is_err());
+    assert!(
+        f.control(&ControlOp::SetLocality(5))
+            .await
+            .unwrap()
+            .is_err()
+    );
     f.transmit(&get_random(8)).await.unwrap();
     assert_eq!(engine.last_locality(), 3);
     run.abort();
