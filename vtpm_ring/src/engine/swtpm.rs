@@ -398,7 +398,8 @@ impl TpmEngine for SwtpmEngine {
                 .run_command(command, locality)
                 .await
                 .map(TpmReply::Response),
-            TpmRequest::Control(op) => self.control_op(op).await.map(TpmReply::Control),
+            // Boxed: rare, and as large as a command's future (see `live`).
+            TpmRequest::Control(op) => Box::pin(self.control_op(op)).await.map(TpmReply::Control),
         }
     }
 }

@@ -72,10 +72,15 @@ impl SwtpmEngine {
             // goes to swtpm, the SET_LOCALITY included: swtpm may not even have read that
             // command yet, and it reads its control connection before its data connection,
             // so a locality set now could apply to it.
-            if let Err(e) = self.settle(&mut data).await {
+            let settled = match data.progress.command {
+                0 => Ok(()),
+                // Boxed, as every rare path here (see `live`).
+                _ => Box::pin(self.settle(&mut data)).await,
+            };
+            if let Err(e) = settled {
                 data.close();
                 drop(data);
-                self.retire(&live, &e).await;
+                Box::pin(self.retire(&live, &e)).await;
                 if on_new_swtpm {
                     return Err(EngineError::Failed(e.to_string()));
                 }
@@ -85,13 +90,12 @@ impl SwtpmEngine {
                 continue;
             }
             if live.locality.load(Ordering::Acquire) != u16::from(locality) {
-                self.control_on(&live, ControlOp::SetLocality(locality))
-                    .await?;
+                Box::pin(self.control_on(&live, ControlOp::SetLocality(locality))).await?;
             }
             return match self.send_on(&live, &mut data, &command).await {
                 Ok(response) => Ok(response),
                 Err(e) => {
-                    self.retire(&live, &e).await;
+                    Box::pin(self.retire(&live, &e)).await;
                     Err(EngineError::Failed(e.to_string()))
                 }
             };

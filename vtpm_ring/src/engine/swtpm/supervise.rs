@@ -114,6 +114,15 @@ impl ChildExits {
         Self { flag, watcher }
     }
 
+    /// True if a child may have exited since the last call of
+    /// [`Self::any_since_last_look`] (which it leaves to that call to forget).
+    pub(super) fn any_to_look_at(&self) -> bool {
+        match &self.watcher {
+            Some(w) if !w.is_finished() => self.flag.load(Ordering::Acquire),
+            _ => true,
+        }
+    }
+
     /// True if a child may have exited since the last call (and forgets it).
     pub(super) fn any_since_last_look(&self) -> bool {
         match &self.watcher {
@@ -171,6 +180,18 @@ impl SwtpmEngine {
 
     /// The live process, restarted first if it died. `None` after a requested shutdown.
     pub(super) async fn live(&self) -> Result<Arc<Live>, EngineError> {
+        // A command's usual case, without the start lock (a tokio lock, whose round trip
+        // costs every command more than all of this): a swtpm runs and no child exited
+        // since the last look. Anything else (a restart or an INIT under way, which hold
+        // the start lock, a shutdown, an exit to check) goes the long way.
+        if !self.exits.any_to_look_at() {
+            let current = self.current();
+            if current.state != EngineState::ShutDown
+                && let Some(live) = &current.live
+            {
+                return Ok(live.clone());
+            }
+        }
         let mut slot = self.slot.lock().await;
         let live = {
             let current = self.current();
@@ -197,7 +218,9 @@ impl SwtpmEngine {
             instance = self.instance,
             "swtpm is gone; restarting on its state"
         );
-        let launched = self.launch(&mut slot.hold).await;
+        // Boxed, as every rare path under `run_command`: inline, a restart's state would
+        // size the future of every command, past what the allocator serves from its cache.
+        let launched = Box::pin(self.launch(&mut slot.hold)).await;
         restart.settle(launched)
     }
 
