@@ -135,7 +135,7 @@ pub fn read_packet<Q: PageIo>(
     len: usize,
     map: impl Fn(u32) -> Result<Q, RingError>,
 ) -> Result<Vec<u8>, RingError> {
-    let mut packet = vec![0u8; len];
+    let mut packet = super::packet_buffer(len);
     for (i, chunk) in packet.chunks_mut(PAGE_SIZE).enumerate() {
         let entry = ring
             .get(i)

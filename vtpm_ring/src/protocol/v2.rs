@@ -217,7 +217,7 @@ impl<P: PageIo> V2Page<P> {
                 capacity: self.capacity(),
             });
         }
-        let mut packet = vec![0u8; len];
+        let mut packet = super::packet_buffer(len);
         PageSpan::new(&self.pages).read(packet_offset(self.nr_extra), &mut packet)?;
         Ok(V2Request {
             packet,
