@@ -63,11 +63,12 @@ impl ArcWake for SlotWaker {
     }
 }
 
-/// A slot: its waker, and the future it holds (if any).
+/// A slot: its waker, and the future it holds (if any), in a box the slot keeps for the
+/// next one (one allocation less per future).
 struct Slot<F> {
     state: Arc<SlotWaker>,
     waker: Waker,
-    future: Option<Pin<Box<F>>>,
+    future: Pin<Box<Option<F>>>,
 }
 
 /// Futures run within one task, their outputs yielded as they finish.
@@ -104,12 +105,12 @@ impl<F: Future> TaskSet<F> {
                 self.slots.push(Slot {
                     state,
                     waker,
-                    future: None,
+                    future: Box::pin(None),
                 });
                 self.slots.len() - 1
             }
         };
-        self.slots[slot].future = Some(Box::pin(future));
+        self.slots[slot].future.set(Some(future));
         self.len += 1;
         // Not through the waker: the caller polls the set next anyway.
         if !self.slots[slot].state.queued.swap(true, Ordering::AcqRel) {
@@ -144,12 +145,12 @@ impl<F: Future> Stream for TaskSet<F> {
             };
             // Cleared before the poll, so a wake during it queues the slot again.
             slot.state.queued.store(false, Ordering::Release);
-            let Some(future) = slot.future.as_mut() else {
+            let Some(future) = slot.future.as_mut().as_pin_mut() else {
                 continue;
             };
-            match future.as_mut().poll(&mut Context::from_waker(&slot.waker)) {
+            match future.poll(&mut Context::from_waker(&slot.waker)) {
                 Poll::Ready(output) => {
-                    slot.future = None;
+                    slot.future.set(None);
                     this.free.push(index);
                     this.len -= 1;
                     return Poll::Ready(Some(output));
