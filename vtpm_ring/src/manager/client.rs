@@ -12,9 +12,9 @@ use super::codec::MAX_INSTANCE;
 use super::codec::decode_control_reply;
 use super::codec::encode_control;
 use super::router::MuxRouter;
+use super::stream::FrameTx;
 use crate::engine::ControlOp;
 use crate::engine::ControlReply;
-use futures::channel::mpsc;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -86,7 +86,7 @@ pub(super) fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, Table> {
 /// The backend's side of the stream: sends requests for any instance and matches replies.
 #[derive(Clone, Debug)]
 pub struct MuxClient {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: FrameTx,
     pending: Pending,
 }
 
@@ -170,9 +170,7 @@ impl MuxClient {
             return Err(FrameError::Busy(instance));
         }
         let tag = table.fresh_tag();
-        self.tx
-            .unbounded_send(build(tag))
-            .map_err(|_| FrameError::Closed)?;
+        self.tx.send(build(tag)).map_err(|_| FrameError::Closed)?;
         if posted {
             return Ok(None);
         }

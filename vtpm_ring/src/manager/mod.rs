@@ -17,6 +17,7 @@ pub mod codec;
 mod client;
 mod router;
 mod server;
+mod stream;
 
 pub use client::MuxClient;
 pub use client::mux;
@@ -32,19 +33,21 @@ pub use codec::encode_control_reply;
 pub use router::MuxRouter;
 pub use server::VtpmManager;
 
-use futures::channel::mpsc;
+use stream::FrameRx;
+use stream::FrameTx;
+use stream::frame_queue;
 
 /// One end of the message stream.
 #[derive(Debug)]
 pub struct StreamEnd {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    tx: FrameTx,
+    rx: FrameRx,
 }
 
 /// A connected pair of stream ends (backend side, manager side).
 pub fn stream_pair() -> (StreamEnd, StreamEnd) {
-    let (atx, arx) = mpsc::unbounded();
-    let (btx, brx) = mpsc::unbounded();
+    let (atx, arx) = frame_queue();
+    let (btx, brx) = frame_queue();
     (
         StreamEnd { tx: atx, rx: brx },
         StreamEnd { tx: btx, rx: arx },

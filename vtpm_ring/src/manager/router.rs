@@ -11,19 +11,19 @@
 use super::client::Pending;
 use super::client::lock;
 use super::codec::Frame;
+use super::stream::FrameRx;
 use futures::StreamExt;
-use futures::channel::mpsc;
 
 /// Routes replies from the manager to the waiting [`MuxClient`](super::MuxClient) calls; run
 /// it alongside.
 #[derive(Debug)]
 pub struct MuxRouter {
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    rx: FrameRx,
     pending: Pending,
 }
 
 impl MuxRouter {
-    pub(super) fn new(rx: mpsc::UnboundedReceiver<Vec<u8>>, pending: Pending) -> Self {
+    pub(super) fn new(rx: FrameRx, pending: Pending) -> Self {
         Self { rx, pending }
     }
 
@@ -111,7 +111,7 @@ mod tests {
     }
 
     fn reply(man: &super::super::StreamEnd, frame: Frame) {
-        man.tx.unbounded_send(frame.encode()).unwrap();
+        man.tx.send(frame.encode()).unwrap();
     }
 
     proptest::proptest! {

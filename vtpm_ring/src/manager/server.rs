@@ -74,7 +74,7 @@ impl VtpmManager {
                         running.push(run(&engines, next));
                     }
                     if let Some(reply) = reply
-                        && tx.unbounded_send(reply).is_err()
+                        && tx.send(reply).is_err()
                     {
                         break;
                     }
@@ -92,14 +92,14 @@ impl VtpmManager {
                         Admit::Run(job) => running.push(run(&engines, job)),
                         Admit::Queued => {}
                         Admit::Refused(reply) => {
-                            if tx.unbounded_send(reply).is_err() {
+                            if tx.send(reply).is_err() {
                                 break;
                             }
                         }
                         Admit::Merged { instance, tag, payload } => {
                             tracing::debug!(instance, "cancel merged into the one running");
                             let reply = merged_cancel(&engines, instance, tag, &payload);
-                            if tx.unbounded_send(reply).is_err() {
+                            if tx.send(reply).is_err() {
                                 break;
                             }
                         }
@@ -113,7 +113,7 @@ impl VtpmManager {
                 running.push(run(&engines, next));
             }
             if let Some(reply) = reply {
-                let _ = tx.unbounded_send(reply);
+                let _ = tx.send(reply);
             }
         }
     }
@@ -549,7 +549,7 @@ mod tests {
                 locality: 0,
                 command: GET_RANDOM_8.to_vec(),
             };
-            back.tx.unbounded_send(frame.encode()).unwrap();
+            back.tx.send(frame.encode()).unwrap();
         }
         settle().await;
         let refused = Frame::into_reply(back.rx.next().await.unwrap()).unwrap();
@@ -627,7 +627,7 @@ mod tests {
         // Instance 1's first cancel runs and stays; its next two are merged into it; instance
         // 2's runs alongside; instance 9 has no engine.
         for (instance, tag) in [(1, 0), (1, 1), (1, 2), (2, 3), (9, 4), (9, 5)] {
-            back.tx.unbounded_send(cancel_frame(instance, tag)).unwrap();
+            back.tx.send(cancel_frame(instance, tag)).unwrap();
         }
         // A cancel whose body does not decode is refused as running it would be.
         let mut bad = ctrl::encode_request(&ControlOp::CancelCommand);
@@ -638,12 +638,12 @@ mod tests {
             tag: 6,
             payload: bad,
         };
-        back.tx.unbounded_send(bad.encode()).unwrap();
+        back.tx.send(bad.encode()).unwrap();
         settle().await;
         let done = Ok(ControlReply::Done);
         let not_running = Err(EngineError::NotRunning.result_code());
         let mut answered = BTreeMap::new();
-        while let Ok(reply) = back.rx.try_recv() {
+        while let Some(reply) = back.rx.try_recv() {
             let (tag, reply) = cancel_reply(reply);
             answered.insert(tag, reply);
         }
@@ -667,7 +667,7 @@ mod tests {
             cancel_reply(back.rx.next().await.unwrap()),
             (0, done.clone())
         );
-        back.tx.unbounded_send(cancel_frame(1, 7)).unwrap();
+        back.tx.send(cancel_frame(1, 7)).unwrap();
         settle().await;
         assert_eq!(one.cancels.load(ordering), 2);
         one.release.add_permits(1);

@@ -110,4 +110,3 @@ pub(crate) fn packet_buffer(len: usize) -> Vec<u8> {
     packet.resize(len, 0);
     packet
 }
-
