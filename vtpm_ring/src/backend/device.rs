@@ -221,7 +221,14 @@ async fn serve_device(
                 if !still_mine() {
                     return Ok(());
                 }
-                store.write_in_place(&format!("{dir}/{}", keys::ERROR), &e.to_string())?;
+                // The refusal must reach the frontend whatever happens to its reason: a
+                // failed write of `error` that ended the task here would leave the device
+                // in InitWait and serve it again, forever, without Closed.
+                if let Err(write) =
+                    store.write_in_place(&format!("{dir}/{}", keys::ERROR), &e.to_string())
+                {
+                    tracing::warn!(error = %write, "vTPM refusal's reason not written");
+                }
             }
         }
         write_state(store, dir, XenbusState::CLOSED)?;

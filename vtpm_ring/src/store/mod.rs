@@ -43,6 +43,10 @@ pub const MAX_WATCHES_PER_DOMAIN: usize = 128;
 /// Most access list entries on one node (xenstored's default quota): every node created below
 /// copies the list, and every watch event consults it.
 pub const MAX_PERMS_PER_NODE: usize = 5;
+/// Most characters of a bad value [`StoreError::BadValue`] quotes. Each may escape to at most
+/// 10 bytes (`\u{10ffff}`), so the quote stays far below [`MAX_VALUE_LEN`] however long or
+/// strange the value.
+pub const MAX_EXCERPT_CHARS: usize = 32;
 /// Most events one watch queues before further events collapse into one (XSA-349: a guest
 /// writing nodes must not grow the memory of whoever watches them).
 pub const MAX_WATCH_EVENTS: usize = 64;
@@ -76,15 +80,33 @@ pub enum StoreError {
     #[error("access list of {0} entries is too long")]
     TooManyPerms(usize),
     /// A value that should be a number or a state was not.
-    #[error("node {path} holds {value:?}, not a valid {what}")]
+    #[error("node {path} holds {excerpt} ({len} bytes), not a valid {what}")]
     BadValue {
         /// Where.
         path: String,
-        /// What was there.
-        value: String,
+        /// The start of what was there, escaped and quoted (see [`MAX_EXCERPT_CHARS`]):
+        /// the value is a guest's, and this text is written back to the store (a backend's
+        /// `error` node), so quoted whole it could outgrow [`MAX_VALUE_LEN`].
+        excerpt: String,
+        /// The length of the whole value, in bytes.
+        len: usize,
         /// What was expected.
         what: &'static str,
     },
+}
+
+/// The first [`MAX_EXCERPT_CHARS`] characters of `value`, escaped and quoted, with `...`
+/// after the quote when there was more.
+fn excerpt(value: &str) -> String {
+    let mut quoted = String::from("\"");
+    for c in value.chars().take(MAX_EXCERPT_CHARS) {
+        quoted.extend(c.escape_debug());
+    }
+    quoted.push('"');
+    if value.chars().nth(MAX_EXCERPT_CHARS).is_some() {
+        quoted.push_str("...");
+    }
+    quoted
 }
 
 /// The store (the host owns one; domains reach it through a [`StoreHandle`] acting as them).
@@ -213,7 +235,8 @@ impl StoreHandle {
         let value = self.read(path)?;
         value.trim().parse().map_err(|_| StoreError::BadValue {
             path: path.to_string(),
-            value,
+            excerpt: excerpt(&value),
+            len: value.len(),
             what: "number",
         })
     }
@@ -701,6 +724,23 @@ pub(super) mod tests {
             a.rm("d/x").unwrap();
             assert_eq!(a.try_read("d/x/y").unwrap(), None);
             assert_eq!(a.directory("d").unwrap(), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_bad_value_is_quoted_in_part_however_long_or_strange() {
+            let (_, _, a, _) = setup();
+            for (value, quoted) in [
+                ("x".to_string(), "\"x\""),
+                ("\u{1}".repeat(MAX_VALUE_LEN), "\"\\u{1}\\u{1}"),
+                ("y".repeat(MAX_VALUE_LEN), "\"yyyy"),
+            ] {
+                a.write("n", &value).unwrap();
+                let e = a.read_num::<u32>("n").unwrap_err();
+                let text = e.to_string();
+                assert!(text.contains(quoted), "{text}");
+                assert!(text.contains(&format!("({} bytes)", value.len())), "{text}");
+                assert!(text.len() < 512, "{} bytes of error text", text.len());
+            }
         }
 
         #[test]
