@@ -7,8 +7,9 @@
 //!   one write. A client may send any number of commands per connection (tpm2-tss opens one
 //!   per command); up to [`MAX_CONNECTIONS`] connections per port are served concurrently
 //!   (more are closed at once) and the frontend runs their commands one at a time. A header whose size is below 10 or above what the shared pages hold gets
-//!   `TPM_RC_COMMAND_SIZE` and the connection is closed, since the stream can no longer be
-//!   framed; a command the ring fails to deliver gets `TPM_RC_FAILURE`.
+//!   `TPM_RC_COMMAND_SIZE` and the stream ends, since it can no longer be framed (what the
+//!   client still sends is read and dropped for a while first, see [`DRAIN_TIME`]); a
+//!   command the ring fails to deliver gets `TPM_RC_FAILURE`.
 //! - the **control port** `P + 1` speaks swtpm's control channel ([`crate::engine::ctrl`]).
 //!   It carries what the frontend itself can do: GET_CAPABILITY (advertising exactly what
 //!   the ring carries, see [`capabilities`]), SET_LOCALITY and CANCEL_TPM_CMD. A v1 ring
@@ -162,6 +163,12 @@ where
     }
 }
 
+/// Longest a stream whose framing is lost is drained after its last answer, before it closes.
+pub const DRAIN_TIME: Duration = Duration::from_secs(1);
+/// Most bytes drained from such a stream (a TPM command is a few KiB; this is room for a
+/// client that sent one far larger, whole, before it read the refusal).
+pub const DRAIN_BYTES: usize = 1 << 20;
+
 /// What one read from a TPM socket client asks for: any command a v2 ring with one extra
 /// page carries.
 const COMMAND_READ: usize = 4096;
@@ -199,7 +206,7 @@ async fn serve_data(frontend: Arc<Frontend>, stream: TcpStream) {
 /// Serves raw TPM commands on `stream` through `frontend` until the peer leaves: each
 /// command framed by its header (at most `max()` bytes), each response in one write. A
 /// command the ring fails to deliver gets `TPM_RC_FAILURE`; an unframeable one
-/// `TPM_RC_COMMAND_SIZE`, and the stream ends.
+/// `TPM_RC_COMMAND_SIZE`, and the stream ends (see [`drain_and_end`]).
 pub(crate) async fn serve_commands(
     frontend: &Frontend,
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -232,6 +239,7 @@ pub(crate) async fn serve_commands(
             return;
         }
         if !keep {
+            drain_and_end(&mut stream).await;
             return;
         }
         // Let the other connections in before the next command. A client that pipelines
@@ -241,6 +249,37 @@ pub(crate) async fn serve_commands(
         // long as the client keeps sending.
         tokio::task::yield_now().await;
     }
+}
+
+/// Ends a stream whose framing is lost, after its last answer: shuts its write side (the
+/// peer reads the answer, then the end of the stream), then reads and drops what the peer
+/// still sends, until it closes, for at most [`DRAIN_TIME`] and [`DRAIN_BYTES`]. Closed with
+/// input unread (the rest of an oversized command, typically), a TCP socket is reset
+/// instead, and the peer's kernel drops what it had not yet read, the answer included.
+async fn drain_and_end(stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin)) {
+    if let Err(e) = stream.shutdown().await {
+        tracing::debug!(error = %e, "TPM socket shutdown failed");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut scratch = vec![0u8; COMMAND_READ];
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        let n = left.min(scratch.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch[..n])).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => left = left.saturating_sub(n),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TPM socket read failed while draining");
+                return;
+            }
+            Err(_) => break,
+        }
+    }
+    tracing::debug!(
+        drained = DRAIN_BYTES - left,
+        "TPM socket peer still sending; closed without draining further"
+    );
 }
 
 /// What the control port in front of `frontend` advertises: exactly what reaches the TPM.
