@@ -2,7 +2,10 @@
 //!
 //! Every node has an owner, a default permission for other domains and an access list. The
 //! owner and dom0 may do anything (but only dom0 may change a node's owner); others get what
-//! the access list (or the default) says. Nodes count against their owner's quota.
+//! the access list (or the default) says. A node a domain creates counts against its owner's
+//! node quota (the creator's, until dom0 gives the node away); one the toolstack creates counts
+//! against no quota, since it is the toolstack's configuration, bounded by what the toolstack
+//! configures, not anything the owner did.
 //! Creating a node needs write permission on the nearest existing ancestor; the new node copies
 //! its parent's permissions with the creator as owner. So a guest, which owns only
 //! `/local/domain/<id>`, writes only there unless someone granted it more.
@@ -293,9 +296,12 @@ impl StoreHandle {
                 missing.push(cur.to_string());
                 p = parent_of(cur);
             }
-            if self.domain != DomainId::DOM0
-                && state.owned_by(self.domain).saturating_add(missing.len()) > MAX_NODES_PER_DOMAIN
+            let charged = self.domain != DomainId::DOM0;
+            if charged
+                && state.charged_to(self.domain).saturating_add(missing.len())
+                    > MAX_NODES_PER_DOMAIN
             {
+                tracing::debug!(domain = %self.domain, path, "store node quota reached");
                 return Err(StoreError::Quota(self.domain));
             }
             for m in missing.into_iter().rev() {
@@ -304,6 +310,7 @@ impl StoreHandle {
                     Node {
                         value: String::new(),
                         perms: perms.clone(),
+                        charged,
                     },
                 );
                 created.push(m);
@@ -662,12 +669,16 @@ pub(super) mod tests {
         }
 
         #[test]
-        fn owner_counts_follow_creates_removals_and_owner_changes() {
+        fn charged_counts_follow_creates_removals_and_owner_changes() {
             let (_, dom0, a, b) = setup();
             let scan = |d: DomainId| {
                 let state = dom0.store.lock();
-                let counted = state.owned_by(d);
-                let scanned = state.nodes.values().filter(|n| n.perms.owner == d).count();
+                let counted = state.charged_to(d);
+                let scanned = state
+                    .nodes
+                    .values()
+                    .filter(|n| n.charged && n.perms.owner == d)
+                    .count();
                 (counted, scanned)
             };
             let check = || {
@@ -688,8 +699,31 @@ pub(super) mod tests {
             check();
             a.rm("x").unwrap();
             check();
-            assert_eq!(scan(DomainId(1)).0, 1, "only the home is left");
-            assert_eq!(scan(DomainId(2)).0, 1);
+            // Only the home is left, the toolstack's: charged to nobody.
+            assert_eq!(scan(DomainId(1)).0, 0);
+            assert_eq!(scan(DomainId(2)).0, 0);
+        }
+
+        #[test]
+        fn the_toolstacks_nodes_leave_a_domain_its_whole_quota() {
+            let (_, dom0, a, _) = setup();
+            for i in 0..2 * MAX_NODES_PER_DOMAIN {
+                dom0.write(&format!("/local/domain/1/config/{i}"), "x")
+                    .unwrap();
+            }
+            assert_eq!(a.read("config/0").unwrap(), "x");
+            let mut created = 0;
+            while a.write(&format!("own/{created}"), "x").is_ok() {
+                created += 1;
+            }
+            // "own" itself is one of the domain's nodes.
+            assert_eq!(created + 1, MAX_NODES_PER_DOMAIN);
+            // Removing and re-creating the toolstack's nodes is the domain's doing: charged.
+            a.rm("own").unwrap();
+            a.rm("config/0").unwrap();
+            a.write("config/0", "y").unwrap();
+            let state = dom0.store.lock();
+            assert_eq!(state.charged_to(DomainId(1)), 1);
         }
 
         #[test]

@@ -1,5 +1,5 @@
-//! The tree itself: nodes by path, each owner's node count kept with them, path helpers, and
-//! the error a domain gets for a node it may not know about.
+//! The tree itself: nodes by path, each domain's charged node count kept with them, path
+//! helpers, and the error a domain gets for a node it may not know about.
 
 use super::Perms;
 use super::StoreError;
@@ -8,21 +8,28 @@ use super::watch::Watches;
 use crate::domain::DomainId;
 use std::collections::BTreeMap;
 
-/// One node: its value and who may do what with it.
+/// One node: its value, who may do what with it, and whether it counts against its owner's
+/// node quota.
 #[derive(Debug, Clone)]
 pub(super) struct Node {
     pub(super) value: String,
     pub(super) perms: Perms,
+    /// Whether a domain created it (it then counts against its owner's quota). A node the
+    /// toolstack creates counts against no quota: it is the toolstack's configuration,
+    /// bounded by what the toolstack configures, which the owner neither asked for nor can
+    /// prevent, and charged to the owner it would eat the room the owner's own writes need
+    /// (a backend's directory holds the toolstack's keys for every device it serves).
+    pub(super) charged: bool,
 }
 
-/// The tree, its owners' node counts and the watches: what the store's lock guards.
+/// The tree, the domains' charged node counts and the watches: what the store's lock guards.
 pub(super) struct StoreState {
     /// Nodes by resolved path. Added, removed and given owners only through `insert`,
-    /// `remove` and `set_perms`, which keep `owned` in step; values are written in place.
+    /// `remove` and `set_perms`, which keep `charged` in step; values are written in place.
     pub(super) nodes: BTreeMap<String, Node>,
-    /// How many nodes each domain owns, kept with `nodes` (counting them on every create
-    /// would cost a scan of the whole store under its lock).
-    owned: BTreeMap<DomainId, usize>,
+    /// How many charged nodes (see [`Node::charged`]) each domain owns, kept with `nodes`
+    /// (counting them on every create would cost a scan of the whole store under its lock).
+    charged: BTreeMap<DomainId, usize>,
     pub(super) watches: Watches,
 }
 
@@ -58,10 +65,11 @@ impl StoreState {
         let root = Node {
             value: String::new(),
             perms: Perms::private(DomainId::DOM0),
+            charged: false,
         };
         Self {
             nodes: BTreeMap::from([("/".to_string(), root)]),
-            owned: BTreeMap::from([(DomainId::DOM0, 1)]),
+            charged: BTreeMap::new(),
             watches: Watches::default(),
         }
     }
@@ -88,40 +96,47 @@ impl StoreState {
         }
     }
 
-    pub(super) fn owned_by(&self, domain: DomainId) -> usize {
-        self.owned.get(&domain).copied().unwrap_or(0)
+    /// How many nodes count against `domain`'s quota.
+    pub(super) fn charged_to(&self, domain: DomainId) -> usize {
+        self.charged.get(&domain).copied().unwrap_or(0)
     }
 
-    pub(super) fn count(&mut self, owner: DomainId, delta: isize) {
-        let n = self.owned.entry(owner).or_insert(0);
+    /// Adds `delta` to `owner`'s charged count, if the node it is for is `charged`.
+    fn count(&mut self, owner: DomainId, charged: bool, delta: isize) {
+        if !charged {
+            return;
+        }
+        let n = self.charged.entry(owner).or_insert(0);
         *n = n.saturating_add_signed(delta);
         if *n == 0 {
-            self.owned.remove(&owner);
+            self.charged.remove(&owner);
         }
     }
 
     pub(super) fn insert(&mut self, path: String, node: Node) {
-        self.count(node.perms.owner, 1);
+        self.count(node.perms.owner, node.charged, 1);
         if let Some(old) = self.nodes.insert(path, node) {
-            self.count(old.perms.owner, -1);
+            self.count(old.perms.owner, old.charged, -1);
         }
     }
 
     pub(super) fn remove(&mut self, path: &str) {
         if let Some(old) = self.nodes.remove(path) {
-            self.count(old.perms.owner, -1);
+            self.count(old.perms.owner, old.charged, -1);
         }
     }
 
+    /// Replaces a node's permissions; a charged node's charge follows its owner (as
+    /// xenstored's does), so only dom0, the one that may change owners, moves charges.
     pub(super) fn set_perms(&mut self, path: &str, perms: Perms) {
-        let new_owner = perms.owner;
         let Some(node) = self.nodes.get_mut(path) else {
             return;
         };
+        let (new_owner, charged) = (perms.owner, node.charged);
         let old_owner = std::mem::replace(&mut node.perms, perms).owner;
         if old_owner != new_owner {
-            self.count(old_owner, -1);
-            self.count(new_owner, 1);
+            self.count(old_owner, charged, -1);
+            self.count(new_owner, charged, 1);
         }
     }
 }
