@@ -24,6 +24,7 @@ use crate::page::PAGE_SIZE;
 use crate::page::RawPage;
 use crate::store::Store;
 use crate::store::StoreHandle;
+use crate::store::StoreQuota;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -164,6 +165,7 @@ impl Host {
     pub fn toolstack(&self) -> Toolstack {
         Toolstack {
             store: self.inner.store.connect(DomainId::DOM0),
+            quotas: self.inner.store.clone(),
         }
     }
 
@@ -179,16 +181,42 @@ impl Host {
 }
 
 /// The toolstack's capability: dom0's access to the store, for creating and removing devices
-/// (see [`crate::xenbus::create_device`]). Only the host side gets one, from [`Host::toolstack`].
-#[derive(Clone, Debug)]
+/// (see [`crate::xenbus::create_device`]), and the domains' store quotas. Only the host side
+/// gets one, from [`Host::toolstack`].
+#[derive(Clone)]
 pub struct Toolstack {
     store: StoreHandle,
+    quotas: Store,
+}
+
+impl fmt::Debug for Toolstack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Toolstack").finish_non_exhaustive()
+    }
 }
 
 impl Toolstack {
     /// The store as dom0.
     pub fn store(&self) -> &StoreHandle {
         &self.store
+    }
+
+    /// Sets the store quota of `domain`, running or not (it keeps it if created later), as
+    /// `xenstore-control quota-set` does: a domain serving others (a backend) needs more
+    /// than a guest's default. Only the toolstack can: a guest that set its own would have
+    /// no quota. Dom0 has none to set ([`DomainError::Reserved`]).
+    pub fn set_store_quota(&self, domain: DomainId, quota: StoreQuota) -> Result<(), DomainError> {
+        if domain == DomainId::DOM0 {
+            return Err(DomainError::Reserved(domain));
+        }
+        tracing::debug!(%domain, nodes = quota.nodes, watches = quota.watches, "store quota set");
+        self.quotas.set_quota(domain, quota);
+        Ok(())
+    }
+
+    /// The store quota of `domain` (the default unless set; dom0's is never applied).
+    pub fn store_quota(&self, domain: DomainId) -> StoreQuota {
+        self.quotas.quota(domain)
     }
 }
 

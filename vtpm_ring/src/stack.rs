@@ -321,6 +321,9 @@ impl VtpmStack {
 
         let host = Host::new();
         let backend_domain = host.create_domain(BACKEND_DOMAIN, 16)?;
+        // The guests keep the default quota; the backend domain serves them all.
+        let toolstack = host.toolstack();
+        toolstack.set_store_quota(BACKEND_DOMAIN, Backend::store_quota(instances.len()))?;
         let mut manager = VtpmManager::new();
         for (&instance, engine) in &engines {
             manager.add_instance(instance, engine.clone());
@@ -328,7 +331,6 @@ impl VtpmStack {
         // The toolstack writes every device before the backend starts watching: a backend
         // that sees a half-written device could announce InitWait before the toolstack's
         // own write of the initial state lands on top of it.
-        let toolstack = host.toolstack();
         let mut domains = Vec::with_capacity(instances.len());
         for (i, &instance) in (0u16..).zip(&instances) {
             let domain = DomainId(2 + i);

@@ -83,6 +83,10 @@ impl<E: TpmEngine + 'static> Testbed<E> {
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), DomainError> {
         let host = Host::new();
         let backend = host.create_domain(BACKEND_DOMAIN, 16)?;
+        // Room for as many devices as a stack serves, however many a test adds.
+        let devices = usize::from(crate::stack::MAX_GUESTS);
+        host.toolstack()
+            .set_store_quota(BACKEND_DOMAIN, Backend::store_quota(devices))?;
         let mut manager = VtpmManager::new();
         let mut by_instance = BTreeMap::new();
         for (i, engine) in engines {

@@ -26,6 +26,9 @@
 //! `power` resets the TPM around a connection. `device` runs one device's bus states and
 //! `connection` the loop that serves it while connected; this module finds the devices and
 //! holds the settings, errors and counters (`stats`) they share.
+//!
+//! The backend's domain needs a store quota sized for the devices it serves
+//! ([`Backend::store_quota`]): a guest's default holds 63 devices' watches.
 
 mod connection;
 mod control;
@@ -79,6 +82,7 @@ use crate::protocol::Protocols;
 use crate::protocol::RingError;
 use crate::store::StoreError;
 use crate::store::StoreHandle;
+use crate::store::StoreQuota;
 use crate::store::Watch;
 use crate::task_set::TaskSet;
 use crate::tpm_header::TpmRc;
@@ -189,7 +193,30 @@ struct Shared {
     instances: Mutex<BTreeSet<u32>>,
 }
 
+/// Store watches the backend holds for each device it serves: the device's directory, for
+/// the toolstack's changes, and the frontend's, for the frontend's.
+pub const WATCHES_PER_DEVICE: usize = 2;
+/// Store nodes the backend itself creates in each device's directory: `feature-protocol-v2`,
+/// `feature-vtpm-control` and `error` (the toolstack's nodes count against no quota).
+pub const NODES_PER_DEVICE: usize = 3;
+
 impl Backend {
+    /// The store quota a backend domain serving `devices` devices needs, for the toolstack
+    /// to set ([`crate::domain::Toolstack::set_store_quota`]): what each device takes
+    /// ([`WATCHES_PER_DEVICE`], [`NODES_PER_DEVICE`]) on top of a guest's default, which
+    /// leaves room for the root watch and anything else the domain keeps in the store.
+    pub fn store_quota(devices: usize) -> StoreQuota {
+        let default = StoreQuota::default();
+        StoreQuota {
+            nodes: devices
+                .saturating_mul(NODES_PER_DEVICE)
+                .saturating_add(default.nodes),
+            watches: devices
+                .saturating_mul(WATCHES_PER_DEVICE)
+                .saturating_add(default.watches),
+        }
+    }
+
     /// A backend acting as `domain`, talking to the vTPM manager over `stream`.
     pub fn new(domain: Domain, stream: StreamEnd, config: BackendConfig) -> Self {
         let (client, router) = mux(stream);

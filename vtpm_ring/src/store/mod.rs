@@ -5,7 +5,9 @@
 //! the access list (or the default) says. A node a domain creates counts against its owner's
 //! node quota (the creator's, until dom0 gives the node away); one the toolstack creates counts
 //! against no quota, since it is the toolstack's configuration, bounded by what the toolstack
-//! configures, not anything the owner did.
+//! configures, not anything the owner did. Each domain but dom0 has its own quota of nodes
+//! and watches ([`StoreQuota`]): a guest's default, unless the toolstack sets another (a
+//! backend serving many guests needs more).
 //! Creating a node needs write permission on the nearest existing ancestor; the new node copies
 //! its parent's permissions with the creator as owner. So a guest, which owns only
 //! `/local/domain/<id>`, writes only there unless someone granted it more.
@@ -39,9 +41,10 @@ use thiserror::Error;
 pub const MAX_PATH_LEN: usize = 1024;
 /// Largest value accepted.
 pub const MAX_VALUE_LEN: usize = 4096;
-/// Most nodes one domain may own (a hostile guest cannot exhaust the store).
+/// Most nodes one domain may own unless the toolstack sets it another quota (a hostile guest
+/// cannot exhaust the store).
 pub const MAX_NODES_PER_DOMAIN: usize = 1000;
-/// Most watches one domain may hold.
+/// Most watches one domain may hold unless the toolstack sets it another quota.
 pub const MAX_WATCHES_PER_DOMAIN: usize = 128;
 /// Most access list entries on one node (xenstored's default quota): every node created below
 /// copies the list, and every watch event consults it.
@@ -53,6 +56,27 @@ pub const MAX_EXCERPT_CHARS: usize = 32;
 /// Most events one watch queues before further events collapse into one (XSA-349: a guest
 /// writing nodes must not grow the memory of whoever watches them).
 pub const MAX_WATCH_EVENTS: usize = 64;
+
+/// How much of the store one domain may use. Every domain but dom0 has one: the default
+/// ([`MAX_NODES_PER_DOMAIN`], [`MAX_WATCHES_PER_DOMAIN`]) suits a guest; a service domain
+/// (a backend serving many guests) needs more, which only the toolstack can give it
+/// ([`crate::domain::Toolstack::set_store_quota`], as `xenstore-control quota-set` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreQuota {
+    /// Most nodes the domain may own (of those that count, see the [module](self) docs).
+    pub nodes: usize,
+    /// Most watches the domain may hold at once.
+    pub watches: usize,
+}
+
+impl Default for StoreQuota {
+    fn default() -> Self {
+        Self {
+            nodes: MAX_NODES_PER_DOMAIN,
+            watches: MAX_WATCHES_PER_DOMAIN,
+        }
+    }
+}
 
 /// Errors from store operations.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -142,6 +166,18 @@ impl Store {
             store: self.clone(),
             domain,
         }
+    }
+
+    /// Sets `domain`'s quota (dom0 has none). Only the toolstack may: a domain raising its
+    /// own would be no quota at all. Lowering it below what the domain uses takes nothing
+    /// away; it refuses the domain's next creations until it is back below.
+    pub(crate) fn set_quota(&self, domain: DomainId, quota: StoreQuota) {
+        self.lock().set_quota(domain, quota);
+    }
+
+    /// `domain`'s quota.
+    pub(crate) fn quota(&self, domain: DomainId) -> StoreQuota {
+        self.lock().quota_of(domain)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
@@ -299,7 +335,7 @@ impl StoreHandle {
             let charged = self.domain != DomainId::DOM0;
             if charged
                 && state.charged_to(self.domain).saturating_add(missing.len())
-                    > MAX_NODES_PER_DOMAIN
+                    > state.quota_of(self.domain).nodes
             {
                 tracing::debug!(domain = %self.domain, path, "store node quota reached");
                 return Err(StoreError::Quota(self.domain));
@@ -447,7 +483,9 @@ impl StoreHandle {
     pub fn watch(&self, path: &str) -> Result<Watch, StoreError> {
         let path = self.resolve(path)?;
         let store = self.store.clone();
-        self.store.lock().watches.register(self.domain, path, store)
+        let mut state = self.store.lock();
+        let limit = state.quota_of(self.domain).watches;
+        state.watches.register(self.domain, path, store, limit)
     }
 }
 
@@ -724,6 +762,40 @@ pub(super) mod tests {
             a.write("config/0", "y").unwrap();
             let state = dom0.store.lock();
             assert_eq!(state.charged_to(DomainId(1)), 1);
+        }
+
+        #[test]
+        fn quotas_are_per_domain_and_set_by_the_toolstack() {
+            let (host, _, a, b) = setup();
+            let toolstack = host.toolstack();
+            let raised = StoreQuota {
+                nodes: 2 * MAX_NODES_PER_DOMAIN,
+                watches: 2 * MAX_WATCHES_PER_DOMAIN,
+            };
+            toolstack.set_store_quota(DomainId(1), raised).unwrap();
+            assert_eq!(toolstack.store_quota(DomainId(1)), raised);
+            assert_eq!(toolstack.store_quota(DomainId(2)), StoreQuota::default());
+            for (domain, store, quota) in [(1, &a, raised), (2, &b, StoreQuota::default())] {
+                let held: Vec<Watch> = (0..quota.watches)
+                    .map(|_| store.watch("").unwrap())
+                    .collect();
+                assert!(
+                    matches!(store.watch(""), Err(StoreError::Quota(d)) if d == DomainId(domain))
+                );
+                drop(held);
+                // The home is the toolstack's: every node of the quota is the domain's.
+                for i in 0..quota.nodes {
+                    store.write(&format!("n{i}"), "").unwrap();
+                }
+                assert_eq!(
+                    store.write("one-more", ""),
+                    Err(StoreError::Quota(DomainId(domain)))
+                );
+            }
+            assert_eq!(
+                toolstack.set_store_quota(DomainId::DOM0, raised),
+                Err(crate::domain::DomainError::Reserved(DomainId::DOM0))
+            );
         }
 
         #[test]

@@ -4,6 +4,7 @@
 use super::Perms;
 use super::StoreError;
 use super::StoreHandle;
+use super::StoreQuota;
 use super::watch::Watches;
 use crate::domain::DomainId;
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ pub(super) struct StoreState {
     /// (counting them on every create would cost a scan of the whole store under its lock).
     charged: BTreeMap<DomainId, usize>,
     pub(super) watches: Watches,
+    /// The quotas the toolstack set; a domain not here has the default.
+    quotas: BTreeMap<DomainId, StoreQuota>,
 }
 
 /// Whether `path` is `base` or below it.
@@ -71,6 +74,7 @@ impl StoreState {
             nodes: BTreeMap::from([("/".to_string(), root)]),
             charged: BTreeMap::new(),
             watches: Watches::default(),
+            quotas: BTreeMap::new(),
         }
     }
 
@@ -94,6 +98,15 @@ impl StoreState {
             Some(n) if n.perms.of(who.domain).can_read() => StoreError::NotFound(path.to_string()),
             _ => who.denied(op, path),
         }
+    }
+
+    /// `domain`'s quota.
+    pub(super) fn quota_of(&self, domain: DomainId) -> StoreQuota {
+        self.quotas.get(&domain).copied().unwrap_or_default()
+    }
+
+    pub(super) fn set_quota(&mut self, domain: DomainId, quota: StoreQuota) {
+        self.quotas.insert(domain, quota);
     }
 
     /// How many nodes count against `domain`'s quota.

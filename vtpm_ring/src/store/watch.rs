@@ -10,7 +10,6 @@
 //! that touched the store from inside the lock would deadlock every domain's store calls.
 
 use super::MAX_WATCH_EVENTS;
-use super::MAX_WATCHES_PER_DOMAIN;
 use super::Store;
 use super::StoreError;
 use super::is_at_or_below;
@@ -116,17 +115,20 @@ pub(super) struct Watches {
 }
 
 impl Watches {
-    /// Registers a watch of `path` (resolved) for `domain`, within its quota, with the initial
-    /// event Xen sends (queued; nobody waits on a new watch yet, so there is nobody to wake).
+    /// Registers a watch of `path` (resolved) for `domain`, within its quota of `limit`
+    /// watches (none for dom0), with the initial event Xen sends (queued; nobody waits on a
+    /// new watch yet, so there is nobody to wake).
     pub(super) fn register(
         &mut self,
         domain: DomainId,
         path: String,
         store: Store,
+        limit: usize,
     ) -> Result<Watch, StoreError> {
         if domain != DomainId::DOM0
-            && self.watches.iter().filter(|w| w.domain == domain).count() >= MAX_WATCHES_PER_DOMAIN
+            && self.watches.iter().filter(|w| w.domain == domain).count() >= limit
         {
+            tracing::debug!(%domain, limit, path, "store watch quota reached");
             return Err(StoreError::Quota(domain));
         }
         let queue = Arc::new(Queue::default());
