@@ -17,12 +17,17 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
 
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
+    /// Something for the receiver to look at (a frame, or the last sender gone), so that
+    /// a poll finding nothing, the usual case when other work woke its task, takes no lock.
+    ready: AtomicBool,
     receiver: AtomicWaker,
 }
 
@@ -69,6 +74,7 @@ pub(crate) fn frame_queue() -> (FrameTx, FrameRx) {
             senders: 1,
             closed: false,
         }),
+        ready: AtomicBool::new(false),
         receiver: AtomicWaker::new(),
     });
     (
@@ -91,6 +97,7 @@ impl FrameTx {
                 return Err(Closed);
             }
             state.frames.push_back(frame);
+            self.queue.ready.store(true, Ordering::Release);
         }
         self.queue.receiver.wake();
         Ok(())
@@ -111,6 +118,9 @@ impl Drop for FrameTx {
         let last = {
             let mut state = self.queue.state();
             state.senders -= 1;
+            if state.senders == 0 {
+                self.queue.ready.store(true, Ordering::Release);
+            }
             state.senders == 0
         };
         if last {
@@ -123,17 +133,26 @@ impl FrameRx {
     /// The next frame, or `None` when there is none now or the stream ended.
     #[cfg(test)]
     pub(crate) fn try_recv(&mut self) -> Option<Vec<u8>> {
-        self.queue.state().frames.pop_front()
+        self.take().flatten()
     }
 
     /// The next frame, or that the stream ended (`Some(None)`), or nothing yet (`None`).
     fn take(&mut self) -> Option<Option<Vec<u8>>> {
-        let mut state = self.queue.state();
-        match state.frames.pop_front() {
-            Some(frame) => Some(Some(frame)),
-            None if state.senders == 0 => Some(None),
-            None => None,
+        if !self.queue.ready.load(Ordering::Acquire) {
+            return None;
         }
+        let mut state = self.queue.state();
+        let next = match state.frames.pop_front() {
+            Some(frame) => Some(Some(frame)),
+            None if state.senders == 0 => return Some(None),
+            None => None,
+        };
+        // Cleared under the lock that sets it (a frame queued meanwhile sets it again), and
+        // only while a sender is left: with none, the end is still to be told.
+        if state.frames.is_empty() && state.senders > 0 {
+            self.queue.ready.store(false, Ordering::Release);
+        }
+        next
     }
 }
 
@@ -267,3 +286,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod thread_tests;
