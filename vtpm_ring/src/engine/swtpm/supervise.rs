@@ -183,27 +183,32 @@ impl SwtpmEngine {
         // A command's usual case, without the start lock (a tokio lock, whose round trip
         // costs every command more than all of this): a swtpm runs and no child exited
         // since the last look. Anything else (a restart or an INIT under way, which hold
-        // the start lock, a shutdown, an exit to check) goes the long way.
+        // the start lock, a shutdown, a swtpm `status` found dead, an exit to check) goes
+        // the long way.
         if !self.exits.any_to_look_at() {
             let current = self.current();
-            if current.state != EngineState::ShutDown
-                && let Some(live) = &current.live
+            if matches!(
+                current.state,
+                EngineState::Running | EngineState::Stopped | EngineState::Unsettled
+            ) && let Some(live) = &current.live
             {
                 return Ok(live.clone());
             }
         }
         let mut slot = self.slot.lock().await;
-        let live = {
+        let (live, found_dead) = {
             let current = self.current();
             if current.state == EngineState::ShutDown {
                 return Err(EngineError::NotRunning);
             }
-            current.live.clone()
+            (current.live.clone(), current.state == EngineState::Dead)
         };
-        // A swtpm that died since the last look is replaced before the request goes out;
-        // one that dies later fails the request in flight (see `run_command`).
+        // A swtpm that died since the last look (or that `status` found dead before the exit
+        // was reported) is replaced before the request goes out; one that dies later fails
+        // the request in flight (see `run_command`).
         if let Some(live) = live {
-            if !(self.exits.any_since_last_look() && live.process.lock().await.has_exited()) {
+            let look = self.exits.any_since_last_look() || found_dead;
+            if !(look && live.process.lock().await.has_exited()) {
                 return Ok(live);
             }
             {
