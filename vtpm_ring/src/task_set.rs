@@ -294,3 +294,6 @@ mod tests {
         assert_eq!(drained, [4]);
     }
 }
+
+#[cfg(test)]
+mod edge_tests;
