@@ -351,7 +351,9 @@ impl VtpmStack {
         let server = Backend::new(backend_domain, back_end, config.backend);
         // Two tasks, as two domains would be: each is polled only when its own side has
         // work (one task joining both polled the idle half at every wakeup of the other;
-        // measured: about 0.15 us a command more).
+        // measured: about 0.15 us a command more; a join polling only the woken half, each
+        // hand-over within one poll, still took 350 instructions a command more than two
+        // tasks, counted with callgrind).
         let manager = tokio::spawn(manager.serve(manager_end));
         let backend = tokio::spawn(async move {
             if let Err(e) = server.run().await {
