@@ -70,6 +70,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+#[cfg(test)]
+mod counting_waker;
 mod deadline;
 pub mod domain;
 pub mod engine;

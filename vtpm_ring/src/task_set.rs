@@ -185,20 +185,7 @@ mod tests {
     use futures::stream::FuturesUnordered;
     use std::sync::atomic::AtomicUsize;
 
-    /// A task waker that counts its wakeups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-    impl ArcWake for Count {
-        fn wake_by_ref(c: &Arc<Self>) {
-            c.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counted() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
-        (count, waker)
-    }
+    use crate::counting_waker::counted;
 
     #[test]
     fn a_pending_future_polled_does_not_wake_the_task() {

@@ -199,23 +199,14 @@ impl Drop for FrameRx {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use futures::task::ArcWake;
-    use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering;
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-    impl ArcWake for Count {
-        fn wake_by_ref(c: &Arc<Self>) {
-            c.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::counting_waker::counted;
 
     #[test]
     fn frames_arrive_in_order_and_a_waiting_receiver_is_woken() {
         let (tx, mut rx) = frame_queue();
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
+        let (count, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_next_unpin(&mut cx).is_pending());
         tx.send(vec![1]).unwrap();
@@ -232,8 +223,7 @@ mod tests {
         let other = tx.clone();
         tx.send(vec![7]).unwrap();
         drop(tx);
-        let count = Arc::new(Count::default());
-        let waker = futures::task::waker(count.clone());
+        let (count, waker) = counted();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(rx.poll_next_unpin(&mut cx), Poll::Ready(Some(vec![7])));
         assert!(rx.poll_next_unpin(&mut cx).is_pending());

@@ -4,21 +4,8 @@
 use super::*;
 use futures::FutureExt;
 use futures::StreamExt;
-use std::sync::atomic::AtomicUsize;
 
-#[derive(Default)]
-struct Count(AtomicUsize);
-impl ArcWake for Count {
-    fn wake_by_ref(c: &Arc<Self>) {
-        c.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counted() -> (Arc<Count>, Waker) {
-    let count = Arc::new(Count::default());
-    let waker = futures::task::waker(count.clone());
-    (count, waker)
-}
+use crate::counting_waker::counted;
 
 type Slot = Arc<Mutex<Option<Waker>>>;
 
