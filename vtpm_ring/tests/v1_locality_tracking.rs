@@ -13,15 +13,15 @@ use vtpm_ring::protocol::Protocols;
 use vtpm_ring::testbed::Testbed;
 use vtpm_ring::tpm_command::get_random;
 
-/// v1 with `feature-vtpm-control`: the public `Frontend::control` sends a SET_LOCALITY over
-/// the ring, the backend applies it to the connection, and the frontend's own notion of the
-/// locality (the one `set_locality` and `transmit` go by) stays 0. The next command, which
-/// the frontend sends at locality 0 (it sends no SET_LOCALITY since it believes the backend
-/// is at 0), runs at locality 3. Expected: either `control` refuses SET_LOCALITY (it has
-/// `set_locality` for that) or the frontend tracks it; never a command at a locality
-/// nobody set through `set_locality`.
-#[tokio::test(flavor = "current_thread")]
-async fn a_v1_control_set_locality_does_not_desync_the_frontends_locality() {
+/// A v1 frontend with `feature-vtpm-control` on a testbed (kept for the test's length), its
+/// instance's engine, and the spawned task that serves the backend.
+#[expect(clippy::unwrap_used, reason = "test setup fails loudly")]
+async fn v1_with_control() -> (
+    Testbed,
+    std::sync::Arc<vtpm_ring::engine::SimTpm>,
+    tokio::task::JoinHandle<()>,
+    Frontend,
+) {
     let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
     let guest = bed.add_guest(DomainId(2)).unwrap();
     bed.add_device(guest.id(), 0, 1).unwrap();
@@ -34,6 +34,19 @@ async fn a_v1_control_set_locality_does_not_desync_the_frontends_locality() {
         ..FrontendConfig::default()
     };
     let f = Frontend::connect(&guest, config).await.unwrap();
+    (bed, engine, run, f)
+}
+
+/// v1 with `feature-vtpm-control`: the public `Frontend::control` sends a SET_LOCALITY over
+/// the ring, the backend applies it to the connection, and the frontend's own notion of the
+/// locality (the one `set_locality` and `transmit` go by) stays 0. The next command, which
+/// the frontend sends at locality 0 (it sends no SET_LOCALITY since it believes the backend
+/// is at 0), runs at locality 3. Expected: either `control` refuses SET_LOCALITY (it has
+/// `set_locality` for that) or the frontend tracks it; never a command at a locality
+/// nobody set through `set_locality`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_v1_control_set_locality_does_not_desync_the_frontends_locality() {
+    let (_bed, engine, run, f) = v1_with_control().await;
     assert!(f.has_control());
     // Startup: with control the guest owns power-on (PowerCycleGuestStartup).
     let startup = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
@@ -145,18 +158,7 @@ async fn a_v1_set_locality_that_timed_out_does_not_leave_the_backend_at_it() {
 /// locality of the following commands, as `set_locality` would make it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_v1_control_set_locality_acknowledged_is_the_next_commands_locality() {
-    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
-    let guest = bed.add_guest(DomainId(2)).unwrap();
-    bed.add_device(guest.id(), 0, 1).unwrap();
-    let engine = bed.engines[&1].clone();
-    let run = tokio::spawn(run);
-    let config = FrontendConfig {
-        protocols: Protocols::V1_ONLY,
-        control: true,
-        timeout: Some(Duration::from_secs(5)),
-        ..FrontendConfig::default()
-    };
-    let f = Frontend::connect(&guest, config).await.unwrap();
+    let (_bed, engine, run, f) = v1_with_control().await;
     let startup = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
     f.transmit(&startup).await.unwrap();
     assert!(f.control(&ControlOp::SetLocality(3)).await.unwrap().is_ok());
