@@ -356,12 +356,7 @@ impl SwtpmEngine {
         {
             current.state = EngineState::Dead;
         }
-        let live = current.live.as_ref().filter(|_| {
-            matches!(
-                current.state,
-                EngineState::Running | EngineState::Stopped | EngineState::Unsettled
-            )
-        });
+        let live = current.serving();
         EngineStatus {
             instance: self.instance,
             state: current.state,

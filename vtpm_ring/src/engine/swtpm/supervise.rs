@@ -29,6 +29,19 @@ pub(super) struct Current {
     pub(super) restarts: u64,
 }
 
+impl Current {
+    /// The swtpm requests go to, if the state says one serves them: running, stopped, or
+    /// with a power operation unsettled (not shut down, dead or being restarted).
+    pub(super) fn serving(&self) -> Option<&Arc<Live>> {
+        self.live.as_ref().filter(|_| {
+            matches!(
+                self.state,
+                EngineState::Running | EngineState::Stopped | EngineState::Unsettled
+            )
+        })
+    }
+}
+
 /// Held across a start of swtpm (a restart, the INIT after SHUTDOWN), so that one starts at a
 /// time.
 #[derive(Debug)]
@@ -114,21 +127,20 @@ impl ChildExits {
         Self { flag, watcher }
     }
 
+    /// Whether SIGCHLD is watched: without the watcher, every look says "maybe".
+    fn watched(&self) -> bool {
+        self.watcher.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     /// True if a child may have exited since the last call of
     /// [`Self::any_since_last_look`] (which it leaves to that call to forget).
     pub(super) fn any_to_look_at(&self) -> bool {
-        match &self.watcher {
-            Some(w) if !w.is_finished() => self.flag.load(Ordering::Acquire),
-            _ => true,
-        }
+        !self.watched() || self.flag.load(Ordering::Acquire)
     }
 
     /// True if a child may have exited since the last call (and forgets it).
     pub(super) fn any_since_last_look(&self) -> bool {
-        match &self.watcher {
-            Some(w) if !w.is_finished() => self.flag.swap(false, Ordering::AcqRel),
-            _ => true,
-        }
+        !self.watched() || self.flag.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -185,15 +197,10 @@ impl SwtpmEngine {
         // since the last look. Anything else (a restart or an INIT under way, which hold
         // the start lock, a shutdown, a swtpm `status` found dead, an exit to check) goes
         // the long way.
-        if !self.exits.any_to_look_at() {
-            let current = self.current();
-            if matches!(
-                current.state,
-                EngineState::Running | EngineState::Stopped | EngineState::Unsettled
-            ) && let Some(live) = &current.live
-            {
-                return Ok(live.clone());
-            }
+        if !self.exits.any_to_look_at()
+            && let Some(live) = self.current().serving()
+        {
+            return Ok(live.clone());
         }
         let mut slot = self.slot.lock().await;
         let (live, found_dead) = {
