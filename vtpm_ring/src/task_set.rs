@@ -54,11 +54,18 @@ struct SlotWaker {
     shared: Arc<Shared>,
 }
 
+impl SlotWaker {
+    /// Queues the slot to be polled, unless it already is.
+    fn queue(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.shared.ready().push_back(self.slot);
+        }
+    }
+}
+
 impl ArcWake for SlotWaker {
     fn wake_by_ref(me: &Arc<Self>) {
-        if !me.queued.swap(true, Ordering::AcqRel) {
-            me.shared.ready().push_back(me.slot);
-        }
+        me.queue();
         me.shared.parent.wake();
     }
 }
@@ -113,9 +120,7 @@ impl<F: Future> TaskSet<F> {
         self.slots[slot].future.set(Some(future));
         self.len += 1;
         // Not through the waker: the caller polls the set next anyway.
-        if !self.slots[slot].state.queued.swap(true, Ordering::AcqRel) {
-            self.shared.ready().push_back(slot);
-        }
+        self.slots[slot].state.queue();
     }
 
     /// The futures not finished yet.
