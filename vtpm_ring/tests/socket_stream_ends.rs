@@ -18,14 +18,15 @@ use vtpm_ring::testbed::Testbed;
 use vtpm_ring::tpm_header::TpmRc;
 use vtpm_ring::tpm_header::response_code;
 
-/// A client sends a whole command larger than the ring carries (header and body, as
-/// tpm2-tools would for a large NV write), then reads: it gets TPM_RC_COMMAND_SIZE, then the
-/// end of the stream. The socket answers after reading the header, so the rest of the body
-/// is still unread when it ends the stream: it drains it first, as the control port drains
-/// an oversized request, since a socket closed with input unread is reset, and the reset
-/// can cost the client the answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_command_sent_in_full_gets_command_size_not_a_reset() {
+/// A guest's vTPM on a testbed (kept for the test's length), served as a TPM socket: the
+/// task that serves the backend, the frontend and the socket.
+#[expect(clippy::unwrap_used, reason = "test setup fails loudly")]
+async fn served_guest() -> (
+    Testbed,
+    tokio::task::JoinHandle<()>,
+    Arc<Frontend>,
+    TpmSocket,
+) {
     let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
     let guest = bed.add_guest(DomainId(2)).unwrap();
     bed.add_device(guest.id(), 0, 1).unwrap();
@@ -37,6 +38,18 @@ async fn an_oversized_command_sent_in_full_gets_command_size_not_a_reset() {
     let frontend = Arc::new(Frontend::connect(&guest, config).await.unwrap());
     let (data, ctrl) = bind_pair(None).await.unwrap();
     let socket = TpmSocket::serve(frontend.clone(), data, ctrl).unwrap();
+    (bed, run, frontend, socket)
+}
+
+/// A client sends a whole command larger than the ring carries (header and body, as
+/// tpm2-tools would for a large NV write), then reads: it gets TPM_RC_COMMAND_SIZE, then the
+/// end of the stream. The socket answers after reading the header, so the rest of the body
+/// is still unread when it ends the stream: it drains it first, as the control port drains
+/// an oversized request, since a socket closed with input unread is reset, and the reset
+/// can cost the client the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_command_sent_in_full_gets_command_size_not_a_reset() {
+    let (_bed, run, frontend, socket) = served_guest().await;
     for size in [frontend.max_packet() + 1, 256 * 1024] {
         let mut command = vec![0x80, 0x01];
         command.extend_from_slice(&u32::try_from(size).unwrap().to_be_bytes());
@@ -75,17 +88,7 @@ async fn an_oversized_command_sent_in_full_gets_command_size_not_a_reset() {
 /// gets the end of the stream; the guest's TPM keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_closed_and_truncated_clients_get_an_answer_or_the_end() {
-    let (bed, run) = Testbed::new(BackendConfig::default(), &[1]).unwrap();
-    let guest = bed.add_guest(DomainId(2)).unwrap();
-    bed.add_device(guest.id(), 0, 1).unwrap();
-    let run = tokio::spawn(run);
-    let config = FrontendConfig {
-        timeout: Some(Duration::from_secs(5)),
-        ..FrontendConfig::default()
-    };
-    let frontend = Arc::new(Frontend::connect(&guest, config).await.unwrap());
-    let (data, ctrl) = bind_pair(None).await.unwrap();
-    let socket = TpmSocket::serve(frontend.clone(), data, ctrl).unwrap();
+    let (_bed, run, frontend, socket) = served_guest().await;
     let get_random = vtpm_ring::tpm_command::get_random(8);
     for (send, answered) in [
         (get_random.clone(), true),
